@@ -1,0 +1,62 @@
+"""One error hierarchy for mlflow-ddsp.
+
+Every class also subclasses the built-in exception that fits, so callers that
+only know Python's own types (``except ValueError``) still catch them. Messages
+are one line, name the offending key/value, and say what to do next; the CLI
+prints them without a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MlflowDdspError",
+    "ConfigError",
+    "AudioError",
+    "RegistryError",
+    "TrackingServerUnreachable",
+    "LeaseHeldError",
+    "LeaseLostError",
+    "CheckpointIntegrityError",
+    "CheckpointSaveError",
+    "CheckpointNotFoundError",
+]
+
+
+class MlflowDdspError(Exception):
+    """Base class: an error the CLI reports as one line, without a traceback."""
+
+
+class ConfigError(MlflowDdspError, ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+class AudioError(MlflowDdspError, ValueError):
+    """Audio that cannot be used: unreadable, empty, non-finite, too long."""
+
+
+class RegistryError(MlflowDdspError, RuntimeError):
+    """An MLflow tracking or registry call failed."""
+
+
+class TrackingServerUnreachable(RegistryError, ConnectionError):
+    """The tracking server did not answer."""
+
+
+class LeaseHeldError(MlflowDdspError, RuntimeError):
+    """Another live process is writing checkpoints into this registered model."""
+
+
+class LeaseLostError(MlflowDdspError, RuntimeError):
+    """This process's writer lease was taken over; it must stop writing."""
+
+
+class CheckpointIntegrityError(MlflowDdspError, RuntimeError):
+    """Checkpoint bytes do not match the sha256/size recorded at registration."""
+
+
+class CheckpointSaveError(MlflowDdspError, RuntimeError):
+    """A background checkpoint save failed; raised at the next save or at close."""
+
+
+class CheckpointNotFoundError(MlflowDdspError, LookupError):
+    """The requested model version, alias or checkpoint file does not exist."""

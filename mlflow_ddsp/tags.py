@@ -1,0 +1,64 @@
+"""Namespaced MLflow tag keys and values written by mlflow-ddsp, in one place.
+
+Model-version tags are written once, atomically, when the version is created,
+so a version either carries all of them or was not made by the queue.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PREFIX",
+    "STEP",
+    "KIND",
+    "SHA256",
+    "SIZE",
+    "MANIFEST_SHA256",
+    "CHECKPOINT_FILE",
+    "QUEUE",
+    "PARENT_VERSION",
+    "PARENT_STEP",
+    "PARENT_MODEL",
+    "EXPERIMENT_IDS",
+    "LEASE_OWNER",
+    "LEASE_HOST",
+    "LEASE_PID",
+    "LEASE_PROCESS",
+    "LEASE_HEARTBEAT",
+    "LEASE_TTL",
+    "LEASE_TAKEOVER",
+    "KIND_ROLLING",
+    "KIND_FORCE_SAVED",
+    "KINDS",
+]
+
+PREFIX = "mlflow_ddsp."
+
+# --- on checkpoint model versions (and their LoggedModels) -----------------
+STEP = "mlflow_ddsp.step"  # global training step, decimal
+KIND = "mlflow_ddsp.kind"  # KIND_ROLLING | KIND_FORCE_SAVED
+SHA256 = "mlflow_ddsp.sha256"  # sha256 hex of model_<step>.pt
+SIZE = "mlflow_ddsp.size_bytes"  # size of model_<step>.pt in bytes
+MANIFEST_SHA256 = "mlflow_ddsp.manifest_sha256"  # sha256 of manifest.json (covers every file)
+CHECKPOINT_FILE = "mlflow_ddsp.checkpoint_file"  # "model_<step>.pt"
+PARENT_VERSION = "mlflow_ddsp.parent.version"  # version training resumed/fine-tuned from
+PARENT_STEP = "mlflow_ddsp.parent.step"
+PARENT_MODEL = "mlflow_ddsp.parent.model"  # registered model of the parent
+
+# --- on LoggedModels only: which registered model's queue wrote them --------
+QUEUE = "mlflow_ddsp.queue"
+
+# --- on the registered model -------------------------------------------------
+EXPERIMENT_IDS = "mlflow_ddsp.experiment_ids"  # JSON list: where the queue's LoggedModels live
+
+# --- on writer-lease tickets (versions of the companion lease model) ---------
+LEASE_OWNER = "mlflow_ddsp.lease.owner"  # random id of the holder
+LEASE_HOST = "mlflow_ddsp.lease.host"
+LEASE_PID = "mlflow_ddsp.lease.pid"
+LEASE_PROCESS = "mlflow_ddsp.lease.process"  # boot id + process start time: survives pid reuse
+LEASE_HEARTBEAT = "mlflow_ddsp.lease.heartbeat"  # unix seconds of the last renewal
+LEASE_TTL = "mlflow_ddsp.lease.ttl"  # seconds without a heartbeat before the lease is stale
+LEASE_TAKEOVER = "mlflow_ddsp.lease.takeover"  # "true" when the ticket took over a live lease
+
+KIND_ROLLING = "rolling"
+KIND_FORCE_SAVED = "force_saved"
+KINDS = (KIND_ROLLING, KIND_FORCE_SAVED)

@@ -1,0 +1,114 @@
+"""Where runs, models and artifacts go: the embedded default and remote servers.
+
+With no ``MLFLOW_TRACKING_URI``, mlflow-ddsp uses a SQLite database
+``mlflow.db`` in the working directory, with artifacts in ``mlartifacts/``
+beside it. MLflow on its own would put each experiment's artifacts under
+``mlruns/`` relative to whichever directory first created the experiment, so
+runs started from other folders scatter files; we pin the location instead.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .errors import TrackingServerUnreachable
+
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "DEFAULT_DB_FILE",
+    "ARTIFACTS_DIR",
+    "resolve_tracking_uri",
+    "local_artifact_root",
+    "prepare_store",
+    "check_reachable",
+    "ensure_experiment",
+]
+
+DEFAULT_EXPERIMENT = "mlflow-ddsp"
+DEFAULT_DB_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The explicit ``uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd() / DEFAULT_DB_FILE}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def local_artifact_root(uri: str) -> str | None:
+    """For a SQLite store, the ``mlartifacts`` folder beside the database; else None.
+
+    Remote servers choose their own artifact store (``--artifacts-destination``).
+    """
+    db = _sqlite_path(uri)
+    return (db.resolve().parent / ARTIFACTS_DIR).as_uri() if db else None
+
+
+def prepare_store(uri: str) -> None:
+    """Create a new SQLite store with its artifact root beside it (no-op otherwise).
+
+    The store's built-in "Default" experiment takes its artifact location from
+    the first process that creates the database; creating it here pins it.
+    """
+    db = _sqlite_path(uri)
+    if db is None or db.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    SqlAlchemyStore(uri, local_artifact_root(uri))
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast with one line if an HTTP tracking server does not answer.
+
+    MLflow's own client retries for minutes before giving up.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        problem = f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise TrackingServerUnreachable(
+        f"cannot reach the MLflow tracking server at {uri} ({problem}); start it "
+        "(`mlflow server ...`) or set MLFLOW_TRACKING_URI to a reachable server, "
+        "or unset it to use the embedded SQLite store"
+    )
+
+
+def ensure_experiment(client, name: str, uri: str) -> str:
+    """Return the id of experiment ``name``, creating it with a pinned artifact location."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=local_artifact_root(uri))
+    except MlflowException:
+        # Another process created it between our lookup and our create.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
