@@ -1,0 +1,96 @@
+"""Plain records of registry state, shared by the pure planners and the MLflow store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .. import tags as T
+
+__all__ = ["CheckpointVersion", "QueueModel"]
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class CheckpointVersion:
+    """One model version, as the registry describes it.
+
+    ``kind`` is None for versions the queue did not write (someone registered
+    them by hand); such versions are never touched.
+    """
+
+    name: str
+    version: int
+    source: str
+    run_id: str | None
+    created_ms: int
+    tags: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def step(self) -> int | None:
+        return _int_or_none(self.tags.get(T.STEP))
+
+    @property
+    def kind(self) -> str | None:
+        kind = self.tags.get(T.KIND)
+        return kind if kind in T.KINDS and self.step is not None else None
+
+    @property
+    def sha256(self) -> str | None:
+        return self.tags.get(T.SHA256)
+
+    @property
+    def size(self) -> int | None:
+        return _int_or_none(self.tags.get(T.SIZE))
+
+    @property
+    def manifest_sha256(self) -> str | None:
+        return self.tags.get(T.MANIFEST_SHA256)
+
+    @property
+    def model_id(self) -> str | None:
+        """The LoggedModel holding the files (``source`` is ``models:/<model_id>``)."""
+        prefix = "models:/m-"
+        if self.source.startswith(prefix) and "/" not in self.source[len("models:/") :]:
+            return self.source[len("models:/") :]
+        return None
+
+    @property
+    def is_queue_version(self) -> bool:
+        return self.kind is not None and self.model_id is not None
+
+    @property
+    def label(self) -> str:
+        step = f" (step {self.step})" if self.step is not None else ""
+        return f"{self.name} v{self.version}{step}"
+
+    def newness(self) -> int:
+        """Sort key for "newest": the latest registration, i.e. the highest version number.
+
+        Version numbers are assigned at the commit point and never reused, so they
+        order checkpoints as training produced them, even when a run fine-tuned
+        from an older version and re-saved lower steps.
+        """
+        return self.version
+
+
+@dataclass(frozen=True)
+class QueueModel:
+    """A LoggedModel written by a checkpoint queue (tagged ``mlflow_ddsp.queue``)."""
+
+    model_id: str
+    status: str  # "PENDING" | "READY" | "FAILED"
+    artifact_location: str
+    created_ms: int
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def step(self) -> int | None:
+        return _int_or_none(self.tags.get(T.STEP))
