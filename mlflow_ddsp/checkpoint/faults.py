@@ -1,0 +1,39 @@
+"""Crash injection at the named points of the save protocol, for crash-safety tests.
+
+Set ``MLFLOW_DDSP_CRASH_AT=<point>`` (or ``<point>@<step>`` to crash only while
+saving that step) and the process SIGKILLs itself when it reaches the point:
+no cleanup handlers, no flushing, exactly like a power cut or an OOM kill.
+The points are the steps of the commit order documented in ``queue.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+__all__ = ["CRASH_ENV", "CRASH_POINTS", "crash_point"]
+
+CRASH_ENV = "MLFLOW_DDSP_CRASH_AT"
+
+CRASH_POINTS = (
+    "after_write",  # files written to the local staging folder
+    "after_create",  # LoggedModel created (PENDING), nothing uploaded
+    "mid_upload",  # checkpoint uploaded, manifest not yet
+    "after_upload",  # every file uploaded, not yet verified
+    "after_finalize",  # LoggedModel READY, no model version yet
+    "after_register",  # model version created: the commit point
+    "after_alias",  # alias moved to the new version
+    "after_delete_version",  # previous rolling version deleted from the registry
+    "after_delete_bytes",  # ... and its artifact bytes
+    "after_delete_record",  # ... and its LoggedModel record: save complete
+)
+
+
+def crash_point(point: str, step: int) -> None:
+    """SIGKILL this process if ``MLFLOW_DDSP_CRASH_AT`` names ``point`` (and ``step``)."""
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted:
+        return
+    name, _, at_step = wanted.partition("@")
+    if name == point and (not at_step or int(at_step) == step):
+        os.kill(os.getpid(), signal.SIGKILL)

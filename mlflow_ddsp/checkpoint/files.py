@@ -1,0 +1,184 @@
+"""The files of one checkpoint version: written, described and checked locally.
+
+A version's artifact root (the artifacts of one MLflow LoggedModel) holds::
+
+    model_<step>.pt   upstream DDSP-SVC format: {'global_step', 'model', 'optimizer'?}
+    config.yaml       the config the checkpoint was trained with
+    manifest.json     sha256 and size of every other file (written last)
+
+A pyfunc ``MLmodel`` can later sit beside these files without moving them:
+the artifact root is the model directory.
+
+The manifest's own sha256 and the checkpoint's sha256/size are stored as
+model-version tags, in the database: bytes in an artifact store can be
+overwritten silently, tags written at version creation cannot (by us).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Mapping
+
+import torch
+
+from ..errors import CheckpointIntegrityError
+
+__all__ = [
+    "CONFIG_FILE",
+    "MANIFEST_FILE",
+    "MANIFEST_FORMAT",
+    "FileDigest",
+    "Manifest",
+    "checkpoint_filename",
+    "sha256_file",
+    "write_checkpoint",
+    "verify_files",
+    "load_checkpoint",
+]
+
+CONFIG_FILE = "config.yaml"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "mlflow-ddsp.checkpoint/1"
+_CHUNK = 1 << 20
+
+
+def checkpoint_filename(step: int) -> str:
+    """Upstream's file name for the checkpoint of ``step``."""
+    return f"model_{int(step)}.pt"
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a version's files must be: name -> digest, plus the step they belong to."""
+
+    step: int
+    files: dict[str, FileDigest]
+
+    @property
+    def checkpoint_file(self) -> str:
+        return checkpoint_filename(self.step)
+
+    def to_json(self) -> bytes:
+        doc = {
+            "format": MANIFEST_FORMAT,
+            "step": self.step,
+            "files": {n: {"sha256": d.sha256, "size": d.size} for n, d in sorted(self.files.items())},
+        }
+        return (json.dumps(doc, indent=2) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, *, source: str = "manifest.json") -> "Manifest":
+        try:
+            doc = json.loads(data)
+            if doc.get("format") != MANIFEST_FORMAT:
+                raise ValueError(f"unknown format {doc.get('format')!r}")
+            files = {n: FileDigest(str(d["sha256"]), int(d["size"])) for n, d in doc["files"].items()}
+            return cls(step=int(doc["step"]), files=files)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointIntegrityError(f"{source} is not a valid manifest: {exc}") from exc
+
+
+class _HashingWriter:
+    """A write-only file wrapper that hashes bytes as torch.save streams them.
+
+    Saves a second full read of the checkpoint just to hash it.
+    """
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def sha256_file(path: str | os.PathLike) -> FileDigest:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return FileDigest(h.hexdigest(), size)
+
+
+def _write_bytes(path: Path, data: bytes) -> FileDigest:
+    path.write_bytes(data)
+    return FileDigest(hashlib.sha256(data).hexdigest(), len(data))
+
+
+def write_checkpoint(
+    directory: str | os.PathLike,
+    step: int,
+    payload: Mapping[str, Any],
+    config_yaml: bytes,
+    extra_files: Mapping[str, bytes] | None = None,
+) -> tuple[Manifest, FileDigest]:
+    """Write one version's files into an empty ``directory``; manifest last.
+
+    Args:
+        payload: the upstream checkpoint dict ``{'global_step', 'model', 'optimizer'?}``
+            holding CPU tensors.
+        config_yaml: the config file's bytes, stored verbatim.
+        extra_files: more files to place beside them and cover by the manifest.
+
+    Returns:
+        The manifest, and the digest of ``manifest.json`` itself.
+    """
+    root = Path(directory)
+    files: dict[str, FileDigest] = {}
+    name = checkpoint_filename(step)
+    with open(root / name, "wb") as f:
+        writer = _HashingWriter(f)
+        torch.save(dict(payload), writer)
+    files[name] = FileDigest(writer.sha256.hexdigest(), writer.size)
+    files[CONFIG_FILE] = _write_bytes(root / CONFIG_FILE, config_yaml)
+    for extra_name, data in (extra_files or {}).items():
+        files[extra_name] = _write_bytes(root / extra_name, data)
+    manifest = Manifest(step=int(step), files=files)
+    return manifest, _write_bytes(root / MANIFEST_FILE, manifest.to_json())
+
+
+def verify_files(directory: str | os.PathLike, manifest: Manifest, *, label: str) -> None:
+    """Raise CheckpointIntegrityError unless every manifest file matches on disk.
+
+    Args:
+        label: how to name the version in the message, e.g. ``"voice v7 (step 4000)"``.
+    """
+    root = Path(directory)
+    for name, expected in manifest.files.items():
+        path = root / name
+        if not path.is_file():
+            raise CheckpointIntegrityError(f"{label}: {name} is missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise CheckpointIntegrityError(
+                f"{label}: {name} is {actual.size} bytes with sha256 {actual.sha256[:12]}..., "
+                f"expected {expected.size} bytes with sha256 {expected.sha256[:12]}..."
+            )
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load an upstream-format checkpoint safely (tensors and plain containers only)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointIntegrityError(
+            f"{path} is not a DDSP-SVC checkpoint: expected a dict with a 'model' state_dict"
+        )
+    return ckpt

@@ -1,0 +1,461 @@
+"""CheckpointQueue: the MLflow model registry as DDSP-SVC's checkpoint folder.
+
+The queue keeps what upstream DDSP-SVC keeps (every force-save step, plus the
+newest checkpoint) as registered model versions: force-saved versions are
+immutable, the newest one carries the rolling alias, and the previous rolling
+version is deleted (registry entry and bytes) once the alias has moved on.
+
+Commit order of one save at step ``s``. Each arrow is a named crash point
+(``faults.py``); the kill tests SIGKILL a training process at every one and
+check that the next start's reconcile (``reconcile.py``) restores the
+invariants with nothing durable lost:
+
+    0. stage     model (+ optimizer) state -> CPU memory     [caller thread; all that blocks]
+    1. write     model_<s>.pt, config.yaml, manifest.json into a private temp folder
+                                                                        -> after_write
+    2. create    a LoggedModel (PENDING) tagged queue/step/kind         -> after_create
+    3. upload    checkpoint and config                                  -> mid_upload
+                 then the manifest, last                                -> after_upload
+    4. verify    the store lists every file at its manifest size
+    5. finalize  LoggedModel READY                                      -> after_finalize
+    6. register  a model version, tags step/kind/sha256/size/manifest sha256,
+                 set in the same call: THE COMMIT POINT                 -> after_register
+    7. fence     check the writer lease (also checked before 1), then
+                 move the alias                                         -> after_alias
+    8. retire    the previous rolling version: registry entry           -> after_delete_version
+                 then its bytes                                         -> after_delete_bytes
+                 then its LoggedModel record                            -> after_delete_record
+
+Before 6 a crash loses only this save (training resumes from the previous
+checkpoint and redoes the steps); from 6 on, the new checkpoint is durable and
+reconcile points the alias at it. The alias never points at anything that is
+not fully uploaded and verified, and no version is deleted while it carries
+the alias (MLflow would silently drop the alias with it).
+
+Steps 1-8 run in one background thread, in order, one save at a time; the
+training loop pays only for step 0. A failure surfaces at the next ``save``
+or at ``close``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import yaml
+
+from .. import tags as T
+from ..errors import CheckpointIntegrityError, CheckpointSaveError, ConfigError, LeaseLostError, MlflowDdspError
+from ..tracking import DEFAULT_EXPERIMENT
+from .faults import crash_point
+from .files import CONFIG_FILE, MANIFEST_FILE, FileDigest, Manifest, write_checkpoint
+from .gc import collect, retire_version
+from .lease import DEFAULT_LEASE_TTL, WriterLease
+from .policy import DEFAULT_ALIAS, RetentionPolicy, validate_alias
+from .reader import CheckpointReader, RestoredCheckpoint, load_into, unwrap_model
+from .records import CheckpointVersion
+from .registry import LoggedModelRef, RegistryStore
+from .staging import StagingBuffer
+
+__all__ = ["CheckpointQueue", "validate_model_name"]
+
+log = logging.getLogger(__name__)
+
+WHEN_BUSY = ("wait", "skip")
+_FORBIDDEN_NAME_CHARS = set("/:@'\"`\\")
+_SCRATCH = Path(tempfile.gettempdir()) / "mlflow-ddsp-staging"
+
+
+def validate_model_name(name: object) -> str:
+    """Registered model names must survive ``models:/NAME/7`` URIs and search filters."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise ConfigError(f"registered_model={name!r} must be a non-empty name without surrounding spaces")
+    bad = sorted(_FORBIDDEN_NAME_CHARS & set(name))
+    if bad:
+        raise ConfigError(
+            f"registered_model={name!r} contains {''.join(bad)!r}; use letters, digits, spaces and . _ -"
+        )
+    return name
+
+
+def _config_bytes(config: Mapping[str, Any] | str | os.PathLike | bytes | None) -> bytes:
+    if config is None:
+        return b"# no config was given to CheckpointQueue\n{}\n"
+    if isinstance(config, bytes):
+        return config
+    if isinstance(config, Mapping):
+        return yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True).encode()
+    path = Path(config)
+    if not path.is_file():
+        raise ConfigError(f"config={str(config)!r} is not a file; pass a mapping, yaml bytes or a yaml path")
+    return path.read_bytes()
+
+
+def _clean_scratch() -> None:
+    """Remove staging folders left by processes that died mid-save (named <pid>-...)."""
+    if not _SCRATCH.is_dir():
+        return
+    for entry in _SCRATCH.iterdir():
+        pid = entry.name.split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+class CheckpointQueue:
+    """Keeps a training run's checkpoints in the MLflow model registry, crash-safely.
+
+    Args:
+        registered_model: registry name; the lease model ``<name>.writer-lease``
+            exists while a process trains into it.
+        interval_val: steps between validation saves (upstream ``train.interval_val``).
+        interval_force_save: steps between checkpoints kept forever, a multiple of
+            ``interval_val``; None never force-saves.
+        alias: the alias of the newest checkpoint (not ``latest``: MLflow reserves it).
+        save_optimizer: also store the optimizer state (upstream ``train.save_opt``).
+        config: the training config (mapping, yaml bytes or a yaml path), stored as
+            ``config.yaml`` with every checkpoint.
+        run_id: the run checkpoints belong to; default: the active run, if any.
+        experiment: experiment for LoggedModels when there is no run (default ``mlflow-ddsp``).
+        tracking_uri: default ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``.
+        takeover: take the writer lease even from a live process.
+        lease_ttl: seconds without heartbeat after which another machine may take over.
+        when_busy: a rolling save arriving while the previous save is still being
+            written ``"wait"``s for it (default) or is ``"skip"``ped; force-saves
+            always wait.
+
+    Use as a context manager, or call :meth:`close` (it flushes pending saves).
+    """
+
+    def __init__(
+        self,
+        registered_model: str,
+        interval_val: int,
+        interval_force_save: int | None,
+        alias: str = DEFAULT_ALIAS,
+        save_optimizer: bool = False,
+        *,
+        config: Mapping[str, Any] | str | os.PathLike | bytes | None = None,
+        run_id: str | None = None,
+        experiment: str | None = None,
+        tracking_uri: str | None = None,
+        takeover: bool = False,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        when_busy: str = "wait",
+    ):
+        # Validate everything before the first network call.
+        self.name = validate_model_name(registered_model)
+        self.policy = RetentionPolicy(interval_val, interval_force_save)
+        self.alias = validate_alias(alias)
+        if when_busy not in WHEN_BUSY:
+            raise ConfigError(f"when_busy={when_busy!r} must be one of {', '.join(WHEN_BUSY)}")
+        self.when_busy = when_busy
+        self.save_optimizer = bool(save_optimizer)
+        self._config_yaml = _config_bytes(config)
+
+        self.store = RegistryStore(tracking_uri)
+        self.reader = CheckpointReader(self.name, self.alias, store=self.store)
+        self.run_id = run_id or self._active_run_id(tracking_uri)
+        if self.run_id:
+            self.experiment_id = self.store.experiment_of_run(self.run_id)
+        else:
+            self.experiment_id = self.store.experiment_id(experiment or DEFAULT_EXPERIMENT)
+
+        self.store.ensure_registered_model(self.name, self._model_description())
+        self._lease = WriterLease(self.store, self.name, ttl=lease_ttl, takeover=takeover)
+        self._lease.acquire()
+        self._closed = False
+        try:
+            self.store.record_experiment(self.name, self.experiment_id)
+            self.last_reconcile = collect(self.store, self.name, self.alias)
+            for line in self.last_reconcile.describe(self.alias):
+                log.warning("%s: repaired after an earlier crash: %s", self.name, line)
+        except BaseException:
+            self._lease.release()
+            raise
+        _clean_scratch()
+
+        self._staging = StagingBuffer()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mlflow-ddsp-save-{self.name}")
+        self._pending: Future | None = None
+        self._pending_step: int | None = None
+        self._last_step: int | None = None
+        self._parent: CheckpointVersion | None = None
+        self.skipped_saves = 0
+        self.last_version: CheckpointVersion | None = None
+        ref = weakref.ref(self)
+        atexit.register(lambda: (q := ref()) is not None and q._close_quietly())
+
+    # -- public API ---------------------------------------------------------
+    def save(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        metrics: Mapping[str, float] | None = None,
+    ) -> Future | None:
+        """Checkpoint ``model`` (and ``optimizer`` if ``save_optimizer``) at ``step``.
+
+        Blocks only to copy the state to CPU memory (and, if the previous save is
+        still being written, to wait for it). ``metrics`` are logged at ``step`` on
+        the run and linked to this checkpoint's model, so the MLflow UI compares
+        checkpoints by them.
+
+        Returns:
+            A future for the registered version, or None if nothing was saved
+            (this step is already saved, or a rolling save was skipped as busy).
+        Raises:
+            CheckpointSaveError: the previous save failed in the background.
+            LeaseLostError: another process took over this registered model.
+        """
+        self._check_open()
+        step = int(step)
+        if step < 0:
+            raise ValueError(f"step={step} must be >= 0")
+        kind = self.policy.kind(step)
+        if self._pending is not None and not self._pending.done():
+            if self.when_busy == "skip" and kind == T.KIND_ROLLING:
+                self.skipped_saves += 1
+                log.info("checkpoint at step %d skipped: the save of step %s is still running", step, self._pending_step)
+                return None
+        self._wait_pending()
+        if step == self._last_step:
+            return None
+        started = time.perf_counter()
+        state: dict[str, Any] = {"global_step": step, "model": unwrap_model(model).state_dict()}
+        if self.save_optimizer and optimizer is not None:
+            state["optimizer"] = optimizer.state_dict()
+        payload = self._staging.stage(state)
+        blocked = time.perf_counter() - started
+        self._last_step = step
+        self._pending_step = step
+        self._pending = self._executor.submit(self._commit, step, kind, payload, dict(metrics or {}), blocked)
+        return self._pending
+
+    def restore(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        source: str | int | None = None,
+        strict: bool = True,
+    ) -> int:
+        """Load the newest intact checkpoint into ``model`` (and ``optimizer``).
+
+        Without ``source``: the alias's version; if its files are missing or fail
+        their sha256, the newest intact version instead (logged as a warning, and
+        the broken rolling version is removed). With ``source`` (``models:/NAME/7``,
+        ``models:/NAME@alias`` or a version number) exactly that version, e.g. to
+        fine-tune from a pinned checkpoint. Later versions record it as parent.
+
+        Returns:
+            The checkpoint's global step; 0 when there is nothing to resume.
+        """
+        self._check_open()
+        self._wait_pending()
+        restored = self.reader.fetch(source)
+        if restored is None:
+            return 0
+        load_into(restored, model, optimizer, strict=strict)
+        if restored.skipped:
+            self._drop_broken(restored)
+        self._parent = restored.version
+        self._last_step = restored.step
+        return restored.step
+
+    def flush(self) -> CheckpointVersion | None:
+        """Wait for the pending save; return the newest registered version."""
+        self._check_open()
+        self._wait_pending()
+        return self.last_version
+
+    def close(self) -> None:
+        """Flush pending saves, stop, and release the writer lease. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        error: BaseException | None = None
+        try:
+            self._wait_pending()
+        except MlflowDdspError as exc:
+            error = exc
+        finally:
+            self._executor.shutdown(wait=True)
+            try:
+                self._lease.release()
+            except MlflowDdspError as exc:
+                log.warning("could not release the writer lease of %r: %s", self.name, exc)
+        if error is not None:
+            raise error
+
+    def __enter__(self) -> "CheckpointQueue":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._close_quietly()  # do not mask the exception already propagating
+
+    # -- the protocol (background thread) -----------------------------------
+    def _commit(
+        self, step: int, kind: str, payload: dict, metrics: dict[str, float], blocked: float
+    ) -> CheckpointVersion:
+        started = time.perf_counter()
+        store = self.store
+
+        def reached(point: str) -> None:
+            crash_point(point, step)
+
+        self._lease.check()  # a writer that lost its lease uploads nothing
+        _SCRATCH.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"{os.getpid()}-step{step}-", dir=_SCRATCH) as tmp:
+            folder = Path(tmp)
+            manifest, manifest_digest = write_checkpoint(folder, step, payload, self._config_yaml)
+            reached("after_write")
+            files = store.create_files(
+                self.experiment_id,
+                name=f"{self.name}-step-{step}",
+                run_id=self.run_id,
+                tags={T.QUEUE: self.name, T.STEP: str(step), T.KIND: kind},
+            )
+            reached("after_create")
+            store.upload(files, folder / manifest.checkpoint_file)
+            store.upload(files, folder / CONFIG_FILE)
+            reached("mid_upload")
+            store.upload(files, folder / MANIFEST_FILE)
+            reached("after_upload")
+            self._verify_upload(files, manifest, manifest_digest, step)
+            store.finalize(files)
+            reached("after_finalize")
+
+        version = store.create_version(
+            self.name,
+            files,
+            self.run_id,
+            tags=self._version_tags(step, kind, manifest, manifest_digest),
+            description=self._version_description(step, kind),
+        )
+        reached("after_register")
+
+        self._lease.check()  # fencing: a process that lost the lease must not move the alias
+        previous = store.alias_version(self.name, self.alias)
+        store.set_alias(self.name, self.alias, version.version)
+        reached("after_alias")
+        if previous is not None and previous != version.version:
+            self._retire_if_rolling(previous, reached)
+
+        self.last_version = version
+        if self.run_id:
+            timings = {
+                "checkpoint/blocking_seconds": blocked,
+                "checkpoint/commit_seconds": time.perf_counter() - started,
+            }
+            store.log_metrics(self.run_id, {**metrics, **timings}, step, model_id=files.model_id)
+        return version
+
+    def _verify_upload(self, files: LoggedModelRef, manifest: Manifest, manifest_digest: FileDigest, step: int) -> None:
+        listed = self.store.list_sizes(files)
+        expected = {**{n: d.size for n, d in manifest.files.items()}, MANIFEST_FILE: manifest_digest.size}
+        wrong = {n: (listed.get(n), size) for n, size in expected.items() if listed.get(n) != size}
+        if wrong:
+            detail = ", ".join(f"{n}: {got} bytes, expected {want}" for n, (got, want) in sorted(wrong.items()))
+            raise CheckpointIntegrityError(f"upload of step {step} to {files.artifact_location} is incomplete ({detail})")
+
+    def _retire_if_rolling(self, version_number: int, reached) -> None:
+        try:
+            previous = self.store.get_version(self.name, version_number)
+        except MlflowDdspError:
+            return  # already gone
+        if previous.kind == T.KIND_ROLLING:
+            retire_version(self.store, previous, reached)
+
+    # -- helpers ------------------------------------------------------------
+    def _version_tags(self, step: int, kind: str, manifest: Manifest, manifest_digest: FileDigest) -> dict[str, str]:
+        ckpt = manifest.files[manifest.checkpoint_file]
+        tags = {
+            T.STEP: str(step),
+            T.KIND: kind,
+            T.CHECKPOINT_FILE: manifest.checkpoint_file,
+            T.SHA256: ckpt.sha256,
+            T.SIZE: str(ckpt.size),
+            T.MANIFEST_SHA256: manifest_digest.sha256,
+        }
+        if self._parent is not None:
+            tags[T.PARENT_MODEL] = self._parent.name
+            tags[T.PARENT_VERSION] = str(self._parent.version)
+            tags[T.PARENT_STEP] = str(self._parent.step)
+        return tags
+
+    def _version_description(self, step: int, kind: str) -> str:
+        if kind == T.KIND_FORCE_SAVED:
+            why = "step 0, a starting point" if step == 0 else f"interval_force_save={self.policy.interval_force_save}"
+            return (
+                f"Force-saved checkpoint at step {step} ({why}). Kept forever: mlflow-ddsp never "
+                "deletes or overwrites it; `mlflow-ddsp verify` checks its bytes."
+            )
+        return (
+            f"Rolling checkpoint at step {step}. Deleted by mlflow-ddsp once a newer checkpoint "
+            f"has taken the '{self.alias}' alias."
+        )
+
+    def _model_description(self) -> str:
+        return (
+            f"DDSP-SVC checkpoints kept by mlflow-ddsp: alias '{self.alias}' is the newest "
+            "checkpoint; versions tagged mlflow_ddsp.kind=force_saved are kept forever."
+        )
+
+    @staticmethod
+    def _active_run_id(tracking_uri: str | None) -> str | None:
+        if tracking_uri is not None:
+            return None  # the fluent active run belongs to the global tracking URI
+        import mlflow
+
+        run = mlflow.active_run()
+        return run.info.run_id if run else None
+
+    def _drop_broken(self, restored: RestoredCheckpoint) -> None:
+        """After a fallback, point the alias at the restored version and retire broken rolling ones."""
+        self.store.set_alias(self.name, self.alias, restored.version.version)
+        for version, _why in restored.skipped:
+            if version.kind == T.KIND_ROLLING:
+                retire_version(self.store, version)
+            else:
+                log.error("%s is damaged; it is kept (force-saved) for you to inspect", version.label)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"CheckpointQueue({self.name!r}) is closed")
+
+    def _wait_pending(self) -> None:
+        pending, step = self._pending, self._pending_step
+        if pending is None:
+            return
+        self._pending = self._pending_step = None
+        try:
+            pending.result()
+        except LeaseLostError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - re-raised with context, nothing swallowed
+            raise CheckpointSaveError(f"saving the checkpoint of step {step} failed: {exc}") from exc
+
+    def _close_quietly(self) -> None:
+        try:
+            self.close()
+        except Exception as exc:  # noqa: BLE001 - interpreter exit or an exception already propagating
+            log.error("closing the checkpoint queue of %r: %s", self.name, exc)

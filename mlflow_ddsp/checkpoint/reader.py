@@ -1,0 +1,207 @@
+"""Read checkpoints back from the registry, verified, without taking the writer lease.
+
+Used by the queue's ``restore``, by DDP ranks other than 0, by evaluation
+scripts and by model loading. A reader resolves an alias to a concrete
+version number first and downloads that version: under churn the alias may
+move (and its old version vanish) while a download is in progress, and the
+number keeps the reader consistent.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointIntegrityError, CheckpointNotFoundError, ConfigError
+from .files import CONFIG_FILE, load_checkpoint
+from .policy import DEFAULT_ALIAS, validate_alias
+from .records import CheckpointVersion
+from .registry import RegistryStore
+
+__all__ = [
+    "CheckpointReader",
+    "RestoredCheckpoint",
+    "ModelRef",
+    "parse_model_uri",
+    "unwrap_model",
+    "load_into",
+]
+
+log = logging.getLogger(__name__)
+
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+|latest)|@(?P<alias>[A-Za-z0-9_-]+))$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed ``models:/NAME/7``, ``models:/NAME/latest`` or ``models:/NAME@alias``."""
+
+    name: str
+    version: int | None = None  # None with alias None: the highest version ("latest")
+    alias: str | None = None
+
+
+def parse_model_uri(uri: str) -> ModelRef:
+    match = _MODEL_URI.match(uri.strip()) if isinstance(uri, str) else None
+    if not match:
+        raise ConfigError(
+            f"model URI {uri!r} is not supported: use models:/NAME/VERSION, "
+            "models:/NAME@ALIAS or models:/NAME/latest"
+        )
+    version = match["version"]
+    return ModelRef(
+        name=match["name"],
+        version=int(version) if version and version != "latest" else None,
+        alias=match["alias"],
+    )
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module whose state_dict is saved: DDP/DataParallel/compile wrappers removed."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+@dataclass
+class RestoredCheckpoint:
+    """A verified checkpoint in memory."""
+
+    version: CheckpointVersion
+    checkpoint: dict[str, Any]  # upstream format: {'global_step', 'model', 'optimizer'?}
+    config_yaml: bytes
+    skipped: list[tuple[CheckpointVersion, str]] = field(default_factory=list)  # failed candidates
+
+    @property
+    def step(self) -> int:
+        return int(self.checkpoint.get("global_step", self.version.step or 0))
+
+
+def load_into(
+    restored: RestoredCheckpoint,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    strict: bool = True,
+) -> None:
+    """Load weights (and optimizer state when both sides have it) into live objects."""
+    try:
+        unwrap_model(model).load_state_dict(restored.checkpoint["model"], strict=strict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{restored.version.label} does not fit this model ({first}); its config.yaml must "
+            "match yours in model.type, model.n_spk and data.encoder_out_channels"
+        ) from exc
+    if optimizer is not None and "optimizer" in restored.checkpoint:
+        optimizer.load_state_dict(restored.checkpoint["optimizer"])
+
+
+class CheckpointReader:
+    """Resolve, download and verify checkpoints of one registered model.
+
+    Args:
+        registered_model: the queue's registered model name.
+        alias: the rolling alias resumes start from.
+        store: an existing store (shares its client); default: a new one for ``tracking_uri``.
+    """
+
+    def __init__(
+        self,
+        registered_model: str,
+        alias: str = DEFAULT_ALIAS,
+        *,
+        tracking_uri: str | None = None,
+        store: RegistryStore | None = None,
+    ):
+        self.name = registered_model
+        self.alias = validate_alias(alias)
+        self.store = store or RegistryStore(tracking_uri)
+
+    def resolve(self, source: str | int) -> CheckpointVersion:
+        """A concrete version for ``source``: a version number of this model, or a models:/ URI."""
+        if isinstance(source, int) and not isinstance(source, bool):
+            ref = ModelRef(self.name, version=source)
+        else:
+            ref = parse_model_uri(str(source))
+        if ref.alias is not None:
+            version = self.store.alias_version(ref.name, ref.alias)
+            if version is None:
+                raise CheckpointNotFoundError(f"registered model {ref.name!r} has no alias {ref.alias!r}")
+        elif ref.version is None:
+            versions = self.store.list_versions(ref.name)
+            if not versions:
+                raise CheckpointNotFoundError(f"registered model {ref.name!r} has no versions")
+            version = versions[-1].version
+        else:
+            version = ref.version
+        return self.store.get_version(ref.name, version)
+
+    def candidates(self) -> list[CheckpointVersion]:
+        """Resume order: the alias's version, then every other queue version newest first."""
+        if not self.store.registered_model_exists(self.name):
+            return []
+        ours = [v for v in self.store.list_versions(self.name) if v.is_queue_version]
+        ours.sort(key=CheckpointVersion.newness, reverse=True)
+        aliased = self.store.alias_version(self.name, self.alias)
+        return sorted(ours, key=lambda v: v.version != aliased)  # stable: alias first
+
+    def fetch(self, source: str | int | None = None) -> RestoredCheckpoint | None:
+        """Download and verify a checkpoint; None when there is nothing to resume.
+
+        Without ``source``, a candidate that is missing files or fails its
+        sha256 is reported and the next newest is tried. An explicit
+        ``source`` is never substituted: it must be intact.
+        """
+        pinned = source is not None
+        candidates = [self.resolve(source)] if pinned else self.candidates()
+        skipped: list[tuple[CheckpointVersion, str]] = []
+        for version in candidates:
+            try:
+                restored = self._fetch_one(version)
+            except (CheckpointIntegrityError, CheckpointNotFoundError) as exc:
+                if pinned:
+                    raise
+                log.warning("%s; falling back to the next newest checkpoint", exc)
+                skipped.append((version, str(exc)))
+                continue
+            restored.skipped = skipped
+            if skipped:
+                log.warning(
+                    "resuming from %s instead of %s", version.label, ", ".join(v.label for v, _ in skipped)
+                )
+            return restored
+        if skipped:
+            log.warning("no intact checkpoint of %r: starting from scratch", self.name)
+        return None
+
+    def restore(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        source: str | int | None = None,
+        strict: bool = True,
+    ) -> int:
+        """Load the newest intact checkpoint (or ``source``); return its step, 0 if none."""
+        restored = self.fetch(source)
+        if restored is None:
+            return 0
+        load_into(restored, model, optimizer, strict=strict)
+        return restored.step
+
+    def _fetch_one(self, version: CheckpointVersion) -> RestoredCheckpoint:
+        with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-restore-") as tmp:
+            manifest = self.store.fetch_verified(version, tmp)
+            checkpoint = load_checkpoint(Path(tmp) / manifest.checkpoint_file)
+            config_path = Path(tmp) / CONFIG_FILE
+            config_yaml = config_path.read_bytes() if config_path.exists() else b""
+        return RestoredCheckpoint(version=version, checkpoint=checkpoint, config_yaml=config_yaml)

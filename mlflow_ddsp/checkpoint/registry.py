@@ -1,0 +1,438 @@
+"""Every MLflow call the checkpoint queue makes, with MLflow's errors wrapped.
+
+The queue, the lease and the CLI talk to MLflow only through ``RegistryStore``.
+It hides the differences between the embedded SQLite store and a server
+(version numbers are ``int`` from one and ``str`` from the other) and turns
+``MlflowException`` into our own errors at this edge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+from .. import tags as T
+from ..errors import (
+    CheckpointIntegrityError,
+    CheckpointNotFoundError,
+    RegistryError,
+    TrackingServerUnreachable,
+)
+from ..tracking import check_reachable, ensure_experiment, prepare_store, resolve_tracking_uri
+from .files import MANIFEST_FILE, Manifest
+from .records import CheckpointVersion, QueueModel
+
+__all__ = ["RegistryStore", "LoggedModelRef"]
+
+_PAGE = 1000
+# Guards the process-wide tracking URI while a local registry needs it (see create_version).
+_GLOBAL_URI_LOCK = threading.Lock()
+
+
+class LoggedModelRef:
+    """Where a checkpoint's files live: a LoggedModel id and its artifact URI."""
+
+    __slots__ = ("model_id", "artifact_location")
+
+    def __init__(self, model_id: str, artifact_location: str):
+        self.model_id = model_id
+        self.artifact_location = artifact_location
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(s in text for s in ("Max retries exceeded", "Connection refused", "ConnectionError"))
+
+
+class RegistryStore:
+    """MLflow tracking + model registry access for one tracking URI.
+
+    Args:
+        tracking_uri: explicit URI; default as in :func:`mlflow_ddsp.tracking.resolve_tracking_uri`.
+    """
+
+    def __init__(self, tracking_uri: str | None = None):
+        from mlflow import MlflowClient
+
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        check_reachable(self.tracking_uri)
+        prepare_store(self.tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    # -- error translation -------------------------------------------------
+    @contextlib.contextmanager
+    def _calling(self, action: str) -> Iterator[None]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise CheckpointNotFoundError(f"{action}: {exc.message}") from exc
+            if _is_connection_error(exc):
+                raise TrackingServerUnreachable(
+                    f"{action}: tracking server {self.tracking_uri} is unreachable ({exc.message})"
+                ) from exc
+            raise RegistryError(f"{action}: {exc.message}") from exc
+        except OSError as exc:
+            if _is_connection_error(exc):
+                raise TrackingServerUnreachable(
+                    f"{action}: tracking server {self.tracking_uri} is unreachable ({exc})"
+                ) from exc
+            raise RegistryError(f"{action}: {exc}") from exc
+
+    def _repo(self, artifact_uri: str):
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        return get_artifact_repository(artifact_uri, tracking_uri=self.tracking_uri)
+
+    # -- experiments and runs ----------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        with self._calling(f"open experiment {name!r}"):
+            return ensure_experiment(self.client, name, self.tracking_uri)
+
+    def experiment_of_run(self, run_id: str) -> str:
+        with self._calling(f"look up run {run_id}"):
+            return self.client.get_run(run_id).info.experiment_id
+
+    def log_metrics(
+        self, run_id: str, metrics: Mapping[str, float], step: int, model_id: str | None = None
+    ) -> None:
+        """Log metrics on the run at ``step``; with ``model_id`` they are linked to that model too."""
+        now = int(time.time() * 1000)
+        with self._calling(f"log metrics to run {run_id}"):
+            for key, value in metrics.items():
+                self.client.log_metric(
+                    run_id, key, float(value), timestamp=now, step=int(step), model_id=model_id
+                )
+
+    # -- registered models ---------------------------------------------------
+    def ensure_registered_model(self, name: str, description: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name, description=description)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                with self._calling(f"create registered model {name!r}"):
+                    raise
+
+    def registered_model_exists(self, name: str) -> bool:
+        try:
+            self.registered_model_tags(name)
+        except CheckpointNotFoundError:
+            return False
+        return True
+
+    def registered_model_tags(self, name: str) -> dict[str, str]:
+        with self._calling(f"read registered model {name!r}"):
+            return dict(self.client.get_registered_model(name).tags)
+
+    def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
+        with self._calling(f"tag registered model {name!r}"):
+            self.client.set_registered_model_tag(name, key, value)
+
+    def try_create_registered_model(self, name: str, tags: Mapping[str, str], description: str) -> bool:
+        """Create ``name`` atomically; False if it already exists (a unique-name mutex)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name, tags=dict(tags), description=description)
+            return True
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+                return False
+            with self._calling(f"create registered model {name!r}"):
+                raise
+        return False  # unreachable; keeps type checkers content
+
+    def try_rename_registered_model(self, name: str, new_name: str) -> bool:
+        """Rename atomically; False if ``name`` vanished first (someone else renamed it)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.rename_registered_model(name, new_name)
+            return True
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS"):
+                return False
+            if "0 were matched" in str(exc) or "StaleData" in str(exc):
+                return False  # lost a concurrent rename (PostgreSQL reports it this way)
+            with self._calling(f"rename registered model {name!r}"):
+                raise
+        return False
+
+    def delete_registered_model(self, name: str) -> None:
+        with contextlib.suppress(CheckpointNotFoundError), self._calling(
+            f"delete registered model {name!r}"
+        ):
+            self.client.delete_registered_model(name)
+
+    def record_experiment(self, name: str, experiment_id: str) -> list[str]:
+        """Remember that queue ``name`` writes into ``experiment_id``; return all recorded ids."""
+        recorded = self.experiment_ids(name)
+        if experiment_id not in recorded:
+            recorded.append(experiment_id)
+            self.set_registered_model_tag(name, T.EXPERIMENT_IDS, json.dumps(recorded))
+        return recorded
+
+    def experiment_ids(self, name: str) -> list[str]:
+        try:
+            value = self.registered_model_tags(name).get(T.EXPERIMENT_IDS, "[]")
+            ids = json.loads(value)
+            return [str(i) for i in ids] if isinstance(ids, list) else []
+        except (CheckpointNotFoundError, ValueError):
+            return []
+
+    # -- aliases ------------------------------------------------------------
+    def alias_version(self, name: str, alias: str) -> int | None:
+        with self._calling(f"read alias {name}@{alias}"):
+            aliases = self.client.get_registered_model(name).aliases
+        version = aliases.get(alias)
+        return int(version) if version is not None else None
+
+    def aliases_by_version(self, name: str) -> dict[int, list[str]]:
+        with self._calling(f"read aliases of {name!r}"):
+            aliases = self.client.get_registered_model(name).aliases
+        out: dict[int, list[str]] = {}
+        for alias, version in aliases.items():
+            out.setdefault(int(version), []).append(alias)
+        return out
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        from mlflow.exceptions import MlflowException
+
+        # Two writers creating the same alias at once can collide on the unique
+        # key (measured); one retry resolves it, last writer wins as usual.
+        for attempt in range(3):
+            try:
+                self.client.set_registered_model_alias(name, alias, str(version))
+                return
+            except MlflowException as exc:
+                if "IntegrityError" not in str(exc) or attempt == 2:
+                    with self._calling(f"point alias {name}@{alias} at v{version}"):
+                        raise
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        with contextlib.suppress(CheckpointNotFoundError), self._calling(
+            f"delete alias {name}@{alias}"
+        ):
+            self.client.delete_registered_model_alias(name, alias)
+
+    # -- model versions -----------------------------------------------------
+    @staticmethod
+    def _version(mv) -> CheckpointVersion:
+        return CheckpointVersion(
+            name=mv.name,
+            version=int(mv.version),
+            source=mv.source or "",
+            run_id=mv.run_id or None,
+            created_ms=int(mv.creation_timestamp or 0),
+            tags=dict(mv.tags or {}),
+            description=mv.description or "",
+        )
+
+    def list_versions(self, name: str) -> list[CheckpointVersion]:
+        """Every live version of ``name``, lowest number first (empty if the model is absent)."""
+        out: list[CheckpointVersion] = []
+        token = None
+        with self._calling(f"list versions of {name!r}"):
+            while True:
+                page = self.client.search_model_versions(
+                    f"name = '{name}'", max_results=_PAGE, page_token=token
+                )
+                out += [self._version(mv) for mv in page]
+                token = page.token
+                if not token:
+                    break
+        return sorted(out, key=lambda v: v.version)
+
+    def get_version(self, name: str, version: int) -> CheckpointVersion:
+        with self._calling(f"read {name} v{version}"):
+            return self._version(self.client.get_model_version(name, str(version)))
+
+    @contextlib.contextmanager
+    def _global_uri_for_local_registry(self) -> Iterator[None]:
+        """Point MLflow's process-wide tracking URI at this store for one call.
+
+        MLflow's local (SQLite) registry resolves a ``models:/<id>`` source with a
+        fresh ``MlflowClient()``, i.e. through the global tracking URI, not ours
+        (a TODO in ``SqlAlchemyStore.create_model_version``). A server resolves it
+        against its own store, so remote URIs need nothing.
+        """
+        if self.tracking_uri.startswith(("http://", "https://")):
+            yield
+            return
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        with _GLOBAL_URI_LOCK, _use_tracking_uri(self.tracking_uri):
+            yield
+
+    def create_version(
+        self,
+        name: str,
+        files: LoggedModelRef,
+        run_id: str | None,
+        tags: Mapping[str, str],
+        description: str,
+    ) -> CheckpointVersion:
+        with self._calling(f"register a version of {name!r}"), self._global_uri_for_local_registry():
+            mv = self.client.create_model_version(
+                name,
+                source=f"models:/{files.model_id}",
+                run_id=run_id,
+                tags=dict(tags),
+                description=description,
+                model_id=files.model_id,
+                await_creation_for=0,  # a models:/ source is READY at once
+            )
+        return self._version(mv)
+
+    def delete_version(self, name: str, version: int) -> None:
+        with contextlib.suppress(CheckpointNotFoundError), self._calling(
+            f"delete {name} v{version}"
+        ):
+            self.client.delete_model_version(name, str(version))
+
+    # -- LoggedModels: a checkpoint's files ---------------------------------
+    def create_files(
+        self, experiment_id: str, name: str, run_id: str | None, tags: Mapping[str, str]
+    ) -> LoggedModelRef:
+        """Create a PENDING LoggedModel to hold one checkpoint's files."""
+        with self._calling("create a LoggedModel for a checkpoint"):
+            lm = self.client.create_logged_model(
+                experiment_id, name=name, source_run_id=run_id, tags=dict(tags)
+            )
+        return LoggedModelRef(lm.model_id, lm.artifact_location)
+
+    def get_files(self, model_id: str) -> LoggedModelRef:
+        with self._calling(f"read LoggedModel {model_id}"):
+            lm = self.client.get_logged_model(model_id)
+        return LoggedModelRef(lm.model_id, lm.artifact_location)
+
+    def upload(self, files: LoggedModelRef, local_path: str | os.PathLike) -> None:
+        with self._calling(f"upload {Path(local_path).name} to {files.artifact_location}"):
+            self._repo(files.artifact_location).log_artifact(str(local_path))
+
+    def list_sizes(self, files: LoggedModelRef) -> dict[str, int]:
+        """Top-level file name -> size in bytes, as the artifact store reports it."""
+        with self._calling(f"list {files.artifact_location}"):
+            infos = self._repo(files.artifact_location).list_artifacts()
+        return {Path(i.path).name: int(i.file_size or 0) for i in infos if not i.is_dir}
+
+    def finalize(self, files: LoggedModelRef) -> None:
+        with self._calling(f"finalize LoggedModel {files.model_id}"):
+            self.client.finalize_logged_model(files.model_id, "READY")
+
+    def download(self, files: LoggedModelRef, names: Sequence[str], dst: str | os.PathLike) -> Path:
+        """Download the named files into ``dst``; missing files raise CheckpointNotFoundError."""
+        repo = self._repo(files.artifact_location)
+        for name in names:
+            with self._calling(f"download {name} from {files.artifact_location}"):
+                try:
+                    repo.download_artifacts(name, dst_path=str(dst))
+                except (FileNotFoundError, OSError) as exc:
+                    if _is_connection_error(exc):
+                        raise
+                    raise CheckpointNotFoundError(
+                        f"{name} is missing from {files.artifact_location}"
+                    ) from exc
+        return Path(dst)
+
+    def read_manifest(self, files: LoggedModelRef, dst: str | os.PathLike) -> Manifest:
+        path = self.download(files, [MANIFEST_FILE], dst) / MANIFEST_FILE
+        return Manifest.from_json(path.read_bytes(), source=f"{files.artifact_location}/{MANIFEST_FILE}")
+
+    def delete_bytes(self, files: LoggedModelRef) -> None:
+        """Free a LoggedModel's artifact bytes, including its now-empty folder.
+
+        Registry and LoggedModel deletions are metadata only; this is what
+        actually frees storage (locally and through ``--serve-artifacts``).
+        """
+        location = files.artifact_location.rstrip("/")
+        parent, sep, leaf = location.rpartition(f"/models/{files.model_id}")
+        with self._calling(f"delete files at {location}"):
+            if sep and leaf in ("", "/artifacts"):
+                # <root>/models/<id>/artifacts: remove <id> itself, not just its contents.
+                self._repo(f"{parent}/models").delete_artifacts(files.model_id)
+            else:
+                self._repo(location).delete_artifacts()
+
+    def delete_record(self, model_id: str) -> None:
+        with contextlib.suppress(CheckpointNotFoundError), self._calling(
+            f"delete LoggedModel {model_id}"
+        ):
+            self.client.delete_logged_model(model_id)
+
+    def queue_models(self, queue: str, experiment_ids: Sequence[str]) -> list[QueueModel]:
+        """Live LoggedModels tagged as written by ``queue`` in the given experiments."""
+        if not experiment_ids:
+            return []
+        out: list[QueueModel] = []
+        token = None
+        with self._calling(f"list checkpoint files of {queue!r}"):
+            while True:
+                page = self.client.search_logged_models(
+                    list(experiment_ids),
+                    filter_string=f"tags.`{T.QUEUE}` = '{queue}'",
+                    max_results=_PAGE,
+                    page_token=token,
+                )
+                out += [
+                    QueueModel(
+                        model_id=m.model_id,
+                        status=str(getattr(m.status, "name", m.status)).upper(),
+                        artifact_location=m.artifact_location,
+                        created_ms=int(m.creation_timestamp or 0),
+                        tags=dict(m.tags or {}),
+                    )
+                    for m in page
+                ]
+                token = page.token
+                if not token:
+                    break
+        return out
+
+    # -- integrity checks ---------------------------------------------------
+    def files_of(self, version: CheckpointVersion) -> LoggedModelRef:
+        if version.model_id is None:
+            raise CheckpointNotFoundError(f"{version.label} was not written by mlflow-ddsp")
+        return self.get_files(version.model_id)
+
+    def looks_intact(self, version: CheckpointVersion) -> bool:
+        """Cheap check: the checkpoint and manifest are listed, the checkpoint at its tagged size.
+
+        Costs one listing; a full sha256 check happens on restore and in ``verify``.
+        """
+        try:
+            sizes = self.list_sizes(self.files_of(version))
+        except CheckpointNotFoundError:
+            return False
+        ckpt = version.tags.get(T.CHECKPOINT_FILE)
+        return MANIFEST_FILE in sizes and ckpt in sizes and sizes[ckpt] == version.size
+
+    def fetch_verified(self, version: CheckpointVersion, dst: str | os.PathLike) -> Manifest:
+        """Download every file of ``version`` into ``dst`` and check it against its tags.
+
+        The manifest is trusted only if its sha256 matches the version tag
+        (stored in the database when the version was created); every other
+        file must then match the manifest.
+        """
+        from .files import sha256_file, verify_files
+
+        files = self.files_of(version)
+        manifest = self.read_manifest(files, dst)
+        digest = sha256_file(Path(dst) / MANIFEST_FILE)
+        if digest.sha256 != version.manifest_sha256:
+            raise CheckpointIntegrityError(
+                f"{version.label}: manifest.json changed since registration "
+                f"(sha256 {digest.sha256[:12]}..., expected {str(version.manifest_sha256)[:12]}...)"
+            )
+        self.download(files, [n for n in manifest.files], dst)
+        verify_files(dst, manifest, label=version.label)
+        return manifest

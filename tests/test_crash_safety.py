@@ -1,0 +1,124 @@
+"""SIGKILL a training process at every step of the save protocol, then check and resume.
+
+The trainer (``tiny_trainer.py``) saves every 10 steps and force-saves every
+30; the crash hits the save of step 50 (a rolling save whose predecessor, 40,
+must be retired) or of step 60 (a force-save). After each kill:
+
+* at once, before any repair: every force-saved version is intact and the
+  alias points at an intact version (readers are never broken);
+* after the next start's reconcile: the alias points at the newest durable
+  checkpoint (the crashed step if the kill came after registration, the
+  previous one otherwise), there is at most one rolling version, and no
+  orphaned bytes remain on disk;
+* training resumes from there and ends with exactly the weights of a run that
+  was never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from mlflow_ddsp import CheckpointQueue
+from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.checkpoint.faults import CRASH_ENV, CRASH_POINTS
+from mlflow_ddsp.checkpoint.lease import lease_model_name
+
+import tiny_trainer
+from conftest import Backend, fresh_embedded
+from registry_checks import assert_invariants, versions_by_step
+
+pytestmark = pytest.mark.slow
+
+TRAINER = Path(__file__).with_name("tiny_trainer.py")
+COMMITTED_FROM = CRASH_POINTS.index("after_register")
+STEPS = 70
+
+
+def run_in_process(backend: Backend, name: str, steps: int, capsys) -> list[dict]:
+    """Run the trainer in this process (no crash planned: saves a process start-up)."""
+    capsys.readouterr()
+    code = tiny_trainer.main(["train", backend.uri, name, backend.experiment, str(steps)])
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert code == 0, events
+    return events
+
+
+def run_trainer(backend: Backend, name: str, steps: int, crash: str):
+    """Run the trainer in a subprocess that SIGKILLs itself at ``crash``."""
+    env = {**os.environ, CRASH_ENV: crash}
+    proc = subprocess.run(
+        [sys.executable, str(TRAINER), "train", backend.uri, name, backend.experiment, str(steps)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc, events
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_weights(tmp_path_factory, sqlite_template) -> str:
+    backend = fresh_embedded(sqlite_template, tmp_path_factory.mktemp("reference"), "reference")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert tiny_trainer.main(["train", backend.uri, "reference", "reference", str(STEPS)]) == 0
+    return json.loads(out.getvalue().splitlines()[-1])["weights"]
+
+
+def check_crash_and_resume(backend: Backend, name: str, point: str, crash_step: int, reference: str, capsys):
+    proc, events = run_trainer(backend, name, STEPS, crash=f"{point}@{crash_step}")
+    assert proc.returncode == -signal.SIGKILL, f"expected a SIGKILL at {point}: {proc.stderr[-2000:]}"
+    assert not any(e["event"] == "done" for e in events)
+
+    store = RegistryStore(backend.uri)
+    # Right after the crash, before any repair: nothing a reader can see is broken.
+    aliased = store.get_version(name, store.alias_version(name, "rolling"))
+    with tempfile.TemporaryDirectory() as tmp:
+        store.fetch_verified(aliased, tmp)
+    for v in store.list_versions(name):
+        if v.kind == "force_saved":
+            with tempfile.TemporaryDirectory() as tmp:
+                store.fetch_verified(v, tmp)
+    assert store.registered_model_exists(lease_model_name(name)), "the dead writer's lease is left behind"
+
+    # The next start takes over the dead process's lease and reconciles.
+    committed = CRASH_POINTS.index(point) >= COMMITTED_FROM
+    durable = crash_step if committed else crash_step - 10
+    with CheckpointQueue(name, 10, 30, tracking_uri=backend.uri, experiment=backend.experiment):
+        pass
+    assert not store.registered_model_exists(lease_model_name(name))
+    assert assert_invariants(store, backend, name) == durable
+    expected = {30: "force_saved", durable: "force_saved" if durable % 30 == 0 else "rolling"}
+    assert versions_by_step(store, name) == expected
+
+    # Training resumes from the durable step and ends where an uninterrupted run ends.
+    events = run_in_process(backend, name, STEPS, capsys)
+    assert events[0] == {"event": "resumed", "step": durable}
+    assert events[-1]["weights"] == reference
+    assert versions_by_step(store, name) == {30: "force_saved", 60: "force_saved", 70: "rolling"}
+    assert_invariants(store, backend, name)
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_kill_during_rolling_save(point, embedded, model_name, uninterrupted_weights, capsys):
+    check_crash_and_resume(embedded, model_name, point, 50, uninterrupted_weights, capsys)
+
+
+@pytest.mark.parametrize("point", ["after_finalize", "after_register", "after_alias", "after_delete_bytes"])
+def test_kill_during_force_save(point, embedded, model_name, uninterrupted_weights, capsys):
+    check_crash_and_resume(embedded, model_name, point, 60, uninterrupted_weights, capsys)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("point", ["mid_upload", "after_register", "after_delete_version", "after_delete_bytes"])
+def test_kill_during_rolling_save_through_server(point, mlflow_server, model_name, uninterrupted_weights, capsys):
+    backend = Backend("server", mlflow_server.uri, mlflow_server.artifacts_dir, f"exp-{model_name}")
+    check_crash_and_resume(backend, model_name, point, 50, uninterrupted_weights, capsys)

@@ -1,0 +1,168 @@
+"""One writer per registered model: the lease, against the embedded store and a real server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mlflow_ddsp import CheckpointQueue, LeaseHeldError
+from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.checkpoint.lease import WriterLease, lease_model_name
+from mlflow_ddsp import tags as T
+
+from registry_checks import assert_invariants
+
+TRAINER = Path(__file__).with_name("tiny_trainer.py")
+
+
+def open_queue(backend, name, **kwargs) -> CheckpointQueue:
+    return CheckpointQueue(name, 10, 30, tracking_uri=backend.uri, experiment=backend.experiment, **kwargs)
+
+
+class Holder:
+    """A live writer in another process (``tiny_trainer.py hold``), driven over stdin."""
+
+    def __init__(self, backend, name):
+        self.proc = subprocess.Popen(
+            [sys.executable, str(TRAINER), "hold", backend.uri, name, backend.experiment, "0"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.wait_for("ready")
+
+    def wait_for(self, event: str) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                message = json.loads(line)
+                if message["event"] in (event, "error"):
+                    return message
+        raise AssertionError(f"holder exited before {event!r}: {self.proc.stderr.read()[-2000:]}")
+
+    def send(self, command: str) -> None:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+def test_second_writer_fails_fast_naming_the_holder(backend, model_name):
+    first = open_queue(backend, model_name)
+    started = time.monotonic()
+    with pytest.raises(LeaseHeldError) as info:
+        open_queue(backend, model_name)
+    assert time.monotonic() - started < 30  # fails fast, no waiting for a ttl
+    message = str(info.value)
+    assert f"pid {os.getpid()}" in message and "takeover=True" in message and "\n" not in message
+    first.close()
+    assert not RegistryStore(backend.uri).registered_model_exists(lease_model_name(model_name))
+    open_queue(backend, model_name).close()  # free again once the first writer closed
+
+
+def test_concurrent_acquires_have_exactly_one_winner(backend, model_name):
+    contenders = 4
+    store = RegistryStore(backend.uri)
+    store.ensure_registered_model(model_name, "lease race")
+    for _round in range(3):
+        barrier = threading.Barrier(contenders)
+        leases = [WriterLease(RegistryStore(backend.uri), model_name) for _ in range(contenders)]
+        outcomes: list[object] = [None] * contenders
+
+        def contend(i: int) -> None:
+            barrier.wait()
+            try:
+                leases[i].acquire()
+                outcomes[i] = "held"
+            except LeaseHeldError as exc:
+                outcomes[i] = exc
+
+        threads = [threading.Thread(target=contend, args=(i,)) for i in range(contenders)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert outcomes.count("held") == 1, outcomes
+        winner = leases[outcomes.index("held")]
+        winner.check()
+        winner.release()
+
+
+@pytest.mark.slow
+def test_lease_of_a_killed_writer_is_taken_over_at_once(backend, model_name, caplog):
+    holder = Holder(backend, model_name)
+    with pytest.raises(LeaseHeldError, match=rf"pid {holder.proc.pid}"):
+        open_queue(backend, model_name)
+    holder.proc.send_signal(signal.SIGKILL)
+    holder.stop()
+    with caplog.at_level(logging.WARNING, logger="mlflow_ddsp"), open_queue(backend, model_name):
+        pass  # no ttl wait: the dead process is recognised on this machine
+    assert "taking over the stale writer lease" in caplog.text
+
+
+@pytest.mark.slow
+def test_takeover_fences_off_the_previous_writer(backend, model_name):
+    holder = Holder(backend, model_name)
+    try:
+        import torch
+
+        model = torch.nn.Linear(2, 2)
+        with open_queue(backend, model_name, takeover=True) as queue:
+            mine = queue.save(10, model).result()
+            holder.send("save 20")
+            outcome = holder.wait_for("saved")
+            assert outcome["event"] == "error" and outcome["type"] == "LeaseLostError", outcome
+            assert "taken over" in outcome["message"]
+            assert holder.proc.wait(timeout=60) == 3
+            store = queue.store
+            assert store.alias_version(model_name, "rolling") == mine.version
+            assert [v.step for v in store.list_versions(model_name)] == [10]  # the fenced writer wrote nothing
+            queue.save(20, model).result()
+        assert_invariants(store, backend, model_name)
+    finally:
+        holder.stop()
+
+
+def test_lease_from_another_machine_is_respected_until_its_ttl(embedded, model_name):
+    store = RegistryStore(embedded.uri)
+    store.ensure_registered_model(model_name, "foreign writer")
+
+    def plant(heartbeat_age: float) -> None:
+        store.delete_registered_model(lease_model_name(model_name))
+        tags = {
+            T.LEASE_OWNER: "someone-else", T.LEASE_HOST: "gpu-box-7", T.LEASE_PID: "4242",
+            T.LEASE_PROCESS: "another-boot:1", T.LEASE_HEARTBEAT: f"{time.time() - heartbeat_age:.3f}",
+            T.LEASE_TTL: "60",
+        }  # fmt: skip
+        assert store.try_create_registered_model(lease_model_name(model_name), tags, "planted")
+
+    plant(heartbeat_age=5)
+    with pytest.raises(LeaseHeldError, match=r"gpu-box-7 pid 4242 \(last heartbeat 5 s ago\)"):
+        open_queue(embedded, model_name)
+    plant(heartbeat_age=61)
+    open_queue(embedded, model_name).close()
+
+
+def test_heartbeat_renews_the_lease(embedded, model_name):
+    store = RegistryStore(embedded.uri)
+    store.ensure_registered_model(model_name, "heartbeat")
+    lease = WriterLease(store, model_name, ttl=0.4)
+    lease.acquire()
+    try:
+        first = store.registered_model_tags(lease.lock_name)[T.LEASE_HEARTBEAT]
+        deadline = time.monotonic() + 30
+        while store.registered_model_tags(lease.lock_name)[T.LEASE_HEARTBEAT] == first:
+            assert time.monotonic() < deadline, "heartbeat never renewed the lease"
+            time.sleep(0.05)  # polling a condition, bounded by the deadline
+        lease.check()
+    finally:
+        lease.release()

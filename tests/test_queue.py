@@ -1,0 +1,282 @@
+"""CheckpointQueue behaviour against the embedded SQLite store and a real `mlflow server`."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mlflow import MlflowClient
+from mlflow_ddsp import CheckpointQueue
+from mlflow_ddsp.checkpoint import RegistryStore, load_checkpoint
+from mlflow_ddsp.checkpoint.files import Manifest
+from mlflow_ddsp.errors import CheckpointSaveError, ConfigError, TrackingServerUnreachable
+from mlflow_ddsp.local_server import free_port
+from mlflow_ddsp import tags as T
+
+from registry_checks import assert_invariants, versions_by_step
+
+
+def tiny_model(seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+
+def train_a_bit(model, optimizer, steps: int = 3) -> None:
+    for i in range(steps):
+        loss = model(torch.randn(4, 8)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def open_queue(backend, name, interval_val=10, interval_force_save=20, **kwargs) -> CheckpointQueue:
+    return CheckpointQueue(
+        name, interval_val, interval_force_save, tracking_uri=backend.uri, experiment=backend.experiment, **kwargs
+    )
+
+
+def artifact_folder(backend, store: RegistryStore, version) -> Path:
+    """Where a version's files lie on disk (to tamper with them as a broken disk would)."""
+    experiment = store.client.get_logged_model(version.model_id).experiment_id
+    base = backend.artifacts_dir if backend.kind == "embedded" else backend.artifacts_dir / experiment
+    return base / "models" / version.model_id / "artifacts"
+
+
+def test_a_version_holds_upstream_checkpoint_config_and_manifest(backend, model_name):
+    model, optimizer = tiny_model()
+    config = {"model": {"type": "CombSubFast", "n_spk": 2}, "train": {"lr": 0.0005}}
+    with open_queue(backend, model_name, save_optimizer=True, config=config) as queue:
+        train_a_bit(model, optimizer)
+        rolling = queue.save(10, model, optimizer).result()
+        forced = queue.save(20, model, optimizer).result()
+
+    store = RegistryStore(backend.uri)
+    assert rolling.kind == "rolling" and forced.kind == "force_saved"
+    assert "Force-saved checkpoint at step 20" in forced.description
+    assert forced.tags[T.STEP] == "20" and forced.tags[T.CHECKPOINT_FILE] == "model_20.pt"
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = store.fetch_verified(forced, tmp)
+        assert sorted(p.name for p in Path(tmp).iterdir()) == ["config.yaml", "manifest.json", "model_20.pt"]
+        assert isinstance(manifest, Manifest) and set(manifest.files) == {"model_20.pt", "config.yaml"}
+        assert manifest.files["model_20.pt"].sha256 == forced.sha256
+        assert manifest.files["model_20.pt"].size == forced.size == (Path(tmp) / "model_20.pt").stat().st_size
+        ckpt = load_checkpoint(Path(tmp) / "model_20.pt")
+        assert yaml.safe_load((Path(tmp) / "config.yaml").read_text()) == config
+    assert set(ckpt) == {"global_step", "model", "optimizer"} and ckpt["global_step"] == 20
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(ckpt["model"][key], tensor)
+
+
+def test_previous_rolling_version_is_deleted_with_its_bytes(backend, model_name):
+    model, optimizer = tiny_model()
+    with open_queue(backend, model_name, interval_force_save=None) as queue:
+        first = queue.save(10, model).result()
+        first_folder = artifact_folder(backend, queue.store, first)
+        assert (first_folder / "model_10.pt").is_file()
+        for step in (20, 30):
+            queue.save(step, model).result()
+        store = queue.store
+        assert versions_by_step(store, model_name) == {30: "rolling"}
+        assert not first_folder.parent.exists(), "the retired checkpoint's folder must be gone from disk"
+        assert assert_invariants(store, backend, model_name) == 30
+
+
+def test_restore_brings_back_weights_optimizer_and_step(backend, model_name):
+    model, optimizer = tiny_model(seed=1)
+    with open_queue(backend, model_name, save_optimizer=True) as queue:
+        assert queue.restore(model, optimizer) == 0  # nothing yet
+        train_a_bit(model, optimizer)
+        queue.save(30, model, optimizer)
+    fresh_model, fresh_optimizer = tiny_model(seed=2)
+    with open_queue(backend, model_name, save_optimizer=True) as queue:
+        assert queue.restore(fresh_model, fresh_optimizer) == 30
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(fresh_model.state_dict()[key], tensor)
+    saved, restored = optimizer.state_dict()["state"], fresh_optimizer.state_dict()["state"]
+    assert saved.keys() == restored.keys()
+    for index in saved:
+        assert torch.equal(saved[index]["exp_avg_sq"], restored[index]["exp_avg_sq"])
+
+
+def test_restore_falls_back_past_a_corrupt_rolling_version(backend, model_name, caplog):
+    model, _ = tiny_model()
+    with open_queue(backend, model_name) as queue:
+        forced = queue.save(20, model).result()
+        train_a_bit(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        rolling = queue.save(30, model).result()
+        broken = artifact_folder(backend, queue.store, rolling) / "model_30.pt"
+    data = bytearray(broken.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the sha256 can tell
+    broken.write_bytes(bytes(data))
+
+    fresh, _ = tiny_model(seed=5)
+    with caplog.at_level(logging.WARNING, logger="mlflow_ddsp"), open_queue(backend, model_name) as queue:
+        assert queue.restore(fresh) == 20
+        store = queue.store
+    assert "model_30.pt is" in caplog.text and "falling back" in caplog.text
+    assert store.alias_version(model_name, "rolling") == forced.version
+    assert versions_by_step(store, model_name) == {20: "force_saved"}
+    assert_invariants(store, backend, model_name)
+
+
+def test_restore_from_a_pinned_version_records_it_as_parent(backend, model_name):
+    model, _ = tiny_model()
+    with open_queue(backend, model_name) as queue:
+        pinned = queue.save(20, model).result()
+        queue.save(30, model).result()
+    fresh, _ = tiny_model(seed=3)
+    with open_queue(backend, model_name) as queue:
+        assert queue.restore(fresh, source=f"models:/{model_name}/{pinned.version}") == 20
+        assert queue.restore(fresh, source=pinned.version) == 20
+        child = queue.save(25, fresh).result()
+    assert child.tags[T.PARENT_VERSION] == str(pinned.version)
+    assert child.tags[T.PARENT_STEP] == "20" and child.tags[T.PARENT_MODEL] == model_name
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], tensor)
+
+
+def test_same_step_is_saved_once(embedded, model_name):
+    model, _ = tiny_model()
+    with open_queue(embedded, model_name) as queue:
+        assert queue.save(10, model) is not None
+        assert queue.save(10, model) is None  # e.g. the end-of-training save right after validation
+    assert versions_by_step(RegistryStore(embedded.uri), model_name) == {10: "rolling"}
+
+
+def test_config_yaml_path_is_stored_verbatim(embedded, model_name, tmp_path):
+    path = tmp_path / "my-config.yaml"
+    path.write_text("# my comment survives\ndata:\n  sampling_rate: 44100\n")
+    model, _ = tiny_model()
+    with open_queue(embedded, model_name, config=path) as queue:
+        version = queue.save(10, model).result()
+        with tempfile.TemporaryDirectory() as tmp:
+            queue.store.fetch_verified(version, tmp)
+            assert (Path(tmp) / "config.yaml").read_text() == path.read_text()
+
+
+def test_metrics_are_logged_on_the_run_and_linked_to_the_checkpoint(backend, model_name):
+    client = MlflowClient(backend.uri, backend.uri)
+    store = RegistryStore(backend.uri)
+    run = client.create_run(store.experiment_id(backend.experiment))
+    model, _ = tiny_model()
+    with open_queue(backend, model_name, run_id=run.info.run_id) as queue:
+        version = queue.save(10, model, metrics={"validation/loss": 0.25}).result()
+    history = client.get_metric_history(run.info.run_id, "validation/loss")
+    assert [(m.step, m.value) for m in history] == [(10, 0.25)]
+    logged = client.get_logged_model(version.model_id)
+    assert logged.source_run_id == run.info.run_id
+    assert {m.key: m.value for m in logged.metrics}["validation/loss"] == 0.25
+    assert version.run_id == run.info.run_id
+    assert client.get_metric_history(run.info.run_id, "checkpoint/blocking_seconds")[0].step == 10
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"alias": "latest"}, r"alias='latest' is reserved by MLflow"),
+        ({"alias": "V3"}, r"alias='V3' is reserved"),
+        ({"interval_val": 2000, "interval_force_save": 3000}, r"interval_force_save=3000 .* train.interval_val=2000"),
+        ({"when_busy": "drop"}, r"when_busy='drop' must be one of wait, skip"),
+    ],
+)
+def test_bad_arguments_fail_before_touching_the_network(kwargs, message):
+    # An unreachable URI proves no connection was attempted: validation comes first.
+    args = {"interval_val": 10, "interval_force_save": 20, **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        CheckpointQueue("voice", tracking_uri=f"http://127.0.0.1:{free_port()}", **args)
+
+
+def test_unreachable_server_is_one_actionable_line():
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(TrackingServerUnreachable) as info:
+        CheckpointQueue("voice", 10, 20, tracking_uri=uri)
+    message = str(info.value)
+    assert "\n" not in message and uri in message and "MLFLOW_TRACKING_URI" in message
+
+
+def test_background_failure_surfaces_at_next_save_and_nothing_is_lost(embedded, model_name):
+    model, _ = tiny_model()
+    artifacts = embedded.artifacts_dir
+    queue = open_queue(embedded, model_name)
+    good = queue.save(10, model).result()
+    # Break the artifact store the way a full or vanished disk would: even root
+    # cannot create folders under a path that is a file.
+    shutil.move(artifacts, artifacts.with_name("moved"))
+    artifacts.write_text("not a folder")
+    queue.save(20, model)  # returns at once; the upload fails in the background
+    with pytest.raises(CheckpointSaveError, match=r"checkpoint of step 20 failed"):
+        queue.save(30, model)
+    queue.save(40, model)
+    with pytest.raises(CheckpointSaveError, match=r"step 40"):
+        queue.close()
+    artifacts.unlink()
+    shutil.move(artifacts.with_name("moved"), artifacts)
+
+    store = RegistryStore(embedded.uri)
+    assert store.alias_version(model_name, "rolling") == good.version
+    with open_queue(embedded, model_name) as reopened:  # reconcile drops the unfinished uploads
+        assert reopened.last_reconcile.delete_models
+        assert reopened.restore(tiny_model(seed=9)[0]) == 10
+    assert_invariants(store, embedded, model_name)
+
+
+class _GatedUploads:
+    """Holds the background thread at its first MLflow call until released."""
+
+    def __init__(self, store: RegistryStore):
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        real = store.create_files
+
+        def gated(*args, **kwargs):
+            self.entered.set()
+            assert self.gate.wait(timeout=60), "test never released the gate"
+            return real(*args, **kwargs)
+
+        store.create_files = gated
+
+
+def test_save_returns_after_staging_and_snapshots_the_state(embedded, model_name):
+    model, optimizer = tiny_model()
+    with open_queue(embedded, model_name) as queue:
+        uploads = _GatedUploads(queue.store)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        future = queue.save(10, model)
+        assert uploads.entered.wait(timeout=60)
+        assert not future.done()  # save() returned while the commit is still pending
+        train_a_bit(model, optimizer)  # training goes on, mutating parameters in place
+        uploads.gate.set()
+        version = future.result()
+        with tempfile.TemporaryDirectory() as tmp:
+            queue.store.fetch_verified(version, tmp)
+            saved = load_checkpoint(Path(tmp) / "model_10.pt")["model"]
+    for key, tensor in before.items():
+        assert torch.equal(saved[key], tensor), "the checkpoint must hold the state at save() time"
+    assert not torch.equal(saved["0.weight"], model.state_dict()["0.weight"])
+
+
+def test_when_busy_skip_drops_rolling_saves_but_never_a_force_save(embedded, model_name):
+    model, _ = tiny_model()
+    with open_queue(embedded, model_name, interval_force_save=30, when_busy="skip") as queue:
+        uploads = _GatedUploads(queue.store)
+        first = queue.save(10, model)
+        assert uploads.entered.wait(timeout=60)
+        assert queue.save(20, model) is None  # rolling, busy: skipped
+        assert queue.skipped_saves == 1
+        results = {}
+        force = threading.Thread(target=lambda: results.update(f=queue.save(30, model)))
+        force.start()  # a force-save waits for the busy worker instead
+        uploads.gate.set()
+        force.join(timeout=120)
+        assert not force.is_alive()
+        assert first.result().step == 10
+        assert results["f"].result().kind == "force_saved"
+    assert versions_by_step(RegistryStore(embedded.uri), model_name) == {30: "force_saved"}
