@@ -1,0 +1,118 @@
+"""`mlflow-ddsp versions | verify | gc` against real stores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mlflow_ddsp import CheckpointQueue
+from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.cli import main
+from mlflow_ddsp.local_server import free_port
+from mlflow_ddsp import tags as T
+
+CLI = Path(sys.executable).with_name("mlflow-ddsp")
+
+
+def cli(backend, *args: str):
+    return CliRunner().invoke(main, ["--tracking-uri", backend.uri, *args], catch_exceptions=False)
+
+
+@pytest.fixture
+def queue_with_history(backend, model_name):
+    """Versions at steps 20 (force-saved), 40 (force-saved) and 50 (rolling)."""
+    model = torch.nn.Linear(4, 4)
+    with CheckpointQueue(model_name, 10, 20, tracking_uri=backend.uri, experiment=backend.experiment) as queue:
+        for step in (10, 20, 30, 40, 50):
+            queue.save(step, model)
+    return RegistryStore(backend.uri)
+
+
+def test_versions_table_and_json(backend, model_name, queue_with_history):
+    result = cli(backend, "versions", model_name)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split() == ["VERSION", "STEP", "KIND", "ALIASES", "SIZE", "SHA256", "RUN", "CREATED"]
+    rows = [line.split() for line in lines[1:]]
+    assert [(r[1], r[2], r[3]) for r in rows] == [("20", "force_saved", "-"), ("40", "force_saved", "-"), ("50", "rolling", "rolling")]
+    assert all(" ok " in f" {line} " for line in lines[1:])
+
+    result = cli(backend, "versions", model_name, "--json")
+    data = json.loads(result.stdout)
+    assert [d["step"] for d in data] == [20, 40, 50]
+    assert data[-1]["aliases"] == ["rolling"] and all(d["sha256_ok"] is True for d in data)
+    assert all(d["size_bytes"] > 0 for d in data)
+
+
+def test_verify_passes_then_catches_a_changed_force_saved_version(backend, model_name, queue_with_history):
+    store = queue_with_history
+    result = cli(backend, "verify", model_name)
+    assert result.exit_code == 0 and "3 versions verified, no problems" in result.output
+
+    # Re-uploading to a version's path silently changes what it returns (MLflow does not
+    # protect stored bytes); verify must notice.
+    forced = next(v for v in store.list_versions(model_name) if v.step == 20)
+    impostor = Path.cwd() / "model_20.pt"
+    impostor.write_bytes(b"not the checkpoint you saved")
+    store.upload(store.files_of(forced), impostor)
+
+    result = cli(backend, "verify", model_name)
+    assert result.exit_code == 1
+    assert f"{model_name} v{forced.version} (step 20): force_saved, MISMATCH" in result.output
+    assert "problem:" in result.output and "model_20.pt" in result.output
+
+
+def test_gc_dry_run_then_removes_an_orphaned_upload(backend, model_name, queue_with_history):
+    store = queue_with_history
+    experiment = store.experiment_ids(model_name)[0]
+    # What a crash mid-upload leaves: a PENDING LoggedModel of the queue with some bytes.
+    orphan = store.create_files(experiment, "crashed", None, {T.QUEUE: model_name, T.STEP: "60", T.KIND: "rolling"})
+    partial = Path.cwd() / "model_60.pt"
+    partial.write_bytes(b"\0" * 1000)
+    store.upload(orphan, partial)
+
+    result = cli(backend, "gc", model_name, "--dry-run")
+    assert result.exit_code == 0
+    assert f"would delete orphaned checkpoint files {orphan.model_id} (pending, step 60)" in result.output
+    assert orphan.model_id in {m.model_id for m in store.queue_models(model_name, [experiment])}
+
+    result = cli(backend, "gc", model_name)
+    assert result.exit_code == 0 and f"delete orphaned checkpoint files {orphan.model_id}" in result.output
+    assert orphan.model_id not in backend.checkpoint_dirs([experiment])
+    assert orphan.model_id not in {m.model_id for m in store.queue_models(model_name, [experiment])}
+    assert cli(backend, "gc", model_name).output.strip() == f"{model_name}: nothing to do"
+
+
+def test_gc_refuses_while_a_writer_holds_the_queue(embedded, model_name):
+    with CheckpointQueue(model_name, 10, 20, tracking_uri=embedded.uri, experiment=embedded.experiment):
+        result = cli(embedded, "gc", model_name)
+    assert result.exit_code == 1
+    assert result.output.startswith("error: registered model") and "is being written by" in result.output
+
+
+def test_unknown_model_and_unreachable_server_are_one_line_errors(embedded):
+    result = cli(embedded, "versions", "no-such-model")
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: registered model 'no-such-model' does not exist at {embedded.uri}"
+
+    # The installed console script, as a user runs it.
+    proc = subprocess.run(
+        [str(CLI), "--tracking-uri", f"http://127.0.0.1:{free_port()}", "verify", "voice"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: cannot reach the MLflow tracking server") and proc.stderr.count("\n") == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_lists_the_registry_commands():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in ("versions", "verify", "gc"):
+        assert command in result.output
