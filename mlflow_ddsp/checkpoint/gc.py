@@ -42,14 +42,20 @@ def remove_files(store: RegistryStore, model: LoggedModelRef, after: Callable[[s
 
 
 def retire_version(
-    store: RegistryStore, version: CheckpointVersion, after: Callable[[str], None] = _no_hook
+    store: RegistryStore,
+    version: CheckpointVersion,
+    after: Callable[[str], None] = _no_hook,
+    *,
+    files: LoggedModelRef | None = None,
 ) -> None:
     """Delete a version: registry entry, then bytes, then LoggedModel record.
 
     The caller must have moved every alias off ``version`` first (MLflow would
-    silently drop the alias along with the version).
+    silently drop the alias along with the version). ``files`` saves a lookup
+    when the caller already knows where the version's files are.
     """
-    files = store.files_of(version) if version.model_id else None
+    if files is None and version.model_id:
+        files = store.files_of(version)
     store.delete_version(version.name, version.version)
     after("after_delete_version")
     if files is not None:

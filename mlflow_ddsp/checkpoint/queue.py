@@ -18,10 +18,10 @@ invariants with nothing durable lost:
                  then the manifest, last                                -> after_upload
     4. verify    the store lists every file at its manifest size
     5. finalize  LoggedModel READY                                      -> after_finalize
-    6. register  a model version, tags step/kind/sha256/size/manifest sha256,
+    6. fence     check the writer lease, then
+       register  a model version, tags step/kind/sha256/size/manifest sha256,
                  set in the same call: THE COMMIT POINT                 -> after_register
-    7. fence     check the writer lease (also checked before 1), then
-                 move the alias                                         -> after_alias
+    7. alias     move the alias to it                                   -> after_alias
     8. retire    the previous rolling version: registry entry           -> after_delete_version
                  then its bytes                                         -> after_delete_bytes
                  then its LoggedModel record                            -> after_delete_record
@@ -44,6 +44,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -116,6 +117,18 @@ def _clean_scratch() -> None:
             pass
 
 
+def _lower_priority() -> None:
+    """Run the save thread at a lower CPU priority than training (Linux: per-thread nice).
+
+    Training saturates the cores; the save only needs them while training waits.
+    """
+    nice = int(os.environ.get("MLFLOW_DDSP_SAVE_NICE", "10"))
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError):
+        pass  # not Linux, or not permitted: run at normal priority
+
+
 class CheckpointQueue:
     """Keeps a training run's checkpoints in the MLflow model registry, crash-safely.
 
@@ -137,6 +150,8 @@ class CheckpointQueue:
         when_busy: a rolling save arriving while the previous save is still being
             written ``"wait"``s for it (default) or is ``"skip"``ped; force-saves
             always wait.
+        lineage: extra tags for every version (code version, config and data
+            digests...), written with the version in the same call.
 
     Use as a context manager, or call :meth:`close` (it flushes pending saves).
     """
@@ -156,6 +171,7 @@ class CheckpointQueue:
         takeover: bool = False,
         lease_ttl: float = DEFAULT_LEASE_TTL,
         when_busy: str = "wait",
+        lineage: Mapping[str, str] | None = None,
     ):
         # Validate everything before the first network call.
         self.name = validate_model_name(registered_model)
@@ -166,6 +182,7 @@ class CheckpointQueue:
         self.when_busy = when_busy
         self.save_optimizer = bool(save_optimizer)
         self._config_yaml = _config_bytes(config)
+        self._lineage = {str(k): str(v) for k, v in (lineage or {}).items()}
 
         self.store = RegistryStore(tracking_uri)
         self.reader = CheckpointReader(self.name, self.alias, store=self.store)
@@ -190,13 +207,16 @@ class CheckpointQueue:
         _clean_scratch()
 
         self._staging = StagingBuffer()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mlflow-ddsp-save-{self.name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"mlflow-ddsp-save-{self.name}", initializer=_lower_priority
+        )
         self._pending: Future | None = None
         self._pending_step: int | None = None
         self._last_step: int | None = None
         self._parent: CheckpointVersion | None = None
         self.skipped_saves = 0
         self.last_version: CheckpointVersion | None = None
+        self._last_files: LoggedModelRef | None = None
         ref = weakref.ref(self)
         atexit.register(lambda: (q := ref()) is not None and q._close_quietly())
 
@@ -322,7 +342,6 @@ class CheckpointQueue:
         def reached(point: str) -> None:
             crash_point(point, step)
 
-        self._lease.check()  # a writer that lost its lease uploads nothing
         _SCRATCH.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"{os.getpid()}-step{step}-", dir=_SCRATCH) as tmp:
             folder = Path(tmp)
@@ -344,6 +363,10 @@ class CheckpointQueue:
             store.finalize(files)
             reached("after_finalize")
 
+        # Fencing, at the commit point: a process whose lease was taken over
+        # registers nothing and moves no alias (its upload is an orphan that the
+        # next reconcile removes).
+        self._lease.check()
         version = store.create_version(
             self.name,
             files,
@@ -353,14 +376,16 @@ class CheckpointQueue:
         )
         reached("after_register")
 
-        self._lease.check()  # fencing: a process that lost the lease must not move the alias
-        previous = store.alias_version(self.name, self.alias)
+        # While we hold the lease only we move the alias: it is where our last save put it.
+        mine = self.last_version
+        previous = mine.version if mine is not None else store.alias_version(self.name, self.alias)
         store.set_alias(self.name, self.alias, version.version)
         reached("after_alias")
         if previous is not None and previous != version.version:
             self._retire_if_rolling(previous, reached)
 
         self.last_version = version
+        self._last_files = files
         if self.run_id:
             timings = {
                 "checkpoint/blocking_seconds": blocked,
@@ -378,17 +403,24 @@ class CheckpointQueue:
             raise CheckpointIntegrityError(f"upload of step {step} to {files.artifact_location} is incomplete ({detail})")
 
     def _retire_if_rolling(self, version_number: int, reached) -> None:
-        try:
-            previous = self.store.get_version(self.name, version_number)
-        except MlflowDdspError:
-            return  # already gone
+        mine = self.last_version
+        if mine is not None and mine.version == version_number:
+            # Our own previous save: we know its kind and files without asking the server.
+            previous, files = mine, self._last_files
+        else:
+            try:
+                previous = self.store.get_version(self.name, version_number)
+            except MlflowDdspError:
+                return  # already gone
+            files = None
         if previous.kind == T.KIND_ROLLING:
-            retire_version(self.store, previous, reached)
+            retire_version(self.store, previous, reached, files=files)
 
     # -- helpers ------------------------------------------------------------
     def _version_tags(self, step: int, kind: str, manifest: Manifest, manifest_digest: FileDigest) -> dict[str, str]:
         ckpt = manifest.files[manifest.checkpoint_file]
         tags = {
+            **self._lineage,
             T.STEP: str(step),
             T.KIND: kind,
             T.CHECKPOINT_FILE: manifest.checkpoint_file,

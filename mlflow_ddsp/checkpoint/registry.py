@@ -103,13 +103,14 @@ class RegistryStore:
     def log_metrics(
         self, run_id: str, metrics: Mapping[str, float], step: int, model_id: str | None = None
     ) -> None:
-        """Log metrics on the run at ``step``; with ``model_id`` they are linked to that model too."""
+        """Log metrics on the run at ``step`` in one call; with ``model_id`` they are linked
+        to that model too (the MLflow UI then compares checkpoints by them)."""
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, int(step), model_id=model_id) for k, v in metrics.items()]
         with self._calling(f"log metrics to run {run_id}"):
-            for key, value in metrics.items():
-                self.client.log_metric(
-                    run_id, key, float(value), timestamp=now, step=int(step), model_id=model_id
-                )
+            self.client.log_batch(run_id, metrics=batch)
 
     # -- registered models ---------------------------------------------------
     def ensure_registered_model(self, name: str, description: str) -> None:
