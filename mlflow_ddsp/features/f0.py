@@ -1,0 +1,314 @@
+"""Fundamental-frequency (f0) extractors on the shared frame grid.
+
+Registry names follow upstream's ``data.f0_extractor``:
+
+- ``parselmouth`` (default): Praat's autocorrelation pitch tracker with upstream's
+  settings (voicing threshold 0.6, floor ``f0_min``, ceiling ``f0_max``), the audio
+  zero-padded so that Praat's first frame lands on sample 0. ~10 ms per second of
+  44.1 kHz audio.
+- ``dio`` and ``harvest``: WORLD's estimators via pyworld (optional extra
+  ``mlflow-ddsp[world]``, imported on first use); dio is refined with stonemask as
+  upstream does. Harvest is the most robust and by far the slowest.
+- ``crepe``, ``fcpe`` and ``rmvpe`` are upstream names that cannot run here; they are
+  rejected with the reason.
+
+Every extractor returns ``T // hop_size + 1`` frames, frame ``n`` at sample
+``n * hop_size``; 0 Hz marks an unvoiced frame. ``extract`` then fills unvoiced
+frames by linear interpolation between voiced neighbours (holding the first/last
+voiced value at the edges), exactly as upstream's preprocess does, and reports
+whether any frame was voiced at all: preprocess moves files without one aside.
+Upstream's inference additionally raises filled values below ``f0_min`` to
+``f0_min`` (``np.maximum(track.f0, f0_min)``); preprocess does not.
+
+Shapes: audio ``[T]`` float; f0 ``[n_frames]`` float32 Hz; voiced ``[n_frames]`` bool.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib.machinery
+import importlib.util
+from dataclasses import dataclass
+from types import ModuleType
+from typing import ClassVar
+
+import numpy as np
+
+from mlflow_ddsp.errors import ConfigError
+from mlflow_ddsp.features.frames import frame_count
+
+__all__ = [
+    "F0_EXTRACTORS",
+    "DEFAULT_F0_EXTRACTOR",
+    "F0Track",
+    "F0Extractor",
+    "ParselmouthF0",
+    "DioF0",
+    "HarvestF0",
+    "get_f0_extractor",
+    "interpolate_unvoiced",
+]
+
+DEFAULT_F0_EXTRACTOR = "parselmouth"
+
+# Upstream names that need something this project cannot provide offline.
+_UNAVAILABLE = {
+    "crepe": "needs torchcrepe, which imports torchaudio (it does not import beside torch 2.13)",
+    "fcpe": "needs torchfcpe, which imports torchaudio (it does not import beside torch 2.13)",
+    "rmvpe": "needs the RMVPE network and its downloaded weights, which mlflow-ddsp does not ship",
+}
+
+_PYWORLD: ModuleType | None = None
+
+
+@dataclass(frozen=True)
+class F0Track:
+    """An f0 contour on the frame grid.
+
+    Attributes:
+        f0: ``[n_frames]`` float32 Hz; unvoiced frames linearly interpolated from
+            their voiced neighbours (all zeros when no frame is voiced).
+        voiced: ``[n_frames]`` bool, True where the extractor found a pitch.
+    """
+
+    f0: np.ndarray
+    voiced: np.ndarray
+
+    @property
+    def has_voice(self) -> bool:
+        """False when not a single frame is voiced (upstream moves such files to ``skip/``)."""
+        return bool(self.voiced.any())
+
+    @property
+    def raw(self) -> np.ndarray:
+        """``[n_frames]`` float32 Hz with 0 on unvoiced frames, as the extractor returned it."""
+        return np.where(self.voiced, self.f0, 0.0).astype(np.float32)
+
+
+def interpolate_unvoiced(f0: np.ndarray) -> np.ndarray:
+    """Fill the zeros of ``f0 [n]`` linearly from the voiced frames -> float32 ``[n]``.
+
+    Edges hold the nearest voiced value (``np.interp`` clamps); an all-zero contour
+    is returned unchanged.
+    """
+    f0 = np.asarray(f0, dtype=np.float32).copy()
+    voiced = f0 > 0
+    if voiced.any() and not voiced.all():
+        idx = np.arange(f0.size)
+        f0[~voiced] = np.interp(idx[~voiced], idx[voiced], f0[voiced])
+    return f0
+
+
+def _fit_length(f0: np.ndarray, n_frames: int) -> np.ndarray:
+    """Zero-pad or truncate ``f0`` to exactly ``n_frames`` (estimators differ by a frame)."""
+    if f0.size < n_frames:
+        return np.pad(f0, (0, n_frames - f0.size))
+    return f0[:n_frames]
+
+
+class F0Extractor(abc.ABC):
+    """Base class: validated settings plus the frame-grid bookkeeping.
+
+    Subclasses implement ``_estimate(audio) -> [~n_frames]`` float Hz (0 = unvoiced).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(
+        self,
+        sample_rate: int,
+        hop_size: int,
+        f0_min: float = 65.0,
+        f0_max: float = 800.0,
+    ) -> None:
+        if int(sample_rate) <= 0:
+            raise ConfigError(f"data.sampling_rate: {sample_rate!r} must be a positive integer")
+        if int(hop_size) <= 0:
+            raise ConfigError(f"data.block_size: {hop_size!r} must be a positive integer")
+        if not 0 < float(f0_min) < float(f0_max):
+            raise ConfigError(
+                f"data.f0_min/data.f0_max: {f0_min!r}/{f0_max!r} must satisfy 0 < f0_min < f0_max"
+            )
+        if float(f0_max) >= int(sample_rate) / 2:
+            raise ConfigError(
+                f"data.f0_max: {f0_max!r} must be below the Nyquist frequency "
+                f"({int(sample_rate) / 2:g} Hz at data.sampling_rate {sample_rate})"
+            )
+        self.sample_rate = int(sample_rate)
+        self.hop_size = int(hop_size)
+        self.f0_min = float(f0_min)
+        self.f0_max = float(f0_max)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(sample_rate={self.sample_rate}, hop_size={self.hop_size}, "
+            f"f0_min={self.f0_min:g}, f0_max={self.f0_max:g})"
+        )
+
+    @abc.abstractmethod
+    def _estimate(self, audio: np.ndarray) -> np.ndarray:
+        """Raw f0 of float64 audio ``[T]``, about ``T // hop + 1`` frames, 0 = unvoiced."""
+
+    def extract_raw(self, audio: np.ndarray) -> np.ndarray:
+        """Raw f0 of mono audio ``[T]`` -> float32 ``[T // hop_size + 1]``, 0 Hz = unvoiced."""
+        audio = np.asarray(audio, dtype=np.float64)
+        if audio.ndim != 1 or audio.size == 0:
+            raise ValueError(f"f0 extraction expects non-empty 1-D audio [T], got shape {audio.shape}")
+        f0 = np.asarray(self._estimate(audio), dtype=np.float64)
+        # Estimators can report NaN or tiny negative values on degenerate input.
+        f0 = np.where(np.isfinite(f0) & (f0 > 0), f0, 0.0)
+        return _fit_length(f0, frame_count(audio.size, self.hop_size)).astype(np.float32)
+
+    def extract(self, audio: np.ndarray) -> F0Track:
+        """f0 of mono audio ``[T]`` with unvoiced frames interpolated (see ``F0Track``)."""
+        raw = self.extract_raw(audio)
+        return F0Track(f0=interpolate_unvoiced(raw), voiced=raw > 0)
+
+
+class ParselmouthF0(F0Extractor):
+    """Praat autocorrelation pitch (``to_pitch_ac``) with upstream's padding and settings."""
+
+    name = "parselmouth"
+
+    def _estimate(self, audio: np.ndarray) -> np.ndarray:
+        import parselmouth  # a required dependency; imported here to keep import time low
+
+        sr, hop = self.sample_rate, self.hop_size
+        # Praat's AC analysis window is 3 / f0_min long and its first frame sits at
+        # half a window, so 1.5 / f0_min seconds of leading zeros put that first
+        # frame on original sample 0. The right pad makes the frame count reach
+        # T // hop + 1 (upstream's arithmetic, kept so frames line up identically).
+        l_pad = int(np.ceil(1.5 / self.f0_min * sr))
+        r_pad = int(hop * ((audio.size - 1) // hop + 1) - audio.size + l_pad + 1)
+        sound = parselmouth.Sound(np.pad(audio, (l_pad, r_pad)), sampling_frequency=sr)
+        pitch = sound.to_pitch_ac(
+            time_step=hop / sr,
+            voicing_threshold=0.6,
+            pitch_floor=self.f0_min,
+            pitch_ceiling=self.f0_max,
+        )
+        if abs(pitch.t1 - 1.5 / self.f0_min) > 0.001:  # upstream asserts the same
+            raise RuntimeError(
+                f"parselmouth placed its first frame at {pitch.t1:.4f} s, expected "
+                f"{1.5 / self.f0_min:.4f} s; f0 frames would be misaligned"
+            )
+        return pitch.selected_array["frequency"]
+
+
+def _import_pyworld(extractor: str) -> ModuleType:
+    """Import pyworld on first use, or raise a ConfigError saying how to get it.
+
+    pyworld 0.3.5's ``__init__`` imports ``pkg_resources`` only to read its own
+    version, and setuptools >= 81 no longer ships that module; then the compiled
+    extension (which has the functions) is loaded directly.
+    """
+    global _PYWORLD
+    if _PYWORLD is not None:
+        return _PYWORLD
+    try:
+        import pyworld
+
+        _PYWORLD = pyworld
+    except ModuleNotFoundError as exc:
+        if exc.name != "pkg_resources":
+            raise ConfigError(
+                f"data.f0_extractor: {extractor!r} needs pyworld; "
+                "pip install 'mlflow-ddsp[world]' or use 'parselmouth'"
+            ) from exc
+        _PYWORLD = _load_pyworld_extension(extractor)
+    return _PYWORLD
+
+
+def _load_pyworld_extension(extractor: str) -> ModuleType:
+    """Load ``pyworld/pyworld.*.so`` without running the package ``__init__``."""
+    spec = importlib.util.find_spec("pyworld")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            candidate = f"{folder}/pyworld{suffix}"
+            ext_spec = importlib.util.spec_from_file_location("pyworld.pyworld", candidate)
+            if ext_spec is None or ext_spec.loader is None:
+                continue
+            try:
+                module = importlib.util.module_from_spec(ext_spec)
+                ext_spec.loader.exec_module(module)
+            except (ImportError, OSError):
+                continue
+            return module
+    raise ConfigError(
+        f"data.f0_extractor: {extractor!r} needs pyworld, which is installed but does not "
+        "import (it needs pkg_resources); pip install 'setuptools<81' or use 'parselmouth'"
+    )
+
+
+class DioF0(F0Extractor):
+    """WORLD dio (2 channels per octave) refined by stonemask, as upstream."""
+
+    name = "dio"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._pw = _import_pyworld(self.name)
+
+    def _estimate(self, audio: np.ndarray) -> np.ndarray:
+        frame_period_ms = 1000.0 * self.hop_size / self.sample_rate
+        f0, times = self._pw.dio(
+            audio,
+            self.sample_rate,
+            f0_floor=self.f0_min,
+            f0_ceil=self.f0_max,
+            channels_in_octave=2,
+            frame_period=frame_period_ms,
+        )
+        return self._pw.stonemask(audio, f0, times, self.sample_rate)
+
+
+class HarvestF0(F0Extractor):
+    """WORLD harvest: robust and slow (~2.5 s per 10 s of 44.1 kHz audio)."""
+
+    name = "harvest"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._pw = _import_pyworld(self.name)
+
+    def _estimate(self, audio: np.ndarray) -> np.ndarray:
+        f0, _ = self._pw.harvest(
+            audio,
+            self.sample_rate,
+            f0_floor=self.f0_min,
+            f0_ceil=self.f0_max,
+            frame_period=1000.0 * self.hop_size / self.sample_rate,
+        )
+        return f0
+
+
+_REGISTRY: dict[str, type[F0Extractor]] = {cls.name: cls for cls in (ParselmouthF0, DioF0, HarvestF0)}
+F0_EXTRACTORS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def get_f0_extractor(
+    name: str = DEFAULT_F0_EXTRACTOR,
+    *,
+    sample_rate: int,
+    hop_size: int,
+    f0_min: float = 65.0,
+    f0_max: float = 800.0,
+) -> F0Extractor:
+    """Build the extractor registered as ``name`` (upstream's ``data.f0_extractor``).
+
+    Raises:
+        ConfigError: unknown name, an upstream extractor unavailable here, pyworld
+            missing for ``dio``/``harvest``, or invalid rate/hop/f0 range.
+    """
+    key = str(name).lower()
+    if key in _UNAVAILABLE:
+        raise ConfigError(
+            f"data.f0_extractor: {name!r} is not available in mlflow-ddsp ({_UNAVAILABLE[key]}); "
+            f"use one of {', '.join(F0_EXTRACTORS)}"
+        )
+    if key not in _REGISTRY:
+        raise ConfigError(
+            f"data.f0_extractor: unknown extractor {name!r}; allowed: {', '.join(F0_EXTRACTORS)}"
+        )
+    return _REGISTRY[key](sample_rate, hop_size, f0_min=f0_min, f0_max=f0_max)
