@@ -1,0 +1,373 @@
+"""The DDSP-SVC training config: upstream's yaml, validated into typed sections.
+
+An upstream ``configs/combsub.yaml`` or ``sins.yaml`` loads unchanged. Keys
+upstream uses for other trainers or for inference-time add-ons (``enhancer``,
+``vocoder``, ``infer``, ``train.amp_dtype``...) are accepted and carried along;
+a key nobody defines is an error that names it (with the closest known key).
+Our additions are optional: ``train.interval_force_save``, ``train.max_steps``,
+``loss.validation_fft_sizes`` and the ``mlflow`` section.
+
+Values are type-checked; numbers written the way YAML 1.1 reads as strings
+(``lr: 1e-4``) are accepted for numeric keys. ``--set key=value`` overrides use
+the same rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "LossConfig",
+    "EnvConfig",
+    "TrainConfig",
+    "MlflowConfig",
+    "load_config",
+    "parse_config",
+    "apply_overrides",
+]
+
+# f0 extractors upstream offers that need weights we cannot load offline here.
+UNAVAILABLE_F0 = ("rmvpe", "fcpe", "crepe")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    f0_extractor: str = "parselmouth"
+    f0_min: float = 65.0
+    f0_max: float = 800.0
+    sampling_rate: int = 44100
+    block_size: int = 512
+    duration: float = 2.0
+    encoder: str = "contentvec768l12"
+    cnhubertsoft_gate: int = 10  # upstream's, for cnhubertsoftfish (not supported)
+    encoder_sample_rate: int = 16000
+    encoder_hop_size: int = 320
+    encoder_out_channels: int = 768
+    encoder_ckpt: str | None = None
+    train_path: str = "data/train"
+    valid_path: str = "data/val"
+    extensions: list[str] = field(default_factory=lambda: ["wav"])
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    type: str = "CombSubFast"
+    n_spk: int = 1
+    win_length: int = 2048  # CombSubSuperFast
+    n_harmonics: int = 128  # Sins
+    n_mag_allpass: int = 256  # Sins, CombSub
+    n_mag_noise: int = 256  # Sins, CombSub
+    n_mag_harmonic: int = 512  # CombSub
+    use_pitch_aug: bool = False
+    pcmer_norm: bool = False
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    fft_min: int = 256
+    fft_max: int = 2048
+    n_scale: int = 4
+    # Ours: fixed FFT sizes for validation loss, comparable between checkpoints
+    # (None: n_scale sizes spread over [fft_min, fft_max)).
+    validation_fft_sizes: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    expdir: str = "exp/combsub-test"
+    gpu_id: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    num_workers: int = 2
+    amp_dtype: str = "fp32"  # fp32 | fp16 | bf16; mixed precision only on CUDA
+    batch_size: int = 24
+    cache_all_data: bool = True
+    cache_device: str = "cpu"
+    cache_fp16: bool = True
+    epochs: int = 100000
+    interval_log: int = 10
+    interval_val: int = 2000
+    interval_force_save: int | None = None  # None: keep only the newest checkpoint
+    lr: float = 0.0005
+    weight_decay: float = 0.0
+    save_opt: bool = False
+    max_steps: int | None = None  # ours: stop at this global step
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """Ours: where checkpoints and runs go (all optional)."""
+
+    registered_model: str | None = None  # default: the last folder name of env.expdir
+    alias: str = "rolling"
+    experiment: str = "mlflow-ddsp"
+    audio_clips: int = 2  # validation clips logged as gt/pred audio per validation
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "env": EnvConfig,
+    "train": TrainConfig,
+    "mlflow": MlflowConfig,
+}
+# Upstream sections for other trainers or inference-time add-ons: kept, not used.
+PASSTHROUGH_SECTIONS = ("enhancer", "vocoder", "infer")
+# Upstream keys of known sections that belong to other upstream trainers.
+PASSTHROUGH_KEYS = {
+    "train": ("decay_step", "gamma", "lambda_ddsp"),
+    "model": ("k_step_max", "n_chans", "n_hidden", "n_layers", "t_start"),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    device: str = "cuda"
+    extra: Mapping[str, Any] = field(default_factory=dict)  # pass-through upstream keys
+
+    @property
+    def registered_model(self) -> str:
+        return self.mlflow.registered_model or Path(self.env.expdir.rstrip("/\\")).name or "ddsp-svc"
+
+    @property
+    def f0_extractor(self) -> str:
+        """The f0 extractor actually used (weights-only upstream extractors fall back)."""
+        name = self.data.f0_extractor
+        return "parselmouth" if name in UNAVAILABLE_F0 else name
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        out["device"] = self.device
+        for key, value in self.extra.items():
+            section, _, sub = key.partition(".")
+            if sub:
+                out.setdefault(section, {})[sub] = value
+            else:
+                out[key] = value
+        return out
+
+    def to_yaml(self) -> bytes:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True).encode()
+
+    def flat(self) -> dict[str, Any]:
+        """``{"data.sampling_rate": 44100, ...}``: MLflow params."""
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, Mapping):
+                for k, v in node.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                flat[prefix] = node
+
+        walk("", self.to_dict())
+        return flat
+
+    def digest(self) -> str:
+        """sha256 of the canonical yaml: two runs with equal digests trained with equal configs."""
+        return hashlib.sha256(yaml.safe_dump(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+
+# -- validation ---------------------------------------------------------------
+
+
+def _suggest(key: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field annotation; return it (numbers possibly converted)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        inner = [a for a in options if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single extension written without a list
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}={value!r} must be a list")
+        return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    if annotation in (int, float):
+        if isinstance(value, str):
+            try:
+                value = float(value) if annotation is float or any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        if annotation is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ConfigError(f"{key}={value!r} must be a whole number")
+            return int(value)
+        return float(value)
+    if annotation is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return value
+    return value
+
+
+def _section(name: str, cls: type, raw: Any, extra: dict[str, Any]) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{name} must be a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        full = f"{name}.{key}"
+        if key in PASSTHROUGH_KEYS.get(name, ()):
+            extra[full] = value
+            continue
+        if key not in known:
+            hint = _suggest(full, [f"{name}.{k}" for k in known])
+            raise ConfigError(f"unknown config key {full!r}{hint}; allowed in {name}: {', '.join(known)}")
+        values[key] = _coerce(full, value, hints[key])
+    return cls(**values)
+
+
+def _check_ranges(cfg: Config) -> None:
+    def positive(key: str, value: float) -> None:
+        if value <= 0:
+            raise ConfigError(f"{key}={value!r} must be > 0")
+
+    d, t, loss = cfg.data, cfg.train, cfg.loss
+    for key in ("sampling_rate", "block_size", "duration", "encoder_sample_rate", "encoder_hop_size",
+                "encoder_out_channels", "f0_min"):  # fmt: skip
+        positive(f"data.{key}", getattr(d, key))
+    if d.f0_max <= d.f0_min:
+        raise ConfigError(f"data.f0_max={d.f0_max} must be above data.f0_min={d.f0_min}")
+    if not d.extensions:
+        raise ConfigError("data.extensions must list at least one file extension, e.g. [wav]")
+    for key in ("batch_size", "epochs", "interval_log", "interval_val"):
+        positive(f"train.{key}", getattr(t, key))
+    positive("train.lr", t.lr)
+    if t.num_workers < 0:
+        raise ConfigError(f"train.num_workers={t.num_workers} must be >= 0")
+    if t.weight_decay < 0:
+        raise ConfigError(f"train.weight_decay={t.weight_decay} must be >= 0")
+    if t.max_steps is not None:
+        positive("train.max_steps", t.max_steps)
+    if t.amp_dtype not in ("fp32", "fp16", "bf16"):
+        raise ConfigError(f"train.amp_dtype={t.amp_dtype!r} must be one of fp32, fp16, bf16")
+    if t.cache_device not in ("cpu", "cuda"):
+        raise ConfigError(f"train.cache_device={t.cache_device!r} must be cpu or cuda")
+    if not 0 < loss.fft_min < loss.fft_max:
+        raise ConfigError(f"loss.fft_min={loss.fft_min} must be > 0 and below loss.fft_max={loss.fft_max}")
+    positive("loss.n_scale", loss.n_scale)
+    for i, size in enumerate(loss.validation_fft_sizes or []):
+        positive(f"loss.validation_fft_sizes[{i}]", size)
+    if cfg.model.n_spk < 1:
+        raise ConfigError(f"model.n_spk={cfg.model.n_spk} must be >= 1")
+    if not (cfg.device in ("cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
+        raise ConfigError(f"device={cfg.device!r} must be cpu, cuda, cuda:N or mps")
+    if cfg.mlflow.audio_clips < 0:
+        raise ConfigError(f"mlflow.audio_clips={cfg.mlflow.audio_clips} must be >= 0")
+
+    from .checkpoint.policy import RetentionPolicy, validate_alias
+    from .checkpoint.queue import validate_model_name
+
+    RetentionPolicy(t.interval_val, t.interval_force_save)
+    validate_alias(cfg.mlflow.alias)
+    try:
+        validate_model_name(cfg.registered_model)
+    except ConfigError as exc:
+        raise ConfigError(f"mlflow.registered_model: {exc}") from exc
+
+
+def parse_config(raw: Mapping[str, Any] | None) -> Config:
+    """Validate a parsed yaml mapping into a Config; raises ConfigError naming the key."""
+    raw = dict(raw or {})
+    extra: dict[str, Any] = {}
+    sections = {}
+    for name, cls in SECTIONS.items():
+        sections[name] = _section(name, cls, raw.pop(name, None), extra)
+    device = _coerce("device", raw.pop("device", "cuda"), str)
+    for name in PASSTHROUGH_SECTIONS:
+        if name in raw:
+            extra[name] = raw.pop(name)
+    if raw:
+        key = next(iter(raw))
+        known = [*SECTIONS, "device", *PASSTHROUGH_SECTIONS]
+        raise ConfigError(f"unknown config section {key!r}{_suggest(str(key), known)}; allowed: {', '.join(known)}")
+    cfg = Config(**sections, device=device, extra=extra)
+    _check_ranges(cfg)
+    return cfg
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a raw mapping."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} must look like section.key=value, e.g. train.lr=1e-4")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse {text!r} as a value ({exc.problem})") from exc
+        *path, leaf = key.strip().split(".")
+        node = raw
+        for part in path:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[leaf] = value
+    return raw
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
+    """Read and validate a yaml config, applying ``--set`` style overrides."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path} must contain a mapping of config sections")
+    return parse_config(apply_overrides(raw or {}, overrides))
