@@ -1,0 +1,86 @@
+"""The on-disk layout of a DDSP-SVC dataset folder, as upstream defines it.
+
+::
+
+    <root>/audio/<rel>            recordings (speaker folders allowed: audio/1/..., audio/2/...)
+    <root>/f0/<rel>.npy           f0 per frame, Hz, unvoiced frames interpolated   [n_frames]
+    <root>/volume/<rel>.npy       RMS volume per frame                             [n_frames]
+    <root>/units/<rel>.npy        content units                                    [n_frames, C]
+    <root>/skip/<rel>             recordings moved aside: no voiced frame at all
+
+``<rel>`` keeps the file's extension (``a/b.wav`` -> ``units/a/b.wav.npy``).
+With ``model.n_spk > 1`` the speaker id is the number the top folder name starts
+with (``audio/2_alto/x.wav`` -> 2), as upstream reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import ConfigError
+
+__all__ = [
+    "AUDIO_DIR",
+    "FEATURE_KINDS",
+    "SKIP_DIR",
+    "list_audio",
+    "feature_path",
+    "speaker_id",
+    "dataset_digest",
+]
+
+AUDIO_DIR = "audio"
+SKIP_DIR = "skip"
+FEATURE_KINDS = ("f0", "volume", "units")
+
+
+def list_audio(root: str | os.PathLike, extensions: Sequence[str]) -> list[str]:
+    """Relative paths (POSIX, sorted) of the recordings under ``<root>/audio``."""
+    base = Path(root) / AUDIO_DIR
+    suffixes = tuple(f".{e.lstrip('.').lower()}" for e in extensions)
+    if not base.is_dir():
+        return []
+    return sorted(
+        p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes)
+    )
+
+
+def feature_path(root: str | os.PathLike, kind: str, rel: str) -> Path:
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"feature kind {kind!r} must be one of {FEATURE_KINDS}")
+    return Path(root) / kind / f"{rel}.npy"
+
+
+def speaker_id(rel: str, n_spk: int) -> int:
+    """1-based speaker id of a recording; always 1 for single-speaker models.
+
+    Raises:
+        ConfigError: the folder does not name a speaker in 1..n_spk.
+    """
+    if n_spk <= 1:
+        return 1
+    folder = Path(rel).parent.as_posix()
+    head = re.split(r"[_\-/]", folder, maxsplit=1)[0] if folder != "." else ""
+    spk = int(head) if head.isdigit() else 0
+    if not 1 <= spk <= n_spk:
+        raise ConfigError(
+            f"audio/{rel}: with model.n_spk={n_spk} recordings must sit in speaker folders named "
+            f"1..{n_spk} (e.g. audio/1/, audio/2_alto/); found folder {folder!r}"
+        )
+    return spk
+
+
+def dataset_digest(root: str | os.PathLike, rels: Iterable[str]) -> str:
+    """sha256 over every recording's relative path and bytes: equal digests, equal data."""
+    h = hashlib.sha256()
+    base = Path(root) / AUDIO_DIR
+    for rel in sorted(rels):
+        h.update(rel.encode() + b"\0")
+        with open(base / rel, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,648 @@
+"""Preprocess a dataset: per-recording f0, volume and units, as upstream DDSP-SVC stores them.
+
+For each of ``data.train_path`` and ``data.valid_path`` (layout in
+:mod:`mlflow_ddsp.corpus`), every recording ``<root>/audio/<rel>`` is loaded mono at
+``data.sampling_rate`` and gets
+
+- ``<root>/volume/<rel>.npy``  float32 ``[n_frames]``      RMS per ``block_size`` frame;
+- ``<root>/f0/<rel>.npy``      float32 ``[n_frames]``      Hz from ``cfg.f0_extractor``
+  between ``f0_min`` and ``f0_max``, unvoiced frames linearly interpolated;
+- ``<root>/units/<rel>.npy``   float32 ``[n_frames, C]``   content units of ``data.encoder``;
+
+with ``n_frames = n_samples // block_size + 1``. As upstream does, a recording in
+which no frame is voiced is moved to ``<root>/skip/<rel>``. Unlike upstream, an
+unreadable or empty recording does not stop the batch: it is reported by name and
+the others are processed.
+
+Re-running is cheap. ``<root>/.mlflow_ddsp_preprocess.json`` records, for every
+finished recording, its size, mtime and sha256, the byte sizes of its three
+outputs, and (once for the folder) a digest of every setting that shapes the
+features. A recording is skipped when that digest is unchanged, its size and
+mtime match (or, after a ``touch``/copy, its sha256 does) and its three outputs
+exist with the recorded sizes. Changing a feature setting recomputes everything.
+Each ``.npy`` is written to a temporary name and renamed into place, and a
+recording enters the manifest only after all three are in place, so a crash never
+leaves output that passes for finished; stale outputs of a recording are removed
+before it is recomputed, so the trainer never pairs new f0 with old units.
+
+Work runs in ``workers`` processes (``spawn`` context: torch and ``fork`` do not
+mix), each loading the content encoder once; ``workers=1`` runs in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlflow_ddsp.audio import load_audio
+from mlflow_ddsp.config import Config
+from mlflow_ddsp.corpus import AUDIO_DIR, FEATURE_KINDS, SKIP_DIR, feature_path, list_audio
+from mlflow_ddsp.errors import AudioError, ConfigError, MlflowDdspError
+
+__all__ = [
+    "FEATURE_FORMAT",
+    "MANIFEST_NAME",
+    "FeatureSettings",
+    "PreprocessReport",
+    "SplitReport",
+    "default_workers",
+    "preprocess",
+]
+
+MANIFEST_NAME = ".mlflow_ddsp_preprocess.json"
+LOCK_NAME = ".mlflow_ddsp_preprocess.lock"
+# Bump when extraction code changes what it writes: every folder is then recomputed.
+FEATURE_FORMAT = 1
+_MANIFEST_VERSION = 1
+_TMP_SUFFIX = ".mlflow_ddsp-tmp"
+_MANIFEST_SAVE_EVERY = 5.0  # seconds; a crash costs at most this much recomputation
+_DEFAULT_MAX_WORKERS = 4  # beyond this the encoder's own threads already use the cores
+
+
+# -- settings -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """Everything that decides the bytes preprocess writes (and nothing else).
+
+    ``encoder_ckpt_stat`` is ``(size, mtime_ns)`` of the checkpoint file, so that
+    replacing the weights in place recomputes the units. ``device`` is where the
+    encoder runs; it is left out of the digest (CPU/GPU differ only in rounding).
+    """
+
+    sampling_rate: int
+    block_size: int
+    f0_extractor: str
+    f0_min: float
+    f0_max: float
+    encoder: str
+    encoder_ckpt: str | None
+    encoder_ckpt_stat: tuple[int, int] | None
+    encoder_sample_rate: int
+    encoder_hop_size: int
+    encoder_out_channels: int
+    feature_format: int = FEATURE_FORMAT
+    device: str = "cpu"
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> FeatureSettings:
+        d = cfg.data
+        ckpt, stat = None, None
+        if d.encoder_ckpt:
+            path = Path(d.encoder_ckpt).expanduser()
+            ckpt = str(path.resolve())
+            with contextlib.suppress(OSError):  # a missing file is reported when the encoder loads
+                st = path.stat()
+                stat = (st.st_size, st.st_mtime_ns)
+        return cls(
+            sampling_rate=d.sampling_rate,
+            block_size=d.block_size,
+            f0_extractor=cfg.f0_extractor,
+            f0_min=d.f0_min,
+            f0_max=d.f0_max,
+            encoder=d.encoder,
+            encoder_ckpt=ckpt,
+            encoder_ckpt_stat=stat,
+            encoder_sample_rate=d.encoder_sample_rate,
+            encoder_hop_size=d.encoder_hop_size,
+            encoder_out_channels=d.encoder_out_channels,
+            device=_encoder_device(cfg.device),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The settings that shape the output, as JSON-able values."""
+        out = asdict(self)
+        del out["device"]
+        return out
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()
+
+
+def _encoder_device(device: str) -> str:
+    """``cfg.device`` when it can be used here, else the CPU (upstream: cuda if available)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return device if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+def _check_settings(settings: FeatureSettings) -> None:
+    """Fail fast, before any worker starts, on settings that can be checked cheaply."""
+    from mlflow_ddsp.features import get_encoder_spec, get_f0_extractor
+    from mlflow_ddsp.features.encoders.checkpoint import require_checkpoint_path
+
+    get_f0_extractor(
+        settings.f0_extractor,
+        sample_rate=settings.sampling_rate,
+        hop_size=settings.block_size,
+        f0_min=settings.f0_min,
+        f0_max=settings.f0_max,
+    )
+    spec = get_encoder_spec(settings.encoder)
+    if spec.needs_checkpoint:
+        require_checkpoint_path(settings.encoder_ckpt, settings.encoder)
+
+
+# -- the work on one recording (runs in a worker) -------------------------------
+
+
+@dataclass(frozen=True)
+class _Result:
+    rel: str
+    status: str  # "done" | "no_voice" | "failed" | "fatal"
+    message: str = ""
+    entry: dict[str, Any] | None = None  # the manifest entry, when done
+    seconds: float = 0.0  # audio duration
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    """``size``, ``mtime_ns`` (stat taken before reading) and ``sha256`` of a file."""
+    st = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+
+
+def _save_npy(path: Path, array: np.ndarray) -> int:
+    """Write ``array`` to ``path`` atomically (temp name, then rename); return the byte size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.stat().st_size
+
+
+def _remove_outputs(root: Path, rel: str) -> None:
+    for kind in FEATURE_KINDS:
+        feature_path(root, kind, rel).unlink(missing_ok=True)
+
+
+class _Extractor:
+    """The f0 extractor and content encoder of one process, loaded once."""
+
+    def __init__(self, settings: FeatureSettings) -> None:
+        from mlflow_ddsp.features import get_f0_extractor, load_units_encoder
+
+        self.settings = settings
+        self.f0 = get_f0_extractor(
+            settings.f0_extractor,
+            sample_rate=settings.sampling_rate,
+            hop_size=settings.block_size,
+            f0_min=settings.f0_min,
+            f0_max=settings.f0_max,
+        )
+        self.encoder = load_units_encoder(
+            settings.encoder,
+            settings.encoder_ckpt,
+            encoder_sample_rate=settings.encoder_sample_rate,
+            encoder_hop_size=settings.encoder_hop_size,
+            out_channels=settings.encoder_out_channels,
+            device=settings.device,
+        )
+
+    def features(self, audio: np.ndarray) -> dict[str, np.ndarray] | None:
+        """``{"f0": [n], "volume": [n], "units": [n, C]}`` float32, or None without a voiced frame."""
+        from mlflow_ddsp.features import extract_volume, frame_count
+
+        s = self.settings
+        track = self.f0.extract(audio)
+        if not track.has_voice:
+            return None
+        volume = extract_volume(audio, s.block_size)
+        units = self.encoder.encode(audio, s.sampling_rate, s.block_size)[0].cpu().numpy()
+        n = frame_count(audio.size, s.block_size)
+        if not track.f0.shape == volume.shape == (n,) or units.shape[0] != n:
+            raise RuntimeError(
+                f"frame counts disagree: f0 {track.f0.shape}, volume {volume.shape}, units {units.shape}, "
+                f"expected {n} frames"
+            )
+        return {
+            "f0": track.f0.astype(np.float32),
+            "volume": volume.astype(np.float32),
+            "units": np.ascontiguousarray(units, dtype=np.float32),
+        }
+
+    def run(self, root: Path, rel: str) -> _Result:
+        path = root / AUDIO_DIR / rel
+        try:
+            identity = _file_identity(path)
+            audio = load_audio(path, self.settings.sampling_rate)
+            arrays = self.features(audio)
+        except AudioError as exc:
+            _remove_outputs(root, rel)  # stale features of a file that no longer reads
+            return _Result(rel, "failed", str(exc))
+        except OSError as exc:
+            _remove_outputs(root, rel)
+            return _Result(rel, "failed", f"{path}: cannot read ({exc.strerror or _one_line(exc)})")
+        except Exception as exc:  # noqa: BLE001 -- an extractor choking on one file must not stop the batch
+            _remove_outputs(root, rel)
+            return _Result(rel, "failed", f"{path}: {type(exc).__name__}: {_one_line(exc)}")
+        seconds = audio.size / self.settings.sampling_rate
+        _remove_outputs(root, rel)
+        if arrays is None:
+            return _Result(rel, "no_voice", f"{path}: no voiced frame", seconds=seconds)
+        outputs = {kind: _save_npy(feature_path(root, kind, rel), arrays[kind]) for kind in FEATURE_KINDS}
+        entry = {**identity, "n_frames": int(arrays["f0"].size), "outputs": outputs}
+        return _Result(rel, "done", entry=entry, seconds=seconds)
+
+
+# Worker-process state: the settings arrive with the pool's initializer, the
+# (possibly slow) encoder loads on the first task so a load error is reported
+# as a result instead of breaking the pool.
+_WORKER_SETTINGS: FeatureSettings | None = None
+_WORKER: _Extractor | None = None
+
+
+def _init_worker(settings: FeatureSettings, torch_threads: int) -> None:
+    global _WORKER_SETTINGS
+    import torch
+
+    # Workers share the cores: without this each would start one thread per core.
+    torch.set_num_threads(torch_threads)
+    _WORKER_SETTINGS = settings
+
+
+def _work(root: str, rel: str) -> _Result:
+    global _WORKER
+    if _WORKER is None:
+        assert _WORKER_SETTINGS is not None, "_init_worker did not run"
+        try:
+            _WORKER = _Extractor(_WORKER_SETTINGS)
+        except MlflowDdspError as exc:
+            return _Result(rel, "fatal", str(exc))
+    return _WORKER.run(Path(root), rel)
+
+
+# -- the manifest -------------------------------------------------------------
+
+
+class _Manifest:
+    """``<root>/.mlflow_ddsp_preprocess.json``: which recordings are finished, for which settings."""
+
+    def __init__(self, root: Path, settings: FeatureSettings) -> None:
+        self.root = root
+        self.path = root / MANIFEST_NAME
+        self.settings = settings
+        self.digest = settings.digest()
+        self.files: dict[str, dict[str, Any]] = {}
+        self.settings_changed = False
+        self.dirty = False
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            self.dirty = True  # unreadable (e.g. hand-edited): start over, rewrite it
+            return
+        if not isinstance(data, dict) or data.get("version") != _MANIFEST_VERSION:
+            self.dirty = True
+            return
+        if data.get("settings_digest") != self.digest:
+            self.settings_changed = True
+            self.dirty = True
+            return
+        files = data.get("files")
+        self.files = files if isinstance(files, dict) else {}
+
+    def is_done(self, rel: str) -> bool:
+        """True when ``rel``'s outputs exist, are intact and were made from its current bytes."""
+        entry = self.files.get(rel)
+        if not isinstance(entry, dict):
+            return False
+        try:
+            outputs = entry["outputs"]
+            for kind in FEATURE_KINDS:
+                if feature_path(self.root, kind, rel).stat().st_size != outputs[kind]:
+                    return False  # missing, truncated or replaced
+            st = (self.root / AUDIO_DIR / rel).stat()
+            if st.st_size != entry["size"]:
+                return False
+            if st.st_mtime_ns == entry["mtime_ns"]:
+                return True
+            # Same size, new mtime (touched, copied, restored): the bytes decide.
+            identity = _file_identity(self.root / AUDIO_DIR / rel)
+        except (OSError, KeyError, TypeError):
+            return False
+        if identity["sha256"] != entry.get("sha256"):
+            return False
+        entry["mtime_ns"] = identity["mtime_ns"]
+        self.dirty = True
+        return True
+
+    def record(self, rel: str, entry: dict[str, Any] | None) -> None:
+        if entry is None:
+            if self.files.pop(rel, None) is not None:
+                self.dirty = True
+        else:
+            self.files[rel] = entry
+            self.dirty = True
+
+    def prune(self, rels: set[str]) -> None:
+        """Forget recordings no longer under ``audio/``."""
+        for rel in [r for r in self.files if r not in rels]:
+            del self.files[rel]
+            self.dirty = True
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        data = {
+            "version": _MANIFEST_VERSION,
+            "settings": self.settings.describe(),
+            "settings_digest": self.digest,
+            "files": dict(sorted(self.files.items())),
+        }
+        tmp = self.path.with_name(self.path.name + _TMP_SUFFIX)
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, self.path)
+        self.dirty = False
+
+
+@contextlib.contextmanager
+def _folder_lock(root: Path) -> Iterator[None]:
+    """Hold ``<root>/.mlflow_ddsp_preprocess.lock`` so two runs never write one folder."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as upstream
+        yield
+        return
+    with open(root / LOCK_NAME, "a+b") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MlflowDdspError(
+                f"{root}: another mlflow-ddsp preprocess is working on this folder; wait for it to finish"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove_temp_files(root: Path) -> None:
+    """Delete temporary files a crashed run left in the feature folders."""
+    for kind in FEATURE_KINDS:
+        folder = root / kind
+        if folder.is_dir():
+            for tmp in folder.rglob(f"*{_TMP_SUFFIX}"):
+                tmp.unlink(missing_ok=True)
+
+
+# -- the report ---------------------------------------------------------------
+
+
+@dataclass
+class SplitReport:
+    """What preprocess did to one dataset folder.
+
+    Attributes:
+        name: ``train`` (``data.train_path``) or ``val`` (``data.valid_path``).
+        root: the folder.
+        processed: recordings whose features were (re)computed.
+        skipped: recordings already up to date (nothing recomputed).
+        moved_to_skip: recordings without a voiced frame, moved to ``<root>/skip/``.
+        failed: ``(rel, one-line message naming the file)`` for recordings that
+            could not be processed.
+        settings_changed: an earlier run used other feature settings, so every
+            recording was recomputed.
+        audio_seconds: duration of the processed recordings.
+    """
+
+    name: str
+    root: Path
+    processed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    moved_to_skip: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    settings_changed: bool = False
+    audio_seconds: float = 0.0
+
+    def line(self) -> str:
+        text = (
+            f"{self.name} ({self.root}): {len(self.processed)} processed, {len(self.skipped)} already done, "
+            f"{len(self.moved_to_skip)} moved to {SKIP_DIR}/, {len(self.failed)} failed"
+        )
+        if self.settings_changed:
+            text += " (feature settings changed: recomputed all)"
+        return text
+
+
+@dataclass
+class PreprocessReport:
+    """Per-split results of ``preprocess`` plus the run's totals."""
+
+    splits: list[SplitReport]
+    workers: int
+    elapsed: float  # seconds
+
+    @property
+    def ok(self) -> bool:
+        """True when no recording failed (recordings moved to skip/ are not failures)."""
+        return not any(s.failed for s in self.splits)
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        return [item for s in self.splits for item in s.failed]
+
+    def lines(self) -> list[str]:
+        """Summary lines: one per split, then the totals."""
+        out = [s.line() for s in self.splits]
+        n = sum(len(s.processed) for s in self.splits)
+        audio = sum(s.audio_seconds for s in self.splits)
+        out.append(
+            f"{n} recordings ({audio:.1f} s of audio) processed in {self.elapsed:.1f} s "
+            f"with {self.workers} worker{'s' if self.workers != 1 else ''}"
+        )
+        return out
+
+
+# -- the driver ---------------------------------------------------------------
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Worker processes when none are asked for: the usable cores, at most 4."""
+    return max(1, min(_usable_cores(), _DEFAULT_MAX_WORKERS))
+
+
+def _audio_size(root: Path, rel: str) -> int:
+    try:
+        return (root / AUDIO_DIR / rel).stat().st_size
+    except OSError:
+        return 0  # vanished: its task reports it
+
+
+def _splits(cfg: Config) -> list[tuple[str, Path]]:
+    """``(name, root)`` for train and val; a folder named twice is processed once."""
+    out: list[tuple[str, Path]] = []
+    seen: set[Path] = set()
+    for name, key, value in (
+        ("train", "data.train_path", cfg.data.train_path),
+        ("val", "data.valid_path", cfg.data.valid_path),
+    ):
+        root = Path(value).expanduser()
+        if not (root / AUDIO_DIR).is_dir():
+            raise ConfigError(f"{key}={value!r}: no folder {root / AUDIO_DIR}; put the recordings there")
+        if root.resolve() in seen:
+            continue
+        seen.add(root.resolve())
+        out.append((name, root))
+    return out
+
+
+def _apply(result: _Result, root: Path, manifest: _Manifest, report: SplitReport) -> None:
+    """Record one finished recording (runs in the main process, which owns the manifest)."""
+    if result.status == "done":
+        manifest.record(result.rel, result.entry)
+        report.processed.append(result.rel)
+        report.audio_seconds += result.seconds
+    elif result.status == "no_voice":
+        manifest.record(result.rel, None)
+        target = root / SKIP_DIR / result.rel
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(root / AUDIO_DIR / result.rel, target)
+        except OSError as exc:
+            report.failed.append((result.rel, f"{result.message}, but cannot move it to {target}: {exc.strerror}"))
+            return
+        report.moved_to_skip.append(result.rel)
+    else:
+        manifest.record(result.rel, None)
+        report.failed.append((result.rel, result.message))
+
+
+def preprocess(cfg: Config, *, workers: int | None = None, progress: bool = True) -> PreprocessReport:
+    """Extract f0, volume and units for ``data.train_path`` and ``data.valid_path``.
+
+    Args:
+        cfg: the training config; ``data.*`` and ``cfg.f0_extractor`` decide the features.
+        workers: processes (each loads the encoder once); 1 runs in this process;
+            None: ``default_workers()``, never more than there are recordings to do.
+        progress: show a tqdm bar on stderr (only when stderr is a terminal).
+
+    Returns:
+        A PreprocessReport; recordings that failed are listed there, not raised.
+
+    Raises:
+        ConfigError: a missing ``audio/`` folder, an unusable f0 extractor or
+            encoder setting (named by its key), or ``workers < 1``.
+        MlflowDdspError: another preprocess holds the folder's lock.
+    """
+    from tqdm import tqdm
+
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers={workers} must be >= 1")
+    started = time.monotonic()
+    settings = FeatureSettings.from_config(cfg)
+    _check_settings(settings)
+    splits = _splits(cfg)
+
+    with contextlib.ExitStack() as stack:
+        for _, root in splits:
+            stack.enter_context(_folder_lock(root))
+        reports: dict[Path, SplitReport] = {}
+        manifests: dict[Path, _Manifest] = {}
+        tasks: list[tuple[Path, str]] = []
+        for name, root in splits:
+            _remove_temp_files(root)
+            manifest = _Manifest(root, settings)
+            rels = list_audio(root, cfg.data.extensions)
+            manifest.prune(set(rels))
+            report = SplitReport(name, root, settings_changed=manifest.settings_changed)
+            for rel in rels:
+                if manifest.is_done(rel):
+                    report.skipped.append(rel)
+                else:
+                    tasks.append((root, rel))
+            reports[root], manifests[root] = report, manifest
+        # Longest recordings first: the pool then ends with short tasks, not one long tail.
+        tasks.sort(key=lambda t: -_audio_size(*t))
+        n_workers = max(1, min(workers or default_workers(), len(tasks)))
+        bar = stack.enter_context(
+            tqdm(total=len(tasks), desc="preprocess", unit="file", leave=False, disable=None if progress else True)
+        )
+        last_save = time.monotonic()
+
+        def finish(root: Path, result: _Result) -> None:
+            nonlocal last_save
+            if result.status == "fatal":
+                raise ConfigError(result.message)
+            _apply(result, root, manifests[root], reports[root])
+            bar.update(1)
+            if time.monotonic() - last_save > _MANIFEST_SAVE_EVERY:
+                for m in manifests.values():
+                    m.save()
+                last_save = time.monotonic()
+
+        try:
+            if tasks and n_workers == 1:
+                extractor = _Extractor(settings)
+                for root, rel in tasks:
+                    finish(root, extractor.run(root, rel))
+            elif tasks:
+                _run_pool(tasks, settings, n_workers, finish)
+        finally:
+            for m in manifests.values():
+                m.save()
+    return PreprocessReport(
+        splits=[reports[root] for _, root in splits], workers=n_workers, elapsed=time.monotonic() - started
+    )
+
+
+def _run_pool(tasks: list[tuple[Path, str]], settings: FeatureSettings, n_workers: int, finish) -> None:
+    """Run ``tasks`` in ``n_workers`` spawned processes, handing each result to ``finish``."""
+    threads = max(1, _usable_cores() // n_workers) if settings.device == "cpu" else 1
+    pool = ProcessPoolExecutor(
+        max_workers=n_workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(settings, threads),
+    )
+    try:
+        pending: dict[Future, Path] = {pool.submit(_work, str(root), rel): root for root, rel in tasks}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                finish(pending.pop(future), future.result())
+    except BrokenProcessPool as exc:
+        # A worker died (killed for memory, or it could not start: with 'spawn' the
+        # main script must be importable, which a script piped to stdin is not).
+        raise MlflowDdspError(
+            f"a preprocess worker process died ({_one_line(exc)}); finished recordings are kept, "
+            "run again, with workers=1 (--workers 1) to process in this process"
+        ) from exc
+    finally:
+        # On an error or Ctrl-C, drop what has not started; running tasks finish
+        # (their outputs are complete files, just not in the manifest).
+        pool.shutdown(wait=True, cancel_futures=True)
