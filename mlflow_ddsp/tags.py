@@ -18,7 +18,13 @@ __all__ = [
     "PARENT_VERSION",
     "PARENT_STEP",
     "PARENT_MODEL",
+    "PARENT_RUN",
     "EXPERIMENT_IDS",
+    "CONFIG_DIGEST",
+    "DATASET_DIGEST",
+    "REGISTERED_MODEL",
+    "GIT_COMMIT",
+    "GIT_DIRTY",
     "LEASE_OWNER",
     "LEASE_HOST",
     "LEASE_PID",
@@ -43,6 +49,14 @@ CHECKPOINT_FILE = "mlflow_ddsp.checkpoint_file"  # "model_<step>.pt"
 PARENT_VERSION = "mlflow_ddsp.parent.version"  # version training resumed/fine-tuned from
 PARENT_STEP = "mlflow_ddsp.parent.step"
 PARENT_MODEL = "mlflow_ddsp.parent.model"  # registered model of the parent
+PARENT_RUN = "mlflow_ddsp.parent.run"  # the run that trained the parent (it outlives a deleted parent)
+
+# --- lineage: on training runs and on every checkpoint version ---------------
+CONFIG_DIGEST = "mlflow_ddsp.config_digest"  # sha256 of the canonical config yaml
+DATASET_DIGEST = "mlflow_ddsp.dataset_digest"  # sha256 over the training recordings
+REGISTERED_MODEL = "mlflow_ddsp.registered_model"  # on runs: the queue they train into
+GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own key, so the UI shows it
+GIT_DIRTY = "mlflow_ddsp.git_dirty"  # "true" when the tree had uncommitted changes
 
 # --- on LoggedModels only: which registered model's queue wrote them --------
 QUEUE = "mlflow_ddsp.queue"

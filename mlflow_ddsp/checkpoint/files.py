@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Mapping
@@ -126,7 +127,7 @@ def _write_bytes(path: Path, data: bytes) -> FileDigest:
 def write_checkpoint(
     directory: str | os.PathLike,
     step: int,
-    payload: Mapping[str, Any],
+    payload: Mapping[str, Any] | str | os.PathLike,
     config_yaml: bytes,
     extra_files: Mapping[str, bytes] | None = None,
 ) -> tuple[Manifest, FileDigest]:
@@ -134,9 +135,11 @@ def write_checkpoint(
 
     Args:
         payload: the upstream checkpoint dict ``{'global_step', 'model', 'optimizer'?}``
-            holding CPU tensors.
+            holding CPU tensors, or the path of an existing checkpoint file whose
+            bytes are kept exactly (imports).
         config_yaml: the config file's bytes, stored verbatim.
-        extra_files: more files to place beside them and cover by the manifest.
+        extra_files: more files to place beside them and cover by the manifest
+            (e.g. a pyfunc ``MLmodel``).
 
     Returns:
         The manifest, and the digest of ``manifest.json`` itself.
@@ -144,10 +147,14 @@ def write_checkpoint(
     root = Path(directory)
     files: dict[str, FileDigest] = {}
     name = checkpoint_filename(step)
-    with open(root / name, "wb") as f:
-        writer = _HashingWriter(f)
-        torch.save(dict(payload), writer)
-    files[name] = FileDigest(writer.sha256.hexdigest(), writer.size)
+    if isinstance(payload, Mapping):
+        with open(root / name, "wb") as f:
+            writer = _HashingWriter(f)
+            torch.save(dict(payload), writer)
+        files[name] = FileDigest(writer.sha256.hexdigest(), writer.size)
+    else:
+        shutil.copyfile(payload, root / name)
+        files[name] = sha256_file(root / name)
     files[CONFIG_FILE] = _write_bytes(root / CONFIG_FILE, config_yaml)
     for extra_name, data in (extra_files or {}).items():
         files[extra_name] = _write_bytes(root / extra_name, data)

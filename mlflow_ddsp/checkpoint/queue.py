@@ -152,6 +152,8 @@ class CheckpointQueue:
             always wait.
         lineage: extra tags for every version (code version, config and data
             digests...), written with the version in the same call.
+        extra_files: files added to every version beside the checkpoint and
+            covered by its manifest (e.g. the pyfunc ``MLmodel``).
 
     Use as a context manager, or call :meth:`close` (it flushes pending saves).
     """
@@ -172,6 +174,7 @@ class CheckpointQueue:
         lease_ttl: float = DEFAULT_LEASE_TTL,
         when_busy: str = "wait",
         lineage: Mapping[str, str] | None = None,
+        extra_files: Mapping[str, bytes] | None = None,
     ):
         # Validate everything before the first network call.
         self.name = validate_model_name(registered_model)
@@ -183,6 +186,7 @@ class CheckpointQueue:
         self.save_optimizer = bool(save_optimizer)
         self._config_yaml = _config_bytes(config)
         self._lineage = {str(k): str(v) for k, v in (lineage or {}).items()}
+        self._extra_files = dict(extra_files or {})
 
         self.store = RegistryStore(tracking_uri)
         self.reader = CheckpointReader(self.name, self.alias, store=self.store)
@@ -332,9 +336,42 @@ class CheckpointQueue:
         else:
             self._close_quietly()  # do not mask the exception already propagating
 
-    # -- the protocol (background thread) -----------------------------------
+    def register_file(
+        self,
+        step: int,
+        path: str | os.PathLike,
+        *,
+        kind: str | None = None,
+        description: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> CheckpointVersion:
+        """Register an existing upstream checkpoint file as a version, its bytes unchanged.
+
+        Runs the same protocol as :meth:`save`, synchronously (imports of
+        upstream experiment folders use it). ``kind`` overrides the policy's
+        choice, e.g. to keep an imported older checkpoint forever.
+        """
+        self._check_open()
+        self._wait_pending()
+        step = int(step)
+        kind = kind or self.policy.kind(step)
+        if kind not in T.KINDS:
+            raise ConfigError(f"kind={kind!r} must be one of {', '.join(T.KINDS)}")
+        version = self._commit(step, kind, Path(path), {}, 0.0, description=description, tags=tags)
+        self._last_step = step
+        return version
+
+    # -- the protocol (background thread for save, caller for register_file) ----
     def _commit(
-        self, step: int, kind: str, payload: dict, metrics: dict[str, float], blocked: float
+        self,
+        step: int,
+        kind: str,
+        payload: dict | Path,
+        metrics: dict[str, float],
+        blocked: float,
+        *,
+        description: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> CheckpointVersion:
         started = time.perf_counter()
         store = self.store
@@ -345,7 +382,7 @@ class CheckpointQueue:
         _SCRATCH.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"{os.getpid()}-step{step}-", dir=_SCRATCH) as tmp:
             folder = Path(tmp)
-            manifest, manifest_digest = write_checkpoint(folder, step, payload, self._config_yaml)
+            manifest, manifest_digest = write_checkpoint(folder, step, payload, self._config_yaml, self._extra_files)
             reached("after_write")
             files = store.create_files(
                 self.experiment_id,
@@ -355,7 +392,9 @@ class CheckpointQueue:
             )
             reached("after_create")
             store.upload(files, folder / manifest.checkpoint_file)
-            store.upload(files, folder / CONFIG_FILE)
+            for name in manifest.files:
+                if name != manifest.checkpoint_file:
+                    store.upload(files, folder / name)
             reached("mid_upload")
             store.upload(files, folder / MANIFEST_FILE)
             reached("after_upload")
@@ -371,8 +410,8 @@ class CheckpointQueue:
             self.name,
             files,
             self.run_id,
-            tags=self._version_tags(step, kind, manifest, manifest_digest),
-            description=self._version_description(step, kind),
+            tags={**self._version_tags(step, kind, manifest, manifest_digest), **(tags or {})},
+            description=description or self._version_description(step, kind),
         )
         reached("after_register")
 
@@ -428,10 +467,17 @@ class CheckpointQueue:
             T.SIZE: str(ckpt.size),
             T.MANIFEST_SHA256: manifest_digest.sha256,
         }
-        if self._parent is not None:
-            tags[T.PARENT_MODEL] = self._parent.name
-            tags[T.PARENT_VERSION] = str(self._parent.version)
-            tags[T.PARENT_STEP] = str(self._parent.step)
+        tags.update(self.parent_tags())
+        return tags
+
+    def parent_tags(self) -> dict[str, str]:
+        """Tags naming the version this queue's training resumed or fine-tuned from (if any)."""
+        parent = self._parent
+        if parent is None:
+            return {}
+        tags = {T.PARENT_MODEL: parent.name, T.PARENT_VERSION: str(parent.version), T.PARENT_STEP: str(parent.step)}
+        if parent.run_id:
+            tags[T.PARENT_RUN] = parent.run_id
         return tags
 
     def _version_description(self, step: int, kind: str) -> str:
