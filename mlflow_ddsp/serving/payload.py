@@ -1,0 +1,207 @@
+"""What a served DDSP-SVC model accepts and returns: the pyfunc signature and payload codec.
+
+Requests are rows with either ``audio_base64`` (a WAV/FLAC/OGG file, base64)
+or ``samples`` (floats in [-1, 1]) plus ``sample_rate``; params tune the
+conversion. Each row is answered in the form it came in: base64 WAV for
+``audio_base64``, samples for ``samples``, always at the model's rate::
+
+    POST /invocations
+    {"dataframe_records": [{"audio_base64": "UklGR..."}], "params": {"key": 2, "spk_id": 1}}
+    -> {"predictions": [{"audio_base64": "UklGR...", "sample_rate": 44100}]}
+
+Every problem with a request is a :class:`PayloadError` with a one-line
+message; the pyfunc turns it into an HTTP 400 and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..errors import AudioError
+
+__all__ = [
+    "PayloadError",
+    "ConversionRequest",
+    "ConversionParams",
+    "model_signature",
+    "input_example",
+    "parse_rows",
+    "parse_params",
+    "parse_speaker_mix",
+    "encode_result",
+    "wav_base64",
+]
+
+DEFAULT_MAX_SECONDS = 600.0
+
+
+class PayloadError(AudioError):
+    """A request the model cannot serve (bad audio, bad params, too long)."""
+
+
+@dataclass(frozen=True)
+class ConversionRequest:
+    audio: np.ndarray  # [N] float32
+    sample_rate: int
+    as_wav: bool  # answer as base64 WAV (else as samples)
+
+
+@dataclass(frozen=True)
+class ConversionParams:
+    key: float = 0.0
+    spk_id: int = 1
+    spk_mix: dict[int, float] | None = None
+    f0_extractor: str | None = None
+    threshold_db: float = -60.0
+
+
+def model_signature():
+    """The MLflow signature: columns, and params with their defaults."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+    audio_columns = [
+        ColSpec("string", "audio_base64", required=False),
+        ColSpec(Array("double"), "samples", required=False),  # JSON numbers arrive as float64
+    ]
+    return ModelSignature(
+        inputs=Schema([*audio_columns, ColSpec("long", "sample_rate", required=False)]),
+        outputs=Schema([*audio_columns, ColSpec("long", "sample_rate")]),
+        params=ParamSchema(
+            [
+                ParamSpec("key", "double", 0.0),  # semitones
+                ParamSpec("spk_id", "long", 1),  # 1-based speaker
+                ParamSpec("spk_mix", "string", ""),  # "1:0.5,2:0.5" overrides spk_id
+                ParamSpec("f0_extractor", "string", ""),  # "" = the model's own
+                ParamSpec("threshold", "double", -60.0),  # dB: quieter input is silenced
+            ]
+        ),
+    )
+
+
+def wav_base64(audio: np.ndarray, sample_rate: int) -> str:
+    """16-bit PCM WAV of mono ``audio [N]``, base64 encoded."""
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0), int(sample_rate),
+             format="WAV", subtype="PCM_16")  # fmt: skip
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def input_example(sample_rate: int = 44100):
+    """A short sung tone as a base64 WAV row: shows the request shape in the MLflow UI."""
+    import pandas as pd
+
+    t = np.arange(int(0.25 * sample_rate)) / sample_rate
+    tone = 0.3 * np.sin(2 * np.pi * 220.0 * t) * np.hanning(t.size)
+    return pd.DataFrame([{"audio_base64": wav_base64(tone, sample_rate)}])
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _decode_wav(text: Any, row: int) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    if not isinstance(text, str):
+        raise PayloadError(f"row {row}: audio_base64 must be a base64 string, got {type(text).__name__}")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise PayloadError(f"row {row}: audio_base64 is not valid base64") from None
+    if not data:
+        raise PayloadError(f"row {row}: audio_base64 is empty")
+    try:
+        audio, sample_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError):
+        raise PayloadError(f"row {row}: audio_base64 is not a readable audio file (send WAV, FLAC or OGG)") from None
+    return audio.mean(axis=1), int(sample_rate)
+
+
+def _check_audio(audio: np.ndarray, sample_rate: int, row: int, max_seconds: float) -> np.ndarray:
+    if audio.size == 0:
+        raise PayloadError(f"row {row}: the audio is empty")
+    if not np.all(np.isfinite(audio)):
+        raise PayloadError(f"row {row}: the audio contains NaN or infinite samples")
+    seconds = audio.size / sample_rate
+    if seconds > max_seconds:
+        raise PayloadError(
+            f"row {row}: the audio is {seconds:.1f} s long; this server accepts at most {max_seconds:g} s "
+            "(MLFLOW_DDSP_MAX_SECONDS)"
+        )
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def parse_rows(rows: list[Mapping[str, Any]], *, max_seconds: float = DEFAULT_MAX_SECONDS) -> list[ConversionRequest]:
+    """Validate request rows (``DataFrame.to_dict("records")``) into conversion requests."""
+    if not rows:
+        raise PayloadError("the request has no rows: send at least one audio clip")
+    requests = []
+    for row, record in enumerate(rows):
+        encoded, samples, rate = record.get("audio_base64"), record.get("samples"), record.get("sample_rate")
+        if not _missing(encoded):
+            if not _missing(samples):
+                raise PayloadError(f"row {row}: send either audio_base64 or samples, not both")
+            audio, sample_rate = _decode_wav(encoded, row)
+            requests.append(ConversionRequest(_check_audio(audio, sample_rate, row, max_seconds), sample_rate, True))
+            continue
+        if _missing(samples):
+            raise PayloadError(f"row {row}: needs audio_base64 (a WAV file) or samples with sample_rate")
+        if _missing(rate) or int(rate) <= 0:
+            raise PayloadError(f"row {row}: samples need a positive sample_rate, got {rate!r}")
+        try:
+            audio = np.asarray(samples, dtype=np.float64).reshape(-1).astype(np.float32)
+        except (TypeError, ValueError):
+            raise PayloadError(f"row {row}: samples must be a list of numbers") from None
+        requests.append(ConversionRequest(_check_audio(audio, int(rate), row, max_seconds), int(rate), False))
+    return requests
+
+
+def parse_speaker_mix(text: str) -> dict[int, float] | None:
+    """``"1:0.5,2:0.5"`` (or JSON ``{"1": 0.5}``) -> ``{1: 0.5, 2: 0.5}``; "" -> None."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    if text.startswith("{"):
+        import json
+
+        try:
+            pairs = list(json.loads(text).items())
+        except (ValueError, AttributeError):
+            raise PayloadError(f"spk_mix={text!r} is not valid JSON") from None
+    else:
+        pairs = [item.split(":", 1) for item in text.split(",") if item.strip()]
+    mix: dict[int, float] = {}
+    for pair in pairs:
+        try:
+            speaker, weight = int(str(pair[0]).strip()), float(str(pair[1]).strip())
+        except (ValueError, IndexError):
+            raise PayloadError(f"spk_mix={text!r} must look like '1:0.5,2:0.5'") from None
+        mix[speaker] = weight
+    return mix
+
+
+def parse_params(params: Mapping[str, Any] | None) -> ConversionParams:
+    params = dict(params or {})
+    return ConversionParams(
+        key=float(params.get("key", 0.0)),
+        spk_id=int(params.get("spk_id", 1)),
+        spk_mix=parse_speaker_mix(str(params.get("spk_mix", "") or "")),
+        f0_extractor=str(params.get("f0_extractor") or "") or None,
+        threshold_db=float(params.get("threshold", -60.0)),
+    )
+
+
+def encode_result(audio: np.ndarray, sample_rate: int, as_wav: bool) -> dict[str, Any]:
+    if as_wav:
+        return {"audio_base64": wav_base64(audio, sample_rate), "sample_rate": int(sample_rate)}
+    return {"samples": np.asarray(audio, dtype=np.float32).astype(float).tolist(), "sample_rate": int(sample_rate)}
