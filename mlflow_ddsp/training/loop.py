@@ -1,0 +1,193 @@
+"""The training loop: plain PyTorch, no MLflow.
+
+It talks to the outside world through two small interfaces the caller
+provides: a :class:`Checkpointer` (the checkpoint queue) and a
+:class:`Tracker` (metrics, spectrograms, audio). Validation runs before the
+checkpoint of a validation step is saved, so the checkpoint carries its
+validation loss (upstream saves first; the weights are the same either way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..errors import MlflowDdspError
+
+__all__ = ["Checkpointer", "Tracker", "ValidationClip", "ValidationResult", "TrainingError", "TrainLoop"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(MlflowDdspError, RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class Checkpointer(Protocol):
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+             metrics: Mapping[str, float] | None = None) -> Any: ...  # fmt: skip
+
+
+class Tracker(Protocol):
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_validation(self, result: "ValidationResult", step: int) -> None: ...
+
+
+@dataclass
+class ValidationClip:
+    name: str
+    target: np.ndarray  # [N] float32
+    prediction: np.ndarray  # [N] float32
+
+
+@dataclass
+class ValidationResult:
+    loss: float
+    real_time_factor: float  # synthesis seconds per audio second
+    clips: list[ValidationClip] = field(default_factory=list)  # the first few, for listening
+
+
+@dataclass
+class TrainLoop:
+    """Upstream's training loop with a checkpointer, a tracker and a stop signal.
+
+    Attributes:
+        stop: set (e.g. by a SIGTERM handler) to end after the current step; the
+            loop then saves a checkpoint of that step before returning.
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # training (random scales)
+    validation_loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # fixed scales
+    train_loader: DataLoader
+    valid_loader: DataLoader
+    checkpointer: Checkpointer
+    tracker: Tracker
+    device: torch.device
+    interval_log: int
+    interval_val: int
+    epochs: int
+    max_steps: int | None = None
+    amp_dtype: str = "fp32"
+    audio_clips: int = 2
+    stop: threading.Event = field(default_factory=threading.Event)
+    progress: bool = True
+
+    def run(self, start_step: int) -> int:
+        """Train from ``start_step``; return the last step trained (and saved)."""
+        step = start_step
+        saved_step = start_step  # the resume point is already in the registry
+        steps_per_epoch = max(1, len(self.train_loader))
+        epoch = start_step // steps_per_epoch
+        autocast, scaler = self._mixed_precision()
+        bar = self._progress_bar(start_step)
+        last_log_time, last_log_step = time.perf_counter(), step
+        self.model.train()
+        try:
+            while epoch < self.epochs and not self._done(step):
+                for batch in self.train_loader:
+                    if self._done(step):
+                        break
+                    step += 1
+                    loss = self._train_step(batch, autocast, scaler, step)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch, refresh=False)
+                    if step % self.interval_log == 0:
+                        now = time.perf_counter()
+                        rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+                        last_log_time, last_log_step = now, step
+                        self.tracker.log_metrics({"train/loss": loss, "train/steps_per_second": rate}, step)
+                    if step % self.interval_val == 0:
+                        result = self.validate()
+                        self.checkpointer.save(step, self.model, self.optimizer, metrics={"validation/loss": result.loss})
+                        saved_step = step
+                        self.tracker.log_validation(result, step)
+                        log.info("step %d: validation loss %.4f, checkpoint saved", step, result.loss)
+                        self.model.train()
+                else:
+                    epoch += 1
+        finally:
+            if bar is not None:
+                bar.close()
+        if step != saved_step:
+            # End of training, or stopped (Ctrl-C, SIGTERM): keep what was trained.
+            self.checkpointer.save(step, self.model, self.optimizer)
+            log.info("step %d: checkpoint saved (%s)", step, "stopped" if self.stop.is_set() else "end of training")
+        return step
+
+    def _done(self, step: int) -> bool:
+        return self.stop.is_set() or (self.max_steps is not None and step >= self.max_steps)
+
+    def _train_step(self, batch: dict, autocast, scaler, step: int) -> float:
+        units, f0, volume, spk_id, audio = (batch[k].to(self.device, non_blocking=True)
+                                            for k in ("units", "f0", "volume", "spk_id", "audio"))  # fmt: skip
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            prediction = self.model(units.float(), f0, volume, spk_id, infer=False)
+            loss = self.loss_fn(prediction.float(), audio)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss.item()} at step {step}; the last checkpoint is intact. "
+                "Lower train.lr, or check the data for silent or clipped files"
+            )
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self) -> ValidationResult:
+        """Whole validation files, batch 1, with the fixed-scale loss (comparable across checkpoints)."""
+        self.model.eval()
+        total, synth_seconds, audio_seconds, count = 0.0, 0.0, 0.0, 0
+        clips: list[ValidationClip] = []
+        sampling_rate = getattr(self.model, "sampling_rate_hz", None) or 44100
+        for batch in self.valid_loader:
+            units, f0, volume, spk_id, audio = (batch[k].to(self.device)
+                                                for k in ("units", "f0", "volume", "spk_id", "audio"))  # fmt: skip
+            started = time.perf_counter()
+            prediction = self.model(units.float(), f0, volume, spk_id)
+            synth_seconds += time.perf_counter() - started
+            n = min(prediction.shape[-1], audio.shape[-1])
+            prediction, audio = prediction[..., :n], audio[..., :n]
+            total += float(self.validation_loss_fn(prediction.float(), audio))
+            audio_seconds += n / sampling_rate
+            count += 1
+            if len(clips) < self.audio_clips:
+                clips.append(ValidationClip(str(batch["name"][0]), audio[0].float().cpu().numpy(),
+                                            prediction[0].float().cpu().numpy()))  # fmt: skip
+        loss = total / max(count, 1)
+        if not math.isfinite(loss):
+            raise TrainingError(f"validation loss is {loss}; the last checkpoint is intact")
+        return ValidationResult(loss=loss, real_time_factor=synth_seconds / max(audio_seconds, 1e-9), clips=clips)
+
+    def _mixed_precision(self):
+        if self.device.type != "cuda" or self.amp_dtype == "fp32":
+            return contextlib.nullcontext, None
+        dtype = torch.float16 if self.amp_dtype == "fp16" else torch.bfloat16
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+
+    def _progress_bar(self, start_step: int):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        total = self.max_steps if self.max_steps is not None else None
+        return tqdm(initial=start_step, total=total, unit="step", desc="training", dynamic_ncols=True, disable=None)

@@ -1,0 +1,212 @@
+"""One training session: config -> data, model, run, checkpoint queue -> the loop.
+
+This is the I/O shell around :mod:`mlflow_ddsp.training.loop`: it opens the
+MLflow run (or joins the one ``mlflow run`` created), resumes from the
+registry, installs the Ctrl-C / SIGTERM handlers, and closes everything in
+order whatever happens: the loop saves its last step, the queue flushes, the
+run ends FINISHED, KILLED or FAILED.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from .. import tags as T
+from ..checkpoint import CheckpointQueue, RegistryStore
+from ..config import UNAVAILABLE_F0, Config, load_config
+from ..corpus import dataset_digest, list_audio
+from ..lineage import code_version, environment_versions
+from ..loss import FixedScaleSpectralLoss, RandomScaleSpectralLoss
+from ..models import build_model_from_config
+from ..serving.model_files import pyfunc_files
+from .data import make_loaders
+from .loop import TrainLoop
+from .tracker import MlflowTracker
+
+__all__ = ["TrainResult", "train", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    registered_model: str
+    start_step: int
+    final_step: int
+    stopped_by: str | None  # "SIGINT" / "SIGTERM" when interrupted, else None
+
+
+def resolve_device(requested: str) -> torch.device:
+    """The config's device, falling back to the CPU (with a warning) when CUDA is absent."""
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("device=%s but CUDA is not available: training on the CPU", requested)
+        return torch.device("cpu")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        log.warning("device=mps but MPS is not available: training on the CPU")
+        return torch.device("cpu")
+    return torch.device(requested)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[dict]:
+    """First Ctrl-C / SIGTERM: finish the step, save, exit. A second Ctrl-C: abort at once."""
+    received: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # signal handlers can only be installed from the main thread
+        return
+
+    def handler(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received["signal"] = signal.Signals(signum).name
+        log.warning("%s received: saving a checkpoint of the current step, then stopping "
+                    "(Ctrl-C again to abort without saving)", received["signal"])  # fmt: skip
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def train(
+    config: str | os.PathLike | Config,
+    overrides: Sequence[str] = (),
+    *,
+    tracking_uri: str | None = None,
+    takeover: bool = False,
+    init_from: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or resume) the model a config describes, tracked in MLflow.
+
+    Args:
+        config: a yaml path (with ``overrides`` like ``train.lr=1e-4``) or a Config.
+        tracking_uri: default ``MLFLOW_TRACKING_URI``, else the embedded store.
+        takeover: take the registered model's writer lease from a live process.
+        init_from: start from this pinned version (``models:/NAME/7``) instead of
+            resuming from the rolling alias, e.g. to fine-tune.
+    """
+    cfg = config if isinstance(config, Config) else load_config(config, overrides)
+    if cfg.data.f0_extractor in UNAVAILABLE_F0:
+        log.warning("data.f0_extractor=%r needs model weights that cannot be loaded here; the features "
+                    "were extracted with 'parselmouth'", cfg.data.f0_extractor)  # fmt: skip
+    device = resolve_device(cfg.device)
+    model = build_model_from_config(cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    train_loader, valid_loader = make_loaders(cfg)
+
+    store = RegistryStore(tracking_uri)
+    client = store.client
+    run_id, own_run = _open_run(store, cfg)
+    status = "FAILED"
+    try:
+        tracker = MlflowTracker(client, run_id, cfg.data.sampling_rate)
+        tracker.log_config(cfg)
+        lineage = _lineage_tags(cfg, _log_datasets(tracker, cfg))
+        tracker.log_tags(lineage)
+        with CheckpointQueue(
+            cfg.registered_model,
+            cfg.train.interval_val,
+            cfg.train.interval_force_save,
+            cfg.mlflow.alias,
+            cfg.train.save_opt,
+            config=cfg.to_yaml(),
+            run_id=run_id,
+            tracking_uri=store.tracking_uri,
+            takeover=takeover,
+            lineage=lineage,
+            extra_files=pyfunc_files(cfg.data.sampling_rate),  # every version is a servable pyfunc model
+        ) as queue:
+            start_step = queue.restore(model, optimizer, source=init_from)
+            tracker.log_tags(queue.parent_tags())  # the run records what it resumed from
+            for group in optimizer.param_groups:  # upstream: lr and weight decay come from the config
+                group["lr"], group["weight_decay"] = cfg.train.lr, cfg.train.weight_decay
+            _move_optimizer_state(optimizer, device)
+            if start_step:
+                log.info("resuming %s from step %d", cfg.registered_model, start_step)
+            loop = TrainLoop(
+                model=model,
+                optimizer=optimizer,
+                loss_fn=RandomScaleSpectralLoss(cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale).to(device),
+                validation_loss_fn=_validation_loss(cfg).to(device),
+                train_loader=train_loader,
+                valid_loader=valid_loader,
+                checkpointer=queue,
+                tracker=tracker,
+                device=device,
+                interval_log=cfg.train.interval_log,
+                interval_val=cfg.train.interval_val,
+                epochs=cfg.train.epochs,
+                max_steps=cfg.train.max_steps,
+                amp_dtype=cfg.train.amp_dtype,
+                audio_clips=cfg.mlflow.audio_clips,
+                progress=progress,
+            )
+            with _stop_on_signals(loop.stop) as received:
+                final_step = loop.run(start_step)
+        tracker.flush()
+        status = "KILLED" if received["signal"] else "FINISHED"
+        return TrainResult(run_id, cfg.registered_model, start_step, final_step, received["signal"])
+    finally:
+        if own_run:
+            client.set_terminated(run_id, status)
+
+
+def _open_run(store: RegistryStore, cfg: Config) -> tuple[str, bool]:
+    """Join the run `mlflow run` started (MLFLOW_RUN_ID), else start one; (run_id, we own it)."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        return run_id, False
+    experiment_id = store.experiment_id(cfg.mlflow.experiment)
+    run = store.client.create_run(experiment_id, run_name=f"train-{cfg.registered_model}")
+    return run.info.run_id, True
+
+
+def _log_datasets(tracker: MlflowTracker, cfg: Config) -> dict[str, str]:
+    digests = {}
+    for context, path in (("training", cfg.data.train_path), ("validation", cfg.data.valid_path)):
+        rels = list_audio(path, cfg.data.extensions)
+        digests[context] = dataset_digest(path, rels)
+        name = os.path.basename(os.path.normpath(path)) or path
+        tracker.log_dataset(name, path, digests[context], context, len(rels))
+    return digests
+
+
+def _lineage_tags(cfg: Config, digests: dict[str, str]) -> dict[str, str]:
+    """Tags that trace a checkpoint back to its code, config, data and environment."""
+    tags = {
+        T.CONFIG_DIGEST: cfg.digest(),
+        T.DATASET_DIGEST: digests["training"],
+        T.REGISTERED_MODEL: cfg.registered_model,
+        **{T.PREFIX + k: v for k, v in environment_versions().items()},
+    }
+    git = code_version()
+    if git:
+        tags[T.GIT_COMMIT] = git["git_commit"]
+        tags[T.GIT_DIRTY] = git["git_dirty"]
+    return tags
+
+
+def _validation_loss(cfg: Config) -> FixedScaleSpectralLoss:
+    if cfg.loss.validation_fft_sizes:
+        return FixedScaleSpectralLoss(cfg.loss.validation_fft_sizes)
+    return FixedScaleSpectralLoss.from_range(cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale)
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and key != "step":
+                state[key] = value.to(device)

@@ -1,0 +1,178 @@
+"""Training end to end: the CLI against a real `mlflow server`, SIGTERM and resume, `mlflow run`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import yaml
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.cli import main
+from mlflow_ddsp.config import load_config
+from mlflow_ddsp.demo_data import make_demo_dataset
+from mlflow_ddsp.preprocess import preprocess
+from mlflow_ddsp import tags as T
+
+from registry_checks import versions_by_step
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(data_dir: Path, path: Path, name: str, **train) -> Path:
+    """A config small enough to train a few steps on the CPU in seconds."""
+    doc = {
+        "data": {
+            "f0_extractor": "parselmouth", "sampling_rate": 44100, "block_size": 512, "duration": 0.5,
+            "encoder": "logmel", "encoder_out_channels": 128,
+            "train_path": str(data_dir / "train"), "valid_path": str(data_dir / "val"),
+        },
+        "model": {"type": "CombSubFast", "n_spk": 2},
+        "device": "cpu",
+        "env": {"expdir": f"exp/{name}"},
+        "train": {"batch_size": 2, "num_workers": 0, "interval_log": 2, "interval_val": 4,
+                  "interval_force_save": 8, "max_steps": 10, "cache_fp16": False, "save_opt": True, **train},
+        "mlflow": {"experiment": f"exp-{name}", "audio_clips": 2},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory) -> Path:
+    """A small preprocessed two-speaker dataset, made once for this module."""
+    root = tmp_path_factory.mktemp("demo-data")
+    make_demo_dataset(root, seconds_per_speaker=8, progress=False)
+    cfg = load_config(tiny_config(root, root / "config.yaml", "prep"))
+    preprocess(cfg, workers=1, progress=False)
+    return root
+
+
+def test_cli_training_against_a_real_server(demo_data, mlflow_server, tmp_path, model_name):
+    config = tiny_config(demo_data, tmp_path / "tiny.yaml", model_name)
+    result = CliRunner().invoke(main, ["--tracking-uri", mlflow_server.uri, "train", "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    assert f"trained {model_name} from step 0 to 10" in result.stdout
+
+    client = MlflowClient(mlflow_server.uri, mlflow_server.uri)
+    store = RegistryStore(mlflow_server.uri)
+    versions = {v.step: v for v in store.list_versions(model_name)}
+    assert versions_by_step(store, model_name) == {8: "force_saved", 10: "rolling"}
+    assert store.alias_version(model_name, "rolling") == versions[10].version
+    run_id = versions[8].run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+
+    # Metrics: train/loss every interval_log, validation/loss every interval_val, linked to the checkpoint.
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [2, 4, 6, 8, 10]
+    validation = client.get_metric_history(run_id, "validation/loss")
+    assert [m.step for m in validation] == [4, 8]
+    logged = client.get_logged_model(versions[8].model_id)
+    assert {m.key: m.value for m in logged.metrics}["validation/loss"] == validation[-1].value
+
+    # Config as params and as the yaml itself; lineage on the run and on each version.
+    assert run.data.params["model.type"] == "CombSubFast" and run.data.params["train.interval_val"] == "4"
+    logged_config = Path(client.download_artifacts(run_id, "config.yaml", str(tmp_path)))
+    assert yaml.safe_load(logged_config.read_text())["mlflow"]["experiment"] == f"exp-{model_name}"
+    for tag in (T.CONFIG_DIGEST, T.DATASET_DIGEST):
+        assert versions[10].tags[tag] == run.data.tags[tag]
+
+    # Dataset inputs with digests.
+    inputs = {[t.value for t in i.tags if t.key == "mlflow.data.context"][0]: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation"}
+    assert inputs["training"].digest and inputs["training"].name == "train"
+
+    # A spectrogram image per validation and gt/pred audio for the first clips.
+    images = [a.path for a in client.list_artifacts(run_id, "images")]
+    assert images, "validation spectrograms are logged as images"
+    audio_dir = Path(client.download_artifacts(run_id, "validation/step_00000008", str(tmp_path)))
+    wavs = sorted(p.name for p in audio_dir.iterdir())
+    assert len(wavs) == 4 and sum(n.endswith("_pred.wav") for n in wavs) == 2
+    info = sf.info(str(audio_dir / wavs[0]))
+    assert info.samplerate == 44100 and info.frames > 44100 // 2
+
+
+def _read_until(proc: subprocess.Popen, needle: str) -> list[str]:
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"process ended before printing {needle!r}:\n{''.join(lines[-30:])}")
+
+
+def test_sigterm_saves_the_current_step_and_a_rerun_resumes_there(demo_data, embedded, tmp_path, model_name):
+    config = tiny_config(demo_data, tmp_path / "tiny.yaml", model_name, max_steps=100000, interval_log=1)
+    command = [sys.executable, "-m", "mlflow_ddsp", "--tracking-uri", embedded.uri, "train", "-c", str(config)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        _read_until(proc, "step 4: validation loss")  # one checkpoint exists; now interrupt
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "SIGTERM received: saving a checkpoint of the current step" in stderr
+    store = RegistryStore(embedded.uri)
+    stopped_at = max(versions_by_step(store, model_name))
+    assert stopped_at >= 4
+    assert f"to {stopped_at} " in stdout
+    run = MlflowClient(embedded.uri).search_runs(
+        [store.experiment_id(f"exp-{model_name}")], order_by=["start_time DESC"]
+    )[0]
+    assert run.info.status == "KILLED"
+
+    # The rerun continues at the saved step and stops at max_steps.
+    target = stopped_at + 3
+    rerun = subprocess.run(command[:-2] + ["-c", str(config), "--set", f"train.max_steps={target}"],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming {model_name} from step {stopped_at}" in rerun.stderr
+    assert f"from step {stopped_at} to {target}" in rerun.stdout
+    assert store.get_version(model_name, store.alias_version(model_name, "rolling")).step == target
+
+
+def test_config_errors_and_missing_features_are_one_line(demo_data, embedded, tmp_path):
+    config = tiny_config(demo_data, tmp_path / "tiny.yaml", "errors", interval_force_save=6)
+    result = CliRunner().invoke(main, ["--tracking-uri", embedded.uri, "train", "-c", str(config)])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: train.interval_force_save=6 must be a positive multiple of train.interval_val=4 (e.g. 20), "
+        "or null to never force-save; upstream DDSP-SVC would silently keep only multiples of their lcm"
+    )
+    empty = tmp_path / "fresh"
+    (empty / "train" / "audio").mkdir(parents=True)
+    recording = next((demo_data / "train" / "audio" / "1").glob("*.wav"))
+    (empty / "train" / "audio" / "a.wav").write_bytes(recording.read_bytes())
+    config = tiny_config(empty, tmp_path / "fresh.yaml", "fresh")
+    result = CliRunner().invoke(main, ["--tracking-uri", embedded.uri, "train", "-c", str(config)])
+    assert result.exit_code == 1
+    assert "are not preprocessed" in result.stderr and "mlflow-ddsp preprocess -c CONFIG" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_mlflow_run_train_entry_point(demo_data, tmp_path, model_name):
+    """`mlflow run . -e train ... --env-manager local`, as the README shows it."""
+    config = tiny_config(demo_data, tmp_path / "tiny.yaml", model_name, max_steps=4)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "train", "-P", f"config={config}",
+         "-P", "set=train.interval_log=1", "--env-manager", "local"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = RegistryStore(env["MLFLOW_TRACKING_URI"])
+    assert versions_by_step(store, model_name) == {4: "rolling"}
+    run = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(store.list_versions(model_name)[0].run_id)
+    assert run.info.status == "FINISHED" and run.data.tags.get("mlflow.project.entryPoint") == "train"
+    assert [m.step for m in MlflowClient(env["MLFLOW_TRACKING_URI"]).get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4]
