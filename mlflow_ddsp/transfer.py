@@ -1,0 +1,178 @@
+"""Move checkpoints between upstream DDSP-SVC experiment folders and the registry.
+
+``import_experiment`` registers an upstream ``exp/<name>/`` folder
+(``model_<N>.pt`` + ``config.yaml``): every checkpoint but the newest becomes a
+force-saved version (upstream kept it, so it was meant to stay), the newest
+takes the rolling alias. The files' bytes are registered unchanged, so
+``export_version`` gives back exactly what was imported. Re-running an
+import skips files already registered (matched by sha256).
+
+``export_version`` writes ``model_<N>.pt`` + ``config.yaml`` for upstream's
+inference scripts and GUI.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import tags as T
+from .checkpoint import CheckpointQueue, CheckpointReader, RegistryStore
+from .checkpoint.files import CONFIG_FILE, load_checkpoint, sha256_file
+from .config import Config, parse_config
+from .errors import CheckpointIntegrityError, ConfigError
+from .serving.model_files import pyfunc_files
+from .tracking import DEFAULT_EXPERIMENT
+
+__all__ = ["ImportReport", "import_experiment", "export_version"]
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINT = re.compile(r"^model_(\d+)\.pt$")
+IMPORTED_FROM = T.PREFIX + "imported_from"
+# Config keys a checkpoint's tensors depend on: versions of one registered model must agree.
+_ARCHITECTURE = (
+    ("model", "type"), ("model", "n_spk"), ("model", "win_length"), ("model", "n_harmonics"),
+    ("model", "n_mag_allpass"), ("model", "n_mag_noise"), ("model", "n_mag_harmonic"),
+    ("data", "encoder_out_channels"), ("data", "sampling_rate"), ("data", "block_size"),
+)  # fmt: skip
+
+
+@dataclass
+class ImportReport:
+    name: str
+    imported: list[tuple[int, int, str]] = field(default_factory=list)  # (step, version, kind)
+    skipped: list[tuple[int, int]] = field(default_factory=list)  # (step, existing version)
+
+
+def _architecture(cfg: Config) -> dict[str, object]:
+    out = {f"{s}.{k}": getattr(getattr(cfg, s), k) for s, k in _ARCHITECTURE}
+    if cfg.model.type != "CombSubSuperFast":
+        out.pop("model.win_length")
+    if cfg.model.type != "Sins":
+        out.pop("model.n_harmonics")
+    if cfg.model.type not in ("Sins", "CombSub"):
+        out.pop("model.n_mag_allpass")
+        out.pop("model.n_mag_noise")
+    if cfg.model.type != "CombSub":
+        out.pop("model.n_mag_harmonic")
+    return out
+
+
+def _force_step(cfg: Config, step: int) -> bool:
+    every = cfg.train.interval_force_save
+    return every is not None and step % every == 0
+
+
+def _check_fits(path: Path, payload: dict, cfg: Config) -> None:
+    """Load the weights into the architecture the config describes; explain a mismatch."""
+    from .models import build_model_from_config
+
+    model = build_model_from_config(cfg)
+    try:
+        model.load_state_dict(payload["model"], strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        if len(detail) > 300:
+            detail = detail[:300] + "..."
+        arch = ", ".join(f"{k}={v}" for k, v in _architecture(cfg).items())
+        raise ConfigError(f"{path} does not fit its config.yaml ({arch}): {detail}") from None
+
+
+def _check_same_architecture(store: RegistryStore, name: str, cfg: Config) -> None:
+    """Refuse to mix architectures in one registered model (e.g. window 1024 vs 2048)."""
+    reader = CheckpointReader(name, store=store)
+    versions = [v for v in reader.candidates() if v.is_queue_version]
+    if not versions:
+        return
+    with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-import-") as tmp:
+        store.download(store.files_of(versions[0]), [CONFIG_FILE], tmp)
+        theirs = parse_config(yaml.safe_load((Path(tmp) / CONFIG_FILE).read_text()))
+    mine, existing = _architecture(cfg), _architecture(theirs)
+    if mine != existing:
+        diff = ", ".join(f"{k}: {existing.get(k)} there, {mine.get(k)} here"
+                         for k in sorted(set(mine) | set(existing)) if mine.get(k) != existing.get(k))  # fmt: skip
+        raise ConfigError(f"registered model {name!r} holds a different architecture ({diff}); import into a new name")
+
+
+def import_experiment(
+    expdir: str | Path, name: str, *, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT
+) -> ImportReport:
+    """Register the checkpoints of an upstream experiment folder as versions of ``name``."""
+    expdir = Path(expdir)
+    config_path = expdir / CONFIG_FILE
+    if not config_path.is_file():
+        raise ConfigError(
+            f"{config_path} not found: upstream writes config.yaml beside the checkpoints; "
+            "copy the config the model was trained with there"
+        )
+    config_yaml = config_path.read_bytes()
+    try:
+        cfg = parse_config(yaml.safe_load(config_yaml))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config_path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    files = sorted(
+        ((int(m.group(1)), p) for p in expdir.iterdir() if (m := _CHECKPOINT.match(p.name))), key=lambda x: x[0]
+    )
+    if not files:
+        raise ConfigError(f"no model_<N>.pt checkpoints in {expdir}")
+    payloads = {}
+    for step, path in files:
+        try:
+            payloads[step] = load_checkpoint(path)
+        except (CheckpointIntegrityError, RuntimeError, OSError) as exc:
+            raise ConfigError(f"{path} is not a readable DDSP-SVC checkpoint: {' '.join(str(exc).split())[:200]}") from exc
+        _check_fits(path, payloads[step], cfg)
+
+    store = RegistryStore(tracking_uri)
+    report = ImportReport(name)
+    _check_same_architecture(store, name, cfg)
+    registered = {v.sha256: v for v in store.list_versions(name)} if store.registered_model_exists(name) else {}
+    newest = files[-1][0]
+    with CheckpointQueue(
+        name, cfg.train.interval_val, None, cfg.mlflow.alias, config=config_yaml,
+        tracking_uri=store.tracking_uri, experiment=experiment,
+        lineage={IMPORTED_FROM: str(expdir.resolve())}, extra_files=pyfunc_files(cfg.data.sampling_rate),
+    ) as queue:  # fmt: skip
+        for step, path in files:
+            digest = sha256_file(path).sha256
+            if digest in registered:
+                report.skipped.append((step, registered[digest].version))
+                continue
+            # Upstream kept every older file, so it stays; the newest is rolling unless its
+            # step is one the config force-saves.
+            keep = step != newest or queue.policy.is_force_save(step) or _force_step(cfg, step)
+            kind = T.KIND_FORCE_SAVED if keep else T.KIND_ROLLING
+            version = queue.register_file(
+                step, path, kind=kind,
+                description=f"Imported from {path.resolve()} (upstream DDSP-SVC)"
+                + ("; kept forever" if kind == T.KIND_FORCE_SAVED else ""),
+            )  # fmt: skip
+            report.imported.append((step, version.version, kind))
+    return report
+
+
+def export_version(uri: str, outdir: str | Path, *, tracking_uri: str | None = None) -> Path:
+    """Write ``model_<N>.pt`` and ``config.yaml`` of a version into ``outdir`` (upstream layout)."""
+    from .checkpoint.reader import parse_model_uri
+
+    ref = parse_model_uri(uri)
+    reader = CheckpointReader(ref.name, tracking_uri=tracking_uri)
+    version = reader.resolve(uri)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-export-") as tmp:
+        manifest = reader.store.fetch_verified(version, tmp)  # sha256-checked
+        for name in (manifest.checkpoint_file, CONFIG_FILE):
+            shutil.copyfile(Path(tmp) / name, outdir / name)
+        cfg = parse_config(yaml.safe_load((Path(tmp) / CONFIG_FILE).read_text()))
+    if cfg.data.encoder == "logmel":
+        log.warning("%s uses the 'logmel' units of mlflow-ddsp; upstream's inference cannot compute them", version.label)
+    log.info("exported %s to %s", version.label, outdir / manifest.checkpoint_file)
+    return outdir / manifest.checkpoint_file

@@ -1,0 +1,133 @@
+"""Import of upstream DDSP-SVC experiment folders, export back, bit for bit."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.config import parse_config
+from mlflow_ddsp.errors import ConfigError
+from mlflow_ddsp.models import build_model_from_config
+from mlflow_ddsp.transfer import export_version, import_experiment
+
+from registry_checks import assert_invariants, versions_by_step
+
+# An upstream-style config (hubertsoft units: 256 channels), as upstream writes it into exp/<name>/.
+UPSTREAM_CONFIG = {
+    "data": {"f0_extractor": "parselmouth", "sampling_rate": 44100, "block_size": 512, "duration": 2,
+             "encoder": "hubertsoft", "encoder_out_channels": 256, "encoder_ckpt": "pretrain/hubert/hubert-soft.pt",
+             "train_path": "data/train", "valid_path": "data/val", "extensions": ["wav"]},
+    "model": {"type": "CombSubFast", "n_spk": 2},
+    "enhancer": {"type": "nsf-hifigan", "ckpt": "pretrain/nsf_hifigan/model"},
+    "loss": {"fft_min": 256, "fft_max": 2048, "n_scale": 4},
+    "device": "cuda",
+    "env": {"expdir": "exp/combsub-test", "gpu_id": 0},
+    "train": {"batch_size": 24, "interval_log": 10, "interval_val": 2000, "interval_force_save": 4000,
+              "lr": 0.0005, "weight_decay": 0, "save_opt": True},
+}  # fmt: skip
+
+
+def write_upstream_expdir(root: Path, steps, config=UPSTREAM_CONFIG, *, with_optimizer=True) -> dict[int, Path]:
+    """What upstream's trainer leaves: config.yaml and model_<N>.pt files."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    cfg = parse_config(config)
+    files = {}
+    for step in steps:
+        torch.manual_seed(step)
+        model = build_model_from_config(cfg)
+        payload = {"global_step": step, "model": model.state_dict()}
+        if with_optimizer:
+            optimizer = torch.optim.AdamW(model.parameters())
+            model(torch.randn(1, 4, 256), torch.full((1, 4, 1), 200.0), torch.rand(1, 4, 1), 1).pow(2).mean().backward()
+            optimizer.step()
+            payload["optimizer"] = optimizer.state_dict()
+        files[step] = root / f"model_{step}.pt"
+        torch.save(payload, files[step])
+    return files
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_import_then_export_round_trips_bit_for_bit(backend, model_name, tmp_path):
+    files = write_upstream_expdir(tmp_path / "exp" / "combsub-test", [0, 4000, 8000, 10000])
+    report = import_experiment(tmp_path / "exp" / "combsub-test", model_name, tracking_uri=backend.uri,
+                               experiment=backend.experiment)  # fmt: skip
+    assert [(s, k) for s, _, k in report.imported] == [
+        (0, "force_saved"), (4000, "force_saved"), (8000, "force_saved"), (10000, "rolling")]  # fmt: skip
+    store = RegistryStore(backend.uri)
+    assert versions_by_step(store, model_name) == {0: "force_saved", 4000: "force_saved", 8000: "force_saved",
+                                                   10000: "rolling"}  # fmt: skip
+    assert assert_invariants(store, backend, model_name) == 10000
+
+    # Idempotent: a second import registers nothing.
+    again = import_experiment(tmp_path / "exp" / "combsub-test", model_name, tracking_uri=backend.uri,
+                              experiment=backend.experiment)  # fmt: skip
+    assert again.imported == [] and [s for s, _ in again.skipped] == [0, 4000, 8000, 10000]
+    assert len(store.list_versions(model_name)) == 4
+
+    # Export gives back the very files upstream wrote, and its config.
+    for version in store.list_versions(model_name):
+        out = export_version(f"models:/{model_name}/{version.version}", tmp_path / f"out-{version.step}",
+                             tracking_uri=backend.uri)  # fmt: skip
+        assert out.name == f"model_{version.step}.pt"
+        assert sha(out) == sha(files[version.step])
+        assert (out.parent / "config.yaml").read_bytes() == (tmp_path / "exp" / "combsub-test" / "config.yaml").read_bytes()
+    rolling = export_version(f"models:/{model_name}@rolling", tmp_path / "out-rolling", tracking_uri=backend.uri)
+    assert sha(rolling) == sha(files[10000])
+    exported = torch.load(rolling, weights_only=True)
+    assert exported["global_step"] == 10000 and "optimizer" in exported
+
+
+@pytest.mark.parametrize(
+    "config_change, message",
+    [
+        ({"model": {"type": "Sins", "n_spk": 2}}, r"model_4000.pt does not fit its config.yaml \(model.type=Sins"),
+        ({"data": {**UPSTREAM_CONFIG["data"], "encoder_out_channels": 768}},
+         r"data.encoder_out_channels=768.*size mismatch for unit2ctrl.stack.0.weight"),
+        ({"data": {**UPSTREAM_CONFIG["data"], "block_size": 256}}, r"checkpoint has data.block_size=512"),
+    ],
+)  # fmt: skip
+def test_incompatible_checkpoint_is_a_clear_error(embedded, model_name, tmp_path, config_change, message):
+    expdir = tmp_path / "exp"
+    write_upstream_expdir(expdir, [4000], with_optimizer=False)
+    (expdir / "config.yaml").write_text(yaml.safe_dump({**UPSTREAM_CONFIG, **config_change}))
+    with pytest.raises(ConfigError, match=message) as info:
+        import_experiment(expdir, model_name, tracking_uri=embedded.uri)
+    assert "\n" not in str(info.value)
+    assert not RegistryStore(embedded.uri).registered_model_exists(model_name)  # nothing half-imported
+
+
+def test_superfast_window_mismatch_is_refused(embedded, model_name, tmp_path):
+    # Upstream issue #111: a win_length 1024 checkpoint used with a 2048 config.
+    config = {**UPSTREAM_CONFIG, "model": {"type": "CombSubSuperFast", "win_length": 1024, "n_spk": 2}}
+    expdir = tmp_path / "exp"
+    write_upstream_expdir(expdir, [2000], config=config, with_optimizer=False)
+    (expdir / "config.yaml").write_text(yaml.safe_dump({**config, "model": {**config["model"], "win_length": 2048}}))
+    with pytest.raises(ConfigError, match=r"model.win_length=2048"):
+        import_experiment(expdir, model_name, tracking_uri=embedded.uri)
+
+
+def test_a_different_architecture_cannot_join_a_registered_model(embedded, model_name, tmp_path):
+    write_upstream_expdir(tmp_path / "a", [2000], with_optimizer=False)
+    import_experiment(tmp_path / "a", model_name, tracking_uri=embedded.uri)
+    other = {**UPSTREAM_CONFIG, "model": {"type": "CombSubFast", "n_spk": 1}}
+    write_upstream_expdir(tmp_path / "b", [2000], config=other, with_optimizer=False)
+    with pytest.raises(ConfigError, match=r"holds a different architecture \(model.n_spk: 2 there, 1 here\)"):
+        import_experiment(tmp_path / "b", model_name, tracking_uri=embedded.uri)
+
+
+def test_folder_without_config_or_checkpoints(embedded, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"config.yaml not found: upstream writes config.yaml beside"):
+        import_experiment(tmp_path / "empty", "x", tracking_uri=embedded.uri)
+    (tmp_path / "empty" / "config.yaml").write_text(yaml.safe_dump(UPSTREAM_CONFIG))
+    with pytest.raises(ConfigError, match=r"no model_<N>.pt checkpoints in"):
+        import_experiment(tmp_path / "empty", "x", tracking_uri=embedded.uri)
