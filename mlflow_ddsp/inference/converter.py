@@ -1,0 +1,440 @@
+"""Singing-voice conversion with a trained DDSP-SVC model, as upstream's ``main.py`` does it.
+
+For an input clip ``audio [N]`` at ``sample_rate``, :meth:`VoiceConverter.convert`:
+
+1. resamples it to the model rate ``sr = data.sampling_rate`` (soxr HQ) -> ``wav [T]``;
+   everything below is on the model's frame grid, hop ``block = data.block_size``,
+   ``T // block + 1`` frames;
+2. extracts f0 of the whole clip (unvoiced frames interpolated, then raised to
+   ``f0_min``: upstream's ``uv_interp=True``) and shifts it by ``key`` semitones,
+   ``f0 * 2 ** (key / 12)``;
+3. extracts the frame volume, and from it the output mask: 1 where the volume
+   exceeds ``threshold_db`` (-60 dB), dilated by 4 frames each way (a 9-frame max
+   filter over edge-padded frames), then linearly interpolated to samples;
+4. splits the clip at silences (-40 dB, see :mod:`.slicing`) and, per segment,
+   encodes content units, synthesises with the speaker id or speaker mix, and
+   multiplies by the mask;
+5. joins the segments with upstream's one-frame linear cross-fade and trims the
+   result to ``T`` samples.
+
+Upstream's output is ``(T // block + 1) * block`` samples, up to one block longer
+than the input; the tail is trimmed here so the output lasts exactly as long as the
+input. f0 is extracted between 50 and 1100 Hz (upstream's inference defaults, not
+the training config's ``f0_min/f0_max``: the input singer need not share the
+training data's range). Speaker-mix weights are used as given, not normalised, as
+upstream does (``{1: 0.5, 2: 0.5}`` is an even blend).
+
+Shapes: audio in ``[N]`` float32 at ``sample_rate``; audio out ``[T]`` float32 at
+``data.sampling_rate`` with ``T = round(N * data.sampling_rate / sample_rate)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from numpy.lib.stride_tricks import sliding_window_view
+
+from mlflow_ddsp.audio import resample
+from mlflow_ddsp.config import Config, parse_config
+from mlflow_ddsp.errors import AudioError, ConfigError
+from mlflow_ddsp.features import (
+    F0Extractor,
+    UnitsEncoder,
+    extract_volume,
+    get_f0_extractor,
+    load_units_encoder,
+)
+from mlflow_ddsp.inference.slicing import DEFAULT_SLICER, SlicerSettings, join_segments, segment_frames
+from mlflow_ddsp.models import DDSPModel, build_model_from_config
+
+__all__ = [
+    "VoiceConverter",
+    "Conversion",
+    "INFER_F0_RANGE",
+    "MAX_KEY_SEMITONES",
+    "MASK_DILATION_FRAMES",
+    "output_mask",
+    "parse_speaker_mix",
+]
+
+#: upstream ``main.py``'s ``-fmin`` / ``-fmax`` defaults (Hz)
+INFER_F0_RANGE = (50.0, 1100.0)
+#: three octaves either way; beyond that f0 leaves any voice's range (and f0_max)
+MAX_KEY_SEMITONES = 36.0
+#: upstream widens the voiced mask by this many frames on each side
+MASK_DILATION_FRAMES = 4
+#: mask thresholds outside this range are almost certainly a typo (dB re full scale)
+_THRESHOLD_RANGE = (-200.0, 0.0)
+
+Progress = Callable[[int, int], Any]
+
+
+def output_mask(volume: np.ndarray, threshold_db: float, block_size: int) -> np.ndarray:
+    """Upstream's output mask from frame volume ``[n]`` -> float32 ``[n * block_size]``.
+
+    A frame is "on" when its volume exceeds ``10 ** (threshold_db / 20)``. The on/off
+    track is edge-padded by 4 frames and max-filtered over 9 frames, so sound that
+    starts or stops softly is not cut, then upsampled like upstream's
+    ``ddsp.core.upsample``: within block ``k`` the mask ramps linearly from frame
+    ``k``'s value to frame ``k + 1``'s (the last frame held), so gates open and
+    close over one block instead of clicking.
+    """
+    volume = np.asarray(volume)
+    if volume.ndim != 1 or volume.size == 0:
+        raise ValueError(f"volume must be non-empty [n], got shape {volume.shape}")
+    on = (volume > 10 ** (threshold_db / 20)).astype(np.float32)
+    width = MASK_DILATION_FRAMES
+    dilated = sliding_window_view(np.pad(on, width, mode="edge"), 2 * width + 1).max(axis=1)
+    nxt = np.append(dilated[1:], dilated[-1])
+    ramp = np.arange(block_size, dtype=np.float32) / block_size
+    return (dilated[:, None] * (1 - ramp) + nxt[:, None] * ramp).reshape(-1)
+
+
+def parse_speaker_mix(text: str) -> dict[int, float]:
+    """``"1:0.5,2:0.5"`` (or upstream's ``"{1: 0.5, 2: 0.5}"``) -> ``{1: 0.5, 2: 0.5}``.
+
+    Only the syntax is checked here; :class:`VoiceConverter` checks ids and weights
+    against the model.
+    """
+    body = str(text).strip()
+    if body.startswith("{") and body.endswith("}"):
+        body = body[1:-1]
+    mix: dict[int, float] = {}
+    for item in (part.strip() for part in body.split(",")):
+        if not item:
+            continue
+        speaker, sep, weight = item.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            spk, w = int(speaker.strip()), float(weight.strip())
+        except ValueError:
+            raise ConfigError(
+                f"speaker mix {text!r}: {item!r} is not SPEAKER_ID:WEIGHT; write e.g. '1:0.5,2:0.5'"
+            ) from None
+        if spk in mix:
+            raise ConfigError(f"speaker mix {text!r}: speaker {spk} appears twice")
+        mix[spk] = w
+    if not mix:
+        raise ConfigError(f"speaker mix {text!r} is empty; write e.g. '1:0.5,2:0.5'")
+    return mix
+
+
+@dataclass
+class Conversion:
+    """One conversion with its bookkeeping.
+
+    Attributes:
+        audio: ``[T]`` float32 at ``sample_rate``.
+        sample_rate: the model rate, Hz.
+        segments: ``(start_frame, end_frame)`` of each segment synthesised.
+        timings: wall seconds per stage: ``resample``, ``f0``, ``volume`` (and
+            mask), ``units``, ``synthesis``, ``join``.
+    """
+
+    audio: np.ndarray
+    sample_rate: int
+    segments: list[tuple[int, int]]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return self.audio.shape[0] / self.sample_rate
+
+
+def _config_from(config: Config | bytes | str) -> Config:
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, (bytes, str)):
+        if not config.strip():
+            raise ConfigError("the checkpoint has no config.yaml; it cannot be rebuilt without one")
+        try:
+            raw = yaml.safe_load(config)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"the checkpoint's config.yaml is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError("the checkpoint's config.yaml must contain a mapping of config sections")
+        return parse_config(raw)
+    raise TypeError(f"config must be a Config or yaml bytes, got {type(config).__name__}")
+
+
+class VoiceConverter:
+    """A loaded model with its units encoder and f0 extractors, ready to convert.
+
+    Args:
+        model: a :class:`DDSPModel` matching ``cfg`` (moved to ``device``, eval mode).
+        cfg: the model's config (rate, block size, encoder, f0 extractor).
+        units_encoder: default: built from ``cfg.data.encoder`` / ``encoder_ckpt``.
+        device: torch device for the model and the encoder.
+        f0_range: ``(f0_min, f0_max)`` Hz for f0 extraction.
+        slicer: silence-slicing settings (upstream's by default).
+
+    Raises:
+        ConfigError: model and config disagree, or the encoder/f0 extractor cannot be loaded.
+    """
+
+    def __init__(
+        self,
+        model: DDSPModel,
+        cfg: Config,
+        *,
+        units_encoder: UnitsEncoder | None = None,
+        device: str | torch.device = "cpu",
+        f0_range: tuple[float, float] = INFER_F0_RANGE,
+        slicer: SlicerSettings = DEFAULT_SLICER,
+    ) -> None:
+        hp = model.hparams
+        expected = {
+            "sampling_rate": cfg.data.sampling_rate,
+            "block_size": cfg.data.block_size,
+            "n_unit": cfg.data.encoder_out_channels,
+            "n_spk": cfg.model.n_spk,
+        }
+        keys = {"sampling_rate": "data.sampling_rate", "block_size": "data.block_size",
+                "n_unit": "data.encoder_out_channels", "n_spk": "model.n_spk"}  # fmt: skip
+        for name, value in expected.items():
+            if hp[name] != value:
+                raise ConfigError(f"the model has {keys[name]}={hp[name]} but the config says {value}; use the model's config")
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.sample_rate = int(cfg.data.sampling_rate)
+        self.block_size = int(cfg.data.block_size)
+        self.n_spk = int(cfg.model.n_spk)
+        self.f0_range = (float(f0_range[0]), float(f0_range[1]))
+        self.slicer = slicer
+        if units_encoder is None:
+            units_encoder = load_units_encoder(
+                cfg.data.encoder,
+                cfg.data.encoder_ckpt,
+                encoder_sample_rate=cfg.data.encoder_sample_rate,
+                encoder_hop_size=cfg.data.encoder_hop_size,
+                device=self.device,
+            )
+        if units_encoder.out_channels != hp["n_unit"]:
+            raise ConfigError(
+                f"units encoder {units_encoder.name!r} gives {units_encoder.out_channels} channels but the "
+                f"model takes data.encoder_out_channels={hp['n_unit']}; use the encoder the model was trained with"
+            )
+        self.units_encoder = units_encoder
+        self._f0_extractors: dict[str, F0Extractor] = {}
+        self.default_f0_extractor = cfg.f0_extractor
+        self._f0(self.default_f0_extractor)  # fail at load time, not at the first request
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        payload: Mapping[str, Any],
+        config: Config | bytes | str,
+        *,
+        device: str | torch.device = "cpu",
+        encoder_ckpt: str | None = None,
+        **kwargs: Any,
+    ) -> VoiceConverter:
+        """Rebuild the model an upstream-format checkpoint holds.
+
+        Args:
+            payload: ``{'global_step', 'model': state_dict, ...}`` (``RestoredCheckpoint.checkpoint``).
+            config: its config, parsed or as yaml bytes (``RestoredCheckpoint.config_yaml``).
+            device: torch device.
+            encoder_ckpt: the content encoder's file; overrides ``data.encoder_ckpt``
+                (which names a path on the training machine).
+            **kwargs: passed to the constructor (``f0_range``, ``slicer``).
+        """
+        cfg = _config_from(config)
+        state = payload.get("model") if isinstance(payload, Mapping) else None
+        if not isinstance(state, Mapping):
+            raise ConfigError("the checkpoint has no 'model' state_dict; is it a DDSP-SVC checkpoint?")
+        model = build_model_from_config(cfg)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+            raise ConfigError(
+                f"the checkpoint's weights do not fit a {cfg.model.type} built from its config ({detail[:300]})"
+            ) from exc
+        device = torch.device(device)
+        encoder = load_units_encoder(
+            cfg.data.encoder,
+            encoder_ckpt or cfg.data.encoder_ckpt,
+            encoder_sample_rate=cfg.data.encoder_sample_rate,
+            encoder_hop_size=cfg.data.encoder_hop_size,
+            out_channels=cfg.data.encoder_out_channels,
+            device=device,
+        )
+        return cls(model, cfg, units_encoder=encoder, device=device, **kwargs)
+
+    # -- validation -------------------------------------------------------------
+
+    def _f0(self, name: str | None) -> F0Extractor:
+        key = str(name or self.default_f0_extractor).lower()
+        if key not in self._f0_extractors:
+            self._f0_extractors[key] = get_f0_extractor(
+                key,
+                sample_rate=self.sample_rate,
+                hop_size=self.block_size,
+                f0_min=self.f0_range[0],
+                f0_max=self.f0_range[1],
+            )
+        return self._f0_extractors[key]
+
+    def _speaker(self, spk_id: int, spk_mix: Mapping[int, float] | None) -> tuple[int, dict[int, float] | None]:
+        ids = f"1..{self.n_spk}" if self.n_spk > 1 else "1 (the model has one speaker)"
+        if spk_mix is not None:
+            if not isinstance(spk_mix, Mapping) or not spk_mix:
+                raise ConfigError("speaker mix must be a non-empty {speaker_id: weight} mapping, e.g. {1: 0.5, 2: 0.5}")
+            mix: dict[int, float] = {}
+            for speaker, weight in spk_mix.items():
+                if isinstance(speaker, bool) or not isinstance(speaker, (int, np.integer)) or not 1 <= speaker <= self.n_spk:
+                    raise ConfigError(f"spk_mix: unknown speaker {speaker!r}; ids are {ids}")
+                try:
+                    weight = float(weight)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"speaker mix: weight {weight!r} of speaker {speaker} is not a number") from None
+                if not math.isfinite(weight):
+                    raise ConfigError(f"speaker mix: weight {weight!r} of speaker {speaker} must be finite")
+                mix[int(speaker)] = weight
+            if not sum(mix.values()) > 0:
+                raise ConfigError(f"speaker mix {mix}: the weights must sum to more than 0")
+            return 1, mix
+        if isinstance(spk_id, bool) or not isinstance(spk_id, (int, np.integer)) or not 1 <= spk_id <= self.n_spk:
+            raise ConfigError(f"spk_id={spk_id!r}: unknown speaker id {spk_id!r}; ids are {ids}")
+        return int(spk_id), None
+
+    @staticmethod
+    def _check_audio(audio: Any, sample_rate: Any) -> tuple[np.ndarray, int]:
+        if (
+            isinstance(sample_rate, bool)
+            or not isinstance(sample_rate, (int, np.integer, float))
+            or not (math.isfinite(sample_rate) and sample_rate > 0)
+        ):
+            raise AudioError(f"sample rate {sample_rate!r} must be a positive number of Hz")
+        if float(sample_rate) != int(sample_rate):
+            raise AudioError(f"sample rate {sample_rate!r} must be a whole number of Hz")
+        audio = np.asarray(audio)
+        if audio.dtype.kind != "f":  # int16 PCM would otherwise become samples of +-32768
+            raise AudioError(f"audio must be float samples in [-1, 1], got dtype {audio.dtype}; scale integer PCM first")
+        audio = audio.astype(np.float32, copy=False)
+        if audio.ndim == 2 and audio.shape[0] == 1:
+            audio = audio[0]
+        if audio.ndim != 1:
+            raise AudioError(f"expected mono audio [N], got shape {audio.shape}; average the channels first")
+        if audio.size == 0:
+            raise AudioError("audio is empty (0 samples)")
+        if not np.isfinite(audio).all():
+            raise AudioError(f"audio contains {int(np.count_nonzero(~np.isfinite(audio)))} NaN/inf samples")
+        return audio, int(sample_rate)
+
+    # -- conversion -------------------------------------------------------------
+
+    def convert(self, audio: np.ndarray, sample_rate: int, **kwargs: Any) -> np.ndarray:
+        """Convert ``audio [N]`` at ``sample_rate`` -> float32 ``[T]`` at ``self.sample_rate``.
+
+        Keyword arguments as :meth:`convert_detailed`.
+        """
+        return self.convert_detailed(audio, sample_rate, **kwargs).audio
+
+    def convert_detailed(
+        self,
+        audio: np.ndarray,
+        sample_rate: int,
+        *,
+        key: float = 0.0,
+        spk_id: int = 1,
+        spk_mix: Mapping[int, float] | None = None,
+        f0_extractor: str | None = None,
+        threshold_db: float = -60.0,
+        progress: Progress | None = None,
+        seed: int | None = None,
+    ) -> Conversion:
+        """Convert and report segments and per-stage timings (see the module doc).
+
+        Args:
+            audio: mono ``[N]`` (or ``[1, N]``) float samples in about [-1, 1].
+            sample_rate: Hz of ``audio``.
+            key: pitch shift in semitones, within +-36.
+            spk_id: target speaker, 1..n_spk (ignored when ``spk_mix`` is given).
+            spk_mix: ``{speaker_id: weight}`` blend of speakers, used as given.
+            f0_extractor: override of the config's extractor (``parselmouth``, ``dio``, ``harvest``).
+            threshold_db: output is muted where the input volume stays below this.
+            progress: called as ``progress(done, total)`` over segments, starting at 0.
+            seed: seed for the synthesiser's noise source; None draws from torch's global RNG.
+
+        Raises:
+            AudioError: empty, non-mono or non-finite audio, or a bad sample rate.
+            ConfigError: unknown speaker, bad mix weights, key or threshold out of
+                range, unknown or unavailable f0 extractor.
+        """
+        audio, sample_rate = self._check_audio(audio, sample_rate)
+        key = float(key)
+        if not (math.isfinite(key) and abs(key) <= MAX_KEY_SEMITONES):
+            raise ConfigError(f"key={key!r} semitones must be within +-{MAX_KEY_SEMITONES:g}")
+        threshold_db = float(threshold_db)
+        low, high = _THRESHOLD_RANGE
+        if not (math.isfinite(threshold_db) and low <= threshold_db <= high):
+            raise ConfigError(f"threshold={threshold_db!r} dB must be between {low:g} and {high:g}")
+        spk_id, mix = self._speaker(spk_id, spk_mix)
+        extractor = self._f0(f0_extractor)
+        sr, block = self.sample_rate, self.block_size
+        timings = dict.fromkeys(("resample", "f0", "volume", "units", "synthesis", "join"), 0.0)
+
+        clock = time.perf_counter()
+        wav = resample(audio, sample_rate, sr)
+        if wav.size == 0:
+            raise AudioError(f"audio of {audio.size} samples at {sample_rate} Hz is too short to give any sample at {sr} Hz")
+        now = time.perf_counter()
+        timings["resample"], clock = now - clock, now
+
+        # Whole-clip features, as upstream: f0 trackers need context beyond segment edges.
+        f0 = np.maximum(extractor.extract(wav).f0, extractor.f0_min) * 2 ** (key / 12)
+        now = time.perf_counter()
+        timings["f0"], clock = now - clock, now
+        volume = extract_volume(wav, block)
+        mask = output_mask(volume, threshold_db, block)
+        # A clip shorter than one block has no whole frame to slice: one segment.
+        segments = segment_frames(wav, sr, block, self.slicer) or [(0, 0)]
+        now = time.perf_counter()
+        timings["volume"], clock = now - clock, now
+
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        pieces: list[tuple[int, np.ndarray]] = []
+        if progress is not None:
+            progress(0, len(segments))
+        with torch.inference_mode():
+            f0_t = torch.from_numpy(f0.astype(np.float32)).to(self.device)[None, :, None]
+            volume_t = torch.from_numpy(volume).to(self.device)[None, :, None]
+            for done, (start, end) in enumerate(segments, 1):
+                # The last segment also takes the final partial block (upstream drops
+                # it): same frame count, real samples instead of padding in the last frame.
+                stop = wav.size if done == len(segments) else end * block
+                units = self.units_encoder.encode(wav[start * block : stop], sr, block)
+                now = time.perf_counter()
+                timings["units"], clock = timings["units"] + now - clock, now
+                n = units.shape[1]  # end - start + 1: one frame into the next segment
+                out = self.model(
+                    units.to(self.device),
+                    f0_t[:, start : start + n],
+                    volume_t[:, start : start + n],
+                    spk_id=spk_id,
+                    spk_mix_dict=mix,
+                    generator=generator,
+                )[0]
+                piece = out.float().cpu().numpy() * mask[start * block : (start + n) * block]
+                pieces.append((start * block, piece))
+                now = time.perf_counter()
+                timings["synthesis"], clock = timings["synthesis"] + now - clock, now
+                if progress is not None:
+                    progress(done, len(segments))
+        joined = join_segments(pieces)[: wav.size]
+        timings["join"] = time.perf_counter() - clock
+        return Conversion(audio=joined, sample_rate=sr, segments=segments, timings=timings)
