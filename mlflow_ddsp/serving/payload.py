@@ -34,7 +34,6 @@ __all__ = [
     "input_example",
     "parse_rows",
     "parse_params",
-    "parse_speaker_mix",
     "encode_result",
     "wav_base64",
 ]
@@ -166,28 +165,10 @@ def parse_rows(rows: list[Mapping[str, Any]], *, max_seconds: float = DEFAULT_MA
     return requests
 
 
-def parse_speaker_mix(text: str) -> dict[int, float] | None:
-    """``"1:0.5,2:0.5"`` (or JSON ``{"1": 0.5}``) -> ``{1: 0.5, 2: 0.5}``; "" -> None."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    if text.startswith("{"):
-        import json
+def _speaker_mix(text: str) -> dict[int, float] | None:
+    from ..inference import parse_speaker_mix  # "1:0.5,2:0.5" or upstream's "{1: 0.5, 2: 0.5}"
 
-        try:
-            pairs = list(json.loads(text).items())
-        except (ValueError, AttributeError):
-            raise PayloadError(f"spk_mix={text!r} is not valid JSON") from None
-    else:
-        pairs = [item.split(":", 1) for item in text.split(",") if item.strip()]
-    mix: dict[int, float] = {}
-    for pair in pairs:
-        try:
-            speaker, weight = int(str(pair[0]).strip()), float(str(pair[1]).strip())
-        except (ValueError, IndexError):
-            raise PayloadError(f"spk_mix={text!r} must look like '1:0.5,2:0.5'") from None
-        mix[speaker] = weight
-    return mix
+    return parse_speaker_mix(text) if text.strip() else None
 
 
 def parse_params(params: Mapping[str, Any] | None) -> ConversionParams:
@@ -195,7 +176,7 @@ def parse_params(params: Mapping[str, Any] | None) -> ConversionParams:
     return ConversionParams(
         key=float(params.get("key", 0.0)),
         spk_id=int(params.get("spk_id", 1)),
-        spk_mix=parse_speaker_mix(str(params.get("spk_mix", "") or "")),
+        spk_mix=_speaker_mix(str(params.get("spk_mix", "") or "")),
         f0_extractor=str(params.get("f0_extractor") or "") or None,
         threshold_db=float(params.get("threshold", -60.0)),
     )

@@ -1,0 +1,184 @@
+"""Every version is a pyfunc model: loaded in process and served by a real `mlflow models serve`."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import yaml
+
+import mlflow
+from mlflow_ddsp import CheckpointQueue
+from mlflow_ddsp.config import parse_config
+from mlflow_ddsp.local_server import free_port
+from mlflow_ddsp.models import build_model_from_config
+from mlflow_ddsp.serving.model_files import pyfunc_files
+from mlflow_ddsp.serving.resolve import load_model
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "data": {"f0_extractor": "parselmouth", "sampling_rate": 44100, "block_size": 512, "duration": 0.5,
+             "encoder": "logmel", "encoder_out_channels": 128},
+    "model": {"type": "CombSubFast", "n_spk": 2},
+    "device": "cpu",
+    "train": {"interval_val": 10, "interval_force_save": 20},
+}  # fmt: skip
+
+
+def sung_tone(seconds: float, rate: int, f0: float = 220.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    phase = 2 * np.pi * f0 * t + 0.3 * np.sin(2 * np.pi * 5 * t)
+    tone = sum(np.sin(k * phase) / k for k in range(1, 10)) * 0.2
+    return (tone * np.minimum(1, t / 0.05)).astype(np.float32)
+
+
+def wav_b64(audio: np.ndarray, rate: int) -> str:
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format="WAV", subtype="PCM_16")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory, sqlite_template):
+    """A freshly trained (random-weight) version with its pyfunc files, in an embedded store."""
+    from conftest import fresh_embedded
+
+    backend = fresh_embedded(sqlite_template, tmp_path_factory.mktemp("serving"), "serving")
+    cfg = parse_config(TINY)
+    model = build_model_from_config(cfg)
+    with CheckpointQueue("singer", 10, 20, config=cfg.to_yaml(), tracking_uri=backend.uri,
+                         experiment="serving", extra_files=pyfunc_files()) as queue:  # fmt: skip
+        queue.save(10, model).result()
+        version = queue.save(20, model).result()
+    return backend, version
+
+
+def test_version_loads_as_pyfunc_through_an_alias(registered, caplog):
+    backend, version = registered
+    with caplog.at_level("WARNING"):
+        model = load_model("models:/singer@rolling", tracking_uri=backend.uri)
+    assert f"models:/singer@rolling resolved to models:/singer/{version.version}" in caplog.text
+    request = pd.DataFrame([{"samples": sung_tone(1.0, 16000).tolist(), "sample_rate": 16000}])
+    out = model.predict(request, params={"key": 3})
+    assert out[0]["sample_rate"] == 44100
+    assert abs(len(out[0]["samples"]) - 44100) <= 512
+
+
+def test_loading_refuses_changed_bytes(registered, tmp_path):
+    from mlflow_ddsp.errors import CheckpointIntegrityError
+    from mlflow_ddsp.serving.pyfunc import load_version_dir
+
+    backend, version = registered
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/singer/{version.version}", dst_path=str(tmp_path),
+                                                     tracking_uri=backend.uri))  # fmt: skip
+    assert (local / "MLmodel").is_file() and (local / "model_20.pt").is_file()
+    load_version_dir(local)  # intact: loads
+    data = bytearray((local / "model_20.pt").read_bytes())
+    data[-100] ^= 1
+    (local / "model_20.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointIntegrityError, match=r"model_20.pt is .* expected"):
+        load_version_dir(local)
+
+
+class Served:
+    def __init__(self, uri: str, env: dict, log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+                   "-h", "127.0.0.1", "-p", str(self.port)]  # fmt: skip
+        # `mlflow models serve` execs uvicorn from the environment's bin/.
+        env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
+        self.proc = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"server exited: {log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(self.url + "/ping", timeout=2):
+                    return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.2)  # polling the condition, bounded by the deadline
+        raise AssertionError(f"model server not up: {log.read_text()[-3000:]}")
+
+    def post(self, body: str | dict) -> tuple[int, dict]:
+        data = body if isinstance(body, str) else json.dumps(body)
+        request = urllib.request.Request(self.url + "/invocations", data=data.encode(),
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def served(registered, tmp_path_factory):
+    backend, version = registered
+    env = {**os.environ, "MLFLOW_TRACKING_URI": backend.uri, "MLFLOW_DDSP_MAX_SECONDS": "5"}
+    server = Served(f"models:/singer/{version.version}", env, tmp_path_factory.mktemp("serve") / "serve.log")
+    yield server
+    server.stop()
+
+
+def test_http_conversion_of_a_wav(served):
+    status, body = served.post({"dataframe_records": [{"audio_base64": wav_b64(sung_tone(2.0, 22050), 22050)}],
+                                "params": {"key": 2.0, "spk_id": 2}})  # fmt: skip
+    assert status == 200, body
+    (result,) = body["predictions"]
+    audio, rate = sf.read(io.BytesIO(base64.b64decode(result["audio_base64"])))
+    assert rate == result["sample_rate"] == 44100
+    assert abs(len(audio) - 2 * 44100) <= 512
+
+
+def test_http_conversion_of_samples_matches_the_input_form(served):
+    status, body = served.post({"dataframe_records": [{"samples": sung_tone(1.0, 16000).tolist(), "sample_rate": 16000}],
+                                "params": {"spk_mix": "1:0.5,2:0.5"}})  # fmt: skip
+    assert status == 200, body
+    (result,) = body["predictions"]
+    assert "audio_base64" not in result and result["sample_rate"] == 44100
+    assert abs(len(result["samples"]) - 44100) <= 512
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"dataframe_records": [{"audio_base64": base64.b64encode(b"not audio at all").decode()}]},
+         "not a readable audio file"),
+        ({"dataframe_records": [{"audio_base64": "%%%"}]}, "not valid base64"),
+        ({"dataframe_records": [{"samples": [], "sample_rate": 16000}]}, "the audio is empty"),
+        ('{"dataframe_records": [{"samples": [0.1, NaN], "sample_rate": 16000}]}', "NaN or infinite"),
+        ({"dataframe_records": [{"samples": [0.1, 0.2]}]}, "positive sample_rate"),
+        ({"dataframe_records": [{"audio_base64": wav_b64(sung_tone(1.0, 16000), 16000)}], "params": {"spk_id": 9}},
+         "spk_id=9: unknown speaker id 9; ids are 1..2"),
+        ({"dataframe_records": [{"samples": sung_tone(6.0, 8000).tolist(), "sample_rate": 8000}]},
+         "at most 5 s (MLFLOW_DDSP_MAX_SECONDS)"),
+        ({"dataframe_records": [{"samples": ["x"], "sample_rate": 16000}]}, "Array(double)"),
+        ("this is not json", "valid JSON"),
+    ],
+)  # fmt: skip
+def test_bad_payloads_get_a_4xx_and_the_server_keeps_serving(served, body, message):
+    status, answer = served.post(body)
+    assert 400 <= status < 500, answer
+    assert message in answer.get("message", ""), answer
+    status, _ = served.post({"dataframe_records": [{"samples": sung_tone(0.5, 16000).tolist(), "sample_rate": 16000}]})
+    assert status == 200
