@@ -57,7 +57,7 @@ def run_demo(
     log.info("1/3 synthesizing a two-speaker demo dataset in %s", workdir)
     make_demo_dataset(workdir, **kwargs)
     log.info("2/3 extracting f0, volume and units")
-    report = preprocess(cfg)
+    report = preprocess(cfg, workers=1)  # logmel is cheap: worker start-up would cost more than it saves
     if getattr(report, "failed", None):
         raise ConfigError(f"preprocessing failed for {len(report.failed)} demo file(s)")
     log.info("3/3 training %s for %s steps on %s", cfg.registered_model, cfg.train.max_steps, cfg.device)

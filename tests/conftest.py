@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mlflow_ddsp.local_server import LocalServer
 from mlflow_ddsp.tracking import prepare_store
@@ -86,3 +87,35 @@ def embedded(tmp_path, request, sqlite_template) -> Backend:
 @pytest.fixture
 def model_name(request) -> str:
     return _unique(request, "voice")
+
+
+def tiny_config(data_dir: Path, path: Path, name: str, **train) -> Path:
+    """A config small enough to train a few steps on the CPU in seconds."""
+    doc = {
+        "data": {
+            "f0_extractor": "parselmouth", "sampling_rate": 44100, "block_size": 512, "duration": 0.5,
+            "encoder": "logmel", "encoder_out_channels": 128,
+            "train_path": str(data_dir / "train"), "valid_path": str(data_dir / "val"),
+        },
+        "model": {"type": "CombSubFast", "n_spk": 2},
+        "device": "cpu",
+        "env": {"expdir": f"exp/{name}"},
+        "train": {"batch_size": 2, "num_workers": 0, "interval_log": 2, "interval_val": 4,
+                  "interval_force_save": 8, "max_steps": 10, "cache_fp16": False, "save_opt": True, **train},
+        "mlflow": {"experiment": f"exp-{name}", "audio_clips": 2},
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """A small preprocessed two-speaker dataset, made once per test session."""
+    root = tmp_path_factory.mktemp("demo-data")
+    from mlflow_ddsp.config import load_config
+    from mlflow_ddsp.demo_data import make_demo_dataset
+    from mlflow_ddsp.preprocess import preprocess
+
+    make_demo_dataset(root, seconds_per_speaker=8, progress=False)
+    preprocess(load_config(tiny_config(root, root / "config.yaml", "prep")), workers=1, progress=False)
+    return root

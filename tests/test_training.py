@@ -16,45 +16,14 @@ from mlflow import MlflowClient
 
 from mlflow_ddsp.checkpoint import RegistryStore
 from mlflow_ddsp.cli import main
-from mlflow_ddsp.config import load_config
-from mlflow_ddsp.demo_data import make_demo_dataset
-from mlflow_ddsp.preprocess import preprocess
 from mlflow_ddsp import tags as T
 
+from conftest import tiny_config
 from registry_checks import versions_by_step
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(data_dir: Path, path: Path, name: str, **train) -> Path:
-    """A config small enough to train a few steps on the CPU in seconds."""
-    doc = {
-        "data": {
-            "f0_extractor": "parselmouth", "sampling_rate": 44100, "block_size": 512, "duration": 0.5,
-            "encoder": "logmel", "encoder_out_channels": 128,
-            "train_path": str(data_dir / "train"), "valid_path": str(data_dir / "val"),
-        },
-        "model": {"type": "CombSubFast", "n_spk": 2},
-        "device": "cpu",
-        "env": {"expdir": f"exp/{name}"},
-        "train": {"batch_size": 2, "num_workers": 0, "interval_log": 2, "interval_val": 4,
-                  "interval_force_save": 8, "max_steps": 10, "cache_fp16": False, "save_opt": True, **train},
-        "mlflow": {"experiment": f"exp-{name}", "audio_clips": 2},
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    """A small preprocessed two-speaker dataset, made once for this module."""
-    root = tmp_path_factory.mktemp("demo-data")
-    make_demo_dataset(root, seconds_per_speaker=8, progress=False)
-    cfg = load_config(tiny_config(root, root / "config.yaml", "prep"))
-    preprocess(cfg, workers=1, progress=False)
-    return root
 
 
 def test_cli_training_against_a_real_server(demo_data, mlflow_server, tmp_path, model_name):

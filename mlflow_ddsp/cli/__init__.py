@@ -1,0 +1,78 @@
+"""The ``mlflow-ddsp`` command line: a thin layer over the library.
+
+Every command reports mlflow-ddsp's own errors as one line on stderr and exits
+non-zero; tracebacks are for bugs only. Commands live by concern:
+``registry`` (versions, verify, gc, lineage), ``data`` (demo-data, preprocess),
+``training`` (train, demo), ``serving`` (infer, serve, compare) and
+``transfer`` (import, export).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from ..errors import MlflowDdspError
+
+__all__ = ["main"]
+
+log = logging.getLogger("mlflow_ddsp")
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(message)s" if not verbose else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # MLflow and its dependencies are chatty at INFO (database migrations, retries).
+    # MLflow re-applies MLFLOW_LOGGING_LEVEL whenever it is imported, so set that too.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose else "WARNING")
+    for noisy in ("mlflow", "alembic", "urllib3", "git", "matplotlib", "numba"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+class _Group(click.Group):
+    """Turns MlflowDdspError into a one-line message and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MlflowDdspError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    default=None,
+    metavar="URI",
+    help="MLflow tracking server or store. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
+    "in the current directory (artifacts in ./mlartifacts).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging, including MLflow's own.")
+@click.version_option(package_name="mlflow-ddsp")
+@click.pass_context
+def main(ctx: click.Context, tracking_uri: str | None, verbose: bool) -> None:
+    """Train, keep, compare and serve DDSP-SVC voice models on MLflow.
+
+    Checkpoints live in the MLflow model registry: the alias 'rolling' points at
+    the newest one, force-saved versions are kept forever.
+    """
+    _setup_logging(verbose)
+    # MLflow draws a progress bar per downloaded file; ours cover whole operations.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    ctx.obj = {"tracking_uri": tracking_uri}
+
+
+
+
+# Importing the command modules registers their commands on `main`.
+from . import data, registry, serving, training, transfer  # noqa: E402,F401

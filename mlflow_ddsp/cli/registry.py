@@ -1,0 +1,170 @@
+"""Registry commands: versions, verify, gc, lineage."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from . import main
+from .options import alias_option, created, human_size, open_store, progress
+
+
+@main.command()
+@click.argument("name")
+@alias_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per version) instead of a table.")
+@click.option("--no-verify", is_flag=True, help="Skip downloading versions to check their sha256.")
+@click.pass_context
+def versions(ctx: click.Context, name: str, alias: str, as_json: bool, no_verify: bool) -> None:
+    """List the checkpoint versions of registered model NAME.
+
+    Columns: version, step, kind (rolling | force_saved), aliases, size of the
+    checkpoint file, whether its bytes still match their sha256, the training
+    run, and when it was registered.
+    """
+    from ..checkpoint.audit import audit_queue
+
+    audit = audit_queue(open_store(ctx), name, alias, deep=not no_verify, progress=progress("verifying"))
+    rows = []
+    for a in audit.versions:
+        v = a.version
+        rows.append(
+            {
+                "version": v.version,
+                "step": v.step,
+                "kind": v.kind or "(not mlflow-ddsp)",
+                "aliases": a.aliases,
+                "size_bytes": v.size,
+                "sha256_ok": None if no_verify else a.intact,
+                "run_id": v.run_id,
+                "created": created(v.created_ms),
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"{name} has no versions")
+        return
+    table = [("VERSION", "STEP", "KIND", "ALIASES", "SIZE", "SHA256", "RUN", "CREATED")]
+    for r in rows:
+        ok = {None: "-", True: "ok", False: "MISMATCH"}[r["sha256_ok"]]
+        table.append(
+            (
+                str(r["version"]),
+                "-" if r["step"] is None else str(r["step"]),
+                r["kind"],
+                ",".join(r["aliases"]) or "-",
+                human_size(r["size_bytes"]),
+                ok,
+                (r["run_id"] or "-")[:12],
+                r["created"],
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@main.command()
+@click.argument("name")
+@alias_option
+@click.pass_context
+def verify(ctx: click.Context, name: str, alias: str) -> None:
+    """Check every version of NAME byte for byte against its registration.
+
+    Downloads each version and compares every file's sha256 with the manifest
+    whose own sha256 was recorded at registration; also checks that the alias
+    points at the newest intact checkpoint and that there is at most one rolling
+    version and no orphaned files. Exits 1 on any mismatch.
+    """
+    from ..checkpoint.audit import audit_queue
+
+    audit = audit_queue(open_store(ctx), name, alias, deep=True, progress=progress("verifying"))
+    for a in audit.versions:
+        status = "ok" if a.intact else "MISMATCH"
+        click.echo(f"{a.version.label}: {a.version.kind or 'not written by mlflow-ddsp'}, {status}")
+    if audit.ok:
+        click.echo(f"{name}: {len(audit.versions)} versions verified, no problems")
+        return
+    for problem in audit.problems:
+        click.echo(f"problem: {problem}", err=True)
+    click.echo(f"{name}: {len(audit.problems)} problem(s); `mlflow-ddsp gc {name}` repairs all but damaged force-saved versions", err=True)
+    ctx.exit(1)
+
+
+@main.command()
+@click.argument("name")
+@alias_option
+@click.option("--dry-run", is_flag=True, help="Print what would be removed; change nothing.")
+@click.option("--takeover", is_flag=True, help="Take the writer lease even from a live training process.")
+@click.pass_context
+def gc(ctx: click.Context, name: str, alias: str, dry_run: bool, takeover: bool) -> None:
+    """Repair queue NAME after crashes and free orphaned checkpoint bytes.
+
+    Removes unfinished uploads, stale rolling versions and orphaned files, and
+    points the alias at the newest intact checkpoint. Force-saved versions are
+    never removed. Takes the writer lease, so it refuses to run while a training
+    process writes into NAME.
+    """
+    from ..checkpoint.gc import collect
+    from ..checkpoint.lease import WriterLease
+
+    store = open_store(ctx)
+    if not store.registered_model_exists(name):
+        raise click.ClickException(f"registered model {name!r} does not exist at {store.tracking_uri}")
+    lease = WriterLease(store, name, takeover=takeover)
+    lease.acquire()
+    try:
+        plan = collect(store, name, alias, dry_run=dry_run)
+    finally:
+        lease.release()
+    lines = plan.describe(alias)
+    if not lines:
+        click.echo(f"{name}: nothing to do")
+        return
+    prefix = "would " if dry_run else ""
+    for line in lines:
+        click.echo(f"{prefix}{line}")
+
+
+def _short(digest: str | None) -> str:
+    return digest[:10] if digest else "-"
+
+
+@main.command()
+@click.argument("name")
+@click.argument("version", type=int, required=False)
+@alias_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per link) instead of text.")
+@click.pass_context
+def lineage(ctx: click.Context, name: str, version: int | None, alias: str, as_json: bool) -> None:
+    """Print where VERSION of NAME (default: the alias's) came from, link by link.
+
+    Follows the versions each training run resumed or fine-tuned from, across
+    runs; a parent deleted since (a replaced rolling checkpoint) is still shown,
+    from what its training run recorded. Each link shows the step, the run, the
+    git commit (and whether the tree was dirty), and the config and dataset digests.
+    """
+    from ..lineage import lineage_chain
+
+    chain = lineage_chain(open_store(ctx), name, version, alias=alias)
+    if as_json:
+        click.echo(json.dumps([entry.as_dict() for entry in chain], indent=2))
+        return
+    for depth, entry in enumerate(chain):
+        state = entry.kind or "deleted"
+        dirty = " (dirty)" if entry.git_dirty == "true" else ""
+        commit = f"commit {entry.git_commit[:10]}{dirty}" if entry.git_commit else "commit -"
+        line = (
+            f"{entry.name} v{entry.version}  step {entry.step if entry.step is not None else '?'}  {state}  "
+            f"run {(entry.run_id or '-')[:12]}  {commit}  config {_short(entry.config_digest)}  "
+            f"data {_short(entry.dataset_digest)}"
+            + (f"  created {created(entry.created_ms)}" if entry.created_ms else "")
+            + (f"  imported from {entry.imported_from}" if entry.imported_from else "")
+        )
+        click.echo(("  " * (depth - 1) + "└ resumed from " if depth else "") + line)
+    # The walk ends where a version has no parent: training started there, or it was imported.
+    origin = "imported" if chain[-1].imported_from else "trained from scratch"
+    click.echo("  " * (len(chain) - 1) + f"└ {origin}")

@@ -1,0 +1,146 @@
+"""Serving commands: infer, serve, compare."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from . import main
+
+log = logging.getLogger("mlflow_ddsp")
+
+
+@main.command()
+@click.option("-m", "--model", "model_uri", required=True, metavar="MODEL_URI",
+              help="models:/NAME/VERSION, models:/NAME@ALIAS (e.g. @rolling) or models:/NAME/latest.")  # fmt: skip
+@click.option("-i", "--input", "input_path", required=True, metavar="IN.wav", help="Audio to convert (any rate, mixed to mono).")
+@click.option("-o", "--output", "output_path", required=True, metavar="OUT.wav", help="Where to write the result (at the model's rate).")
+@click.option("-k", "--key", type=float, default=0.0, show_default=True, help="Pitch shift in semitones (-36..36).")
+@click.option("--spk-id", type=int, default=1, show_default=True, help="Target speaker id, 1..model.n_spk.")
+@click.option("--spk-mix", default=None, metavar="ID:W,...", help="Blend speakers instead, e.g. '1:0.5,2:0.5' (overrides --spk-id).")
+@click.option("--f0-extractor", default=None, metavar="NAME", help="parselmouth, dio or harvest. Default: the model's data.f0_extractor.")
+@click.option("--threshold", type=float, default=-60.0, show_default=True, help="Mute the output where the input is below this level (dB).")
+@click.option("--encoder-ckpt", default=None, metavar="PATH", help="Content-encoder checkpoint on this machine (overrides data.encoder_ckpt).")
+@click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda, cuda:N or mps.")
+@click.pass_context
+def infer(
+    ctx: click.Context,
+    model_uri: str,
+    input_path: str,
+    output_path: str,
+    key: float,
+    spk_id: int,
+    spk_mix: str | None,
+    f0_extractor: str | None,
+    threshold: float,
+    encoder_ckpt: str | None,
+    device: str,
+) -> None:
+    """Convert a singing voice with a registered checkpoint (upstream's main.py).
+
+    Resolves MODEL_URI to a concrete version, downloads it and checks its
+    sha256, then converts IN.wav: f0 shifted by KEY semitones, long inputs split
+    at silences and cross-faded, output muted below --threshold. Prints one line
+    with the version, the durations and the speed.
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from ..audio import load_audio, save_wav
+    from ..checkpoint.reader import CheckpointReader, parse_model_uri
+    from ..inference import VoiceConverter, parse_speaker_mix
+
+    mix = parse_speaker_mix(spk_mix) if spk_mix is not None else None
+    ref = parse_model_uri(model_uri)
+    restored = CheckpointReader(ref.name, tracking_uri=ctx.obj["tracking_uri"]).fetch(model_uri)
+    label = restored.version.label
+    log.info("%s resolved to %s, sha256 verified", model_uri, label)
+    converter = VoiceConverter.from_checkpoint(
+        restored.checkpoint, restored.config_yaml, device=device, encoder_ckpt=encoder_ckpt
+    )
+    rate = converter.sample_rate
+    audio = load_audio(input_path, rate)
+    bar: tqdm | None = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:  # disable=None: no bar when stderr is not a terminal
+            bar = tqdm(total=total, desc="converting", unit="segment", file=sys.stderr, leave=False, disable=None)
+        bar.update(done - bar.n)
+
+    started = time.perf_counter()
+    try:
+        result = converter.convert(
+            audio, rate, key=key, spk_id=spk_id, spk_mix=mix, f0_extractor=f0_extractor,
+            threshold_db=threshold, progress=progress,
+        )  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - started
+    save_wav(output_path, result, rate)
+    seconds_in, seconds_out = audio.shape[0] / rate, result.shape[0] / rate
+    click.echo(
+        f"{output_path}: {label}, {seconds_in:.2f} s in, {seconds_out:.2f} s out "
+        f"at {rate} Hz, converted in {wall:.2f} s = {seconds_in / max(wall, 1e-9):.1f}x faster than real time"
+    )
+
+
+@main.command()
+@click.option("-m", "--model", "model_uri", required=True, metavar="MODEL_URI",
+              help="models:/NAME/VERSION or models:/NAME@ALIAS (pinned to its current version).")  # fmt: skip
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("-p", "--port", type=int, default=5001, show_default=True)
+@click.pass_context
+def serve(ctx: click.Context, model_uri: str, host: str, port: int) -> None:
+    """Serve a version over HTTP (`mlflow models serve`), pinned to a concrete version.
+
+    An alias is resolved once, here, so the server answers with one version even
+    while training moves the alias on. POST /invocations with
+    {"dataframe_records": [{"audio_base64": "<WAV>"}], "params": {"key": 2}}.
+    Limits: MLFLOW_DDSP_MAX_SECONDS (default 600) per clip.
+    """
+    import os
+
+    from ..serving.resolve import pin_version
+    from ..tracking import resolve_tracking_uri
+
+    pinned, version = pin_version(model_uri, tracking_uri=ctx.obj["tracking_uri"])
+    click.echo(f"serving {version.label} as {pinned} on http://{host}:{port}/invocations", err=True)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": resolve_tracking_uri(ctx.obj["tracking_uri"])}
+    # `mlflow models serve` runs uvicorn from this environment's bin/.
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", pinned, "--env-manager", "local",
+               "-h", host, "-p", str(port)]  # fmt: skip
+    os.execve(sys.executable, command, env)
+
+
+@main.command()
+@click.argument("name")
+@click.argument("versions", nargs=-1, type=int, required=True)
+@click.option("-i", "--input", "clip", required=True, type=click.Path(exists=True, dir_okay=False), help="Clip to convert.")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the results.")
+@click.option("-k", "--key", type=float, default=0.0, show_default=True, help="Pitch shift in semitones.")
+@click.option("--spk-id", type=int, default=1, show_default=True, help="Target speaker id.")
+@click.option("--no-log", is_flag=True, help="Do not log the comparison as an MLflow run.")
+@click.pass_context
+def compare(ctx: click.Context, name: str, versions: tuple[int, ...], clip: str, out_dir: str, key: float,
+            spk_id: int, no_log: bool) -> None:  # fmt: skip
+    """Convert one clip with VERSIONS of NAME and compare them side by side.
+
+    Writes <clip>_v<N>.wav per version and <clip>_compare.png (the input's and
+    every version's spectrogram side by side) into the output folder, and logs
+    them as a `compare-NAME` run in MLflow.
+    """
+    from ..compare import compare_versions
+
+    result = compare_versions(name, versions, clip, out_dir, key=key, spk_id=spk_id,
+                              tracking_uri=ctx.obj["tracking_uri"], log_to_mlflow=not no_log)  # fmt: skip
+    for number, path in result.outputs.items():
+        click.echo(f"v{number}: {path}")
+    click.echo(f"spectrograms: {result.image}")
+    if result.run_id:
+        click.echo(f"logged as run {result.run_id}")
