@@ -1,0 +1,173 @@
+"""How much faster than real time a DDSP-SVC model converts singing.
+
+In process (here): ``VoiceConverter.convert`` on synthetic singing of 10 s and
+60 s (``mlflow_ddsp.demo_data`` phrases with pauses, so long clips are sliced at
+silences as real songs are), the whole pipeline timed: resampling, f0, volume and
+mask, content units, synthesis and joining. Two models, both untrained (speed
+does not depend on the weights):
+
+* ``full``: the default CombSubFast (768 unit channels) on a full-size fairseq
+  HuBERT / ContentVec encoder (``contentvec768l12``: 12 layers, 768 wide), its
+  random weights written to a temporary checkpoint file and loaded the way a
+  real ``checkpoint_best_legacy_500.pt`` is;
+* ``small``: CombSubFast with 128 unit channels on the weights-free ``logmel`` encoder.
+
+The real-time factor here is audio seconds / wall seconds ("Nx faster than real
+time"); each figure is the median of ``--repeats`` runs after one warm-up run of
+the same clip (the first call builds oneDNN kernels for each new segment shape).
+
+The HTTP part (the same clips through a served model) is meant to sit next to
+:func:`measure_in_process` and share :func:`synthetic_singing` and the report.
+
+    python bench/serve_latency.py [--seconds 10 60] [--models small full] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlflow_ddsp.config import parse_config
+from mlflow_ddsp.demo_data import VOICES, synthesize_clip
+from mlflow_ddsp.features.encoders.fairseq_hubert import FairseqHubert, FairseqHubertConfig
+from mlflow_ddsp.inference import VoiceConverter
+from mlflow_ddsp.models import build_model_from_config
+
+SAMPLING_RATE = 44100
+PHRASE_SECONDS = (4.0, 7.0)
+PAUSE_SECONDS = (0.4, 1.2)
+
+
+def synthetic_singing(seconds: float, sample_rate: int = SAMPLING_RATE, seed: int = 0) -> np.ndarray:
+    """``[round(seconds * sample_rate)]`` float32: sung phrases of 4-7 s separated by pauses.
+
+    The pauses are the demo data's -80 dB noise floor, so the slicer (-40 dB) cuts
+    there as it would in a real recording.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sample_rate))
+    parts, total = [], 0
+    while total < n:
+        phrase = synthesize_clip(float(rng.uniform(*PHRASE_SECONDS)), VOICES[1], rng, sample_rate)
+        pause = (1e-4 * rng.standard_normal(int(rng.uniform(*PAUSE_SECONDS) * sample_rate))).astype(np.float32)
+        parts += [phrase, pause]
+        total += phrase.size + pause.size
+    return np.concatenate(parts)[:n]
+
+
+@dataclass
+class Measurement:
+    """Timed conversions of one clip.
+
+    Attributes:
+        seconds: audio duration.
+        walls: wall seconds of each timed run.
+        stages: median seconds per stage (``Conversion.timings`` keys).
+        segments: how many segments the clip was sliced into.
+    """
+
+    seconds: float
+    walls: list[float]
+    stages: dict[str, float]
+    segments: int
+
+    @property
+    def rtf(self) -> float:
+        """Audio seconds per wall second (median run)."""
+        return self.seconds / statistics.median(self.walls)
+
+    def split(self) -> str:
+        """``f0 / units / synthesis / other`` as seconds and shares of the median run."""
+        wall = statistics.median(self.walls)
+        other = wall - sum(self.stages[k] for k in ("f0", "units", "synthesis"))
+        parts = [(k, self.stages[k]) for k in ("f0", "units", "synthesis")] + [("other", max(other, 0.0))]
+        return ", ".join(f"{name} {sec:.3f} s ({100 * sec / wall:.0f}%)" for name, sec in parts)
+
+
+def measure_in_process_detailed(
+    converter: VoiceConverter, seconds: float, *, repeats: int = 3, seed: int = 0
+) -> Measurement:
+    """Convert a ``seconds``-long synthetic clip ``repeats`` times after a warm-up run."""
+    audio = synthetic_singing(seconds, converter.sample_rate, seed)
+    converter.convert(audio, converter.sample_rate, seed=seed)  # warm-up
+    walls, runs = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = converter.convert_detailed(audio, converter.sample_rate, seed=seed)
+        walls.append(time.perf_counter() - started)
+        runs.append(result)
+    stages = {key: statistics.median(r.timings[key] for r in runs) for key in runs[0].timings}
+    return Measurement(seconds=seconds, walls=walls, stages=stages, segments=len(runs[0].segments))
+
+
+def measure_in_process(converter: VoiceConverter, seconds: float, *, repeats: int = 3) -> float:
+    """Real-time factor (audio seconds / wall seconds) of converting ``seconds`` of singing."""
+    return measure_in_process_detailed(converter, seconds, repeats=repeats).rtf
+
+
+def write_random_contentvec(path: Path, seed: int = 0) -> Path:
+    """A full-size fairseq HuBERT-base / ContentVec checkpoint with random weights.
+
+    Same layout as the released ``checkpoint_best_legacy_500.pt`` (weights under
+    ``'model'``, architecture under ``'cfg'['model']``, a 256-wide ``final_proj``),
+    so it loads through the same code path; only the weights are untrained.
+    """
+    torch.manual_seed(seed)
+    model = FairseqHubert(FairseqHubertConfig(), final_proj_dim=256)
+    cfg = {"_name": "hubert", "encoder_layers": 12, "encoder_embed_dim": 768, "final_dim": 256}
+    torch.save({"model": model.state_dict(), "cfg": {"model": cfg, "task": {"sample_rate": 16000}}}, path)
+    return path
+
+
+def small_converter() -> VoiceConverter:
+    """CombSubFast, 128 unit channels, ``logmel`` encoder."""
+    cfg = parse_config({"data": {"encoder": "logmel", "encoder_out_channels": 128}, "device": "cpu"})
+    torch.manual_seed(0)
+    return VoiceConverter(build_model_from_config(cfg), cfg)
+
+
+def full_converter(workdir: Path) -> VoiceConverter:
+    """CombSubFast, 768 unit channels, a full-size ``contentvec768l12`` with random weights."""
+    ckpt = write_random_contentvec(workdir / "checkpoint_best_legacy_500.pt")
+    cfg = parse_config({"data": {"encoder": "contentvec768l12", "encoder_ckpt": str(ckpt)}, "device": "cpu"})
+    torch.manual_seed(0)
+    return VoiceConverter(build_model_from_config(cfg), cfg)
+
+
+MODELS = {
+    "small": ("CombSubFast n_unit=128, logmel", lambda _: small_converter()),
+    "full": ("CombSubFast n_unit=768, contentvec768l12 (full-size HuBERT, random weights)", full_converter),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 60.0], help="clip lengths")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["small", "full"])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per clip (median reported)")
+    args = parser.parse_args(argv)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, in process")
+    with tempfile.TemporaryDirectory(prefix="serve-latency-") as tmp:
+        for name in args.models:
+            title, build = MODELS[name]
+            converter = build(Path(tmp))
+            print(f"\n{name}: {title}")
+            for seconds in args.seconds:
+                m = measure_in_process_detailed(converter, seconds, repeats=args.repeats)
+                spread = f"{m.seconds / max(m.walls):.1f}-{m.seconds / min(m.walls):.1f}x"
+                print(
+                    f"  {seconds:5.0f} s clip, {m.segments} segments: {m.rtf:6.1f}x faster than real time "
+                    f"(runs {spread}); {m.split()}"
+                )
+
+
+if __name__ == "__main__":
+    main()
