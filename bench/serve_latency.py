@@ -16,16 +16,22 @@ The real-time factor here is audio seconds / wall seconds ("Nx faster than real
 time"); each figure is the median of ``--repeats`` runs after one warm-up run of
 the same clip (the first call builds oneDNN kernels for each new segment shape).
 
-The HTTP part (the same clips through a served model) is meant to sit next to
-:func:`measure_in_process` and share :func:`synthetic_singing` and the report.
+Through HTTP: the same model registered as a version (with its pyfunc files)
+in an embedded store and served by a real ``mlflow models serve`` on
+127.0.0.1; the same clip POSTed as a base64 WAV, the response decoded. The
+difference to in-process is what serving costs (base64, JSON, WAV encoding).
 
-    python bench/serve_latency.py [--seconds 10 60] [--models small full] [--repeats 3]
+    python bench/serve_latency.py [--seconds 10 60] [--models small full] [--repeats 3] [--no-http]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import io
+import json
 import statistics
+import urllib.request
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,11 +40,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlflow_ddsp import CheckpointQueue
 from mlflow_ddsp.config import parse_config
 from mlflow_ddsp.demo_data import VOICES, synthesize_clip
 from mlflow_ddsp.features.encoders.fairseq_hubert import FairseqHubert, FairseqHubertConfig
 from mlflow_ddsp.inference import VoiceConverter
+from mlflow_ddsp.local_server import LocalModelServer
 from mlflow_ddsp.models import build_model_from_config
+from mlflow_ddsp.serving.model_files import pyfunc_files
+from mlflow_ddsp.serving.payload import wav_base64
+from mlflow_ddsp.tracking import prepare_store
 
 SAMPLING_RATE = 44100
 PHRASE_SECONDS = (4.0, 7.0)
@@ -112,6 +123,37 @@ def measure_in_process(converter: VoiceConverter, seconds: float, *, repeats: in
     return measure_in_process_detailed(converter, seconds, repeats=repeats).rtf
 
 
+def serve(converter: VoiceConverter, workdir: Path, name: str) -> LocalModelServer:
+    """Register the converter's model as a version and start `mlflow models serve` on it."""
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    prepare_store(uri)
+    with CheckpointQueue(name, 1, None, config=converter.cfg.to_yaml(), tracking_uri=uri, experiment="bench",
+                         extra_files=pyfunc_files(converter.sample_rate)) as queue:  # fmt: skip
+        version = queue.save(1, converter.model).result()
+    return LocalModelServer(f"models:/{name}/{version.version}", uri, workdir / f"serve-{name}.log").start()
+
+
+def measure_http(url: str, seconds: float, sample_rate: int, *, repeats: int = 3, seed: int = 0) -> float:
+    """Real-time factor of POSTing a ``seconds``-long clip as base64 WAV and decoding the answer."""
+    import soundfile as sf
+
+    body = json.dumps({"dataframe_records": [{"audio_base64": wav_base64(synthetic_singing(seconds, sample_rate, seed),
+                                                                          sample_rate)}]}).encode()  # fmt: skip
+
+    def once() -> float:
+        request = urllib.request.Request(url + "/invocations", data=body, headers={"Content-Type": "application/json"})
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=600) as response:
+            answer = json.loads(response.read())["predictions"][0]
+        audio, _ = sf.read(io.BytesIO(base64.b64decode(answer["audio_base64"])))
+        wall = time.perf_counter() - started
+        assert abs(audio.shape[0] - seconds * answer["sample_rate"]) <= 1024, "wrong output length"
+        return wall
+
+    once()  # warm-up, as in process
+    return seconds / statistics.median(once() for _ in range(repeats))
+
+
 def write_random_contentvec(path: Path, seed: int = 0) -> Path:
     """A full-size fairseq HuBERT-base / ContentVec checkpoint with random weights.
 
@@ -152,9 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 60.0], help="clip lengths")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["small", "full"])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per clip (median reported)")
+    parser.add_argument("--no-http", action="store_true", help="skip the HTTP measurement")
     args = parser.parse_args(argv)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, in process")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory(prefix="serve-latency-") as tmp:
         for name in args.models:
             title, build = MODELS[name]
@@ -164,9 +207,16 @@ def main(argv: list[str] | None = None) -> None:
                 m = measure_in_process_detailed(converter, seconds, repeats=args.repeats)
                 spread = f"{m.seconds / max(m.walls):.1f}-{m.seconds / min(m.walls):.1f}x"
                 print(
-                    f"  {seconds:5.0f} s clip, {m.segments} segments: {m.rtf:6.1f}x faster than real time "
-                    f"(runs {spread}); {m.split()}"
+                    f"  in process {seconds:5.0f} s clip, {m.segments} segments: {m.rtf:6.1f}x faster than real "
+                    f"time (runs {spread}); {m.split()}",
+                    flush=True,
                 )
+            if args.no_http:
+                continue
+            with serve(converter, Path(tmp), name) as server:
+                for seconds in args.seconds:
+                    rtf = measure_http(server.url, seconds, converter.sample_rate, repeats=args.repeats)
+                    print(f"  over HTTP  {seconds:5.0f} s clip: {rtf:6.1f}x faster than real time", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Start a throwaway ``mlflow server`` on this machine: SQLite backend, proxied artifacts.
+"""Start throwaway MLflow processes on this machine, on 127.0.0.1 and a free port.
 
-The same shape as a team's shared server (artifacts served through the
-tracking server, ``mlflow-artifacts:`` URIs), on 127.0.0.1 and a free port.
+* :class:`LocalServer`: a tracking server with a SQLite backend and proxied
+  artifacts, the same shape as a team's shared server (``mlflow-artifacts:`` URIs);
+* :class:`LocalModelServer`: ``mlflow models serve`` of one model version.
+
 Used by the test suite and the benchmarks; handy for trying the team setup.
+Both die with the process that started them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 from .errors import TrackingServerUnreachable
 
-__all__ = ["LocalServer", "free_port"]
+__all__ = ["LocalServer", "LocalModelServer", "free_port"]
 
 
 def _die_with_parent() -> None:
@@ -82,48 +85,101 @@ class LocalServer:
         return self
 
     def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise TrackingServerUnreachable(
-                    f"mlflow server exited with status {self._process.returncode} during start-up; "
-                    f"log: {self.log_path}\n{self._log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(self.uri + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.2)  # polling interval for a condition we check, not a guess
-        self.stop()
-        raise TrackingServerUnreachable(
-            f"mlflow server at {self.uri} not healthy after {self.startup_timeout:.0f} s; log: {self.log_path}"
-        )
-
-    def _log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        _wait_until_answers(self._process, self.uri + "/health", self.startup_timeout, self.log_path, self.stop)
 
     def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                process.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        _stop(self._process)
+        self._process = None
 
     def __enter__(self) -> "LocalServer":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class LocalModelServer:
+    """``with LocalModelServer("models:/NAME/7", tracking_uri, log_path) as served: served.url``.
+
+    Runs ``mlflow models serve --env-manager local`` in this Python environment.
+
+    Args:
+        env: extra environment for the server (e.g. ``MLFLOW_DDSP_MAX_SECONDS``).
+    """
+
+    def __init__(self, model_uri: str, tracking_uri: str, log_path: str | os.PathLike, *,
+                 env: dict[str, str] | None = None, startup_timeout: float = 180.0):  # fmt: skip
+        self.model_uri = model_uri
+        self.tracking_uri = tracking_uri
+        self.log_path = Path(log_path)
+        self.extra_env = dict(env or {})
+        self.startup_timeout = startup_timeout
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> "LocalModelServer":
+        env = {**os.environ, **self.extra_env, "MLFLOW_TRACKING_URI": self.tracking_uri}
+        # `mlflow models serve` execs uvicorn from the environment's bin/.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", self.model_uri,
+                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(self.port)]  # fmt: skip
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                             start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
+        _wait_until_answers(self._process, self.url + "/ping", self.startup_timeout, self.log_path, self.stop)
+        return self
+
+    def stop(self) -> None:
+        _stop(self._process)
+        self._process = None
+
+    def __enter__(self) -> "LocalModelServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _wait_until_answers(process: subprocess.Popen, url: str, timeout: float, log_path: Path, stop) -> None:
+    """Poll ``url`` until it answers 200; fail early, with the log, if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise TrackingServerUnreachable(
+                f"{process.args[3]} server exited with status {process.returncode} during start-up; "
+                f"log: {log_path}\n{_log_tail(log_path)}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)  # polling interval for a condition we check, not a guess
+    stop()
+    raise TrackingServerUnreachable(f"{url} did not answer within {timeout:.0f} s; log: {log_path}")
+
+
+def _stop(process: subprocess.Popen | None) -> None:
+    """SIGTERM the process group, SIGKILL if it lingers."""
+    if process is None or process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue

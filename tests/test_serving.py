@@ -5,11 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,12 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-import yaml
 
 import mlflow
 from mlflow_ddsp import CheckpointQueue
 from mlflow_ddsp.config import parse_config
-from mlflow_ddsp.local_server import free_port
+from mlflow_ddsp.local_server import LocalModelServer
 from mlflow_ddsp.models import build_model_from_config
 from mlflow_ddsp.serving.model_files import pyfunc_files
 from mlflow_ddsp.serving.resolve import load_model
@@ -94,54 +88,29 @@ def test_loading_refuses_changed_bytes(registered, tmp_path):
         load_version_dir(local)
 
 
-class Served:
-    def __init__(self, uri: str, env: dict, log: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
-                   "-h", "127.0.0.1", "-p", str(self.port)]  # fmt: skip
-        # `mlflow models serve` execs uvicorn from the environment's bin/.
-        env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
-        self.proc = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited: {log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(self.url + "/ping", timeout=2):
-                    return
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.2)  # polling the condition, bounded by the deadline
-        raise AssertionError(f"model server not up: {log.read_text()[-3000:]}")
-
-    def post(self, body: str | dict) -> tuple[int, dict]:
-        data = body if isinstance(body, str) else json.dumps(body)
-        request = urllib.request.Request(self.url + "/invocations", data=data.encode(),
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
-        try:
-            with urllib.request.urlopen(request, timeout=300) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
+def post(url: str, body: str | dict) -> tuple[int, dict]:
+    data = body if isinstance(body, str) else json.dumps(body)
+    request = urllib.request.Request(url + "/invocations", data=data.encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
 
 
 @pytest.fixture(scope="module")
 def served(registered, tmp_path_factory):
+    """A real `mlflow models serve` process for the version, on 127.0.0.1."""
     backend, version = registered
-    env = {**os.environ, "MLFLOW_TRACKING_URI": backend.uri, "MLFLOW_DDSP_MAX_SECONDS": "5"}
-    server = Served(f"models:/singer/{version.version}", env, tmp_path_factory.mktemp("serve") / "serve.log")
-    yield server
-    server.stop()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with LocalModelServer(f"models:/singer/{version.version}", backend.uri, log,
+                          env={"MLFLOW_DDSP_MAX_SECONDS": "5"}) as server:  # fmt: skip
+        yield server.url
 
 
 def test_http_conversion_of_a_wav(served):
-    status, body = served.post({"dataframe_records": [{"audio_base64": wav_b64(sung_tone(2.0, 22050), 22050)}],
+    status, body = post(served, {"dataframe_records": [{"audio_base64": wav_b64(sung_tone(2.0, 22050), 22050)}],
                                 "params": {"key": 2.0, "spk_id": 2}})  # fmt: skip
     assert status == 200, body
     (result,) = body["predictions"]
@@ -151,7 +120,7 @@ def test_http_conversion_of_a_wav(served):
 
 
 def test_http_conversion_of_samples_matches_the_input_form(served):
-    status, body = served.post({"dataframe_records": [{"samples": sung_tone(1.0, 16000).tolist(), "sample_rate": 16000}],
+    status, body = post(served, {"dataframe_records": [{"samples": sung_tone(1.0, 16000).tolist(), "sample_rate": 16000}],
                                 "params": {"spk_mix": "1:0.5,2:0.5"}})  # fmt: skip
     assert status == 200, body
     (result,) = body["predictions"]
@@ -177,8 +146,8 @@ def test_http_conversion_of_samples_matches_the_input_form(served):
     ],
 )  # fmt: skip
 def test_bad_payloads_get_a_4xx_and_the_server_keeps_serving(served, body, message):
-    status, answer = served.post(body)
+    status, answer = post(served, body)
     assert 400 <= status < 500, answer
     assert message in answer.get("message", ""), answer
-    status, _ = served.post({"dataframe_records": [{"samples": sung_tone(0.5, 16000).tolist(), "sample_rate": 16000}]})
+    status, _ = post(served, {"dataframe_records": [{"samples": sung_tone(0.5, 16000).tolist(), "sample_rate": 16000}]})
     assert status == 200
