@@ -470,6 +470,11 @@ class CheckpointQueue:
         tags.update(self.parent_tags())
         return tags
 
+    @property
+    def restored_from(self) -> CheckpointVersion | None:
+        """The version :meth:`restore` loaded (the parent of every later save), if any."""
+        return self._parent
+
     def parent_tags(self) -> dict[str, str]:
         """Tags naming the version this queue's training resumed or fine-tuned from (if any)."""
         parent = self._parent

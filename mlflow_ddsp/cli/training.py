@@ -26,17 +26,20 @@ def train(ctx: click.Context, config_path: str, overrides: tuple[str, ...], init
     machine that reaches the tracking server). Every train.interval_val steps it
     validates, logs metrics, a spectrogram and audio, and saves a checkpoint;
     Ctrl-C or SIGTERM saves the current step before exiting (exit status 130 / 143).
-    Run `mlflow-ddsp preprocess -c CONFIG` first.
+    Run `mlflow-ddsp preprocess -c CONFIG` first. Data parallel:
+    `torchrun --nproc-per-node N -m mlflow_ddsp train -c CONFIG` (rank 0 logs and saves;
+    train.batch_size is per process).
     """
     from ..training.session import train as run_training
 
     result = run_training(
         config_path, overrides, tracking_uri=ctx.obj["tracking_uri"], takeover=takeover, init_from=init_from or None
     )
-    click.echo(
-        f"trained {result.registered_model} from step {result.start_step} to {result.final_step} "
-        f"(run {result.run_id}); `mlflow-ddsp versions {result.registered_model}` lists its checkpoints"
-    )
+    if result.is_main:  # under torchrun, one summary (from rank 0)
+        click.echo(
+            f"trained {result.registered_model} from step {result.start_step} to {result.final_step} "
+            f"(run {result.run_id}); `mlflow-ddsp versions {result.registered_model}` lists its checkpoints"
+        )
     if result.stopped_by:
         ctx.exit(128 + signal.Signals[result.stopped_by].value)
 

@@ -148,15 +148,25 @@ class AudioDataset(Dataset):
         return {"audio": audio, "units": units, "f0": f0, "volume": volume, "spk_id": record.spk_id, "name": record.rel}
 
 
-def make_loaders(cfg: Config, *, cache: bool | None = None) -> tuple[DataLoader, DataLoader]:
-    """Training loader (random crops, shuffled) and validation loader (whole files, batch 1)."""
+def make_loaders(
+    cfg: Config, *, cache: bool | None = None, rank: int = 0, world_size: int = 1
+) -> tuple[DataLoader, DataLoader]:
+    """Training loader (random crops, shuffled) and validation loader (whole files, batch 1).
+
+    With ``world_size > 1`` each process draws its own share of the training files
+    (``batch_size`` per process, as upstream's batch size is per GPU).
+    """
+    from torch.utils.data import DistributedSampler
+
     train = AudioDataset(cfg.data.train_path, cfg, whole_audio=False, augment=True, cache=cache)
     valid = AudioDataset(cfg.data.valid_path, cfg, whole_audio=True, augment=False, cache=cache)
     workers = cfg.train.num_workers
+    sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True) if world_size > 1 else None
     train_loader = DataLoader(
         train,
         batch_size=cfg.train.batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),

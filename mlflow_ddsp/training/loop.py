@@ -83,6 +83,10 @@ class TrainLoop:
     audio_clips: int = 2
     stop: threading.Event = field(default_factory=threading.Event)
     progress: bool = True
+    # Data parallel: only the main process validates and saves; all processes
+    # must agree on stopping (``agree`` maps this process's wish to the common one).
+    is_main: bool = True
+    agree: Callable[[bool], bool] = field(default=lambda wish: wish)
 
     def run(self, start_step: int) -> int:
         """Train from ``start_step``; return the last step trained (and saved)."""
@@ -91,11 +95,14 @@ class TrainLoop:
         steps_per_epoch = max(1, len(self.train_loader))
         epoch = start_step // steps_per_epoch
         autocast, scaler = self._mixed_precision()
-        bar = self._progress_bar(start_step)
+        bar = self._progress_bar(start_step) if self.is_main else None
         last_log_time, last_log_step = time.perf_counter(), step
         self.model.train()
         try:
             while epoch < self.epochs and not self._done(step):
+                sampler = getattr(self.train_loader, "sampler", None)
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)  # a new shuffle per epoch, the same on every process
                 for batch in self.train_loader:
                     if self._done(step):
                         break
@@ -109,7 +116,7 @@ class TrainLoop:
                         rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
                         last_log_time, last_log_step = now, step
                         self.tracker.log_metrics({"train/loss": loss, "train/steps_per_second": rate}, step)
-                    if step % self.interval_val == 0:
+                    if step % self.interval_val == 0 and self.is_main:
                         result = self.validate()
                         self.checkpointer.save(step, self.model, self.optimizer, metrics={"validation/loss": result.loss})
                         saved_step = step
@@ -121,14 +128,15 @@ class TrainLoop:
         finally:
             if bar is not None:
                 bar.close()
-        if step != saved_step:
+        if step != saved_step and self.is_main:
             # End of training, or stopped (Ctrl-C, SIGTERM): keep what was trained.
             self.checkpointer.save(step, self.model, self.optimizer)
             log.info("step %d: checkpoint saved (%s)", step, "stopped" if self.stop.is_set() else "end of training")
         return step
 
     def _done(self, step: int) -> bool:
-        return self.stop.is_set() or (self.max_steps is not None and step >= self.max_steps)
+        stop = self.agree(self.stop.is_set())  # a collective under DDP: every process calls it alike
+        return stop or (self.max_steps is not None and step >= self.max_steps)
 
     def _train_step(self, batch: dict, autocast, scaler, step: int) -> float:
         units, f0, volume, spk_id, audio = (batch[k].to(self.device, non_blocking=True)
@@ -154,15 +162,19 @@ class TrainLoop:
     @torch.no_grad()
     def validate(self) -> ValidationResult:
         """Whole validation files, batch 1, with the fixed-scale loss (comparable across checkpoints)."""
-        self.model.eval()
+        from ..checkpoint.reader import unwrap_model
+
+        # The bare module: a DDP forward on the main process alone would wait for the others.
+        model = unwrap_model(self.model)
+        model.eval()
         total, synth_seconds, audio_seconds, count = 0.0, 0.0, 0.0, 0
         clips: list[ValidationClip] = []
-        sampling_rate = getattr(self.model, "sampling_rate_hz", None) or 44100
+        sampling_rate = getattr(model, "sampling_rate_hz", None) or 44100
         for batch in self.valid_loader:
             units, f0, volume, spk_id, audio = (batch[k].to(self.device)
                                                 for k in ("units", "f0", "volume", "spk_id", "audio"))  # fmt: skip
             started = time.perf_counter()
-            prediction = self.model(units.float(), f0, volume, spk_id)
+            prediction = model(units.float(), f0, volume, spk_id)
             synth_seconds += time.perf_counter() - started
             n = min(prediction.shape[-1], audio.shape[-1])
             prediction, audio = prediction[..., :n], audio[..., :n]

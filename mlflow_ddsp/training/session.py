@@ -20,7 +20,8 @@ from typing import Iterator, Sequence
 import torch
 
 from .. import tags as T
-from ..checkpoint import CheckpointQueue, RegistryStore
+from ..checkpoint import CheckpointQueue, CheckpointReader, RegistryStore
+from ..checkpoint.reader import load_into
 from ..config import UNAVAILABLE_F0, Config, load_config
 from ..corpus import dataset_digest, list_audio
 from ..lineage import code_version, environment_versions
@@ -28,6 +29,7 @@ from ..loss import FixedScaleSpectralLoss, RandomScaleSpectralLoss
 from ..models import build_model_from_config
 from ..serving.model_files import pyfunc_files
 from .data import make_loaders
+from .distributed import DistributedContext, NullCheckpointer, NullTracker
 from .loop import TrainLoop
 from .tracker import MlflowTracker
 
@@ -38,11 +40,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainResult:
-    run_id: str
+    run_id: str  # "" on ranks other than 0
     registered_model: str
     start_step: int
     final_step: int
     stopped_by: str | None  # "SIGINT" / "SIGTERM" when interrupted, else None
+    is_main: bool = True
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -91,6 +94,9 @@ def train(
 ) -> TrainResult:
     """Train (or resume) the model a config describes, tracked in MLflow.
 
+    Under ``torchrun`` every process calls this; rank 0 owns the MLflow run and
+    the checkpoint queue (see :mod:`mlflow_ddsp.training.distributed`).
+
     Args:
         config: a yaml path (with ``overrides`` like ``train.lr=1e-4``) or a Config.
         tracking_uri: default ``MLFLOW_TRACKING_URI``, else the embedded store.
@@ -99,14 +105,25 @@ def train(
             resuming from the rolling alias, e.g. to fine-tune.
     """
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
-    if cfg.data.f0_extractor in UNAVAILABLE_F0:
+    ctx = DistributedContext.from_environment()
+    if cfg.data.f0_extractor in UNAVAILABLE_F0 and ctx.is_main:
         log.warning("data.f0_extractor=%r needs model weights that cannot be loaded here; the features "
                     "were extracted with 'parselmouth'", cfg.data.f0_extractor)  # fmt: skip
-    device = resolve_device(cfg.device)
-    model = build_model_from_config(cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    train_loader, valid_loader = make_loaders(cfg)
+    device = ctx.device(resolve_device(cfg.device))
+    ctx.start(device)
+    try:
+        model = build_model_from_config(cfg).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        loaders = make_loaders(cfg, rank=ctx.rank, world_size=ctx.world_size)
+        if ctx.is_main:
+            return _train_main(cfg, ctx, model, optimizer, loaders, device, tracking_uri, takeover, init_from, progress)
+        return _train_other_rank(cfg, ctx, model, optimizer, loaders, device, tracking_uri)
+    finally:
+        ctx.stop()
 
+
+def _train_main(cfg, ctx, model, optimizer, loaders, device, tracking_uri, takeover, init_from, progress) -> TrainResult:
+    """Rank 0 (or the only process): the run, the tracker, the checkpoint queue."""
     store = RegistryStore(tracking_uri)
     client = store.client
     run_id, own_run = _open_run(store, cfg)
@@ -130,30 +147,14 @@ def train(
             extra_files=pyfunc_files(cfg.data.sampling_rate),  # every version is a servable pyfunc model
         ) as queue:
             start_step = queue.restore(model, optimizer, source=init_from)
+            origin = queue.restored_from
+            # The other ranks load exactly this version (the alias may move meanwhile).
+            ctx.broadcast(f"models:/{origin.name}/{origin.version}" if origin else None)
             tracker.log_tags(queue.parent_tags())  # the run records what it resumed from
-            for group in optimizer.param_groups:  # upstream: lr and weight decay come from the config
-                group["lr"], group["weight_decay"] = cfg.train.lr, cfg.train.weight_decay
-            _move_optimizer_state(optimizer, device)
             if start_step:
                 log.info("resuming %s from step %d", cfg.registered_model, start_step)
-            loop = TrainLoop(
-                model=model,
-                optimizer=optimizer,
-                loss_fn=RandomScaleSpectralLoss(cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale).to(device),
-                validation_loss_fn=_validation_loss(cfg).to(device),
-                train_loader=train_loader,
-                valid_loader=valid_loader,
-                checkpointer=queue,
-                tracker=tracker,
-                device=device,
-                interval_log=cfg.train.interval_log,
-                interval_val=cfg.train.interval_val,
-                epochs=cfg.train.epochs,
-                max_steps=cfg.train.max_steps,
-                amp_dtype=cfg.train.amp_dtype,
-                audio_clips=cfg.mlflow.audio_clips,
-                progress=progress,
-            )
+            loop = _make_loop(cfg, ctx, _prepare(cfg, ctx, model, optimizer, device), optimizer, loaders, device,
+                              checkpointer=queue, tracker=tracker, progress=progress)  # fmt: skip
             with _stop_on_signals(loop.stop) as received:
                 final_step = loop.run(start_step)
         tracker.flush()
@@ -162,6 +163,62 @@ def train(
     finally:
         if own_run:
             client.set_terminated(run_id, status)
+
+
+def _train_other_rank(cfg, ctx, model, optimizer, loaders, device, tracking_uri) -> TrainResult:
+    """Ranks > 0: load rank 0's resume point read-only, train, log and save nothing."""
+    source = ctx.broadcast(None)
+    start_step = 0
+    if source is not None:
+        restored = CheckpointReader(cfg.registered_model, cfg.mlflow.alias, tracking_uri=tracking_uri).fetch(source)
+        load_into(restored, model, optimizer)
+        start_step = restored.step
+    loop = _make_loop(cfg, ctx, _prepare(cfg, ctx, model, optimizer, device), optimizer, loaders, device,
+                      checkpointer=NullCheckpointer(), tracker=NullTracker(), progress=False)  # fmt: skip
+    with _stop_on_signals(loop.stop) as received:
+        final_step = loop.run(start_step)
+    return TrainResult("", cfg.registered_model, start_step, final_step, received["signal"], is_main=False)
+
+
+def _prepare(cfg: Config, ctx: DistributedContext, model, optimizer, device) -> torch.nn.Module:
+    """After restoring: the config's lr and weight decay (as upstream), state on the device, DDP."""
+    for group in optimizer.param_groups:
+        group["lr"], group["weight_decay"] = cfg.train.lr, cfg.train.weight_decay
+    _move_optimizer_state(optimizer, device)
+    if not ctx.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # CombSubSuperFast has parameters its forward never uses (upstream's, kept for checkpoints).
+    return DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=cfg.model.type == "CombSubSuperFast",
+    )
+
+
+def _make_loop(cfg, ctx, model, optimizer, loaders, device, *, checkpointer, tracker, progress) -> TrainLoop:
+    train_loader, valid_loader = loaders
+    return TrainLoop(
+        model=model,
+        optimizer=optimizer,
+        loss_fn=RandomScaleSpectralLoss(cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale).to(device),
+        validation_loss_fn=_validation_loss(cfg).to(device),
+        train_loader=train_loader,
+        valid_loader=valid_loader,
+        checkpointer=checkpointer,
+        tracker=tracker,
+        device=device,
+        interval_log=cfg.train.interval_log,
+        interval_val=cfg.train.interval_val,
+        epochs=cfg.train.epochs,
+        max_steps=cfg.train.max_steps,
+        amp_dtype=cfg.train.amp_dtype,
+        audio_clips=cfg.mlflow.audio_clips,
+        progress=progress,
+        is_main=ctx.is_main,
+        agree=ctx.any,
+    )
 
 
 def _open_run(store: RegistryStore, cfg: Config) -> tuple[str, bool]:
