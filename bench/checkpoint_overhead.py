@@ -141,6 +141,9 @@ def main() -> None:
     parser.add_argument("--naive-intervals", type=int, default=3, help="intervals of the naive baseline (each costs seconds)")
     parser.add_argument("--backend", choices=["server", "embedded"], default="server",
                         help="a local mlflow server on this machine (default), or the embedded SQLite store")
+    parser.add_argument("--server-nice", type=int, default=0,
+                        help="run the local server at this nice level (e.g. 19: a server on the training "
+                        "machine that yields the CPU to training); default 0, the same priority")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--crop-seconds", type=float, default=0.5)
     args = parser.parse_args()
@@ -166,12 +169,13 @@ def main() -> None:
         import mlflow
 
         if args.backend == "server":
-            uri = stack.enter_context(LocalServer(tmp)).uri
+            uri = stack.enter_context(LocalServer(tmp, nice=args.server_nice)).uri
         else:
             uri = f"sqlite:///{tmp}/mlflow.db"
             prepare_store(uri)
         mlflow.set_tracking_uri(uri)
-        print(f"tracking store: {args.backend} ({uri}); {args.rounds} rounds of {args.intervals} intervals")
+        niced = f", server at nice {args.server_nice}" if args.server_nice and args.backend == "server" else ""
+        print(f"tracking store: {args.backend} ({uri}){niced}; {args.rounds} rounds of {args.intervals} intervals")
 
         configs = {
             "none": None,

@@ -10,6 +10,7 @@ Both die with the process that started them.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -25,8 +26,10 @@ from .errors import TrackingServerUnreachable
 __all__ = ["LocalServer", "LocalModelServer", "free_port"]
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(nice: int = 0) -> None:
     """In the child: get SIGTERM when the parent dies (Linux), so no server outlives its owner."""
+    if nice:
+        os.nice(nice)
     try:
         import ctypes
 
@@ -50,8 +53,11 @@ class LocalServer:
         startup_timeout: seconds to wait for ``/health`` (start-up takes 10-35 s).
     """
 
-    def __init__(self, root: str | os.PathLike, *, port: int | None = None, startup_timeout: float = 120.0):
+    def __init__(
+        self, root: str | os.PathLike, *, port: int | None = None, startup_timeout: float = 120.0, nice: int = 0
+    ):
         self.root = Path(root)
+        self.nice = nice  # >0: run below the trainer's CPU priority (a server on the training machine)
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
         self.uri = f"http://127.0.0.1:{self.port}"
@@ -79,7 +85,7 @@ class LocalServer:
             # A new session, so stop() can signal the server and the workers it spawns.
             self._process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(_die_with_parent, self.nice),
             )  # fmt: skip
         self._wait_healthy()
         return self
