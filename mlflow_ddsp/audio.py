@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from mlflow_ddsp.errors import AudioError
+from mlflow_ddsp.errors import AudioError, one_line
 
 __all__ = ["load_audio", "save_wav", "resample"]
 
@@ -27,10 +27,6 @@ PathLike = str | os.PathLike[str]
 # because libsndfile's float -> int conversion wraps around instead of clipping.
 _INTEGER_SUBTYPES = {"PCM_16", "PCM_24", "PCM_32", "PCM_U8", "PCM_S8"}
 
-
-def _one_line(text: object) -> str:
-    """Collapse an exception message to one line for an error report."""
-    return " ".join(str(text).split())
 
 
 def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -62,7 +58,7 @@ def load_audio(path: PathLike, sample_rate: int) -> np.ndarray:
     try:
         data, native_sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioError(f"{path}: cannot read audio ({_one_line(exc)})") from exc
+        raise AudioError(f"{path}: cannot read audio ({one_line(exc)})") from exc
     if data.size == 0:
         raise AudioError(f"{path}: audio file is empty (0 samples)")
     # [T, C] -> [T]: average channels, as librosa.to_mono does.

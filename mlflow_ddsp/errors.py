@@ -9,6 +9,7 @@ prints them without a traceback.
 from __future__ import annotations
 
 __all__ = [
+    "one_line",
     "MlflowDdspError",
     "ConfigError",
     "AudioError",
@@ -20,6 +21,11 @@ __all__ = [
     "CheckpointSaveError",
     "CheckpointNotFoundError",
 ]
+
+
+def one_line(text: object) -> str:
+    """Collapse a (possibly multi-line) message to one line for an error report."""
+    return " ".join(str(text).split())
 
 
 class MlflowDdspError(Exception):

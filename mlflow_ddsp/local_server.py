@@ -45,7 +45,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class LocalServer:
+class _ManagedProcess:
+    """A child process started by ``start()`` and stopped, with its group, by ``stop()``."""
+
+    _process: subprocess.Popen | None = None
+
+    def start(self):  # pragma: no cover - defined by subclasses
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        _stop(self._process)
+        self._process = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class LocalServer(_ManagedProcess):
     """``with LocalServer(tmp_dir) as server: ...`` -> ``server.uri``, ``server.artifacts_dir``.
 
     Args:
@@ -64,7 +83,6 @@ class LocalServer:
         self.artifacts_dir = self.root / "artifacts"
         self.db_path = self.root / "server.db"
         self.log_path = self.root / "server.log"
-        self._process: subprocess.Popen | None = None
 
     def start(self) -> "LocalServer":
         self.root.mkdir(parents=True, exist_ok=True)
@@ -93,18 +111,8 @@ class LocalServer:
     def _wait_healthy(self) -> None:
         _wait_until_answers(self._process, self.uri + "/health", self.startup_timeout, self.log_path, self.stop)
 
-    def stop(self) -> None:
-        _stop(self._process)
-        self._process = None
 
-    def __enter__(self) -> "LocalServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-class LocalModelServer:
+class LocalModelServer(_ManagedProcess):
     """``with LocalModelServer("models:/NAME/7", tracking_uri, log_path) as served: served.url``.
 
     Runs ``mlflow models serve --env-manager local`` in this Python environment.
@@ -122,7 +130,6 @@ class LocalModelServer:
         self.startup_timeout = startup_timeout
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._process: subprocess.Popen | None = None
 
     def start(self) -> "LocalModelServer":
         env = {**os.environ, **self.extra_env, "MLFLOW_TRACKING_URI": self.tracking_uri}
@@ -136,16 +143,6 @@ class LocalModelServer:
                                              start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
         _wait_until_answers(self._process, self.url + "/ping", self.startup_timeout, self.log_path, self.stop)
         return self
-
-    def stop(self) -> None:
-        _stop(self._process)
-        self._process = None
-
-    def __enter__(self) -> "LocalModelServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def _log_tail(path: Path, lines: int = 20) -> str:

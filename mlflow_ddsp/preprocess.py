@@ -49,7 +49,7 @@ import numpy as np
 from mlflow_ddsp.audio import load_audio
 from mlflow_ddsp.config import Config
 from mlflow_ddsp.corpus import AUDIO_DIR, FEATURE_KINDS, SKIP_DIR, feature_path, list_audio
-from mlflow_ddsp.errors import AudioError, ConfigError, MlflowDdspError
+from mlflow_ddsp.errors import AudioError, ConfigError, MlflowDdspError, one_line
 
 __all__ = [
     "FEATURE_FORMAT",
@@ -170,9 +170,6 @@ class _Result:
     seconds: float = 0.0  # audio duration
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
 
 def _file_identity(path: Path) -> dict[str, Any]:
     """``size``, ``mtime_ns`` (stat taken before reading) and ``sha256`` of a file."""
@@ -258,10 +255,10 @@ class _Extractor:
             return _Result(rel, "failed", str(exc))
         except OSError as exc:
             _remove_outputs(root, rel)
-            return _Result(rel, "failed", f"{path}: cannot read ({exc.strerror or _one_line(exc)})")
+            return _Result(rel, "failed", f"{path}: cannot read ({exc.strerror or one_line(exc)})")
         except Exception as exc:  # noqa: BLE001 -- an extractor choking on one file must not stop the batch
             _remove_outputs(root, rel)
-            return _Result(rel, "failed", f"{path}: {type(exc).__name__}: {_one_line(exc)}")
+            return _Result(rel, "failed", f"{path}: {type(exc).__name__}: {one_line(exc)}")
         seconds = audio.size / self.settings.sampling_rate
         _remove_outputs(root, rel)
         if arrays is None:
@@ -639,7 +636,7 @@ def _run_pool(tasks: list[tuple[Path, str]], settings: FeatureSettings, n_worker
         # A worker died (killed for memory, or it could not start: with 'spawn' the
         # main script must be importable, which a script piped to stdin is not).
         raise MlflowDdspError(
-            f"a preprocess worker process died ({_one_line(exc)}); finished recordings are kept, "
+            f"a preprocess worker process died ({one_line(exc)}); finished recordings are kept, "
             "run again, with workers=1 (--workers 1) to process in this process"
         ) from exc
     finally:

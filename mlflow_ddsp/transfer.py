@@ -26,7 +26,7 @@ from . import tags as T
 from .checkpoint import CheckpointQueue, CheckpointReader, RegistryStore
 from .checkpoint.files import CONFIG_FILE, load_checkpoint, sha256_file
 from .config import Config, parse_config
-from .errors import CheckpointIntegrityError, ConfigError
+from .errors import CheckpointIntegrityError, ConfigError, one_line
 from .serving.model_files import pyfunc_files
 from .tracking import DEFAULT_EXPERIMENT
 
@@ -78,7 +78,7 @@ def _check_fits(path: Path, payload: dict, cfg: Config) -> None:
     try:
         model.load_state_dict(payload["model"], strict=True)
     except RuntimeError as exc:
-        detail = " ".join(str(exc).split())
+        detail = one_line(exc)
         if len(detail) > 300:
             detail = detail[:300] + "..."
         arch = ", ".join(f"{k}={v}" for k, v in _architecture(cfg).items())
@@ -127,7 +127,7 @@ def import_experiment(
         try:
             payloads[step] = load_checkpoint(path)
         except (CheckpointIntegrityError, RuntimeError, OSError) as exc:
-            raise ConfigError(f"{path} is not a readable DDSP-SVC checkpoint: {' '.join(str(exc).split())[:200]}") from exc
+            raise ConfigError(f"{path} is not a readable DDSP-SVC checkpoint: {one_line(exc)[:200]}") from exc
         _check_fits(path, payloads[step], cfg)
 
     store = RegistryStore(tracking_uri)
@@ -137,7 +137,7 @@ def import_experiment(
     newest = files[-1][0]
     with CheckpointQueue(
         name, cfg.train.interval_val, None, cfg.mlflow.alias, config=config_yaml,
-        tracking_uri=store.tracking_uri, experiment=experiment,
+        store=store, experiment=experiment,
         lineage={IMPORTED_FROM: str(expdir.resolve())}, extra_files=pyfunc_files(cfg.data.sampling_rate),
     ) as queue:  # fmt: skip
         for step, path in files:

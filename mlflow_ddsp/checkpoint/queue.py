@@ -58,7 +58,7 @@ from .. import tags as T
 from ..errors import CheckpointIntegrityError, CheckpointSaveError, ConfigError, LeaseLostError, MlflowDdspError
 from ..tracking import DEFAULT_EXPERIMENT
 from .faults import crash_point
-from .files import CONFIG_FILE, MANIFEST_FILE, FileDigest, Manifest, write_checkpoint
+from .files import MANIFEST_FILE, FileDigest, Manifest, write_checkpoint
 from .gc import collect, retire_version
 from .lease import DEFAULT_LEASE_TTL, WriterLease
 from .policy import DEFAULT_ALIAS, RetentionPolicy, validate_alias
@@ -145,6 +145,7 @@ class CheckpointQueue:
         run_id: the run checkpoints belong to; default: the active run, if any.
         experiment: experiment for LoggedModels when there is no run (default ``mlflow-ddsp``).
         tracking_uri: default ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``.
+        store: an open :class:`RegistryStore` to share (instead of ``tracking_uri``).
         takeover: take the writer lease even from a live process.
         lease_ttl: seconds without heartbeat after which another machine may take over.
         when_busy: a rolling save arriving while the previous save is still being
@@ -170,6 +171,7 @@ class CheckpointQueue:
         run_id: str | None = None,
         experiment: str | None = None,
         tracking_uri: str | None = None,
+        store: RegistryStore | None = None,
         takeover: bool = False,
         lease_ttl: float = DEFAULT_LEASE_TTL,
         when_busy: str = "wait",
@@ -188,9 +190,9 @@ class CheckpointQueue:
         self._lineage = {str(k): str(v) for k, v in (lineage or {}).items()}
         self._extra_files = dict(extra_files or {})
 
-        self.store = RegistryStore(tracking_uri)
+        self.store = store or RegistryStore(tracking_uri)
         self.reader = CheckpointReader(self.name, self.alias, store=self.store)
-        self.run_id = run_id or self._active_run_id(tracking_uri)
+        self.run_id = run_id or self._active_run_id(tracking_uri if store is None else store.tracking_uri)
         if self.run_id:
             self.experiment_id = self.store.experiment_of_run(self.run_id)
         else:

@@ -141,7 +141,7 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, tracking_uri, takeo
             cfg.train.save_opt,
             config=cfg.to_yaml(),
             run_id=run_id,
-            tracking_uri=store.tracking_uri,
+            store=store,
             takeover=takeover,
             lineage=lineage,
             extra_files=pyfunc_files(cfg.data.sampling_rate),  # every version is a servable pyfunc model
