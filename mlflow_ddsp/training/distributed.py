@@ -54,7 +54,19 @@ class DistributedContext:
                 torch.cuda.set_device(device)
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
-    def stop(self) -> None:
+    def finish(self) -> None:
+        """After success: wait for every rank, then tear down.
+
+        Without the barrier a rank that finishes first destroys its process group
+        while rank 0 is still saving, and gloo aborts that process at exit.
+        """
+        if self.enabled and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+    def abort(self) -> None:
+        """After a failure: tear down without waiting (other ranks may be stuck in a
+        collective; torchrun stops them once this process exits)."""
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -9,6 +9,7 @@ run ends FINISHED, KILLED or FAILED.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -116,10 +117,19 @@ def train(
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         loaders = make_loaders(cfg, rank=ctx.rank, world_size=ctx.world_size)
         if ctx.is_main:
-            return _train_main(cfg, ctx, model, optimizer, loaders, device, tracking_uri, takeover, init_from, progress)
-        return _train_other_rank(cfg, ctx, model, optimizer, loaders, device, tracking_uri)
-    finally:
-        ctx.stop()
+            result = _train_main(cfg, ctx, model, optimizer, loaders, device, tracking_uri, takeover, init_from, progress)
+        else:
+            result = _train_other_rank(cfg, ctx, model, optimizer, loaders, device, tracking_uri)
+    except BaseException:
+        ctx.abort()
+        raise
+    if ctx.enabled:
+        # DDP's reducer (hooked onto the parameters, in reference cycles) keeps the process
+        # group alive; freed at interpreter exit instead, gloo's threads abort the process.
+        del model, optimizer, loaders
+        gc.collect()
+    ctx.finish()
+    return result
 
 
 def _train_main(cfg, ctx, model, optimizer, loaders, device, tracking_uri, takeover, init_from, progress) -> TrainResult:
