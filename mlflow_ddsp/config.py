@@ -4,7 +4,8 @@ An upstream ``configs/combsub.yaml`` or ``sins.yaml`` loads unchanged. Keys
 upstream uses for other trainers or for inference-time add-ons (``enhancer``,
 ``vocoder``, ``infer``, ``train.amp_dtype``...) are accepted and carried along;
 a key nobody defines is an error that names it (with the closest known key).
-Our additions are optional: ``train.interval_force_save``, ``train.max_steps``,
+Our additions are optional: ``train.interval_force_save``, ``train.keep_last``,
+``train.best_metric``, ``train.best_mode``, ``train.max_steps``,
 ``loss.validation_fft_sizes`` and the ``mlflow`` section.
 
 Values are type-checked; numbers written the way YAML 1.1 reads as strings
@@ -104,7 +105,10 @@ class TrainConfig:
     epochs: int = 100000
     interval_log: int = 10
     interval_val: int = 2000
-    interval_force_save: int | None = None  # None: keep only the newest checkpoint
+    interval_force_save: int | None = None  # None: no force-saves (only keep_last and best stay)
+    keep_last: int = 1  # ours: the newest N checkpoints stay (1 = upstream's rule)
+    best_metric: str | None = "validation/loss"  # ours: keep the best checkpoint by it (alias 'best'); null: off
+    best_mode: str = "min"  # ours: min | max, which value of best_metric is best
     lr: float = 0.0005
     weight_decay: float = 0.0
     save_opt: bool = False
@@ -303,11 +307,17 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.mlflow.audio_clips < 0:
         raise ConfigError(f"mlflow.audio_clips={cfg.mlflow.audio_clips} must be >= 0")
 
-    from .checkpoint.policy import RetentionPolicy, validate_alias
-    from .checkpoint.queue import validate_model_name
+    from .checkpoint.names import validate_alias, validate_experiment_name, validate_model_name
+    from .checkpoint.policy import BEST_ALIAS, RetentionPolicy
 
-    RetentionPolicy(t.interval_val, t.interval_force_save)
+    RetentionPolicy(t.interval_val, t.interval_force_save, t.keep_last, t.best_metric, t.best_mode)
     validate_alias(cfg.mlflow.alias)
+    if cfg.mlflow.alias == BEST_ALIAS:
+        raise ConfigError(f"mlflow.alias={BEST_ALIAS!r} is the alias of the best checkpoint; use another, e.g. 'rolling'")
+    try:
+        validate_experiment_name(cfg.mlflow.experiment)
+    except ConfigError as exc:
+        raise ConfigError(f"mlflow.{exc}") from exc
     try:
         validate_model_name(cfg.registered_model)
     except ConfigError as exc:

@@ -15,6 +15,7 @@ __all__ = [
     "AudioError",
     "RegistryError",
     "TrackingServerUnreachable",
+    "ArtifactStoreUnavailable",
     "LeaseHeldError",
     "LeaseLostError",
     "CheckpointIntegrityError",
@@ -46,6 +47,10 @@ class RegistryError(MlflowDdspError, RuntimeError):
 
 class TrackingServerUnreachable(RegistryError, ConnectionError):
     """The tracking server did not answer."""
+
+
+class ArtifactStoreUnavailable(RegistryError):
+    """The artifact store holds none of a queue's files (not mounted?): nothing is deleted."""
 
 
 class LeaseHeldError(MlflowDdspError, RuntimeError):

@@ -14,24 +14,32 @@ __all__ = [
     "SIZE",
     "MANIFEST_SHA256",
     "CHECKPOINT_FILE",
+    "KEEP",
+    "METRIC_PREFIX",
+    "metric_tag",
     "QUEUE",
     "PARENT_VERSION",
     "PARENT_STEP",
     "PARENT_MODEL",
     "PARENT_RUN",
     "EXPERIMENT_IDS",
+    "RETENTION",
     "CONFIG_DIGEST",
     "DATASET_DIGEST",
     "REGISTERED_MODEL",
     "GIT_COMMIT",
     "GIT_DIRTY",
+    "LEASE_MARKER",
+    "LEASE_MARKER_VALUE",
     "LEASE_OWNER",
     "LEASE_HOST",
     "LEASE_PID",
     "LEASE_PROCESS",
+    "LEASE_PID_NAMESPACE",
     "LEASE_HEARTBEAT",
     "LEASE_TTL",
     "LEASE_TAKEOVER",
+    "LEASE_TOMBSTONE",
     "KIND_ROLLING",
     "KIND_FORCE_SAVED",
     "KINDS",
@@ -50,6 +58,16 @@ PARENT_VERSION = "mlflow_ddsp.parent.version"  # version training resumed/fine-t
 PARENT_STEP = "mlflow_ddsp.parent.step"
 PARENT_MODEL = "mlflow_ddsp.parent.model"  # registered model of the parent
 PARENT_RUN = "mlflow_ddsp.parent.run"  # the run that trained the parent (it outlives a deleted parent)
+METRIC_PREFIX = "mlflow_ddsp.metric."  # + metric name: the best metric's value at this checkpoint
+
+# --- set by people (or `mlflow-ddsp keep`) on any version ----------------------
+KEEP = "mlflow_ddsp.keep"  # "true": never deleted by mlflow-ddsp, whatever the retention policy
+
+
+def metric_tag(metric: str) -> str:
+    """The version tag holding ``metric``'s value, e.g. ``mlflow_ddsp.metric.validation/loss``."""
+    return METRIC_PREFIX + metric
+
 
 # --- lineage: on training runs and on every checkpoint version ---------------
 CONFIG_DIGEST = "mlflow_ddsp.config_digest"  # sha256 of the canonical config yaml
@@ -63,15 +81,20 @@ QUEUE = "mlflow_ddsp.queue"
 
 # --- on the registered model -------------------------------------------------
 EXPERIMENT_IDS = "mlflow_ddsp.experiment_ids"  # JSON list: where the queue's LoggedModels live
+RETENTION = "mlflow_ddsp.retention"  # JSON: the queue's alias, keep_last, best_metric, best_mode (gc uses it)
 
 # --- on writer-lease tickets (versions of the companion lease model) ---------
+LEASE_MARKER = "mlflow_ddsp.lease"  # LEASE_MARKER_VALUE: a lease we wrote; nothing else is one
+LEASE_MARKER_VALUE = "writer-lease/1"
 LEASE_OWNER = "mlflow_ddsp.lease.owner"  # random id of the holder
 LEASE_HOST = "mlflow_ddsp.lease.host"
 LEASE_PID = "mlflow_ddsp.lease.pid"
 LEASE_PROCESS = "mlflow_ddsp.lease.process"  # boot id + process start time: survives pid reuse
+LEASE_PID_NAMESPACE = "mlflow_ddsp.lease.pid_namespace"  # e.g. "pid:[4026531836]": pids compare only within one
 LEASE_HEARTBEAT = "mlflow_ddsp.lease.heartbeat"  # unix seconds of the last renewal
 LEASE_TTL = "mlflow_ddsp.lease.ttl"  # seconds without a heartbeat before the lease is stale
 LEASE_TAKEOVER = "mlflow_ddsp.lease.takeover"  # "true" when the ticket took over a live lease
+LEASE_TOMBSTONE = "mlflow_ddsp.lease.tombstone"  # the renamed lease this one took over (deleted at release)
 
 KIND_ROLLING = "rolling"
 KIND_FORCE_SAVED = "force_saved"

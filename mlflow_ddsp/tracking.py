@@ -22,6 +22,7 @@ __all__ = [
     "ARTIFACTS_DIR",
     "resolve_tracking_uri",
     "local_artifact_root",
+    "embedded_store_folder",
     "prepare_store",
     "check_reachable",
     "ensure_experiment",
@@ -45,6 +46,12 @@ def _sqlite_path(uri: str) -> Path | None:
         return None
     path = uri[len("sqlite:///") :].split("?", 1)[0]
     return Path(path) if path and path != ":memory:" else None
+
+
+def embedded_store_folder(uri: str) -> Path | None:
+    """For a SQLite store, the folder holding its database (and its artifacts); else None."""
+    db = _sqlite_path(uri)
+    return db.resolve().parent if db else None
 
 
 def local_artifact_root(uri: str) -> str | None:

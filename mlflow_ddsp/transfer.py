@@ -13,7 +13,9 @@ inference scripts and GUI.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -25,6 +27,7 @@ import yaml
 from . import tags as T
 from .checkpoint import CheckpointQueue, CheckpointReader, RegistryStore
 from .checkpoint.files import CONFIG_FILE, load_checkpoint, sha256_file
+from .checkpoint.names import validate_experiment_name, validate_model_name
 from .config import Config, parse_config
 from .errors import CheckpointIntegrityError, ConfigError, one_line
 from .serving.model_files import pyfunc_files
@@ -104,7 +107,14 @@ def _check_same_architecture(store: RegistryStore, name: str, cfg: Config) -> No
 def import_experiment(
     expdir: str | Path, name: str, *, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT
 ) -> ImportReport:
-    """Register the checkpoints of an upstream experiment folder as versions of ``name``."""
+    """Register the checkpoints of an upstream experiment folder as versions of ``name``.
+
+    Raises:
+        ConfigError: a bad name, a missing or unreadable config or checkpoint, or a
+            checkpoint that does not fit its config; nothing is registered.
+    """
+    validate_model_name(name)
+    validate_experiment_name(experiment)
     expdir = Path(expdir)
     config_path = expdir / CONFIG_FILE
     if not config_path.is_file():
@@ -158,19 +168,68 @@ def import_experiment(
     return report
 
 
-def export_version(uri: str, outdir: str | Path, *, tracking_uri: str | None = None) -> Path:
-    """Write ``model_<N>.pt`` and ``config.yaml`` of a version into ``outdir`` (upstream layout)."""
+def _check_targets(outdir: Path, names: list[str], force: bool) -> None:
+    """Refuse to replace files in ``outdir`` unless ``force``; never anything but plain files."""
+    existing = [n for n in names if os.path.lexists(outdir / n)]
+    odd = [n for n in existing if (outdir / n).is_dir() and not (outdir / n).is_symlink()]
+    if odd:
+        raise ConfigError(f"{outdir / odd[0]} is a folder; export writes a file of that name: choose another OUTDIR")
+    if existing and not force:
+        raise ConfigError(
+            f"{outdir} already holds {', '.join(existing)}; export never overwrites your files: "
+            "choose an empty folder, or pass --force to replace them"
+        )
+
+
+def _write_atomically(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` through a temp file in the same folder, then rename.
+
+    ``os.replace`` replaces a symlink at ``target`` with the file itself: it never
+    writes through the link to whatever it points at.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def export_version(uri: str, outdir: str | Path, *, tracking_uri: str | None = None, force: bool = False) -> Path:
+    """Write ``model_<N>.pt`` and ``config.yaml`` of a version into ``outdir`` (upstream layout).
+
+    Both files are checked against their sha256 first, then written atomically.
+
+    Raises:
+        ConfigError: a file of that name exists in ``outdir`` and not ``force``
+            (nothing is written), or ``outdir`` cannot be a folder.
+        CheckpointIntegrityError, CheckpointNotFoundError: the version is damaged or absent.
+    """
     from .checkpoint.reader import parse_model_uri
 
     ref = parse_model_uri(uri)
     reader = CheckpointReader(ref.name, tracking_uri=tracking_uri)
     version = reader.resolve(uri)
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    if outdir.exists() and not outdir.is_dir():
+        raise ConfigError(f"{outdir} is a file, not a folder: choose a folder for OUTDIR")
+    names = [version.tags.get(T.CHECKPOINT_FILE) or f"model_{version.step}.pt", CONFIG_FILE]
+    _check_targets(outdir, names, force)  # before any download: nothing partial on refusal
     with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-export-") as tmp:
         manifest = reader.store.fetch_verified(version, tmp)  # sha256-checked
-        for name in (manifest.checkpoint_file, CONFIG_FILE):
-            shutil.copyfile(Path(tmp) / name, outdir / name)
+        names = [manifest.checkpoint_file, CONFIG_FILE]
+        _check_targets(outdir, names, force)
+        try:
+            outdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the folder {outdir}: {exc.strerror or exc}") from exc
+        for name in names:
+            _write_atomically(Path(tmp) / name, outdir / name)
         cfg = parse_config(yaml.safe_load((Path(tmp) / CONFIG_FILE).read_text()))
     if cfg.data.encoder == "logmel":
         log.warning("%s uses the 'logmel' units of mlflow-ddsp; upstream's inference cannot compute them", version.label)

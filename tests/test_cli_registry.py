@@ -38,15 +38,19 @@ def test_versions_table_and_json(backend, model_name, queue_with_history):
     result = cli(backend, "versions", model_name)
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
-    assert lines[0].split() == ["VERSION", "STEP", "KIND", "ALIASES", "SIZE", "SHA256", "RUN", "CREATED"]
+    assert lines[0].split() == ["VERSION", "STEP", "KIND", "ALIASES", "SIZE", "SHA256", "RUN", "CREATED", "KEPT"]
     rows = [line.split() for line in lines[1:]]
-    assert [(r[1], r[2], r[3]) for r in rows] == [("20", "force_saved", "-"), ("40", "force_saved", "-"), ("50", "rolling", "rolling")]
+    assert [(r[1], r[2], r[3], r[-1]) for r in rows] == [
+        ("20", "force_saved", "-", "force_saved"), ("40", "force_saved", "-", "force_saved"),
+        ("50", "rolling", "rolling", "newest"),
+    ]  # fmt: skip
     assert all(" ok " in f" {line} " for line in lines[1:])
 
     result = cli(backend, "versions", model_name, "--json")
     data = json.loads(result.stdout)
     assert [d["step"] for d in data] == [20, 40, 50]
     assert data[-1]["aliases"] == ["rolling"] and all(d["sha256_ok"] is True for d in data)
+    assert data[-1]["kept"] == ["newest"] and data[0]["kept"] == ["force_saved"]
     assert all(d["size_bytes"] > 0 for d in data)
 
 

@@ -69,11 +69,31 @@ def test_second_writer_fails_fast_naming_the_holder(backend, model_name):
     open_queue(backend, model_name).close()  # free again once the first writer closed
 
 
-def test_concurrent_acquires_have_exactly_one_winner(backend, model_name):
+def plant_stale_lease(store: RegistryStore, name: str, owner: str = "crashed-long-ago") -> None:
+    """A lease of another machine whose heartbeat stopped long ago: anyone may take it over."""
+    tags = {
+        T.LEASE_MARKER: T.LEASE_MARKER_VALUE, T.LEASE_OWNER: owner, T.LEASE_HOST: "gpu-box-7",
+        T.LEASE_PID: "4242", T.LEASE_HEARTBEAT: f"{time.time() - 3600:.3f}", T.LEASE_TTL: "60",
+    }  # fmt: skip
+    assert store.try_create_registered_model(lease_model_name(name), tags, "planted")
+
+
+def lease_models(backend, name: str) -> list[str]:
+    """Every registered model whose name starts with the lease's (leases and tombstones)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(backend.uri, backend.uri)
+    return sorted(m.name for m in client.search_registered_models(f"name LIKE '{lease_model_name(name)}%'"))
+
+
+@pytest.mark.parametrize("stale_lease_first", [False, True], ids=["free", "stale"])
+def test_concurrent_acquires_have_exactly_one_winner(backend, model_name, stale_lease_first):
     contenders = 4
     store = RegistryStore(backend.uri)
     store.ensure_registered_model(model_name, "lease race")
-    for _round in range(3):
+    for round_ in range(3):
+        if stale_lease_first:  # every contender tries to take the same stale lease over at once
+            plant_stale_lease(store, model_name, owner=f"crashed{round_}")
         barrier = threading.Barrier(contenders)
         leases = [WriterLease(RegistryStore(backend.uri), model_name) for _ in range(contenders)]
         outcomes: list[object] = [None] * contenders
@@ -93,8 +113,26 @@ def test_concurrent_acquires_have_exactly_one_winner(backend, model_name):
             t.join(timeout=120)
         assert outcomes.count("held") == 1, outcomes
         winner = leases[outcomes.index("held")]
-        winner.check()
+        winner.check()  # no live lease was retired by a loser
+        assert store.registered_model_tags(lease_model_name(model_name))[T.LEASE_OWNER] == winner.owner
         winner.release()
+        assert lease_models(backend, model_name) == []  # no tombstone left behind
+
+
+def test_a_model_that_is_not_our_lease_is_refused_and_never_touched(backend, model_name):
+    from mlflow import MlflowClient
+
+    store = RegistryStore(backend.uri)
+    someone = lease_model_name(model_name)
+    store.ensure_registered_model(someone, "a person's own model that happens to have this name")
+    store.set_registered_model_tag(someone, T.LEASE_HEARTBEAT, "0")  # even one that looks stale
+    for takeover in (False, True):
+        with pytest.raises(LeaseHeldError) as info:
+            open_queue(backend, model_name, takeover=takeover)
+        message = str(info.value)
+        assert "\n" not in message and "is not an mlflow-ddsp writer lease" in message and someone in message
+    assert MlflowClient(backend.uri, backend.uri).get_registered_model(someone).description.startswith("a person's")
+    assert lease_models(backend, model_name) == [someone]
 
 
 @pytest.mark.slow
@@ -141,6 +179,7 @@ def test_lease_from_another_machine_is_respected_until_its_ttl(embedded, model_n
     def plant(heartbeat_age: float) -> None:
         store.delete_registered_model(lease_model_name(model_name))
         tags = {
+            T.LEASE_MARKER: T.LEASE_MARKER_VALUE,
             T.LEASE_OWNER: "someone-else", T.LEASE_HOST: "gpu-box-7", T.LEASE_PID: "4242",
             T.LEASE_PROCESS: "another-boot:1", T.LEASE_HEARTBEAT: f"{time.time() - heartbeat_age:.3f}",
             T.LEASE_TTL: "60",

@@ -106,41 +106,74 @@ def test_restore_brings_back_weights_optimizer_and_step(backend, model_name):
         assert torch.equal(saved[index]["exp_avg_sq"], restored[index]["exp_avg_sq"])
 
 
-def test_restore_falls_back_past_a_corrupt_rolling_version(backend, model_name, caplog):
+def corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the sha256 can tell
+    path.write_bytes(bytes(data))
+
+
+def test_start_finds_a_corrupt_rolling_version_and_falls_back(backend, model_name, caplog):
     model, _ = tiny_model()
     with open_queue(backend, model_name) as queue:
         forced = queue.save(20, model).result()
         train_a_bit(model, torch.optim.SGD(model.parameters(), lr=0.1))
         rolling = queue.save(30, model).result()
-        broken = artifact_folder(backend, queue.store, rolling) / "model_30.pt"
-    data = bytearray(broken.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # same size: only the sha256 can tell
-    broken.write_bytes(bytes(data))
+        corrupt(artifact_folder(backend, queue.store, rolling) / "model_30.pt")
 
     fresh, _ = tiny_model(seed=5)
     with caplog.at_level(logging.WARNING, logger="mlflow_ddsp"), open_queue(backend, model_name) as queue:
         assert queue.restore(fresh) == 20
         store = queue.store
-    assert "model_30.pt is" in caplog.text and "falling back" in caplog.text
+    assert "model_30.pt is" in caplog.text and "sha256" in caplog.text  # the start's byte check names the file
     assert store.alias_version(model_name, "rolling") == forced.version
     assert versions_by_step(store, model_name) == {20: "force_saved"}
     assert_invariants(store, backend, model_name)
 
 
-def test_restore_from_a_pinned_version_records_it_as_parent(backend, model_name):
+def test_restore_falls_back_without_deleting_and_the_next_save_retires(backend, model_name, caplog):
     model, _ = tiny_model()
     with open_queue(backend, model_name) as queue:
-        pinned = queue.save(20, model).result()
-        queue.save(30, model).result()
-    fresh, _ = tiny_model(seed=3)
-    with open_queue(backend, model_name) as queue:
-        assert queue.restore(fresh, source=f"models:/{model_name}/{pinned.version}") == 20
-        assert queue.restore(fresh, source=pinned.version) == 20
+        queue.save(20, model).result()
+        rolling = queue.save(30, model).result()
+    with caplog.at_level(logging.WARNING, logger="mlflow_ddsp"), open_queue(backend, model_name) as queue:
+        corrupt(artifact_folder(backend, queue.store, rolling) / "model_30.pt")  # after the start's check
+        assert queue.restore(tiny_model(seed=5)[0]) == 20
+        assert "falling back" in caplog.text
+        store = queue.store
+        assert versions_by_step(store, model_name) == {20: "force_saved", 30: "rolling"}  # restore never deletes
+        assert store.get_version(model_name, store.alias_version(model_name, "rolling")).step == 20
+        queue.save(50, model).result()
+    assert versions_by_step(store, model_name) == {20: "force_saved", 50: "rolling"}
+    assert_invariants(store, backend, model_name)
+
+
+def test_a_starting_point_is_used_only_until_the_model_has_its_own_checkpoints(backend, model_name, caplog):
+    base_name = model_name + "-base"
+    model, _ = tiny_model()
+    with open_queue(backend, base_name) as base:
+        pinned = base.save(20, model).result()
+        base.save(30, model).result()
+    source = f"models:/{base_name}/{pinned.version}"
+
+    fresh, optimizer = tiny_model(seed=3)
+    with open_queue(backend, model_name) as queue:  # a fine-tune: nothing of its own yet
+        assert queue.restore(fresh, source=source) == 20
+        train_a_bit(fresh, optimizer)
         child = queue.save(25, fresh).result()
     assert child.tags[T.PARENT_VERSION] == str(pinned.version)
-    assert child.tags[T.PARENT_STEP] == "20" and child.tags[T.PARENT_MODEL] == model_name
-    for key, tensor in model.state_dict().items():
-        assert torch.equal(fresh.state_dict()[key], tensor)
+    assert child.tags[T.PARENT_STEP] == "20" and child.tags[T.PARENT_MODEL] == base_name
+
+    # The same command again (a preemptible job restarting): it resumes from its own checkpoint.
+    again, _ = tiny_model(seed=4)
+    with caplog.at_level(logging.WARNING, logger="mlflow_ddsp"), open_queue(backend, model_name) as queue:
+        assert queue.restore(again, source=source) == 25
+        assert queue.restore(again, source=pinned.version) == 25
+        assert queue.restored_from.version == child.version
+    assert f"not from the starting point {source}" in caplog.text
+    assert len([r for r in caplog.records if "starting point" in r.getMessage()][0].getMessage().splitlines()) == 1
+    for key, tensor in fresh.state_dict().items():
+        assert torch.equal(again.state_dict()[key], tensor)
+    assert versions_by_step(RegistryStore(backend.uri), model_name) == {25: "rolling"}
 
 
 def test_same_step_is_saved_once(embedded, model_name):

@@ -1,21 +1,21 @@
-"""Audit a checkpoint queue: every version's bytes against its registration, and the invariants.
+"""Audit a checkpoint queue: every version's bytes against its registration, and the plan.
 
 Backs ``mlflow-ddsp versions`` and ``mlflow-ddsp verify``. Read-only: it never
-takes the writer lease and never changes the registry.
+takes the writer lease and never changes the registry. What ``gc`` would change
+comes from the same retention planner that saves and ``gc`` use, under the
+policy the queue recorded.
 """
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from ..errors import CheckpointIntegrityError, CheckpointNotFoundError
-from ..tags import KIND_ROLLING
-from .gc import take_snapshot
-from .reconcile import ReconcilePlan, plan_reconcile
-from .records import CheckpointVersion
+from ..errors import CheckpointNotFoundError
+from .gc import recorded_policy, take_snapshot
+from .records import CheckpointVersion, Integrity
 from .registry import RegistryStore
+from .retention import RetentionPlan, assume_intact, plan_retention
 
 __all__ = ["VersionAudit", "QueueAudit", "audit_queue"]
 
@@ -24,8 +24,14 @@ __all__ = ["VersionAudit", "QueueAudit", "audit_queue"]
 class VersionAudit:
     version: CheckpointVersion
     aliases: list[str]
-    intact: bool | None  # None: not checked
+    integrity: Integrity | None  # None: not checked
     problem: str | None = None
+    kept: tuple[str, ...] = ()  # why it stays (empty: gc would delete it, or not ours)
+    protected: tuple[str, ...] = ()  # a person's alias or keep tag
+
+    @property
+    def intact(self) -> bool | None:
+        return None if self.integrity is None else self.integrity is Integrity.INTACT
 
 
 @dataclass
@@ -33,7 +39,7 @@ class QueueAudit:
     name: str
     alias: str
     versions: list[VersionAudit]
-    plan: ReconcilePlan  # what `gc` would repair
+    plan: RetentionPlan  # what `gc` would change
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -41,21 +47,10 @@ class QueueAudit:
         return not self.problems
 
 
-def _check(store: RegistryStore, version: CheckpointVersion) -> tuple[bool, str | None]:
-    if not version.is_queue_version:
-        return True, None  # not ours: nothing recorded to check against
-    with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-verify-") as tmp:
-        try:
-            store.fetch_verified(version, tmp)
-        except (CheckpointIntegrityError, CheckpointNotFoundError) as exc:
-            return False, str(exc)
-    return True, None
-
-
 def audit_queue(
     store: RegistryStore,
     name: str,
-    alias: str,
+    alias: str | None = None,
     *,
     deep: bool = True,
     progress: Callable[[Iterable], Iterable] = lambda it: it,
@@ -63,36 +58,46 @@ def audit_queue(
     """Check queue ``name``.
 
     Args:
-        deep: download every version and check every file's sha256 (else only
-            the cheap listing check that reconcile uses).
+        alias: the rolling alias; default: the one the queue recorded.
+        deep: download every version and check every byte (:meth:`RegistryStore.check`);
+            without it nothing is judged (no evidence, no damage).
         progress: wraps the per-version loop, e.g. ``tqdm``.
+    Raises:
+        CheckpointNotFoundError: ``name`` does not exist.
     """
     if not store.registered_model_exists(name):
         raise CheckpointNotFoundError(f"registered model {name!r} does not exist at {store.tracking_uri}")
-    snapshot = take_snapshot(store, name, alias)
-    aliases = store.aliases_by_version(name)
-    results: dict[int, tuple[bool, str | None]] = {}
+    alias, policy = recorded_policy(store, name, alias)
+    snapshot = take_snapshot(store, name)
+    results: dict[int, tuple[Integrity, str | None]] = {}
+    if deep:
+        for v in progress(snapshot.versions):
+            if v.is_queue_version:  # others have nothing recorded to check against
+                results[v.version] = store.check(v)
+    check = (lambda v: results[v.version][0]) if deep else assume_intact
+    plan = plan_retention(snapshot, policy, alias, check)
 
-    def intact(v: CheckpointVersion) -> bool:
-        if v.version not in results:
-            results[v.version] = _check(store, v) if deep else (store.looks_intact(v), None)
-        return results[v.version][0]
-
-    for v in progress(snapshot.versions):
-        intact(v)
-    plan = plan_reconcile(snapshot, intact)
-
-    audits = []
-    problems = []
+    audits, problems = [], []
     for v in snapshot.versions:
-        ok, why = results[v.version]
-        if not ok:
-            problems.append(why or f"{v.label}: files missing or not at their registered size")
-        audits.append(VersionAudit(v, sorted(aliases.get(v.version, [])), ok, why))
-    if plan.move_alias:
-        where = f"v{snapshot.alias_version}" if snapshot.alias_version is not None else "nothing"
-        want = plan.alias_target.label if plan.alias_target else "nothing"
-        problems.append(f"alias '{alias}' points at {where}, expected {want}")
-    problems += [f"stale rolling version {v.label} (more than one rolling version)" for v in plan.delete_versions if v.kind == KIND_ROLLING and results[v.version][0]]
+        integrity, why = results.get(v.version, (None, None))
+        if integrity not in (None, Integrity.INTACT):
+            problems.append(why or f"{v.label}: {integrity.value}")
+        audits.append(
+            VersionAudit(
+                v, snapshot.aliases_of(v.version), integrity, why,
+                kept=plan.kept.get(v.version, ()), protected=plan.protected.get(v.version, ()),
+            )
+        )  # fmt: skip
+    if plan.store_unavailable:
+        problems.append("no version has any file in the artifact store (not mounted?)")
+    for moved, target in plan.alias_moves:
+        where = snapshot.aliases.get(moved)
+        want = target.label if target else "nothing"
+        problems.append(f"alias '{moved}' points at {f'v{where}' if where is not None else 'nothing'}, expected {want}")
+    problems += [
+        f"{v.label} is kept by no rule (`mlflow-ddsp gc {name}` deletes it)"
+        for v in plan.delete_versions
+        if results.get(v.version, (Integrity.INTACT,))[0] is Integrity.INTACT
+    ]
     problems += [f"orphaned checkpoint files {m.model_id} (step {m.step}, {m.status.lower()})" for m in plan.delete_models]
     return QueueAudit(name, alias, audits, plan, problems)

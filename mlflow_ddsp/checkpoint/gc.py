@@ -1,43 +1,117 @@
-"""Apply reconcile plans to the registry: the I/O half of ``reconcile.py``.
+"""Apply retention plans to the registry: the one deleter, the I/O half of ``retention.py``.
 
-Used by every queue start and by ``mlflow-ddsp gc``; both hold the writer
-lease, so no save is in flight while this runs.
+Every deletion in this package goes through :func:`apply_plan`: after a save,
+at every queue start (reconcile), and for ``mlflow-ddsp gc``. All of them hold
+the writer lease, so no other save is in flight. Before deleting a version the
+deleter reads it once more and skips it if a person protected it since the
+plan was made (a window of one request remains: MLflow has no compare-and-set).
+
+It deletes only what its queue wrote (LoggedModels tagged ``mlflow_ddsp.queue``
+with this registered model's name) and frees bytes only inside the store it was
+opened on (:meth:`RegistryStore.owns_location`: a copied store never touches the
+original's files).
+
+Commit order of one retirement, each step a crash point (``faults.py``):
+the registry entry (``after_delete_version``), then the bytes
+(``after_delete_bytes``), then the LoggedModel record (``after_delete_record``).
+A crash in between leaves a LoggedModel no version uses, which the next plan
+lists as an orphan and removes; the other order would leave bytes no record
+lists, which nothing would ever find again.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Callable
 
-from .reconcile import ReconcilePlan, RegistrySnapshot, plan_reconcile
-from .records import CheckpointVersion
+from .. import tags as T
+from ..errors import ArtifactStoreUnavailable, CheckpointNotFoundError
+from .policy import DEFAULT_ALIAS, RetentionPolicy
+from .records import CheckpointVersion, Integrity
 from .registry import LoggedModelRef, RegistryStore
+from .retention import RegistrySnapshot, RetentionPlan, plan_retention
 
-__all__ = ["take_snapshot", "retire_version", "remove_files", "apply_plan", "collect"]
+__all__ = [
+    "take_snapshot",
+    "record_policy",
+    "recorded_policy",
+    "retire_version",
+    "remove_files",
+    "apply_plan",
+    "collect",
+]
+
+log = logging.getLogger(__name__)
 
 
 def _no_hook(point: str) -> None:
     return None
 
 
-def take_snapshot(store: RegistryStore, name: str, alias: str) -> RegistrySnapshot:
-    versions = store.list_versions(name) if store.registered_model_exists(name) else []
-    return RegistrySnapshot(
-        versions=versions,
-        alias_version=store.alias_version(name, alias) if versions else None,
-        queue_models=store.queue_models(name, store.experiment_ids(name)),
+def take_snapshot(store: RegistryStore, name: str, *, with_files: bool = True) -> RegistrySnapshot:
+    """The registry state of queue ``name``; ``with_files`` also lists its LoggedModels (orphans)."""
+    if not store.registered_model_exists(name):
+        return RegistrySnapshot(versions=(), aliases={})
+    versions = store.list_versions(name)
+    aliases = store.aliases(name)
+    models = store.queue_models(name, store.experiment_ids(name)) if with_files else ()
+    return RegistrySnapshot(versions=versions, aliases=aliases, queue_models=models)
+
+
+def record_policy(store: RegistryStore, name: str, alias: str, policy: RetentionPolicy) -> None:
+    """Store the queue's alias and retention options on the registered model, for ``gc``/``versions``."""
+    value = json.dumps(
+        {"alias": alias, "keep_last": policy.keep_last, "best_metric": policy.best_metric, "best_mode": policy.best_mode},
+        sort_keys=True,
     )
+    if store.registered_model_tags(name).get(T.RETENTION) != value:
+        store.set_registered_model_tag(name, T.RETENTION, value)
 
 
-def remove_files(store: RegistryStore, model: LoggedModelRef, after: Callable[[str], None] = _no_hook) -> None:
-    """Free a checkpoint's bytes, then drop its LoggedModel record.
+def recorded_policy(store: RegistryStore, name: str, alias: str | None = None) -> tuple[str, RetentionPolicy]:
+    """The alias and retention options the last queue of ``name`` recorded (defaults if none).
 
-    Bytes first: a crash in between leaves a live record pointing at nothing,
-    which the next reconcile finds and finishes; the other order would leave
-    bytes that no record lists, which nothing would ever find again.
+    ``alias`` overrides the recorded alias. The intervals play no part in a
+    plan (a version's kind is its tag), so they are not recorded.
     """
-    store.delete_bytes(model)
+    raw: dict = {}
+    try:
+        raw = json.loads(store.registered_model_tags(name).get(T.RETENTION, "{}"))
+    except (ValueError, CheckpointNotFoundError):
+        pass
+    raw = raw if isinstance(raw, dict) else {}
+    policy = RetentionPolicy(
+        interval_val=1,
+        interval_force_save=None,
+        keep_last=raw.get("keep_last", 1),
+        best_metric=raw.get("best_metric"),
+        best_mode=raw.get("best_mode", "min"),
+    )
+    return alias or raw.get("alias") or DEFAULT_ALIAS, policy
+
+
+def remove_files(
+    store: RegistryStore, name: str, files: LoggedModelRef, after: Callable[[str], None] = _no_hook
+) -> None:
+    """Free a checkpoint's bytes, then drop its LoggedModel record, if this queue wrote them.
+
+    Bytes outside the store's own artifact folder (a copied embedded store) are
+    left alone; the record, which lives in this store's database, still goes.
+    """
+    if files.queue != name:
+        log.warning("not deleting LoggedModel %s: it was not written by the queue of %r", files.model_id, name)
+        return
+    if store.owns_location(files.artifact_location):
+        store.delete_bytes(files)
+    else:
+        log.warning(
+            "not deleting %s: it lies outside this store's folder (a copy of another store?); "
+            "only its record in this store is removed",
+            files.artifact_location,
+        )
     after("after_delete_bytes")
-    store.delete_record(model.model_id)
+    store.delete_record(files.model_id)
     after("after_delete_record")
 
 
@@ -45,38 +119,98 @@ def retire_version(
     store: RegistryStore,
     version: CheckpointVersion,
     after: Callable[[str], None] = _no_hook,
-    *,
-    files: LoggedModelRef | None = None,
-) -> None:
+) -> bool:
     """Delete a version: registry entry, then bytes, then LoggedModel record.
 
-    The caller must have moved every alias off ``version`` first (MLflow would
-    silently drop the alias along with the version). ``files`` saves a lookup
-    when the caller already knows where the version's files are.
+    The caller must have moved the queue's aliases off ``version`` (MLflow
+    silently drops an alias with its version). Returns False, deleting nothing,
+    when the version now carries an alias or the keep tag (protected since the
+    plan was made) or is already gone.
     """
-    if files is None and version.model_id:
-        files = store.files_of(version)
+    try:
+        fresh = store.get_version(version.name, version.version)
+        aliases = store.version_aliases(version.name, version.version)
+    except CheckpointNotFoundError:
+        return False
+    if aliases or fresh.keep:
+        why = f"alias {', '.join(aliases)}" if aliases else f"{T.KEEP}=true"
+        log.warning("%s is protected (%s) since the plan was made: not deleted", version.label, why)
+        return False
+    files = None
+    if version.model_id:
+        try:
+            files = store.get_files(version.model_id)
+        except CheckpointNotFoundError:
+            files = None  # its record is gone already: nothing left to free
     store.delete_version(version.name, version.version)
     after("after_delete_version")
     if files is not None:
-        remove_files(store, files, after)
+        remove_files(store, version.name, files, after)
+    return True
 
 
-def apply_plan(store: RegistryStore, name: str, alias: str, plan: ReconcilePlan) -> None:
-    if plan.move_alias:
-        if plan.alias_target is None:
+def apply_plan(store: RegistryStore, name: str, plan: RetentionPlan, after: Callable[[str], None] = _no_hook) -> None:
+    """Apply ``plan``: aliases first, then deletions (each re-checked just before)."""
+    for alias, target in plan.alias_moves:
+        if target is None:
             store.delete_alias(name, alias)
         else:
-            store.set_alias(name, alias, plan.alias_target.version)
+            store.set_alias(name, alias, target.version)
+    if plan.alias_moves:
+        after("after_alias")
     for version in plan.delete_versions:
-        retire_version(store, version)
+        retire_version(store, version, after)
     for model in plan.delete_models:
-        remove_files(store, LoggedModelRef(model.model_id, model.artifact_location))
+        remove_files(store, name, LoggedModelRef(model.model_id, model.artifact_location, name))
 
 
-def collect(store: RegistryStore, name: str, alias: str, *, dry_run: bool = False) -> ReconcilePlan:
-    """Plan the repairs for queue ``name`` and apply them unless ``dry_run``."""
-    plan = plan_reconcile(take_snapshot(store, name, alias), store.looks_intact)
+def _unavailable(store: RegistryStore, name: str, snapshot: RegistrySnapshot) -> ArtifactStoreUnavailable:
+    ours = [v for v in snapshot.versions if v.is_queue_version]
+    where = "its artifact store"
+    if ours:
+        try:
+            where = store.files_of(max(ours, key=CheckpointVersion.newness)).artifact_location
+        except CheckpointNotFoundError:
+            pass
+    return ArtifactStoreUnavailable(
+        f"none of the {len(ours)} checkpoint versions of {name!r} has any file at {where}: if the artifact "
+        f"store is not mounted yet, mount it and start again (nothing was deleted); if the files are "
+        f"really gone, `mlflow-ddsp gc {name} --forget-missing` removes their versions"
+    )
+
+
+def collect(
+    store: RegistryStore,
+    name: str,
+    alias: str | None = None,
+    policy: RetentionPolicy | None = None,
+    *,
+    dry_run: bool = False,
+    forget_missing: bool = False,
+) -> RetentionPlan:
+    """Check, plan and (unless ``dry_run``) apply: reconcile at a queue start, and ``gc``.
+
+    The newest versions are downloaded and checked byte for byte
+    (:meth:`RegistryStore.check`) until an intact one is found, for the alias
+    and for ``best``. Without ``policy``/``alias``, the ones the queue recorded.
+
+    Raises:
+        ArtifactStoreUnavailable: every version's files are missing; nothing was changed.
+        RegistryError: the registry or the store cannot be read; nothing was changed.
+    """
+    recorded_alias, recorded = recorded_policy(store, name, alias)
+    alias, policy = alias or recorded_alias, policy or recorded
+    snapshot = take_snapshot(store, name)
+
+    def check(version: CheckpointVersion) -> Integrity:
+        state, why = store.check(version)
+        if why:
+            log.warning("%s", why)
+        return state
+
+    plan = plan_retention(snapshot, policy, alias, check, forget_missing=forget_missing)
+    if plan.store_unavailable:
+        raise _unavailable(store, name, snapshot)
     if not dry_run:
-        apply_plan(store, name, alias, plan)
+        apply_plan(store, name, plan)
     return plan

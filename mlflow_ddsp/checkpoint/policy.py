@@ -1,49 +1,35 @@
-"""Retention policy: which checkpoints stay. Pure logic, no I/O.
+"""Retention policy: which checkpoints stay, as options. Pure logic, no I/O.
 
-Upstream DDSP-SVC's rule, restated: at every validation step ``s`` it writes
-``model_<s>.pt`` and deletes the previous validation checkpoint unless that one
-was saved at a multiple of ``interval_force_save``. So the kept set is every
-force-save step plus the newest checkpoint. Here the newest checkpoint is the
-one the rolling alias points to, and force-saved checkpoints are immutable
-model versions.
+The rule follows upstream DDSP-SVC's diffusion and reflow trainers
+(``train_diff.py``/``train_reflow.py``): at every validation step ``s`` they
+write ``model_<s>.pt`` and delete the previous validation checkpoint unless that
+one was saved at a multiple of ``interval_force_save``. So the kept set is every
+force-save step plus the newest checkpoint. (Upstream's pure-DDSP trainer,
+``solver.py``, deletes nothing; ``keep_last`` is how to keep more.) Here the
+newest checkpoint is the one the rolling alias points to, and force-saved
+checkpoints are immutable model versions. Two options of ours widen it:
+``keep_last`` (the newest N checkpoints stay) and ``best_metric`` (the best
+checkpoint by a metric stays while it is best, under the alias ``best``).
 
 Upstream silently keeps only multiples of lcm(interval_val,
 interval_force_save) when the force interval is not a multiple of the
 validation interval; we refuse such a pair instead.
+
+``retention.py`` applies this policy to a registry's state.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..tags import KIND_FORCE_SAVED, KIND_ROLLING
 
-__all__ = ["RetentionPolicy", "validate_alias", "DEFAULT_ALIAS"]
+__all__ = ["RetentionPolicy", "DEFAULT_ALIAS", "BEST_ALIAS", "BEST_MODES"]
 
 DEFAULT_ALIAS = "rolling"
-
-# MLflow refuses these alias names: `latest` (any case) already means "highest
-# version number", and v<digits> would be ambiguous with version numbers.
-_RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
-_ALIAS_CHARS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
-
-
-def validate_alias(alias: object) -> str:
-    """Return ``alias`` if MLflow accepts it as a model alias, else raise ConfigError."""
-    if not isinstance(alias, str) or not _ALIAS_CHARS.match(alias):
-        raise ConfigError(
-            f"alias={alias!r} is not a valid model alias: use 1-255 characters from "
-            "[A-Za-z0-9_-], e.g. 'rolling'"
-        )
-    if _RESERVED_ALIAS.match(alias):
-        raise ConfigError(
-            f"alias={alias!r} is reserved by MLflow ('latest' and 'v<N>' already mean "
-            "'newest version' and 'version N'); use another name, e.g. 'rolling'"
-        )
-    return alias
-
+BEST_ALIAS = "best"  # the queue's alias on the best checkpoint by ``best_metric``
+BEST_MODES = ("min", "max")
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -57,15 +43,40 @@ class RetentionPolicy:
         interval_val: steps between validations (and checkpoint saves); > 0.
         interval_force_save: steps between checkpoints kept forever; a positive
             multiple of ``interval_val``, or None to never force-save.
+        keep_last: how many of the newest checkpoints stay (1: upstream's rule).
+        best_metric: a metric given to ``save(metrics=...)``; the checkpoint with
+            its best value so far stays (alias ``best``). None: no best.
+        best_mode: ``"min"`` (lower is better, e.g. a loss) or ``"max"``.
+
+    Raises:
+        ConfigError: naming the option, its value and what is allowed.
     """
 
     interval_val: int
     interval_force_save: int | None
+    keep_last: int = 1
+    best_metric: str | None = None
+    best_mode: str = "min"
 
     def __post_init__(self) -> None:
         iv, ifs = self.interval_val, self.interval_force_save
         if not _is_int(iv) or iv <= 0:
             raise ConfigError(f"train.interval_val={iv!r} must be a positive integer")
+        if not _is_int(self.keep_last) or self.keep_last < 1:
+            raise ConfigError(
+                f"train.keep_last={self.keep_last!r} must be an integer >= 1 "
+                "(1 keeps only the newest checkpoint, as upstream DDSP-SVC)"
+            )
+        if self.best_metric is not None and (not isinstance(self.best_metric, str) or not self.best_metric.strip()):
+            raise ConfigError(
+                f"train.best_metric={self.best_metric!r} must be a metric name such as "
+                "'validation/loss', or null for no best checkpoint"
+            )
+        if self.best_mode not in BEST_MODES:
+            raise ConfigError(
+                f"train.best_mode={self.best_mode!r} must be one of {', '.join(BEST_MODES)} "
+                "('min': lower is better, as for a loss)"
+            )
         if ifs is None:
             return
         if not _is_int(ifs) or ifs <= 0 or ifs % iv != 0:
@@ -90,3 +101,29 @@ class RetentionPolicy:
     def kind(self, step: int) -> str:
         """The version kind a checkpoint saved at ``step`` gets."""
         return KIND_FORCE_SAVED if self.is_force_save(step) else KIND_ROLLING
+
+    def describe(self) -> str:
+        """One line for the start of training: what will be kept, and how to keep more."""
+        newest = "the newest checkpoint" if self.keep_last == 1 else f"the newest {self.keep_last} checkpoints"
+        parts = [newest]
+        if self.interval_force_save is not None:
+            parts.append(f"every {_ordinal(self.interval_force_save)} step forever")
+        if self.best_metric is not None:
+            better = "lowest" if self.best_mode == "min" else "highest"
+            parts.append(f"the best by {self.best_metric} ({better}; alias '{BEST_ALIAS}')")
+        parts.append("every version you protect (an alias of your own, or `mlflow-ddsp keep`)")
+        text = "keeping " + ", ".join(parts[:-1]) + " and " + parts[-1]
+        if self.interval_force_save is None:
+            text += (
+                f"; older checkpoints are deleted: set train.interval_force_save (e.g. {self.interval_val * 5})"
+                " or train.keep_last to keep more"
+            )
+        return text
+
+
+def _ordinal(n: int) -> str:
+    if 10 <= n % 100 <= 20:
+        suffix = "th"
+    else:
+        suffix = {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

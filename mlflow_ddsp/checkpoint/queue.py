@@ -2,8 +2,12 @@
 
 The queue keeps what upstream DDSP-SVC keeps (every force-save step, plus the
 newest checkpoint) as registered model versions: force-saved versions are
-immutable, the newest one carries the rolling alias, and the previous rolling
-version is deleted (registry entry and bytes) once the alias has moved on.
+immutable, the newest one carries the rolling alias, and a rolling version no
+rule keeps any more is deleted (registry entry and bytes) once the alias has
+moved on. ``keep_last`` and ``best_metric`` keep more; a version a person
+protected (an alias of theirs, or the tag ``mlflow_ddsp.keep=true``) is never
+deleted. What stays is decided in one place, ``retention.py``, and deleted by
+one deleter, ``gc.py``.
 
 Commit order of one save at step ``s``. Each arrow is a named crash point
 (``faults.py``); the kill tests SIGKILL a training process at every one and
@@ -21,8 +25,11 @@ invariants with nothing durable lost:
     6. fence     check the writer lease, then
        register  a model version, tags step/kind/sha256/size/manifest sha256,
                  set in the same call: THE COMMIT POINT                 -> after_register
-    7. alias     move the alias to it                                   -> after_alias
-    8. retire    the previous rolling version: registry entry           -> after_delete_version
+    7. plan      from the registry's state (versions, aliases, tags), what
+                 stays (``retention.py``); the previous version is never
+                 taken from memory, so a half-applied plan is finished here
+       alias     move the alias (and ``best``) as planned               -> after_alias
+    8. retire    each rolling version no rule keeps: registry entry     -> after_delete_version
                  then its bytes                                         -> after_delete_bytes
                  then its LoggedModel record                            -> after_delete_record
 
@@ -41,6 +48,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -59,33 +67,37 @@ from ..errors import CheckpointIntegrityError, CheckpointSaveError, ConfigError,
 from ..tracking import DEFAULT_EXPERIMENT
 from .faults import crash_point
 from .files import MANIFEST_FILE, FileDigest, Manifest, write_checkpoint
-from .gc import collect, retire_version
+from .gc import apply_plan, collect, record_policy, take_snapshot
 from .lease import DEFAULT_LEASE_TTL, WriterLease
-from .policy import DEFAULT_ALIAS, RetentionPolicy, validate_alias
-from .reader import CheckpointReader, RestoredCheckpoint, load_into, unwrap_model
+from .names import logged_model_name, validate_alias, validate_experiment_name, validate_model_name
+from .policy import BEST_ALIAS, DEFAULT_ALIAS, RetentionPolicy
+from .reader import CheckpointReader, load_into, unwrap_model
 from .records import CheckpointVersion
 from .registry import LoggedModelRef, RegistryStore
+from .retention import plan_retention
 from .staging import StagingBuffer
 
-__all__ = ["CheckpointQueue", "validate_model_name"]
+__all__ = ["CheckpointQueue"]
 
 log = logging.getLogger(__name__)
 
 WHEN_BUSY = ("wait", "skip")
-_FORBIDDEN_NAME_CHARS = set("/:@'\"`\\")
-_SCRATCH = Path(tempfile.gettempdir()) / "mlflow-ddsp-staging"
 
 
-def validate_model_name(name: object) -> str:
-    """Registered model names must survive ``models:/NAME/7`` URIs and search filters."""
-    if not isinstance(name, str) or not name.strip() or name != name.strip():
-        raise ConfigError(f"registered_model={name!r} must be a non-empty name without surrounding spaces")
-    bad = sorted(_FORBIDDEN_NAME_CHARS & set(name))
-    if bad:
-        raise ConfigError(
-            f"registered_model={name!r} contains {''.join(bad)!r}; use letters, digits, spaces and . _ -"
+def _scratch_root() -> Path:
+    """This OS user's own staging folder (mode 0700): users of one machine never share it."""
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return Path(tempfile.gettempdir()) / f"mlflow-ddsp-staging-{user}"
+
+
+def _scratch() -> Path:
+    root = _scratch_root()
+    root.mkdir(mode=0o700, exist_ok=True)
+    if hasattr(os, "getuid") and root.stat().st_uid != os.getuid():
+        raise CheckpointSaveError(
+            f"the staging folder {root} belongs to another user; remove it or set TMPDIR to a folder of yours"
         )
-    return name
+    return root
 
 
 def _config_bytes(config: Mapping[str, Any] | str | os.PathLike | bytes | None) -> bytes:
@@ -103,9 +115,10 @@ def _config_bytes(config: Mapping[str, Any] | str | os.PathLike | bytes | None) 
 
 def _clean_scratch() -> None:
     """Remove staging folders left by processes that died mid-save (named <pid>-...)."""
-    if not _SCRATCH.is_dir():
+    root = _scratch_root()
+    if not root.is_dir():
         return
-    for entry in _SCRATCH.iterdir():
+    for entry in root.iterdir():
         pid = entry.name.split("-", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
@@ -138,7 +151,12 @@ class CheckpointQueue:
         interval_val: steps between validation saves (upstream ``train.interval_val``).
         interval_force_save: steps between checkpoints kept forever, a multiple of
             ``interval_val``; None never force-saves.
-        alias: the alias of the newest checkpoint (not ``latest``: MLflow reserves it).
+        alias: the alias of the newest checkpoint (not ``latest``: MLflow reserves it;
+            not ``best``: the queue's alias of the best checkpoint).
+        keep_last: the newest N checkpoints stay (1: upstream's rule).
+        best_metric: a metric passed to :meth:`save`; the checkpoint with its best
+            value so far stays, under the alias ``best``. None: no best.
+        best_mode: ``"min"`` (lower is better) or ``"max"``.
         save_optimizer: also store the optimizer state (upstream ``train.save_opt``).
         config: the training config (mapping, yaml bytes or a yaml path), stored as
             ``config.yaml`` with every checkpoint.
@@ -155,6 +173,16 @@ class CheckpointQueue:
             digests...), written with the version in the same call.
         extra_files: files added to every version beside the checkpoint and
             covered by its manifest (e.g. the pyfunc ``MLmodel``).
+        lease: a :class:`WriterLease` of ``registered_model`` the caller acquired
+            already (e.g. before loading data); the queue releases it at close.
+
+    Every start reconciles: the newest versions are checked byte for byte and
+    the retention plan applied, so what a crash left is repaired.
+
+    Raises:
+        ConfigError: a bad option (before any network call).
+        LeaseHeldError: another live process writes into ``registered_model``.
+        ArtifactStoreUnavailable: the store holds none of the queue's files.
 
     Use as a context manager, or call :meth:`close` (it flushes pending saves).
     """
@@ -177,11 +205,21 @@ class CheckpointQueue:
         when_busy: str = "wait",
         lineage: Mapping[str, str] | None = None,
         extra_files: Mapping[str, bytes] | None = None,
+        keep_last: int = 1,
+        best_metric: str | None = None,
+        best_mode: str = "min",
+        lease: WriterLease | None = None,
     ):
         # Validate everything before the first network call.
         self.name = validate_model_name(registered_model)
-        self.policy = RetentionPolicy(interval_val, interval_force_save)
+        self.policy = RetentionPolicy(interval_val, interval_force_save, keep_last, best_metric, best_mode)
         self.alias = validate_alias(alias)
+        if self.alias == BEST_ALIAS:
+            raise ConfigError(f"alias={BEST_ALIAS!r} is the queue's alias of the best checkpoint; use another, e.g. 'rolling'")
+        if experiment is not None:
+            validate_experiment_name(experiment)
+        if lease is not None and lease.name != self.name:
+            raise ValueError(f"lease of {lease.name!r} given for registered model {self.name!r}")
         if when_busy not in WHEN_BUSY:
             raise ConfigError(f"when_busy={when_busy!r} must be one of {', '.join(WHEN_BUSY)}")
         self.when_busy = when_busy
@@ -198,18 +236,22 @@ class CheckpointQueue:
         else:
             self.experiment_id = self.store.experiment_id(experiment or DEFAULT_EXPERIMENT)
 
-        self.store.ensure_registered_model(self.name, self._model_description())
-        self._lease = WriterLease(self.store, self.name, ttl=lease_ttl, takeover=takeover)
-        self._lease.acquire()
+        if lease is None:
+            lease = WriterLease(self.store, self.name, ttl=lease_ttl, takeover=takeover)
+            lease.acquire()
+        self._lease = lease
         self._closed = False
         try:
+            self.store.ensure_registered_model(self.name, self._model_description())
             self.store.record_experiment(self.name, self.experiment_id)
-            self.last_reconcile = collect(self.store, self.name, self.alias)
-            for line in self.last_reconcile.describe(self.alias):
-                log.warning("%s: repaired after an earlier crash: %s", self.name, line)
+            record_policy(self.store, self.name, self.alias, self.policy)
+            self.last_reconcile = collect(self.store, self.name, self.alias, self.policy)
+            for line in self.last_reconcile.describe():
+                log.warning("%s: repaired at start: %s", self.name, line)
         except BaseException:
             self._lease.release()
             raise
+        log.info("%s: %s", self.name, self.policy.describe())
         _clean_scratch()
 
         self._staging = StagingBuffer()
@@ -218,11 +260,12 @@ class CheckpointQueue:
         )
         self._pending: Future | None = None
         self._pending_step: int | None = None
-        self._last_step: int | None = None
+        self._restored_step: int | None = None  # already in the registry: not saved again
+        self._committed_step: int | None = None  # registered by this queue; its plan may be unapplied
+        self._settled = True  # the plan after the last commit was applied
         self._parent: CheckpointVersion | None = None
         self.skipped_saves = 0
         self.last_version: CheckpointVersion | None = None
-        self._last_files: LoggedModelRef | None = None
         ref = weakref.ref(self)
         atexit.register(lambda: (q := ref()) is not None and q._close_quietly())
 
@@ -245,6 +288,8 @@ class CheckpointQueue:
         Returns:
             A future for the registered version, or None if nothing was saved
             (this step is already saved, or a rolling save was skipped as busy).
+            A step whose version was registered but whose retention plan failed
+            (e.g. the server went away) is not saved again: the plan is re-applied.
         Raises:
             CheckpointSaveError: the previous save failed in the background.
             LeaseLostError: another process took over this registered model.
@@ -260,7 +305,13 @@ class CheckpointQueue:
                 log.info("checkpoint at step %d skipped: the save of step %s is still running", step, self._pending_step)
                 return None
         self._wait_pending()
-        if step == self._last_step:
+        if step == self._committed_step:
+            if self._settled:
+                return None
+            self._pending_step = step
+            self._pending = self._executor.submit(self._settle_after_retry, step)
+            return self._pending
+        if step == self._restored_step:
             return None
         started = time.perf_counter()
         state: dict[str, Any] = {"global_step": step, "model": unwrap_model(model).state_dict()}
@@ -268,7 +319,6 @@ class CheckpointQueue:
             state["optimizer"] = optimizer.state_dict()
         payload = self._staging.stage(state)
         blocked = time.perf_counter() - started
-        self._last_step = step
         self._pending_step = step
         self._pending = self._executor.submit(self._commit, step, kind, payload, dict(metrics or {}), blocked)
         return self._pending
@@ -284,24 +334,36 @@ class CheckpointQueue:
         """Load the newest intact checkpoint into ``model`` (and ``optimizer``).
 
         Without ``source``: the alias's version; if its files are missing or fail
-        their sha256, the newest intact version instead (logged as a warning, and
-        the broken rolling version is removed). With ``source`` (``models:/NAME/7``,
-        ``models:/NAME@alias`` or a version number) exactly that version, e.g. to
-        fine-tune from a pinned checkpoint. Later versions record it as parent.
+        their sha256, the newest intact version instead (logged as a warning; the
+        alias is pointed at it, nothing is deleted). ``source`` (``models:/NAME/7``,
+        ``models:/NAME@alias`` or a version number) is a starting point, e.g. to
+        fine-tune from a pinned checkpoint, used only while this registered model
+        has no checkpoint of its own: a restarted fine-tune resumes from its own
+        newest checkpoint (as upstream uses ``model_0.pt`` only when nothing newer
+        exists), saying so in one line. Later versions record what was loaded as parent.
 
         Returns:
             The checkpoint's global step; 0 when there is nothing to resume.
         """
         self._check_open()
         self._wait_pending()
+        if source is not None:
+            own = self.reader.candidates()
+            if own:
+                log.warning(
+                    "%s already has checkpoints: resuming from %s, not from the starting point %s "
+                    "(used only while it has none)", self.name, own[0].label, source,
+                )  # fmt: skip
+                source = None
         restored = self.reader.fetch(source)
         if restored is None:
             return 0
         load_into(restored, model, optimizer, strict=strict)
-        if restored.skipped:
-            self._drop_broken(restored)
+        if restored.skipped and restored.version.name == self.name:
+            # Restore never deletes: the next save's plan (or `gc`) deals with the broken ones.
+            self.store.set_alias(self.name, self.alias, restored.version.version)
         self._parent = restored.version
-        self._last_step = restored.step
+        self._restored_step = restored.step
         return restored.step
 
     def flush(self) -> CheckpointVersion | None:
@@ -359,9 +421,7 @@ class CheckpointQueue:
         kind = kind or self.policy.kind(step)
         if kind not in T.KINDS:
             raise ConfigError(f"kind={kind!r} must be one of {', '.join(T.KINDS)}")
-        version = self._commit(step, kind, Path(path), {}, 0.0, description=description, tags=tags)
-        self._last_step = step
-        return version
+        return self._commit(step, kind, Path(path), {}, 0.0, description=description, tags=tags)
 
     # -- the protocol (background thread for save, caller for register_file) ----
     def _commit(
@@ -381,14 +441,13 @@ class CheckpointQueue:
         def reached(point: str) -> None:
             crash_point(point, step)
 
-        _SCRATCH.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f"{os.getpid()}-step{step}-", dir=_SCRATCH) as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"{os.getpid()}-step{step}-", dir=_scratch()) as tmp:
             folder = Path(tmp)
             manifest, manifest_digest = write_checkpoint(folder, step, payload, self._config_yaml, self._extra_files)
             reached("after_write")
             files = store.create_files(
                 self.experiment_id,
-                name=f"{self.name}-step-{step}",
+                name=logged_model_name(self.name, step),
                 run_id=self.run_id,
                 tags={T.QUEUE: self.name, T.STEP: str(step), T.KIND: kind},
             )
@@ -412,21 +471,13 @@ class CheckpointQueue:
             self.name,
             files,
             self.run_id,
-            tags={**self._version_tags(step, kind, manifest, manifest_digest), **(tags or {})},
+            tags={**self._version_tags(step, kind, manifest, manifest_digest, metrics), **(tags or {})},
             description=description or self._version_description(step, kind),
         )
-        reached("after_register")
-
-        # While we hold the lease only we move the alias: it is where our last save put it.
-        mine = self.last_version
-        previous = mine.version if mine is not None else store.alias_version(self.name, self.alias)
-        store.set_alias(self.name, self.alias, version.version)
-        reached("after_alias")
-        if previous is not None and previous != version.version:
-            self._retire_if_rolling(previous, reached)
-
         self.last_version = version
-        self._last_files = files
+        self._committed_step, self._settled = step, False
+        reached("after_register")
+        self._settle(reached)
         if self.run_id:
             timings = {
                 "checkpoint/blocking_seconds": blocked,
@@ -443,22 +494,22 @@ class CheckpointQueue:
             detail = ", ".join(f"{n}: {got} bytes, expected {want}" for n, (got, want) in sorted(wrong.items()))
             raise CheckpointIntegrityError(f"upload of step {step} to {files.artifact_location} is incomplete ({detail})")
 
-    def _retire_if_rolling(self, version_number: int, reached) -> None:
-        mine = self.last_version
-        if mine is not None and mine.version == version_number:
-            # Our own previous save: we know its kind and files without asking the server.
-            previous, files = mine, self._last_files
-        else:
-            try:
-                previous = self.store.get_version(self.name, version_number)
-            except MlflowDdspError:
-                return  # already gone
-            files = None
-        if previous.kind == T.KIND_ROLLING:
-            retire_version(self.store, previous, reached, files=files)
+    def _settle(self, reached=lambda point: None) -> None:
+        """Steps 7-8: plan from the registry's state and apply (aliases, then deletions)."""
+        snapshot = take_snapshot(self.store, self.name, with_files=False)
+        # Right after a commit nothing is checked: only evidence counts as damage.
+        plan = plan_retention(snapshot, self.policy, self.alias)
+        apply_plan(self.store, self.name, plan, reached)
+        self._settled = True
+
+    def _settle_after_retry(self, step: int) -> CheckpointVersion | None:
+        self._settle(lambda point: crash_point(point, step))
+        return self.last_version
 
     # -- helpers ------------------------------------------------------------
-    def _version_tags(self, step: int, kind: str, manifest: Manifest, manifest_digest: FileDigest) -> dict[str, str]:
+    def _version_tags(
+        self, step: int, kind: str, manifest: Manifest, manifest_digest: FileDigest, metrics: Mapping[str, float]
+    ) -> dict[str, str]:
         ckpt = manifest.files[manifest.checkpoint_file]
         tags = {
             **self._lineage,
@@ -469,6 +520,9 @@ class CheckpointQueue:
             T.SIZE: str(ckpt.size),
             T.MANIFEST_SHA256: manifest_digest.sha256,
         }
+        best = self.policy.best_metric
+        if best is not None and best in metrics and math.isfinite(float(metrics[best])):
+            tags[T.metric_tag(best)] = repr(float(metrics[best]))
         tags.update(self.parent_tags())
         return tags
 
@@ -513,15 +567,6 @@ class CheckpointQueue:
 
         run = mlflow.active_run()
         return run.info.run_id if run else None
-
-    def _drop_broken(self, restored: RestoredCheckpoint) -> None:
-        """After a fallback, point the alias at the restored version and retire broken rolling ones."""
-        self.store.set_alias(self.name, self.alias, restored.version.version)
-        for version, _why in restored.skipped:
-            if version.kind == T.KIND_ROLLING:
-                retire_version(self.store, version)
-            else:
-                log.error("%s is damaged; it is kept (force-saved) for you to inspect", version.label)
 
     def _check_open(self) -> None:
         if self._closed:

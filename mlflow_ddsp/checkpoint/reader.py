@@ -20,7 +20,8 @@ import torch
 
 from ..errors import CheckpointIntegrityError, CheckpointNotFoundError, ConfigError
 from .files import CONFIG_FILE, load_checkpoint
-from .policy import DEFAULT_ALIAS, validate_alias
+from .names import validate_alias
+from .policy import DEFAULT_ALIAS
 from .records import CheckpointVersion
 from .registry import RegistryStore
 

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import enum
+import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
 from .. import tags as T
 
-__all__ = ["CheckpointVersion", "QueueModel"]
+__all__ = ["CheckpointVersion", "QueueModel", "Integrity"]
+
+
+class Integrity(enum.Enum):
+    """What a check of a version's files found. One meaning everywhere (reconcile, gc,
+    restore, verify): a version is intact when its ``manifest.json`` has the sha256
+    recorded at registration and every file it lists has its recorded sha256."""
+
+    INTACT = "intact"
+    MISSING = "missing"  # no file of the version is in the store (deleted, or the store is not mounted)
+    DAMAGED = "damaged"  # some files are there but not as registered (changed, truncated, partly gone)
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -53,6 +65,19 @@ class CheckpointVersion:
     @property
     def manifest_sha256(self) -> str | None:
         return self.tags.get(T.MANIFEST_SHA256)
+
+    @property
+    def keep(self) -> bool:
+        """A person asked to keep this version (tag ``mlflow_ddsp.keep=true``)."""
+        return self.tags.get(T.KEEP, "").strip().lower() == "true"
+
+    def metric(self, name: str) -> float | None:
+        """The value of metric ``name`` recorded on this version, if finite."""
+        try:
+            value = float(self.tags[T.metric_tag(name)])
+        except (KeyError, ValueError):
+            return None
+        return value if math.isfinite(value) else None
 
     @property
     def model_id(self) -> str | None:

@@ -23,9 +23,9 @@ from ..errors import (
     RegistryError,
     TrackingServerUnreachable,
 )
-from ..tracking import check_reachable, ensure_experiment, prepare_store, resolve_tracking_uri
+from ..tracking import check_reachable, embedded_store_folder, ensure_experiment, prepare_store, resolve_tracking_uri
 from .files import MANIFEST_FILE, Manifest
-from .records import CheckpointVersion, QueueModel
+from .records import CheckpointVersion, Integrity, QueueModel
 
 __all__ = ["RegistryStore", "LoggedModelRef"]
 
@@ -35,13 +35,28 @@ _GLOBAL_URI_LOCK = threading.Lock()
 
 
 class LoggedModelRef:
-    """Where a checkpoint's files live: a LoggedModel id and its artifact URI."""
+    """Where a checkpoint's files live: a LoggedModel id, its artifact URI, and
+    the registered model whose queue wrote it (tag ``mlflow_ddsp.queue``; None if
+    not written by a queue)."""
 
-    __slots__ = ("model_id", "artifact_location")
+    __slots__ = ("model_id", "artifact_location", "queue")
 
-    def __init__(self, model_id: str, artifact_location: str):
+    def __init__(self, model_id: str, artifact_location: str, queue: str | None = None):
         self.model_id = model_id
         self.artifact_location = artifact_location
+        self.queue = queue
+
+
+def _local_path(location: str) -> Path | None:
+    """The local path of a ``file:`` URI or plain path; None for any other scheme."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and location[1:3] in (":\\", ":/")):
+        return Path(location)
+    return None
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -197,13 +212,11 @@ class RegistryStore:
         version = aliases.get(alias)
         return int(version) if version is not None else None
 
-    def aliases_by_version(self, name: str) -> dict[int, list[str]]:
+    def aliases(self, name: str) -> dict[str, int]:
+        """Every alias of registered model ``name`` -> its version number."""
         with self._calling(f"read aliases of {name!r}"):
             aliases = self.client.get_registered_model(name).aliases
-        out: dict[int, list[str]] = {}
-        for alias, version in aliases.items():
-            out.setdefault(int(version), []).append(alias)
-        return out
+        return {alias: int(version) for alias, version in aliases.items()}
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         from mlflow.exceptions import MlflowException
@@ -257,6 +270,19 @@ class RegistryStore:
         with self._calling(f"read {name} v{version}"):
             return self._version(self.client.get_model_version(name, str(version)))
 
+    def version_aliases(self, name: str, version: int) -> list[str]:
+        """The aliases on one version, read fresh (the deleter's last look before deleting)."""
+        with self._calling(f"read aliases of {name} v{version}"):
+            return list(self.client.get_model_version(name, str(version)).aliases or [])
+
+    def set_version_tag(self, name: str, version: int, key: str, value: str) -> None:
+        with self._calling(f"tag {name} v{version}"):
+            self.client.set_model_version_tag(name, str(version), key, value)
+
+    def delete_version_tag(self, name: str, version: int, key: str) -> None:
+        with contextlib.suppress(CheckpointNotFoundError), self._calling(f"untag {name} v{version}"):
+            self.client.delete_model_version_tag(name, str(version), key)
+
     @contextlib.contextmanager
     def _global_uri_for_local_registry(self) -> Iterator[None]:
         """Point MLflow's process-wide tracking URI at this store for one call.
@@ -309,12 +335,31 @@ class RegistryStore:
             lm = self.client.create_logged_model(
                 experiment_id, name=name, source_run_id=run_id, tags=dict(tags)
             )
-        return LoggedModelRef(lm.model_id, lm.artifact_location)
+        return LoggedModelRef(lm.model_id, lm.artifact_location, dict(tags).get(T.QUEUE))
 
     def get_files(self, model_id: str) -> LoggedModelRef:
         with self._calling(f"read LoggedModel {model_id}"):
             lm = self.client.get_logged_model(model_id)
-        return LoggedModelRef(lm.model_id, lm.artifact_location)
+        return LoggedModelRef(lm.model_id, lm.artifact_location, (lm.tags or {}).get(T.QUEUE))
+
+    def owns_location(self, location: str) -> bool:
+        """Whether bytes at ``location`` belong to this store, so that it may delete them.
+
+        An embedded SQLite store owns only local files under the folder of its
+        database: MLflow records absolute artifact paths, so a copied store
+        (``cp -r``) still points at the original's files, which it must never
+        delete. Servers and other schemes (``mlflow-artifacts:``, ``s3://``) own
+        what they were given.
+        """
+        folder = embedded_store_folder(self.tracking_uri)
+        path = _local_path(location)
+        if folder is None or path is None:
+            return True
+        try:
+            path.resolve().relative_to(folder.resolve())
+        except ValueError:
+            return False
+        return True
 
     def upload(self, files: LoggedModelRef, local_path: str | os.PathLike) -> None:
         with self._calling(f"upload {Path(local_path).name} to {files.artifact_location}"):
@@ -405,17 +450,33 @@ class RegistryStore:
             raise CheckpointNotFoundError(f"{version.label} was not written by mlflow-ddsp")
         return self.get_files(version.model_id)
 
-    def looks_intact(self, version: CheckpointVersion) -> bool:
-        """Cheap check: the checkpoint and manifest are listed, the checkpoint at its tagged size.
+    def check(self, version: CheckpointVersion) -> tuple[Integrity, str | None]:
+        """Download ``version`` and check every byte (see :meth:`fetch_verified`).
 
-        Costs one listing; a full sha256 check happens on restore and in ``verify``.
+        Returns:
+            ``(INTACT, None)``; ``(MISSING, why)`` when the store holds no file of
+            it (deleted, or the store is not mounted); ``(DAMAGED, why)`` when
+            some files are there but not as registered, or its LoggedModel is gone.
+        Raises:
+            RegistryError: the store cannot be read (unreachable, no permission):
+                nothing can be concluded.
         """
-        try:
-            sizes = self.list_sizes(self.files_of(version))
-        except CheckpointNotFoundError:
-            return False
-        ckpt = version.tags.get(T.CHECKPOINT_FILE)
-        return MANIFEST_FILE in sizes and ckpt in sizes and sizes[ckpt] == version.size
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-check-") as tmp:
+            try:
+                self.fetch_verified(version, tmp)
+            except CheckpointIntegrityError as exc:
+                return Integrity.DAMAGED, str(exc)
+            except CheckpointNotFoundError as exc:
+                if version.model_id is None:
+                    return Integrity.DAMAGED, str(exc)
+                try:
+                    listed = self.list_sizes(self.files_of(version))
+                except CheckpointNotFoundError:
+                    return Integrity.DAMAGED, f"{version.label}: its LoggedModel {version.model_id} is gone"
+                return (Integrity.DAMAGED if listed else Integrity.MISSING), f"{version.label}: {exc}"
+        return Integrity.INTACT, None
 
     def fetch_verified(self, version: CheckpointVersion, dst: str | os.PathLike) -> Manifest:
         """Download every file of ``version`` into ``dst`` and check it against its tags.

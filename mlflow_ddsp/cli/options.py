@@ -17,7 +17,7 @@ def open_store(ctx: click.Context):
 
 
 alias_option = click.option(
-    "--alias", default="rolling", show_default=True, help="The rolling alias the queue maintains."
+    "--alias", default=None, help="The rolling alias the queue maintains (default: the one it recorded, else 'rolling')."
 )
 
 

@@ -1,4 +1,4 @@
-"""Registry commands: versions, verify, gc, lineage."""
+"""Registry commands: versions, verify, gc, keep, unkeep, lineage."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ def versions(ctx: click.Context, name: str, alias: str, as_json: bool, no_verify
 
     Columns: version, step, kind (rolling | force_saved), aliases, size of the
     checkpoint file, whether its bytes still match their sha256, the training
-    run, and when it was registered.
+    run, when it was registered, and why it is kept: force_saved, newest,
+    keep_last, best, alias:<an alias of yours>, keep (`mlflow-ddsp keep`); a
+    version with none is deleted by the next save or `mlflow-ddsp gc`.
     """
     from ..checkpoint.audit import audit_queue
 
@@ -37,6 +39,8 @@ def versions(ctx: click.Context, name: str, alias: str, as_json: bool, no_verify
                 "aliases": a.aliases,
                 "size_bytes": v.size,
                 "sha256_ok": None if no_verify else a.intact,
+                "kept": list(a.kept),
+                "protected": list(a.protected),
                 "run_id": v.run_id,
                 "created": created(v.created_ms),
             }
@@ -47,7 +51,7 @@ def versions(ctx: click.Context, name: str, alias: str, as_json: bool, no_verify
     if not rows:
         click.echo(f"{name} has no versions")
         return
-    table = [("VERSION", "STEP", "KIND", "ALIASES", "SIZE", "SHA256", "RUN", "CREATED")]
+    table = [("VERSION", "STEP", "KIND", "ALIASES", "SIZE", "SHA256", "RUN", "CREATED", "KEPT")]
     for r in rows:
         ok = {None: "-", True: "ok", False: "MISMATCH"}[r["sha256_ok"]]
         table.append(
@@ -60,6 +64,7 @@ def versions(ctx: click.Context, name: str, alias: str, as_json: bool, no_verify
                 ok,
                 (r["run_id"] or "-")[:12],
                 r["created"],
+                ",".join(r["kept"]) or ("-" if r["kind"].startswith("(") else "nothing"),
             )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -90,23 +95,30 @@ def verify(ctx: click.Context, name: str, alias: str) -> None:
         return
     for problem in audit.problems:
         click.echo(f"problem: {problem}", err=True)
-    click.echo(f"{name}: {len(audit.problems)} problem(s); `mlflow-ddsp gc {name}` repairs all but damaged force-saved versions", err=True)
+    click.echo(f"{name}: {len(audit.problems)} problem(s); `mlflow-ddsp gc {name}` repairs all but damaged "
+               "force-saved and protected versions, which it never deletes", err=True)  # fmt: skip
     ctx.exit(1)
 
 
 @main.command()
 @click.argument("name")
-@alias_option
+@click.option("--alias", default=None, help="The rolling alias (default: the one the queue recorded, else 'rolling').")
 @click.option("--dry-run", is_flag=True, help="Print what would be removed; change nothing.")
 @click.option("--takeover", is_flag=True, help="Take the writer lease even from a live training process.")
+@click.option("--forget-missing", is_flag=True,
+              help="When no version has any file left (they were deleted, not just unmounted), remove the versions.")  # fmt: skip
 @click.pass_context
-def gc(ctx: click.Context, name: str, alias: str, dry_run: bool, takeover: bool) -> None:
-    """Repair queue NAME after crashes and free orphaned checkpoint bytes.
+def gc(ctx: click.Context, name: str, alias: str | None, dry_run: bool, takeover: bool, forget_missing: bool) -> None:
+    """Repair queue NAME after crashes and free checkpoint bytes no rule keeps.
 
-    Removes unfinished uploads, stale rolling versions and orphaned files, and
-    points the alias at the newest intact checkpoint. Force-saved versions are
-    never removed. Takes the writer lease, so it refuses to run while a training
-    process writes into NAME.
+    Applies the retention the queue recorded (keep_last, best) like a save
+    does: removes unfinished uploads, rolling versions no rule keeps and orphaned
+    files, and points the aliases at the newest (and best) intact checkpoint.
+    Never removes force-saved versions, versions protected by an alias of yours
+    or `mlflow-ddsp keep`, versions mlflow-ddsp did not write, or files outside
+    this store. If the artifact store holds no file of NAME (not mounted?) it
+    changes nothing and exits 1. Takes the writer lease, so it refuses to run
+    while a training process writes into NAME.
     """
     from ..checkpoint.gc import collect
     from ..checkpoint.lease import WriterLease
@@ -114,19 +126,59 @@ def gc(ctx: click.Context, name: str, alias: str, dry_run: bool, takeover: bool)
     store = open_store(ctx)
     if not store.registered_model_exists(name):
         raise click.ClickException(f"registered model {name!r} does not exist at {store.tracking_uri}")
-    lease = WriterLease(store, name, takeover=takeover)
-    lease.acquire()
+    lease = WriterLease(store, name, takeover=takeover).acquire()
     try:
-        plan = collect(store, name, alias, dry_run=dry_run)
+        plan = collect(store, name, alias, dry_run=dry_run, forget_missing=forget_missing)
     finally:
         lease.release()
-    lines = plan.describe(alias)
+    lines = plan.describe()
     if not lines:
         click.echo(f"{name}: nothing to do")
         return
     prefix = "would " if dry_run else ""
     for line in lines:
         click.echo(f"{prefix}{line}")
+
+
+def _set_keep(ctx: click.Context, name: str, version: int, keep: bool) -> None:
+    from ..tags import KEEP
+
+    store = open_store(ctx)
+    label = f"{name} v{version}"
+    store.get_version(name, version)  # a one-line error if there is no such version
+    if keep:
+        store.set_version_tag(name, version, KEEP, "true")
+        click.echo(f"{label} is kept: mlflow-ddsp never deletes it (`mlflow-ddsp unkeep {name} {version}` undoes this)")
+    else:
+        store.delete_version_tag(name, version, KEEP)
+        click.echo(f"{label} is no longer kept by you; if no other rule keeps it, the next save or "
+                   f"`mlflow-ddsp gc {name}` deletes it")  # fmt: skip
+
+
+@main.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@click.pass_context
+def keep(ctx: click.Context, name: str, version: int) -> None:
+    """Protect VERSION of NAME: nothing in mlflow-ddsp will ever delete it.
+
+    Sets the version tag mlflow_ddsp.keep=true (setting it in the MLflow UI, or
+    giving the version an alias of your own, protects it the same way).
+    """
+    _set_keep(ctx, name, version, True)
+
+
+@main.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@click.pass_context
+def unkeep(ctx: click.Context, name: str, version: int) -> None:
+    """Remove the protection `keep` set on VERSION of NAME.
+
+    A rolling checkpoint that no other rule keeps (newest, keep_last, best, an
+    alias of yours) is then deleted by the next save or `mlflow-ddsp gc`.
+    """
+    _set_keep(ctx, name, version, False)
 
 
 def _short(digest: str | None) -> str:
@@ -147,9 +199,11 @@ def lineage(ctx: click.Context, name: str, version: int | None, alias: str, as_j
     from what its training run recorded. Each link shows the step, the run, the
     git commit (and whether the tree was dirty), and the config and dataset digests.
     """
+    from ..checkpoint.gc import recorded_policy
     from ..lineage import lineage_chain
 
-    chain = lineage_chain(open_store(ctx), name, version, alias=alias)
+    store = open_store(ctx)
+    chain = lineage_chain(store, name, version, alias=recorded_policy(store, name, alias)[0])
     if as_json:
         click.echo(json.dumps([entry.as_dict() for entry in chain], indent=2))
         return

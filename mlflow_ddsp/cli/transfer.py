@@ -32,14 +32,16 @@ def import_command(ctx: click.Context, expdir: str, name: str) -> None:
 @main.command("export")
 @click.argument("model_uri")
 @click.argument("outdir", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Replace model_<N>.pt / config.yaml already in OUTDIR (a symlink is replaced, never written through).")
 @click.pass_context
-def export_command(ctx: click.Context, model_uri: str, outdir: str) -> None:
+def export_command(ctx: click.Context, model_uri: str, outdir: str, force: bool) -> None:
     """Write model_<N>.pt + config.yaml of MODEL_URI into OUTDIR for upstream's tools.
 
     MODEL_URI is models:/NAME/VERSION or models:/NAME@ALIAS; the files are
-    checked against their sha256 before they are written.
+    checked against their sha256 before they are written, each atomically.
+    Files of those names already in OUTDIR are refused unless --force.
     """
     from ..transfer import export_version
 
-    path = export_version(model_uri, outdir, tracking_uri=ctx.obj["tracking_uri"])
+    path = export_version(model_uri, outdir, tracking_uri=ctx.obj["tracking_uri"], force=force)
     click.echo(f"{path} (and config.yaml beside it)")

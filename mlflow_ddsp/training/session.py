@@ -22,6 +22,7 @@ import torch
 
 from .. import tags as T
 from ..checkpoint import CheckpointQueue, CheckpointReader, RegistryStore
+from ..checkpoint.lease import WriterLease
 from ..checkpoint.reader import load_into
 from ..config import UNAVAILABLE_F0, Config, load_config
 from ..corpus import dataset_digest, list_audio
@@ -111,16 +112,24 @@ def train(
         log.warning("data.f0_extractor=%r needs model weights that cannot be loaded here; the features "
                     "were extracted with 'parselmouth'", cfg.data.f0_extractor)  # fmt: skip
     device = ctx.device(resolve_device(cfg.device))
+    # The writer lease first, before loading data or creating a run: a second
+    # writer is refused in a second, leaving nothing behind.
+    store = lease = None
+    if ctx.is_main:
+        store = RegistryStore(tracking_uri)
+        lease = WriterLease(store, cfg.registered_model, takeover=takeover).acquire()
     ctx.start(device)
     try:
         model = build_model_from_config(cfg).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         loaders = make_loaders(cfg, rank=ctx.rank, world_size=ctx.world_size)
         if ctx.is_main:
-            result = _train_main(cfg, ctx, model, optimizer, loaders, device, tracking_uri, takeover, init_from, progress)
+            result = _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_from, progress)
         else:
             result = _train_other_rank(cfg, ctx, model, optimizer, loaders, device, tracking_uri)
     except BaseException:
+        if lease is not None and lease.held:
+            lease.release()  # the queue releases it once it has taken it over; releasing twice is harmless
         ctx.abort()
         raise
     if ctx.enabled:
@@ -132,9 +141,8 @@ def train(
     return result
 
 
-def _train_main(cfg, ctx, model, optimizer, loaders, device, tracking_uri, takeover, init_from, progress) -> TrainResult:
+def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_from, progress) -> TrainResult:
     """Rank 0 (or the only process): the run, the tracker, the checkpoint queue."""
-    store = RegistryStore(tracking_uri)
     client = store.client
     run_id, own_run = _open_run(store, cfg)
     status = "FAILED"
@@ -152,9 +160,12 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, tracking_uri, takeo
             config=cfg.to_yaml(),
             run_id=run_id,
             store=store,
-            takeover=takeover,
+            lease=lease,
             lineage=lineage,
             extra_files=pyfunc_files(cfg.data.sampling_rate),  # every version is a servable pyfunc model
+            keep_last=cfg.train.keep_last,
+            best_metric=cfg.train.best_metric,
+            best_mode=cfg.train.best_mode,
         ) as queue:
             start_step = queue.restore(model, optimizer, source=init_from)
             origin = queue.restored_from

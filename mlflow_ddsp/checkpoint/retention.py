@@ -1,0 +1,207 @@
+"""The retention planner: from the registry's state and the policy, what stays and what goes.
+
+Pure logic, no I/O; the one place that decides what is deleted. A save (after
+its commit point), every queue start (reconcile after a crash) and
+``mlflow-ddsp gc`` compute a plan here and apply it through the one deleter in
+``gc.py``; ``versions``/``verify`` show it. Shaped like Orbax's preservation
+policies: each rule names the versions it preserves, and a version is deleted
+only when it is a rolling checkpoint that no rule preserves.
+
+What is preserved (a version may have several reasons):
+
+* ``force_saved``: every force-saved version, forever (upstream's rule);
+* ``newest``: the newest intact checkpoint; the queue's alias points at it;
+* ``keep_last``: the newest ``keep_last`` checkpoints not known to be damaged;
+* ``best``: with ``best_metric``, the intact version with the best value
+  (ties: the earlier step); the alias ``best`` points at it;
+* ``protected``: any alias that is not the queue's own (a person promoted it;
+  ``best`` is the queue's own only while the policy has a best metric),
+  or the tag ``mlflow_ddsp.keep=true``. Nothing in this package deletes it;
+* versions the queue did not write are never touched.
+
+Evidence rules (absence of evidence is not damage): a version is judged only
+by a check that ran (``Integrity``); versions not checked count as intact. When
+every checked queue version is MISSING (the store is empty, e.g. not mounted
+yet), the plan deletes nothing and says so (``store_unavailable``). A crash can
+also leave LoggedModels that no version uses (unfinished uploads, or the files
+of a version deleted before its bytes were): those are orphans to remove.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+from .. import tags as T
+from .policy import BEST_ALIAS, RetentionPolicy
+from .records import CheckpointVersion, Integrity, QueueModel
+
+__all__ = ["RegistrySnapshot", "RetentionPlan", "plan_retention", "protection", "assume_intact"]
+
+
+@dataclass(frozen=True)
+class RegistrySnapshot:
+    """The registry state the planner decides on."""
+
+    versions: Sequence[CheckpointVersion]  # every live version of the registered model
+    aliases: Mapping[str, int]  # every alias of the registered model -> its version number
+    queue_models: Sequence[QueueModel] = ()  # LoggedModels written by this queue (orphan candidates)
+
+    def aliases_of(self, version: int) -> list[str]:
+        return sorted(a for a, v in self.aliases.items() if v == version)
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    """Changes in the order they must be applied: aliases first, then deletions.
+
+    MLflow silently drops an alias when its version is deleted, so aliases move
+    off a version before that version is deleted.
+    """
+
+    alias_targets: Mapping[str, CheckpointVersion | None]  # our aliases -> where they must point
+    alias_moves: tuple[tuple[str, CheckpointVersion | None], ...] = ()  # those not already there
+    delete_versions: tuple[CheckpointVersion, ...] = ()
+    delete_models: tuple[QueueModel, ...] = ()  # orphans: bytes, then record
+    # version -> why it stays: force_saved, newest, keep_last, best, alias:<a person's alias>, keep
+    kept: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    protected: Mapping[int, tuple[str, ...]] = field(default_factory=dict)  # version -> alias:<name> / keep
+    damaged_kept: tuple[CheckpointVersion, ...] = ()  # damaged, kept (force-saved or protected)
+    store_unavailable: bool = False  # every checked version is MISSING: nothing is deleted
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.alias_moves or self.delete_versions or self.delete_models)
+
+    def target(self, alias: str) -> CheckpointVersion | None:
+        return self.alias_targets.get(alias)
+
+    def describe(self) -> list[str]:
+        lines = []
+        for alias, target in self.alias_moves:
+            where = target.label if target else "nothing (no intact version)"
+            lines.append(f"point alias '{alias}' at {where}")
+        lines += [f"delete rolling version {v.label}" for v in self.delete_versions]
+        lines += [
+            f"delete orphaned checkpoint files {m.model_id} ({m.status.lower()}, step {m.step})"
+            for m in self.delete_models
+        ]
+        lines += [
+            f"keep damaged version {v.label} (kept as {', '.join(self.kept.get(v.version, ()))}; never "
+            "deleted: see `mlflow-ddsp verify`)"
+            for v in self.damaged_kept
+        ]
+        return lines
+
+
+def assume_intact(version: CheckpointVersion) -> Integrity:
+    """No check ran: no evidence of damage (the check used right after a save)."""
+    return Integrity.INTACT
+
+
+def protection(version: CheckpointVersion, aliases: Sequence[str], own_aliases: set[str]) -> tuple[str, ...]:
+    """What protects ``version`` from deletion by a person's choice: foreign aliases, the keep tag."""
+    reasons = [f"alias:{a}" for a in sorted(aliases) if a not in own_aliases]
+    if version.keep:
+        reasons.append("keep")
+    return tuple(reasons)
+
+
+def plan_retention(
+    snapshot: RegistrySnapshot,
+    policy: RetentionPolicy,
+    alias: str,
+    integrity: Callable[[CheckpointVersion], Integrity] = assume_intact,
+    *,
+    forget_missing: bool = False,
+) -> RetentionPlan:
+    """Decide where the queue's aliases point and which versions are deleted.
+
+    Args:
+        snapshot: the registry state.
+        policy: keep_last and best_metric/best_mode (kinds come from version tags).
+        alias: the queue's rolling alias.
+        integrity: checks one version; called lazily, newest first for the
+            rolling alias and best first for ``best``, only as far as needed.
+        forget_missing: treat MISSING like DAMAGED even when every version is
+            missing (``gc --forget-missing``: the files are really gone).
+
+    Returns:
+        The plan. After it is applied: the alias is on the newest intact queue
+        version, ``best`` on the best intact one, and the only versions left are
+        the preserved ones, the damaged ones that may not be deleted, and
+        versions the queue did not write.
+    """
+    # ``best`` is the queue's own alias only while the policy has a best metric;
+    # otherwise an alias of that name is a person's, like any other.
+    own = {alias, BEST_ALIAS} if policy.best_metric is not None else {alias}
+    ours = sorted((v for v in snapshot.versions if v.is_queue_version), key=CheckpointVersion.newness, reverse=True)
+    checked: dict[int, Integrity] = {}
+
+    def state(v: CheckpointVersion) -> Integrity:
+        if v.version not in checked:
+            checked[v.version] = integrity(v)
+        return checked[v.version]
+
+    newest = next((v for v in ours if state(v) is Integrity.INTACT), None)
+    if newest is None and ours and not forget_missing and all(checked[v.version] is Integrity.MISSING for v in ours):
+        # Absence of evidence is not damage: an empty or unmounted store deletes nothing.
+        return RetentionPlan(alias_targets={}, store_unavailable=True)
+
+    best = None
+    if policy.best_metric is not None:
+        sign = 1.0 if policy.best_mode == "min" else -1.0
+        ranked = sorted(
+            (v for v in ours if v.metric(policy.best_metric) is not None and checked.get(v.version) is not Integrity.DAMAGED),
+            key=lambda v: (sign * v.metric(policy.best_metric), v.step, v.version),
+        )
+        best = next((v for v in ranked if state(v) is Integrity.INTACT), None)
+
+    bad = {n for n, s in checked.items() if s is not Integrity.INTACT}
+    usable = [v for v in ours if v.version not in bad]
+    reasons: dict[int, list[str]] = {}
+
+    def keep(v: CheckpointVersion | None, why: str) -> None:
+        if v is not None:
+            reasons.setdefault(v.version, []).append(why)
+
+    protected = {}
+    for v in snapshot.versions:
+        by = protection(v, snapshot.aliases_of(v.version), own)
+        if by:
+            protected[v.version] = by
+    for v in ours:
+        if v.kind == T.KIND_FORCE_SAVED:
+            keep(v, "force_saved")
+    keep(newest, "newest")
+    if policy.keep_last > 1:
+        for v in usable[: policy.keep_last]:
+            if v is not newest:
+                keep(v, "keep_last")
+    keep(best, "best")
+    for number, by in protected.items():
+        reasons.setdefault(number, []).extend(by)
+
+    targets: dict[str, CheckpointVersion | None] = {alias: newest}
+    if policy.best_metric is not None:
+        targets[BEST_ALIAS] = best
+    moves = tuple(
+        (a, t)
+        for a, t in targets.items()
+        if snapshot.aliases.get(a) != (t.version if t is not None else None)
+    )
+    delete = tuple(v for v in ours if v.kind == T.KIND_ROLLING and v.version not in reasons)
+    damaged = tuple(v for v in ours if v.version in bad and v.version in reasons)
+
+    # Files no version uses: unfinished uploads, or a deletion a crash cut short.
+    referenced = {v.model_id for v in snapshot.versions}
+    orphans = tuple(m for m in snapshot.queue_models if m.model_id not in referenced)
+    return RetentionPlan(
+        alias_targets=targets,
+        alias_moves=moves,
+        delete_versions=delete,
+        delete_models=orphans,
+        kept={n: tuple(r) for n, r in reasons.items()},
+        protected=protected,
+        damaged_kept=damaged,
+    )
