@@ -17,11 +17,12 @@ def versions_by_step(store: RegistryStore, name: str) -> dict[int, str]:
     return out
 
 
-def assert_invariants(store: RegistryStore, backend, name: str, alias: str = "rolling") -> int:
+def assert_invariants(store: RegistryStore, backend, name: str, alias: str = "rolling", max_rolling: int = 1) -> int:
     """The queue invariants; returns the aliased step.
 
     * every version's bytes match their registration (sha256 of every file);
-    * at most one rolling version, and the alias points at the newest version;
+    * at most ``max_rolling`` rolling versions (keep_last + best + protected ones), and the
+      alias points at the newest version;
     * the artifact folder on disk holds exactly the live versions' files and
       the registry lists no LoggedModel that no version uses.
     """
@@ -30,7 +31,7 @@ def assert_invariants(store: RegistryStore, backend, name: str, alias: str = "ro
         with tempfile.TemporaryDirectory() as tmp:
             store.fetch_verified(v, tmp)  # raises on any mismatch
     kinds = [v.kind for v in versions]
-    assert kinds.count(KIND_ROLLING) <= 1, kinds
+    assert kinds.count(KIND_ROLLING) <= max_rolling, kinds
     assert set(kinds) <= {KIND_ROLLING, KIND_FORCE_SAVED}
     newest = max(versions, key=lambda v: v.version)
     assert store.alias_version(name, alias) == newest.version

@@ -44,20 +44,20 @@ COMMITTED_FROM = CRASH_POINTS.index("after_register")
 STEPS = 70
 
 
-def run_in_process(backend: Backend, name: str, steps: int, capsys) -> list[dict]:
+def run_in_process(backend: Backend, name: str, steps: int, capsys, *options: str) -> list[dict]:
     """Run the trainer in this process (no crash planned: saves a process start-up)."""
     capsys.readouterr()
-    code = tiny_trainer.main(["train", backend.uri, name, backend.experiment, str(steps)])
+    code = tiny_trainer.main(["train", backend.uri, name, backend.experiment, str(steps), *options])
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert code == 0, events
     return events
 
 
-def run_trainer(backend: Backend, name: str, steps: int, crash: str):
+def run_trainer(backend: Backend, name: str, steps: int, crash: str, *options: str):
     """Run the trainer in a subprocess that SIGKILLs itself at ``crash``."""
     env = {**os.environ, CRASH_ENV: crash}
     proc = subprocess.run(
-        [sys.executable, str(TRAINER), "train", backend.uri, name, backend.experiment, str(steps)],
+        [sys.executable, str(TRAINER), "train", backend.uri, name, backend.experiment, str(steps), *options],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -73,18 +73,38 @@ def uninterrupted_weights(tmp_path_factory, sqlite_template) -> str:
     return json.loads(out.getvalue().splitlines()[-1])["weights"]
 
 
-def check_crash_and_resume(backend: Backend, name: str, point: str, crash_step: int, reference: str, capsys):
-    proc, events = run_trainer(backend, name, STEPS, crash=f"{point}@{crash_step}")
+def expected_steps(durable: int, keep_last: int, protected: set[int]) -> dict[int, str]:
+    """What stays once ``durable`` is the newest checkpoint: force-saves, the newest
+    ``keep_last`` saves, and the protected ones."""
+    saved = list(range(10, durable + 1, 10))
+    steps = {s for s in saved if s % 30 == 0} | set(saved[-keep_last:]) | protected
+    return {s: "force_saved" if s % 30 == 0 else "rolling" for s in steps}
+
+
+def check_crash_and_resume(
+    backend: Backend, name: str, point: str, crash_step: int, reference: str, capsys, keep_last: int = 1,
+    protect_step: int | None = None,
+):
+    options = ("--keep-last", str(keep_last))
+    store = RegistryStore(backend.uri)
+    protected = set()
+    if protect_step is not None:  # a person promoted an early rolling checkpoint
+        events = run_in_process(backend, name, protect_step + 10, capsys, *options)
+        assert events[-1]["event"] == "done"
+        version = next(v for v in store.list_versions(name) if v.step == protect_step)
+        store.set_alias(name, "champion", version.version)
+        protected = {protect_step}
+
+    proc, events = run_trainer(backend, name, STEPS, f"{point}@{crash_step}", *options)
     assert proc.returncode == -signal.SIGKILL, f"expected a SIGKILL at {point}: {proc.stderr[-2000:]}"
     assert not any(e["event"] == "done" for e in events)
 
-    store = RegistryStore(backend.uri)
     # Right after the crash, before any repair: nothing a reader can see is broken.
     aliased = store.get_version(name, store.alias_version(name, "rolling"))
     with tempfile.TemporaryDirectory() as tmp:
         store.fetch_verified(aliased, tmp)
     for v in store.list_versions(name):
-        if v.kind == "force_saved":
+        if v.kind == "force_saved" or v.step in protected:
             with tempfile.TemporaryDirectory() as tmp:
                 store.fetch_verified(v, tmp)
     assert store.registered_model_exists(lease_model_name(name)), "the dead writer's lease is left behind"
@@ -92,19 +112,21 @@ def check_crash_and_resume(backend: Backend, name: str, point: str, crash_step: 
     # The next start takes over the dead process's lease and reconciles.
     committed = CRASH_POINTS.index(point) >= COMMITTED_FROM
     durable = crash_step if committed else crash_step - 10
-    with CheckpointQueue(name, 10, 30, tracking_uri=backend.uri, experiment=backend.experiment):
+    with CheckpointQueue(name, 10, 30, tracking_uri=backend.uri, experiment=backend.experiment, keep_last=keep_last):
         pass
     assert not store.registered_model_exists(lease_model_name(name))
-    assert assert_invariants(store, backend, name) == durable
-    expected = {30: "force_saved", durable: "force_saved" if durable % 30 == 0 else "rolling"}
-    assert versions_by_step(store, name) == expected
+    max_rolling = keep_last + len(protected)
+    assert assert_invariants(store, backend, name, max_rolling=max_rolling) == durable
+    assert versions_by_step(store, name) == expected_steps(durable, keep_last, protected)
 
     # Training resumes from the durable step and ends where an uninterrupted run ends.
-    events = run_in_process(backend, name, STEPS, capsys)
+    events = run_in_process(backend, name, STEPS, capsys, *options)
     assert events[0] == {"event": "resumed", "step": durable}
     assert events[-1]["weights"] == reference
-    assert versions_by_step(store, name) == {30: "force_saved", 60: "force_saved", 70: "rolling"}
-    assert_invariants(store, backend, name)
+    assert versions_by_step(store, name) == expected_steps(STEPS, keep_last, protected)
+    assert_invariants(store, backend, name, max_rolling=max_rolling)
+    if protected:
+        assert store.get_version(name, store.alias_version(name, "champion")).step == protect_step
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
@@ -115,6 +137,11 @@ def test_kill_during_rolling_save(point, embedded, model_name, uninterrupted_wei
 @pytest.mark.parametrize("point", ["after_finalize", "after_register", "after_alias", "after_delete_bytes"])
 def test_kill_during_force_save(point, embedded, model_name, uninterrupted_weights, capsys):
     check_crash_and_resume(embedded, model_name, point, 60, uninterrupted_weights, capsys)
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_kill_with_keep_last_3_and_a_protected_version(point, embedded, model_name, uninterrupted_weights, capsys):
+    check_crash_and_resume(embedded, model_name, point, 50, uninterrupted_weights, capsys, keep_last=3, protect_step=10)
 
 
 @pytest.mark.server

@@ -207,3 +207,31 @@ def test_heartbeat_renews_the_lease(embedded, model_name):
         lease.check()
     finally:
         lease.release()
+
+
+@pytest.mark.parametrize(
+    "namespace, taken_at_once",
+    [("same", True), ("pid:[4026531999]", False), ("", False)],
+    ids=["same-pid-namespace", "other-container", "unknown"],
+)
+def test_a_dead_pid_counts_only_within_the_same_pid_namespace(embedded, model_name, namespace, taken_at_once):
+    """Containers sharing a host name (host networking) see other pids: judge those by ttl."""
+    import socket
+
+    from mlflow_ddsp.checkpoint.lease import _boot_id, _pid_namespace
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    store = RegistryStore(embedded.uri)
+    store.ensure_registered_model(model_name, "namespaces")
+    tags = {
+        T.LEASE_MARKER: T.LEASE_MARKER_VALUE, T.LEASE_OWNER: "container-b", T.LEASE_HOST: socket.gethostname(),
+        T.LEASE_PID: dead.stdout.strip(), T.LEASE_PROCESS: f"{_boot_id()}:123",
+        T.LEASE_HEARTBEAT: f"{time.time():.3f}", T.LEASE_TTL: "600",
+        T.LEASE_PID_NAMESPACE: _pid_namespace() if namespace == "same" else namespace,
+    }  # fmt: skip
+    assert store.try_create_registered_model(lease_model_name(model_name), tags, "planted")
+    if taken_at_once:
+        open_queue(embedded, model_name).close()
+    else:
+        with pytest.raises(LeaseHeldError, match=r"ttl 600 s"):
+            open_queue(embedded, model_name)

@@ -107,6 +107,8 @@ def test_mlflow_run_main_entry_point_runs_the_demo(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trained demo-voice to step 60" in proc.stdout
     assert "mlflow ui --backend-store-uri" in proc.stdout
-    # 50 was a rolling checkpoint, replaced by the end-of-training save at 60.
-    assert versions_by_step(RegistryStore(env["MLFLOW_TRACKING_URI"]), "demo-voice") == {60: "rolling"}
+    # 50, the only validated checkpoint, stays as the best; 60 is the end-of-training save.
+    store = RegistryStore(env["MLFLOW_TRACKING_URI"])
+    assert versions_by_step(store, "demo-voice") == {50: "rolling", 60: "rolling"}
+    assert store.get_version("demo-voice", store.alias_version("demo-voice", "best")).step == 50
     assert not (ROOT / "mlruns").exists() and not (ROOT / "mlartifacts").exists()

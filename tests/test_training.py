@@ -168,3 +168,21 @@ def test_data_parallel_training_with_torchrun(demo_data, embedded, tmp_path, mod
     assert second.returncode == 0, second.stderr[-3000:]
     assert "from step 8 to 12" in second.stdout
     assert versions_by_step(store, model_name) == {8: "force_saved", 12: "rolling"}
+
+
+def test_a_second_writer_is_refused_before_data_loading_and_leaves_no_run(embedded, tmp_path, model_name):
+    from mlflow_ddsp.checkpoint.lease import WriterLease
+
+    # No data at all: had the trainer loaded data or created a run first, it would fail otherwise.
+    config = tiny_config(tmp_path / "no-such-data", tmp_path / "tiny.yaml", model_name)
+    store = RegistryStore(embedded.uri)
+    lease = WriterLease(store, model_name).acquire()
+    try:
+        result = CliRunner().invoke(main, ["--tracking-uri", embedded.uri, "train", "-c", str(config)])
+    finally:
+        lease.release()
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: registered model {model_name!r} is being written by")
+    assert result.output.count("\n") == 1
+    client = MlflowClient(embedded.uri, embedded.uri)
+    assert client.get_experiment_by_name(f"exp-{model_name}") is None  # no run, not even its experiment

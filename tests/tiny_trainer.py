@@ -1,6 +1,6 @@
 """A tiny deterministic training process for crash-safety and lease tests.
 
-    python tiny_trainer.py train URI NAME EXPERIMENT STEPS [--takeover]
+    python tiny_trainer.py train URI NAME EXPERIMENT STEPS [--takeover] [--keep-last N]
         Resume from the registry, train to STEPS saving every 10 steps
         (force-save every 30), print JSON events, close. The data of step s
         depends only on s, so a run that crashes and resumes ends with exactly
@@ -58,12 +58,13 @@ def train_step(model, optimizer, step: int) -> float:
 def main(argv: list[str]) -> int:
     mode, uri, name, experiment, steps = argv[:5]
     takeover = "--takeover" in argv
+    keep_last = int(argv[argv.index("--keep-last") + 1]) if "--keep-last" in argv else 1
     model, optimizer = make_model()
     try:
         queue = CheckpointQueue(
             name, INTERVAL_VAL, INTERVAL_FORCE_SAVE, save_optimizer=True,
             config={"model": {"type": "tiny"}}, tracking_uri=uri, experiment=experiment,
-            takeover=takeover,
+            takeover=takeover, keep_last=keep_last,
         )  # fmt: skip
         with queue:
             start = queue.restore(model, optimizer)

@@ -1,8 +1,11 @@
-"""Crash injection at the named points of the save protocol, for crash-safety tests.
+"""Fault injection at the named points of the save protocol, for crash-safety tests.
 
 Set ``MLFLOW_DDSP_CRASH_AT=<point>`` (or ``<point>@<step>`` to crash only while
 saving that step) and the process SIGKILLs itself when it reaches the point:
 no cleanup handlers, no flushing, exactly like a power cut or an OOM kill.
+``MLFLOW_DDSP_FAIL_AT`` (same syntax) raises :class:`InjectedFault` there
+instead, as a server that stops answering mid-save would: the process lives on
+and the failure surfaces at the next ``save`` or ``close``.
 The points are the steps of the commit order documented in ``queue.py``.
 """
 
@@ -11,9 +14,16 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["CRASH_ENV", "CRASH_POINTS", "crash_point"]
+from ..errors import RegistryError
+
+__all__ = ["CRASH_ENV", "FAIL_ENV", "CRASH_POINTS", "InjectedFault", "crash_point"]
 
 CRASH_ENV = "MLFLOW_DDSP_CRASH_AT"
+FAIL_ENV = "MLFLOW_DDSP_FAIL_AT"
+
+
+class InjectedFault(RegistryError):
+    """Raised at a protocol point named by ``MLFLOW_DDSP_FAIL_AT`` (tests only)."""
 
 CRASH_POINTS = (
     "after_write",  # files written to the local staging folder
@@ -29,11 +39,18 @@ CRASH_POINTS = (
 )
 
 
-def crash_point(point: str, step: int) -> None:
-    """SIGKILL this process if ``MLFLOW_DDSP_CRASH_AT`` names ``point`` (and ``step``)."""
-    wanted = os.environ.get(CRASH_ENV)
+def _named(env: str, point: str, step: int) -> bool:
+    wanted = os.environ.get(env)
     if not wanted:
-        return
+        return False
     name, _, at_step = wanted.partition("@")
-    if name == point and (not at_step or int(at_step) == step):
+    return name == point and (not at_step or int(at_step) == step)
+
+
+def crash_point(point: str, step: int) -> None:
+    """SIGKILL this process if ``MLFLOW_DDSP_CRASH_AT`` names ``point`` (and ``step``);
+    raise InjectedFault if ``MLFLOW_DDSP_FAIL_AT`` does."""
+    if _named(CRASH_ENV, point, step):
         os.kill(os.getpid(), signal.SIGKILL)
+    if _named(FAIL_ENV, point, step):
+        raise InjectedFault(f"injected failure at {point} (step {step}, {FAIL_ENV})")

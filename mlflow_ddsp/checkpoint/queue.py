@@ -11,7 +11,7 @@ one deleter, ``gc.py``.
 
 Commit order of one save at step ``s``. Each arrow is a named crash point
 (``faults.py``); the kill tests SIGKILL a training process at every one and
-check that the next start's reconcile (``reconcile.py``) restores the
+check that the next start's reconcile (``retention.py``, ``gc.py``) restores the
 invariants with nothing durable lost:
 
     0. stage     model (+ optimizer) state -> CPU memory     [caller thread; all that blocks]
@@ -252,6 +252,12 @@ class CheckpointQueue:
             self._lease.release()
             raise
         log.info("%s: %s", self.name, self.policy.describe())
+        location = self.store.experiment_artifact_location(self.experiment_id)
+        if not self.store.owns_location(location):
+            log.warning(
+                "%s: new checkpoints go to %s, outside this store's folder (a copied store keeps the "
+                "original's paths); mlflow-ddsp never deletes files there", self.name, location,
+            )  # fmt: skip
         _clean_scratch()
 
         self._staging = StagingBuffer()
@@ -549,8 +555,8 @@ class CheckpointQueue:
                 "deletes or overwrites it; `mlflow-ddsp verify` checks its bytes."
             )
         return (
-            f"Rolling checkpoint at step {step}. Deleted by mlflow-ddsp once a newer checkpoint "
-            f"has taken the '{self.alias}' alias."
+            f"Rolling checkpoint at step {step}. mlflow-ddsp deletes it once no retention rule keeps it "
+            f"(newest, keep_last, best), unless you protect it with an alias of your own or `mlflow-ddsp keep`."
         )
 
     def _model_description(self) -> str:

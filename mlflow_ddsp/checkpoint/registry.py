@@ -111,6 +111,10 @@ class RegistryStore:
         with self._calling(f"open experiment {name!r}"):
             return ensure_experiment(self.client, name, self.tracking_uri)
 
+    def experiment_artifact_location(self, experiment_id: str) -> str:
+        with self._calling(f"read experiment {experiment_id}"):
+            return self.client.get_experiment(experiment_id).artifact_location
+
     def experiment_of_run(self, run_id: str) -> str:
         with self._calling(f"look up run {run_id}"):
             return self.client.get_run(run_id).info.experiment_id
@@ -375,8 +379,25 @@ class RegistryStore:
         with self._calling(f"finalize LoggedModel {files.model_id}"):
             self.client.finalize_logged_model(files.model_id, "READY")
 
-    def download(self, files: LoggedModelRef, names: Sequence[str], dst: str | os.PathLike) -> Path:
-        """Download the named files into ``dst``; missing files raise CheckpointNotFoundError."""
+    def download(
+        self,
+        files: LoggedModelRef,
+        names: Sequence[str],
+        dst: str | os.PathLike,
+        listed: Mapping[str, int] | None = None,
+    ) -> Path:
+        """Download the named files into ``dst``.
+
+        Whether a file exists is decided from a listing of the folder
+        (``listed``, or one made here), not from the text of a download error.
+
+        Raises:
+            CheckpointNotFoundError: a named file is not in the store.
+        """
+        listed = self.list_sizes(files) if listed is None else listed
+        missing = [n for n in names if n not in listed]
+        if missing:
+            raise CheckpointNotFoundError(f"{', '.join(missing)} missing from {files.artifact_location}")
         repo = self._repo(files.artifact_location)
         for name in names:
             with self._calling(f"download {name} from {files.artifact_location}"):
@@ -390,8 +411,10 @@ class RegistryStore:
                     ) from exc
         return Path(dst)
 
-    def read_manifest(self, files: LoggedModelRef, dst: str | os.PathLike) -> Manifest:
-        path = self.download(files, [MANIFEST_FILE], dst) / MANIFEST_FILE
+    def read_manifest(
+        self, files: LoggedModelRef, dst: str | os.PathLike, listed: Mapping[str, int] | None = None
+    ) -> Manifest:
+        path = self.download(files, [MANIFEST_FILE], dst, listed) / MANIFEST_FILE
         return Manifest.from_json(path.read_bytes(), source=f"{files.artifact_location}/{MANIFEST_FILE}")
 
     def delete_bytes(self, files: LoggedModelRef) -> None:
@@ -488,13 +511,14 @@ class RegistryStore:
         from .files import sha256_file, verify_files
 
         files = self.files_of(version)
-        manifest = self.read_manifest(files, dst)
+        listed = self.list_sizes(files)
+        manifest = self.read_manifest(files, dst, listed)
         digest = sha256_file(Path(dst) / MANIFEST_FILE)
         if digest.sha256 != version.manifest_sha256:
             raise CheckpointIntegrityError(
                 f"{version.label}: manifest.json changed since registration "
                 f"(sha256 {digest.sha256[:12]}..., expected {str(version.manifest_sha256)[:12]}...)"
             )
-        self.download(files, [n for n in manifest.files], dst)
+        self.download(files, [n for n in manifest.files], dst, listed)
         verify_files(dst, manifest, label=version.label)
         return manifest
