@@ -85,20 +85,20 @@ def test_a_version_a_person_promoted_or_kept_survives_and_is_retired_once_releas
     assert not promoted_folder.exists()
 
 
-def test_gc_never_deletes_a_protected_version(embedded, model_name):
+def test_gc_never_deletes_a_protected_version(backend, model_name):
     model = model_and_step()
-    with open_queue(embedded, model_name) as queue:
+    with open_queue(backend, model_name) as queue:
         kept = queue.save(10, model).result()
         queue.store.set_version_tag(model_name, kept.version, T.KEEP, "true")
         queue.save(20, model).result()
-    assert cli(embedded, "gc", model_name).output.strip() == f"{model_name}: nothing to do"
-    assert versions_by_step(RegistryStore(embedded.uri), model_name) == {10: "rolling", 20: "rolling"}
+    assert cli(backend, "gc", model_name).output.strip() == f"{model_name}: nothing to do"
+    assert versions_by_step(RegistryStore(backend.uri), model_name) == {10: "rolling", 20: "rolling"}
 
 
-def test_keep_of_an_unknown_version_is_one_line(embedded, model_name):
-    with open_queue(embedded, model_name) as queue:
+def test_keep_of_an_unknown_version_is_one_line(backend, model_name):
+    with open_queue(backend, model_name) as queue:
         queue.save(10, model_and_step()).result()
-    result = cli(embedded, "keep", model_name, "99")
+    result = cli(backend, "keep", model_name, "99")
     assert result.exit_code == 1 and result.output.startswith("error:") and result.output.count("\n") == 1
 
 
@@ -121,10 +121,10 @@ def test_keep_last_and_best_are_registry_state(backend, model_name):
     assert rows == {"20": "best", "50": "keep_last", "60": "newest"}
 
 
-def test_start_of_training_says_what_is_kept(embedded, model_name, caplog):
+def test_start_of_training_says_what_is_kept(backend, model_name, caplog):
     with caplog.at_level(logging.INFO, logger="mlflow_ddsp"):
-        open_queue(embedded, model_name).close()
-        open_queue(embedded, model_name + "-2", interval_force_save=30, best_metric="validation/loss").close()
+        open_queue(backend, model_name).close()
+        open_queue(backend, model_name + "-2", interval_force_save=30, best_metric="validation/loss").close()
     lines = [r.getMessage() for r in caplog.records if "keeping the newest" in r.getMessage()]
     assert lines[0].endswith("set train.interval_force_save (e.g. 50) or train.keep_last to keep more")
     assert "every 30th step forever, the best by validation/loss" in lines[1] and "keep more" not in lines[1]
@@ -157,13 +157,13 @@ def test_an_empty_artifact_store_at_start_deletes_nothing(backend, model_name):
         assert queue.restore(model_and_step()) == 10
 
 
-def test_gc_forget_missing_removes_versions_whose_files_are_gone(embedded, model_name):
-    with open_queue(embedded, model_name) as queue:
+def test_gc_forget_missing_removes_versions_whose_files_are_gone(backend, model_name):
+    with open_queue(backend, model_name) as queue:
         v = queue.save(10, model_and_step()).result()
         store = queue.store
-    shutil.rmtree(folder_of(embedded, store, v))
-    assert cli(embedded, "gc", model_name).exit_code == 1  # could be an unmounted store: refuse
-    result = cli(embedded, "gc", model_name, "--forget-missing")
+    shutil.rmtree(folder_of(backend, store, v))
+    assert cli(backend, "gc", model_name).exit_code == 1  # could be an unmounted store: refuse
+    result = cli(backend, "gc", model_name, "--forget-missing")
     assert result.exit_code == 0 and "delete rolling version" in result.output
     assert versions_by_step(store, model_name) == {}
 
@@ -214,9 +214,9 @@ def test_a_failed_alias_move_or_retire_is_finished_by_the_next_save(backend, mod
     assert store.get_version(model_name, store.alias_version(model_name, "rolling")).step == 30
 
 
-def test_a_retried_save_of_a_committed_step_finishes_its_plan_without_a_second_version(embedded, model_name, monkeypatch):
+def test_a_retried_save_of_a_committed_step_finishes_its_plan_without_a_second_version(backend, model_name, monkeypatch):
     model = model_and_step()
-    with open_queue(embedded, model_name) as queue:
+    with open_queue(backend, model_name) as queue:
         queue.save(10, model).result()
         monkeypatch.setenv(FAIL_ENV, "after_register@20")
         queue.save(20, model)
@@ -229,9 +229,9 @@ def test_a_retried_save_of_a_committed_step_finishes_its_plan_without_a_second_v
         assert store.get_version(model_name, store.alias_version(model_name, "rolling")).step == 20
 
 
-def test_a_save_retried_after_a_failed_upload_saves(embedded, model_name, monkeypatch):
+def test_a_save_retried_after_a_failed_upload_saves(backend, model_name, monkeypatch):
     model = model_and_step()
-    with open_queue(embedded, model_name) as queue:
+    with open_queue(backend, model_name) as queue:
         monkeypatch.setenv(FAIL_ENV, "after_upload@10")
         queue.save(10, model)
         with pytest.raises(CheckpointSaveError):
@@ -239,7 +239,7 @@ def test_a_save_retried_after_a_failed_upload_saves(embedded, model_name, monkey
         monkeypatch.delenv(FAIL_ENV)
         assert queue.save(10, model) is not None  # used to return None: "already saved"
         queue.flush()
-    assert versions_by_step(RegistryStore(embedded.uri), model_name) == {10: "rolling"}
+    assert versions_by_step(RegistryStore(backend.uri), model_name) == {10: "rolling"}
 
 
 # -- staging is per OS user ------------------------------------------------------------------------
@@ -283,3 +283,25 @@ def test_a_second_os_user_can_save_on_the_same_machine(model_name):
         assert folders["mlflow-ddsp-staging-0"].st_mode & 0o777 == 0o700
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.mark.parametrize("how", ["alias", "keep"])
+def test_the_deleter_skips_a_version_protected_after_the_plan_was_made(backend, model_name, how):
+    from mlflow_ddsp.checkpoint.gc import apply_plan, take_snapshot
+    from mlflow_ddsp.checkpoint.policy import RetentionPolicy
+    from mlflow_ddsp.checkpoint.retention import plan_retention
+
+    with open_queue(backend, model_name) as queue:
+        old = queue.save(10, model_and_step()).result()
+        queue.store.set_version_tag(model_name, old.version, T.KEEP, "true")
+        queue.save(20, model_and_step()).result()
+        store = queue.store
+        store.delete_version_tag(model_name, old.version, T.KEEP)
+        plan = plan_retention(take_snapshot(store, model_name), RetentionPolicy(10, None), "rolling")
+        assert [v.version for v in plan.delete_versions] == [old.version]
+        if how == "alias":  # a person promotes it while the plan is being applied
+            store.set_alias(model_name, "champion", old.version)
+        else:
+            store.set_version_tag(model_name, old.version, T.KEEP, "true")
+        apply_plan(store, model_name, plan)
+    assert versions_by_step(store, model_name) == {10: "rolling", 20: "rolling"}

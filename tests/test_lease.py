@@ -214,14 +214,14 @@ def test_heartbeat_renews_the_lease(embedded, model_name):
     [("same", True), ("pid:[4026531999]", False), ("", False)],
     ids=["same-pid-namespace", "other-container", "unknown"],
 )
-def test_a_dead_pid_counts_only_within_the_same_pid_namespace(embedded, model_name, namespace, taken_at_once):
+def test_a_dead_pid_counts_only_within_the_same_pid_namespace(backend, model_name, namespace, taken_at_once):
     """Containers sharing a host name (host networking) see other pids: judge those by ttl."""
     import socket
 
     from mlflow_ddsp.checkpoint.lease import _boot_id, _pid_namespace
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    store = RegistryStore(embedded.uri)
+    store = RegistryStore(backend.uri)
     store.ensure_registered_model(model_name, "namespaces")
     tags = {
         T.LEASE_MARKER: T.LEASE_MARKER_VALUE, T.LEASE_OWNER: "container-b", T.LEASE_HOST: socket.gethostname(),
@@ -231,7 +231,7 @@ def test_a_dead_pid_counts_only_within_the_same_pid_namespace(embedded, model_na
     }  # fmt: skip
     assert store.try_create_registered_model(lease_model_name(model_name), tags, "planted")
     if taken_at_once:
-        open_queue(embedded, model_name).close()
+        open_queue(backend, model_name).close()
     else:
         with pytest.raises(LeaseHeldError, match=r"ttl 600 s"):
-            open_queue(embedded, model_name)
+            open_queue(backend, model_name)

@@ -67,12 +67,13 @@ def test_bad_experiment_names(name):
         validate_experiment_name(name)
 
 
-def test_a_dotted_registered_model_trains_and_saves(embedded):
+def test_a_dotted_registered_model_trains_and_saves(backend, model_name):
     """`mlflow.registered_model: my.voice` used to pass validation and fail at every save."""
-    with CheckpointQueue("my.voice", 10, None, tracking_uri=embedded.uri, experiment=embedded.experiment) as queue:
+    dotted = "my.voice." + model_name
+    with CheckpointQueue(dotted, 10, None, tracking_uri=backend.uri, experiment=backend.experiment) as queue:
         version = queue.save(10, torch.nn.Linear(2, 2)).result()
-    assert version.name == "my.voice"
-    assert versions_by_step(RegistryStore(embedded.uri), "my.voice") == {10: "rolling"}
+    assert version.name == dotted
+    assert versions_by_step(RegistryStore(backend.uri), dotted) == {10: "rolling"}
 
 
 @pytest.mark.parametrize(
@@ -94,10 +95,10 @@ def test_config_names_and_retention_options_fail_at_load(tmp_path, section, key,
         load_config(path)
 
 
-def test_import_with_a_refused_name_leaves_nothing_behind(embedded, tmp_path):
+def test_import_with_a_refused_name_leaves_nothing_behind(backend, tmp_path):
     expdir = tmp_path / "exp"
     expdir.mkdir()
-    result = CliRunner().invoke(main, ["--tracking-uri", embedded.uri, "import", str(expdir), "--name", "a/b"])
+    result = CliRunner().invoke(main, ["--tracking-uri", backend.uri, "import", str(expdir), "--name", "a/b"])
     assert result.exit_code == 1 and result.output.startswith("error: registered_model='a/b'")
     assert result.output.count("\n") == 1
-    assert MlflowClient(embedded.uri, embedded.uri).search_registered_models() == []
+    assert MlflowClient(backend.uri, backend.uri).search_registered_models("name = 'a/b'") == []

@@ -134,41 +134,41 @@ def test_folder_without_config_or_checkpoints(embedded, tmp_path):
 
 
 @pytest.fixture
-def one_version(embedded, model_name, tmp_path) -> str:
+def one_version(backend, model_name, tmp_path) -> str:
     write_upstream_expdir(tmp_path / "exp" / "one", [2000], with_optimizer=False)
-    import_experiment(tmp_path / "exp" / "one", model_name, tracking_uri=embedded.uri)
+    import_experiment(tmp_path / "exp" / "one", model_name, tracking_uri=backend.uri, experiment=backend.experiment)
     return f"models:/{model_name}/1"
 
 
 @pytest.mark.parametrize("existing", ["config.yaml", "model_2000.pt"])
-def test_export_never_overwrites_a_persons_files(embedded, one_version, tmp_path, existing):
+def test_export_never_overwrites_a_persons_files(backend, one_version, tmp_path, existing):
     out = tmp_path / "out"
     out.mkdir()
     (out / existing).write_text("my hand-tuned file\n")
     with pytest.raises(ConfigError, match=rf"already holds {existing}; export never overwrites .* --force"):
-        export_version(one_version, out, tracking_uri=embedded.uri)
+        export_version(one_version, out, tracking_uri=backend.uri)
     assert sorted(p.name for p in out.iterdir()) == [existing]  # nothing partial
     assert (out / existing).read_text() == "my hand-tuned file\n"
 
-    export_version(one_version, out, tracking_uri=embedded.uri, force=True)
+    export_version(one_version, out, tracking_uri=backend.uri, force=True)
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model_2000.pt"]  # no temp files left
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["type"] == "CombSubFast"
 
 
-def test_export_never_writes_through_a_symlink(embedded, one_version, tmp_path):
+def test_export_never_writes_through_a_symlink(backend, one_version, tmp_path):
     outside = tmp_path / "elsewhere.yaml"
     outside.write_text("a file outside the output folder\n")
     out = tmp_path / "out"
     out.mkdir()
     (out / "config.yaml").symlink_to(outside)
     with pytest.raises(ConfigError, match=r"already holds config.yaml"):
-        export_version(one_version, out, tracking_uri=embedded.uri)
-    export_version(one_version, out, tracking_uri=embedded.uri, force=True)
+        export_version(one_version, out, tracking_uri=backend.uri)
+    export_version(one_version, out, tracking_uri=backend.uri, force=True)
     assert outside.read_text() == "a file outside the output folder\n"
     assert not (out / "config.yaml").is_symlink() and (out / "config.yaml").is_file()
 
 
-def test_export_to_a_path_that_cannot_be_a_folder_is_one_line(embedded, one_version, tmp_path):
+def test_export_to_a_path_that_cannot_be_a_folder_is_one_line(backend, one_version, tmp_path):
     from click.testing import CliRunner
 
     from mlflow_ddsp.cli import main
@@ -176,7 +176,7 @@ def test_export_to_a_path_that_cannot_be_a_folder_is_one_line(embedded, one_vers
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     for target in (blocker, blocker / "sub"):
-        result = CliRunner().invoke(main, ["--tracking-uri", embedded.uri, "export", one_version, str(target)])
+        result = CliRunner().invoke(main, ["--tracking-uri", backend.uri, "export", one_version, str(target)])
         assert result.exit_code != 0 and "Traceback" not in result.output
         last = result.output.strip().splitlines()[-1]
         assert last.lower().startswith("error:") and "a-file" in last  # one line naming the path

@@ -128,12 +128,11 @@ def retire_version(
     plan was made) or is already gone.
     """
     try:
-        fresh = store.get_version(version.name, version.version)
-        aliases = store.version_aliases(version.name, version.version)
+        fresh = store.get_version(version.name, version.version)  # tags and aliases as they are now
     except CheckpointNotFoundError:
         return False
-    if aliases or fresh.keep:
-        why = f"alias {', '.join(aliases)}" if aliases else f"{T.KEEP}=true"
+    if fresh.aliases or fresh.keep:
+        why = f"alias {', '.join(fresh.aliases)}" if fresh.aliases else f"{T.KEEP}=true"
         log.warning("%s is protected (%s) since the plan was made: not deleted", version.label, why)
         return False
     files = None

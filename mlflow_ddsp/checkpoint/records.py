@@ -44,6 +44,9 @@ class CheckpointVersion:
     created_ms: int
     tags: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    # Filled by a single-version read (get_model_version); a search does not return them
+    # on every backend, so plans take aliases from the registered model instead.
+    aliases: tuple[str, ...] = ()
 
     @property
     def step(self) -> int | None:

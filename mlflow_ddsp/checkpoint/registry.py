@@ -253,6 +253,7 @@ class RegistryStore:
             created_ms=int(mv.creation_timestamp or 0),
             tags=dict(mv.tags or {}),
             description=mv.description or "",
+            aliases=tuple(mv.aliases or ()),
         )
 
     def list_versions(self, name: str) -> list[CheckpointVersion]:
@@ -273,11 +274,6 @@ class RegistryStore:
     def get_version(self, name: str, version: int) -> CheckpointVersion:
         with self._calling(f"read {name} v{version}"):
             return self._version(self.client.get_model_version(name, str(version)))
-
-    def version_aliases(self, name: str, version: int) -> list[str]:
-        """The aliases on one version, read fresh (the deleter's last look before deleting)."""
-        with self._calling(f"read aliases of {name} v{version}"):
-            return list(self.client.get_model_version(name, str(version)).aliases or [])
 
     def set_version_tag(self, name: str, version: int, key: str, value: str) -> None:
         with self._calling(f"tag {name} v{version}"):
