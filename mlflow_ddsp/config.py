@@ -5,7 +5,7 @@ upstream uses for other trainers or for inference-time add-ons (``enhancer``,
 ``vocoder``, ``infer``, ``train.amp_dtype``...) are accepted and carried along;
 a key nobody defines is an error that names it (with the closest known key).
 Our additions are optional: ``train.interval_force_save``, ``train.keep_last``,
-``train.best_metric``, ``train.best_mode``, ``train.max_steps``,
+``train.best_metric``, ``train.best_mode``, ``train.max_steps``, ``train.seed``,
 ``loss.validation_fft_sizes`` and the ``mlflow`` section.
 
 Values are type-checked; numbers written the way YAML 1.1 reads as strings
@@ -113,6 +113,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     save_opt: bool = False
     max_steps: int | None = None  # ours: stop at this global step
+    seed: int = 0  # ours: seeds initialisation, data order and augmentation (exact resume needs one)
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,8 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError(f"train.weight_decay={t.weight_decay} must be >= 0")
     if t.max_steps is not None:
         positive("train.max_steps", t.max_steps)
+    if t.seed < 0:
+        raise ConfigError(f"train.seed={t.seed} must be >= 0")
     if t.amp_dtype not in ("fp32", "fp16", "bf16"):
         raise ConfigError(f"train.amp_dtype={t.amp_dtype!r} must be one of fp32, fp16, bf16")
     if t.cache_device not in ("cpu", "cuda"):

@@ -1,6 +1,6 @@
 """Where a checkpoint came from: code version, environment, config and data digests.
 
-Recorded as tags on the training run and on every model version, so a version
+Recorded as tags on the training run and on every checkpoint's LoggedModel, so a version
 can be traced back without the run: ``mlflow-ddsp lineage`` reads them.
 """
 
@@ -91,6 +91,17 @@ def _parent(tags: Mapping[str, str]) -> tuple[str, int, int | None, str | None] 
     )
 
 
+def _files_tags(store, version) -> Mapping[str, str]:
+    from .errors import CheckpointNotFoundError
+
+    if not version.model_id:
+        return {}
+    try:
+        return store.get_files(version.model_id).tags
+    except CheckpointNotFoundError:
+        return {}
+
+
 def lineage_chain(store, name: str, version: int | None = None, *, alias: str = "rolling", limit: int = 1000) -> list[LineageEntry]:
     """The version (default: the alias's) and every version it descends from, newest first.
 
@@ -121,7 +132,7 @@ def lineage_chain(store, name: str, version: int | None = None, *, alias: str = 
                                       dataset_digest=tags.get(T.DATASET_DIGEST)))  # fmt: skip
             link = _parent(tags)  # the run that trained the deleted version says where it came from
             continue
-        tags = v.tags
+        tags = {**_files_tags(store, v), **v.tags}  # lineage is on the LoggedModel (older releases: the version)
         chain.append(LineageEntry(v.name, v.version, v.step, v.kind, v.run_id, exists=True, created_ms=v.created_ms,
                                   git_commit=tags.get(T.GIT_COMMIT), git_dirty=tags.get(T.GIT_DIRTY),
                                   config_digest=tags.get(T.CONFIG_DIGEST), dataset_digest=tags.get(T.DATASET_DIGEST),

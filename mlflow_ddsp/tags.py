@@ -1,7 +1,10 @@
 """Namespaced MLflow tag keys and values written by mlflow-ddsp, in one place.
 
 Model-version tags are written once, atomically, when the version is created,
-so a version either carries all of them or was not made by the queue.
+so a version either carries all of them or was not made by the queue. They are
+kept to what identifies a checkpoint (the UI's version list shows them); lineage
+and integrity records live on the checkpoint's LoggedModel, written when it is
+created, and lineage also on the training run.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ __all__ = [
     "SIZE",
     "MANIFEST_SHA256",
     "CHECKPOINT_FILE",
+    "MLFLOW_MODEL_VERSIONS",
     "KEEP",
     "METRIC_PREFIX",
     "metric_tag",
@@ -47,13 +51,16 @@ __all__ = [
 
 PREFIX = "mlflow_ddsp."
 
-# --- on checkpoint model versions (and their LoggedModels) -----------------
-STEP = "mlflow_ddsp.step"  # global training step, decimal
-KIND = "mlflow_ddsp.kind"  # KIND_ROLLING | KIND_FORCE_SAVED
+# --- on checkpoint model versions: what identifies a checkpoint, nothing more ---
+STEP = "mlflow_ddsp.step"  # global training step, decimal (also on the LoggedModel)
+KIND = "mlflow_ddsp.kind"  # KIND_ROLLING | KIND_FORCE_SAVED (also on the LoggedModel)
 SHA256 = "mlflow_ddsp.sha256"  # sha256 hex of model_<step>.pt
 SIZE = "mlflow_ddsp.size_bytes"  # size of model_<step>.pt in bytes
+
+# --- on the checkpoint's LoggedModel (and lineage also on the training run) ------
 MANIFEST_SHA256 = "mlflow_ddsp.manifest_sha256"  # sha256 of manifest.json (covers every file)
 CHECKPOINT_FILE = "mlflow_ddsp.checkpoint_file"  # "model_<step>.pt"
+MLFLOW_MODEL_VERSIONS = "mlflow.modelVersions"  # MLflow's own: JSON [{name, version}] -> the UI's link
 PARENT_VERSION = "mlflow_ddsp.parent.version"  # version training resumed/fine-tuned from
 PARENT_STEP = "mlflow_ddsp.parent.step"
 PARENT_MODEL = "mlflow_ddsp.parent.model"  # registered model of the parent
@@ -69,7 +76,7 @@ def metric_tag(metric: str) -> str:
     return METRIC_PREFIX + metric
 
 
-# --- lineage: on training runs and on every checkpoint version ---------------
+# --- lineage: on training runs and on every checkpoint's LoggedModel ------------
 CONFIG_DIGEST = "mlflow_ddsp.config_digest"  # sha256 of the canonical config yaml
 DATASET_DIGEST = "mlflow_ddsp.dataset_digest"  # sha256 over the training recordings
 REGISTERED_MODEL = "mlflow_ddsp.registered_model"  # on runs: the queue they train into

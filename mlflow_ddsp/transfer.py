@@ -159,11 +159,7 @@ def import_experiment(
             # step is one the config force-saves.
             keep = step != newest or queue.policy.is_force_save(step) or _force_step(cfg, step)
             kind = T.KIND_FORCE_SAVED if keep else T.KIND_ROLLING
-            version = queue.register_file(
-                step, path, kind=kind,
-                description=f"Imported from {path.resolve()} (upstream DDSP-SVC)"
-                + ("; kept forever" if kind == T.KIND_FORCE_SAVED else ""),
-            )  # fmt: skip
+            version = queue.register_file(step, path, kind=kind)  # the LoggedModel records where from
             report.imported.append((step, version.version, kind))
     return report
 

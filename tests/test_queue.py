@@ -60,8 +60,10 @@ def test_a_version_holds_upstream_checkpoint_config_and_manifest(backend, model_
 
     store = RegistryStore(backend.uri)
     assert rolling.kind == "rolling" and forced.kind == "force_saved"
-    assert "Force-saved checkpoint at step 20" in forced.description
-    assert forced.tags[T.STEP] == "20" and forced.tags[T.CHECKPOINT_FILE] == "model_20.pt"
+    assert forced.description == "step 20 · force_saved · kept: force_saved, newest"
+    assert set(forced.tags) == {T.STEP, T.KIND, T.SHA256, T.SIZE}  # what identifies it, nothing more
+    files = RegistryStore(backend.uri).files_of(forced)
+    assert files.tags[T.CHECKPOINT_FILE] == "model_20.pt" and files.tags[T.QUEUE] == model_name
     with tempfile.TemporaryDirectory() as tmp:
         manifest = store.fetch_verified(forced, tmp)
         assert sorted(p.name for p in Path(tmp).iterdir()) == ["config.yaml", "manifest.json", "model_20.pt"]
@@ -160,8 +162,9 @@ def test_a_starting_point_is_used_only_until_the_model_has_its_own_checkpoints(b
         assert queue.restore(fresh, source=source) == 20
         train_a_bit(fresh, optimizer)
         child = queue.save(25, fresh).result()
-    assert child.tags[T.PARENT_VERSION] == str(pinned.version)
-    assert child.tags[T.PARENT_STEP] == "20" and child.tags[T.PARENT_MODEL] == base_name
+    lineage = RegistryStore(backend.uri).files_of(child).tags  # on the LoggedModel, where the UI shows it
+    assert lineage[T.PARENT_VERSION] == str(pinned.version)
+    assert lineage[T.PARENT_STEP] == "20" and lineage[T.PARENT_MODEL] == base_name
 
     # The same command again (a preemptible job restarting): it resumes from its own checkpoint.
     again, _ = tiny_model(seed=4)

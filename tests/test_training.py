@@ -54,7 +54,7 @@ def test_cli_training_against_a_real_server(demo_data, mlflow_server, tmp_path, 
     logged_config = Path(client.download_artifacts(run_id, "config.yaml", str(tmp_path)))
     assert yaml.safe_load(logged_config.read_text())["mlflow"]["experiment"] == f"exp-{model_name}"
     for tag in (T.CONFIG_DIGEST, T.DATASET_DIGEST):
-        assert versions[10].tags[tag] == run.data.tags[tag]
+        assert store.files_of(versions[10]).tags[tag] == run.data.tags[tag]
 
     # Dataset inputs with digests.
     inputs = {[t.value for t in i.tags if t.key == "mlflow.data.context"][0]: i.dataset for i in run.inputs.dataset_inputs}
@@ -186,3 +186,53 @@ def test_a_second_writer_is_refused_before_data_loading_and_leaves_no_run(embedd
     assert result.output.count("\n") == 1
     client = MlflowClient(embedded.uri, embedded.uri)
     assert client.get_experiment_by_name(f"exp-{model_name}") is None  # no run, not even its experiment
+
+
+def _final_state(uri: str, name: str) -> dict:
+    import tempfile
+
+    from mlflow_ddsp.checkpoint import load_checkpoint
+
+    store = RegistryStore(uri)
+    version = store.get_version(name, store.alias_version(name, "rolling"))
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = store.fetch_verified(version, tmp)
+        return load_checkpoint(Path(tmp) / manifest.checkpoint_file)
+
+
+def test_sigkill_after_a_checkpoint_then_resume_ends_bit_identical(demo_data, tmp_path, model_name):
+    """The CLI trainer killed after the checkpoint of step 5, started again, ends exactly where
+    an uninterrupted run of the same config ends: data order, crops, gains, model noise and
+    the random-scale loss all continue from the saved trainer state."""
+    import torch
+
+    from mlflow_ddsp.corpus import list_audio
+
+    batch = 2
+    steps_per_epoch = -(-len(list_audio(demo_data / "train", ["wav"])) // batch)
+    assert 5 % steps_per_epoch, "the kill must land mid-epoch"
+    config = tiny_config(demo_data, tmp_path / "tiny.yaml", model_name, max_steps=12, batch_size=batch,
+                         interval_val=5, interval_force_save=10)  # fmt: skip
+    cli = [str(Path(sys.executable).with_name("mlflow-ddsp")), "train", "-c", str(config)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_DDSP_")}
+
+    def train(folder: str, crash: str | None = None) -> subprocess.CompletedProcess:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        extra = {"MLFLOW_DDSP_CRASH_AT": crash} if crash else {}
+        return subprocess.run(cli, cwd=tmp_path / folder, env={**env, **extra}, capture_output=True, text=True, timeout=600)
+
+    assert train("uninterrupted").returncode == 0
+    killed = train("resumed", crash="after_alias@5")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    again = train("resumed")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"trained {model_name} from step 5 to 12" in again.stdout
+
+    a = _final_state(f"sqlite:///{tmp_path / 'uninterrupted' / 'mlflow.db'}", model_name)
+    b = _final_state(f"sqlite:///{tmp_path / 'resumed' / 'mlflow.db'}", model_name)
+    assert a["global_step"] == b["global_step"] == 12
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for index, moments in a["optimizer"]["state"].items():
+        assert torch.equal(moments["exp_avg"], b["optimizer"]["state"][index]["exp_avg"])

@@ -4,6 +4,7 @@ A version's artifact root (the artifacts of one MLflow LoggedModel) holds::
 
     model_<step>.pt   upstream DDSP-SVC format: {'global_step', 'model', 'optimizer'?}
     config.yaml       the config the checkpoint was trained with
+    trainer_state.pt  RNG states, data position, AMP scaler (ours, optional: an exact resume)
     manifest.json     sha256 and size of every other file (written last)
 
 A pyfunc ``MLmodel`` can later sit beside these files without moving them:
@@ -31,6 +32,7 @@ from ..errors import CheckpointIntegrityError
 __all__ = [
     "CONFIG_FILE",
     "MANIFEST_FILE",
+    "TRAINER_STATE_FILE",
     "MANIFEST_FORMAT",
     "FileDigest",
     "Manifest",
@@ -43,6 +45,7 @@ __all__ = [
 
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"
+TRAINER_STATE_FILE = "trainer_state.pt"
 MANIFEST_FORMAT = "mlflow-ddsp.checkpoint/1"
 _CHUNK = 1 << 20
 
@@ -130,6 +133,7 @@ def write_checkpoint(
     payload: Mapping[str, Any] | str | os.PathLike,
     config_yaml: bytes,
     extra_files: Mapping[str, bytes] | None = None,
+    trainer_state: Mapping[str, Any] | None = None,
 ) -> tuple[Manifest, FileDigest]:
     """Write one version's files into an empty ``directory``; manifest last.
 
@@ -140,6 +144,8 @@ def write_checkpoint(
         config_yaml: the config file's bytes, stored verbatim.
         extra_files: more files to place beside them and cover by the manifest
             (e.g. a pyfunc ``MLmodel``).
+        trainer_state: what an exact resume needs besides the weights, written to
+            its own file so the checkpoint stays upstream's format.
 
     Returns:
         The manifest, and the digest of ``manifest.json`` itself.
@@ -156,6 +162,11 @@ def write_checkpoint(
         shutil.copyfile(payload, root / name)
         files[name] = sha256_file(root / name)
     files[CONFIG_FILE] = _write_bytes(root / CONFIG_FILE, config_yaml)
+    if trainer_state is not None:
+        with open(root / TRAINER_STATE_FILE, "wb") as f:
+            writer = _HashingWriter(f)
+            torch.save(dict(trainer_state), writer)
+        files[TRAINER_STATE_FILE] = FileDigest(writer.sha256.hexdigest(), writer.size)
     for extra_name, data in (extra_files or {}).items():
         files[extra_name] = _write_bytes(root / extra_name, data)
     manifest = Manifest(step=int(step), files=files)

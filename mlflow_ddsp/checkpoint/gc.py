@@ -161,6 +161,8 @@ def apply_plan(store: RegistryStore, name: str, plan: RetentionPlan, after: Call
         retire_version(store, version, after)
     for model in plan.delete_models:
         remove_files(store, name, LoggedModelRef(model.model_id, model.artifact_location, name))
+    for version, text in plan.descriptions:  # cosmetic, last: what the UI shows keeps up with the plan
+        store.set_description(name, version.version, text)
 
 
 def _unavailable(store: RegistryStore, name: str, snapshot: RegistrySnapshot) -> ArtifactStoreUnavailable:

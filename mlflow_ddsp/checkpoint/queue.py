@@ -74,7 +74,7 @@ from .policy import BEST_ALIAS, DEFAULT_ALIAS, RetentionPolicy
 from .reader import CheckpointReader, load_into, unwrap_model
 from .records import CheckpointVersion
 from .registry import LoggedModelRef, RegistryStore
-from .retention import plan_retention
+from .retention import describe_version, plan_retention
 from .staging import StagingBuffer
 
 __all__ = ["CheckpointQueue"]
@@ -270,6 +270,7 @@ class CheckpointQueue:
         self._committed_step: int | None = None  # registered by this queue; its plan may be unapplied
         self._settled = True  # the plan after the last commit was applied
         self._parent: CheckpointVersion | None = None
+        self.restored_trainer_state: dict[str, Any] | None = None  # set by restore()
         self.skipped_saves = 0
         self.last_version: CheckpointVersion | None = None
         ref = weakref.ref(self)
@@ -283,13 +284,16 @@ class CheckpointQueue:
         optimizer: torch.optim.Optimizer | None = None,
         *,
         metrics: Mapping[str, float] | None = None,
+        trainer_state: Mapping[str, Any] | None = None,
     ) -> Future | None:
         """Checkpoint ``model`` (and ``optimizer`` if ``save_optimizer``) at ``step``.
 
         Blocks only to copy the state to CPU memory (and, if the previous save is
         still being written, to wait for it). ``metrics`` are logged at ``step`` on
         the run and linked to this checkpoint's model, so the MLflow UI compares
-        checkpoints by them.
+        checkpoints by them. ``trainer_state`` (tensors and plain values, e.g.
+        RNG states) is stored as ``trainer_state.pt`` beside the checkpoint and
+        given back by :meth:`restore` as :attr:`restored_trainer_state`.
 
         Returns:
             A future for the registered version, or None if nothing was saved
@@ -323,10 +327,12 @@ class CheckpointQueue:
         state: dict[str, Any] = {"global_step": step, "model": unwrap_model(model).state_dict()}
         if self.save_optimizer and optimizer is not None:
             state["optimizer"] = optimizer.state_dict()
-        payload = self._staging.stage(state)
+        staged = self._staging.stage({"checkpoint": state, "trainer": dict(trainer_state or {}) or None})
         blocked = time.perf_counter() - started
         self._pending_step = step
-        self._pending = self._executor.submit(self._commit, step, kind, payload, dict(metrics or {}), blocked)
+        self._pending = self._executor.submit(
+            self._commit, step, kind, staged["checkpoint"], dict(metrics or {}), blocked, trainer_state=staged["trainer"]
+        )
         return self._pending
 
     def restore(
@@ -370,6 +376,7 @@ class CheckpointQueue:
             self.store.set_alias(self.name, self.alias, restored.version.version)
         self._parent = restored.version
         self._restored_step = restored.step
+        self.restored_trainer_state = restored.trainer_state
         return restored.step
 
     def flush(self) -> CheckpointVersion | None:
@@ -440,6 +447,7 @@ class CheckpointQueue:
         *,
         description: str | None = None,
         tags: Mapping[str, str] | None = None,
+        trainer_state: Mapping[str, Any] | None = None,
     ) -> CheckpointVersion:
         started = time.perf_counter()
         store = self.store
@@ -449,13 +457,15 @@ class CheckpointQueue:
 
         with tempfile.TemporaryDirectory(prefix=f"{os.getpid()}-step{step}-", dir=_scratch()) as tmp:
             folder = Path(tmp)
-            manifest, manifest_digest = write_checkpoint(folder, step, payload, self._config_yaml, self._extra_files)
+            manifest, manifest_digest = write_checkpoint(
+                folder, step, payload, self._config_yaml, self._extra_files, trainer_state
+            )
             reached("after_write")
             files = store.create_files(
                 self.experiment_id,
                 name=logged_model_name(self.name, step),
                 run_id=self.run_id,
-                tags={T.QUEUE: self.name, T.STEP: str(step), T.KIND: kind},
+                tags=self._files_tags(step, kind, manifest, manifest_digest),
             )
             reached("after_create")
             store.upload(files, folder / manifest.checkpoint_file)
@@ -477,12 +487,17 @@ class CheckpointQueue:
             self.name,
             files,
             self.run_id,
-            tags={**self._version_tags(step, kind, manifest, manifest_digest, metrics), **(tags or {})},
-            description=description or self._version_description(step, kind),
+            tags={**self._version_tags(step, kind, manifest, metrics), **(tags or {})},
+            description=description or describe_version(
+                CheckpointVersion(self.name, 0, "", None, 0, self._version_tags(step, kind, manifest, metrics)),
+                (T.KIND_FORCE_SAVED, "newest") if kind == T.KIND_FORCE_SAVED else ("newest",),
+                self.policy.best_metric,
+            ),
         )
         self.last_version = version
         self._committed_step, self._settled = step, False
         reached("after_register")
+        store.link_version(files.model_id, self.name, version.version)  # the UI's LoggedModel -> version link
         self._settle(reached)
         if self.run_id:
             timings = {
@@ -513,24 +528,26 @@ class CheckpointQueue:
         return self.last_version
 
     # -- helpers ------------------------------------------------------------
-    def _version_tags(
-        self, step: int, kind: str, manifest: Manifest, manifest_digest: FileDigest, metrics: Mapping[str, float]
-    ) -> dict[str, str]:
+    def _version_tags(self, step: int, kind: str, manifest: Manifest, metrics: Mapping[str, float]) -> dict[str, str]:
+        """What identifies a checkpoint, and nothing more (the UI's version list shows these)."""
         ckpt = manifest.files[manifest.checkpoint_file]
-        tags = {
-            **self._lineage,
-            T.STEP: str(step),
-            T.KIND: kind,
-            T.CHECKPOINT_FILE: manifest.checkpoint_file,
-            T.SHA256: ckpt.sha256,
-            T.SIZE: str(ckpt.size),
-            T.MANIFEST_SHA256: manifest_digest.sha256,
-        }
+        tags = {T.STEP: str(step), T.KIND: kind, T.SHA256: ckpt.sha256, T.SIZE: str(ckpt.size)}
         best = self.policy.best_metric
         if best is not None and best in metrics and math.isfinite(float(metrics[best])):
             tags[T.metric_tag(best)] = repr(float(metrics[best]))
-        tags.update(self.parent_tags())
         return tags
+
+    def _files_tags(self, step: int, kind: str, manifest: Manifest, manifest_digest: FileDigest) -> dict[str, str]:
+        """The LoggedModel's tags: who wrote it, the integrity record, lineage and parent."""
+        return {
+            **self._lineage,
+            T.QUEUE: self.name,
+            T.STEP: str(step),
+            T.KIND: kind,
+            T.CHECKPOINT_FILE: manifest.checkpoint_file,
+            T.MANIFEST_SHA256: manifest_digest.sha256,
+            **self.parent_tags(),
+        }
 
     @property
     def restored_from(self) -> CheckpointVersion | None:
@@ -546,18 +563,6 @@ class CheckpointQueue:
         if parent.run_id:
             tags[T.PARENT_RUN] = parent.run_id
         return tags
-
-    def _version_description(self, step: int, kind: str) -> str:
-        if kind == T.KIND_FORCE_SAVED:
-            why = "step 0, a starting point" if step == 0 else f"interval_force_save={self.policy.interval_force_save}"
-            return (
-                f"Force-saved checkpoint at step {step} ({why}). Kept forever: mlflow-ddsp never "
-                "deletes or overwrites it; `mlflow-ddsp verify` checks its bytes."
-            )
-        return (
-            f"Rolling checkpoint at step {step}. mlflow-ddsp deletes it once no retention rule keeps it "
-            f"(newest, keep_last, best), unless you protect it with an alias of your own or `mlflow-ddsp keep`."
-        )
 
     def _model_description(self) -> str:
         return (

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointIntegrityError, CheckpointNotFoundError, ConfigError
-from .files import CONFIG_FILE, load_checkpoint
+from .files import CONFIG_FILE, TRAINER_STATE_FILE, load_checkpoint
 from .names import validate_alias
 from .policy import DEFAULT_ALIAS
 from .records import CheckpointVersion
@@ -80,6 +80,7 @@ class RestoredCheckpoint:
     checkpoint: dict[str, Any]  # upstream format: {'global_step', 'model', 'optimizer'?}
     config_yaml: bytes
     skipped: list[tuple[CheckpointVersion, str]] = field(default_factory=list)  # failed candidates
+    trainer_state: dict[str, Any] | None = None  # trainer_state.pt, when the version has one
 
     @property
     def step(self) -> int:
@@ -205,4 +206,9 @@ class CheckpointReader:
             checkpoint = load_checkpoint(Path(tmp) / manifest.checkpoint_file)
             config_path = Path(tmp) / CONFIG_FILE
             config_yaml = config_path.read_bytes() if config_path.exists() else b""
-        return RestoredCheckpoint(version=version, checkpoint=checkpoint, config_yaml=config_yaml)
+            trainer_state = None
+            if TRAINER_STATE_FILE in manifest.files:
+                trainer_state = torch.load(Path(tmp) / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
+        return RestoredCheckpoint(
+            version=version, checkpoint=checkpoint, config_yaml=config_yaml, trainer_state=trainer_state
+        )

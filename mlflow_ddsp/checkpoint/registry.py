@@ -39,12 +39,13 @@ class LoggedModelRef:
     the registered model whose queue wrote it (tag ``mlflow_ddsp.queue``; None if
     not written by a queue)."""
 
-    __slots__ = ("model_id", "artifact_location", "queue")
+    __slots__ = ("model_id", "artifact_location", "queue", "tags")
 
-    def __init__(self, model_id: str, artifact_location: str, queue: str | None = None):
+    def __init__(self, model_id: str, artifact_location: str, queue: str | None = None, tags: Mapping[str, str] | None = None):
         self.model_id = model_id
         self.artifact_location = artifact_location
         self.queue = queue
+        self.tags = dict(tags or {})
 
 
 def _local_path(location: str) -> Path | None:
@@ -335,12 +336,23 @@ class RegistryStore:
             lm = self.client.create_logged_model(
                 experiment_id, name=name, source_run_id=run_id, tags=dict(tags)
             )
-        return LoggedModelRef(lm.model_id, lm.artifact_location, dict(tags).get(T.QUEUE))
+        return LoggedModelRef(lm.model_id, lm.artifact_location, dict(tags).get(T.QUEUE), tags)
 
     def get_files(self, model_id: str) -> LoggedModelRef:
         with self._calling(f"read LoggedModel {model_id}"):
             lm = self.client.get_logged_model(model_id)
-        return LoggedModelRef(lm.model_id, lm.artifact_location, (lm.tags or {}).get(T.QUEUE))
+        return LoggedModelRef(lm.model_id, lm.artifact_location, (lm.tags or {}).get(T.QUEUE), lm.tags)
+
+    def link_version(self, model_id: str, name: str, version: int) -> None:
+        """Tag the LoggedModel with MLflow's ``mlflow.modelVersions`` (what ``mlflow.register_model``
+        writes): the UI's "Registered models" column then links it to its version."""
+        value = json.dumps([{"name": name, "version": str(version)}])
+        with self._calling(f"link LoggedModel {model_id} to {name} v{version}"):
+            self.client.set_logged_model_tags(model_id, {T.MLFLOW_MODEL_VERSIONS: value})
+
+    def set_description(self, name: str, version: int, description: str) -> None:
+        with self._calling(f"describe {name} v{version}"):
+            self.client.update_model_version(name, str(version), description=description)
 
     def owns_location(self, location: str) -> bool:
         """Whether bytes at ``location`` belong to this store, so that it may delete them.
@@ -500,8 +512,8 @@ class RegistryStore:
     def fetch_verified(self, version: CheckpointVersion, dst: str | os.PathLike) -> Manifest:
         """Download every file of ``version`` into ``dst`` and check it against its tags.
 
-        The manifest is trusted only if its sha256 matches the version tag
-        (stored in the database when the version was created); every other
+        The manifest is trusted only if its sha256 matches the one recorded in
+        the database before its upload (a tag of the LoggedModel); every other
         file must then match the manifest.
         """
         from .files import sha256_file, verify_files
@@ -510,10 +522,12 @@ class RegistryStore:
         listed = self.list_sizes(files)
         manifest = self.read_manifest(files, dst, listed)
         digest = sha256_file(Path(dst) / MANIFEST_FILE)
-        if digest.sha256 != version.manifest_sha256:
+        # Recorded on the LoggedModel when it was created (on the version by older releases).
+        expected = version.manifest_sha256 or files.tags.get(T.MANIFEST_SHA256)
+        if digest.sha256 != expected:
             raise CheckpointIntegrityError(
                 f"{version.label}: manifest.json changed since registration "
-                f"(sha256 {digest.sha256[:12]}..., expected {str(version.manifest_sha256)[:12]}...)"
+                f"(sha256 {digest.sha256[:12]}..., expected {str(expected)[:12]}...)"
             )
         self.download(files, [n for n in manifest.files], dst, listed)
         verify_files(dst, manifest, label=version.label)

@@ -29,6 +29,7 @@ of a version deleted before its bytes were): those are orphans to remove.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -36,7 +37,10 @@ from .. import tags as T
 from .policy import BEST_ALIAS, RetentionPolicy
 from .records import CheckpointVersion, Integrity, QueueModel
 
-__all__ = ["RegistrySnapshot", "RetentionPlan", "plan_retention", "protection", "assume_intact"]
+__all__ = ["RegistrySnapshot", "RetentionPlan", "plan_retention", "protection", "assume_intact", "describe_version"]
+
+# Descriptions this package wrote (this format, or an older release's); a person's own text is left alone.
+_OUR_DESCRIPTION = re.compile(r"^(step \d+ · |Rolling checkpoint at step |Force-saved checkpoint at step |$)")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class RetentionPlan:
     protected: Mapping[int, tuple[str, ...]] = field(default_factory=dict)  # version -> alias:<name> / keep
     damaged_kept: tuple[CheckpointVersion, ...] = ()  # damaged, kept (force-saved or protected)
     store_unavailable: bool = False  # every checked version is MISSING: nothing is deleted
+    descriptions: tuple[tuple[CheckpointVersion, str], ...] = ()  # one-line descriptions to bring up to date
 
     @property
     def is_empty(self) -> bool:
@@ -92,6 +97,19 @@ class RetentionPlan:
             for v in self.damaged_kept
         ]
         return lines
+
+
+def describe_version(version: CheckpointVersion, kept: Sequence[str], metric: str | None) -> str:
+    """A version's one-line description: step, kind, the best metric's value, what keeps it.
+
+    e.g. ``step 300 · force_saved · validation/loss 1.323 · kept: force_saved, newest, best``.
+    """
+    parts = [f"step {version.step}", str(version.kind)]
+    value = version.metric(metric) if metric else None
+    if value is not None:
+        parts.append(f"{metric} {value:.4g}")
+    parts.append(f"kept: {', '.join(kept)}" if kept else "kept by no rule: deleted by the next save or gc")
+    return " · ".join(parts)
 
 
 def assume_intact(version: CheckpointVersion) -> Integrity:
@@ -196,7 +214,14 @@ def plan_retention(
     # Files no version uses: unfinished uploads, or a deletion a crash cut short.
     referenced = {v.model_id for v in snapshot.versions}
     orphans = tuple(m for m in snapshot.queue_models if m.model_id not in referenced)
+    descriptions = []
+    for v in ours:
+        if v.version in reasons and _OUR_DESCRIPTION.match(v.description or ""):
+            text = describe_version(v, reasons[v.version], policy.best_metric)
+            if text != v.description:
+                descriptions.append((v, text))
     return RetentionPlan(
+        descriptions=tuple(descriptions),
         alias_targets=targets,
         alias_moves=moves,
         delete_versions=delete,

@@ -5,6 +5,10 @@
 * Training crops get a random gain: audio and volume are scaled by
   ``10 ** u``, ``u ~ U(-1, min(1, log10(1 / peak)))``, so the loud end never clips.
 * Validation items are whole recordings, one per batch.
+* The order of training items and their random crop and gain are functions of
+  ``train.seed``, the epoch and the item's place in it (:class:`EpochSampler`),
+  so a resumed run sees exactly the data an uninterrupted run would, whatever
+  the number of loader workers.
 * ``train.cache_all_data`` keeps audio and units in memory (``cache_fp16``:
   as float16); f0 and volume are always in memory.
 
@@ -30,7 +34,7 @@ from ..config import Config
 from ..corpus import AUDIO_DIR, FEATURE_KINDS, feature_path, list_audio, speaker_id
 from ..errors import AudioError, ConfigError
 
-__all__ = ["AudioDataset", "make_loaders"]
+__all__ = ["AudioDataset", "EpochSampler", "make_loaders"]
 
 
 @dataclass
@@ -104,7 +108,11 @@ class AudioDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """One item; ``key`` is an index, or ``(index, seed)`` from :class:`EpochSampler`
+        (the crop and gain are then drawn from that seed, not from the global ``random``)."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        rng = random.Random(seed) if seed is not None else random
         if not self.whole_audio:
             # Upstream skips recordings too short for a crop by taking the next one.
             for offset in range(len(self.records)):
@@ -113,15 +121,15 @@ class AudioDataset(Dataset):
                     break
         else:
             record = self.records[index]
-        return self._item(record)
+        return self._item(record, rng)
 
-    def _item(self, record: _Record) -> dict[str, Any]:
+    def _item(self, record: _Record, rng=random) -> dict[str, Any]:
         frame_seconds = self.block / self.sampling_rate
         if self.whole_audio:
             start_frame = 0
             n_frames = record.f0.shape[0]
         else:
-            start = random.uniform(0, record.duration - self.crop_seconds - 0.1)
+            start = rng.uniform(0, record.duration - self.crop_seconds - 0.1)
             start_frame = int(start / frame_seconds)
             n_frames = int(self.crop_seconds / frame_seconds)
         frames = slice(start_frame, start_frame + n_frames)
@@ -143,9 +151,45 @@ class AudioDataset(Dataset):
 
         if self.augment:
             peak = float(audio.abs().max()) + 1e-5
-            gain = 10 ** random.uniform(-1, min(1.0, math.log10(1 / peak)))
+            gain = 10 ** rng.uniform(-1, min(1.0, math.log10(1 / peak)))
             audio, volume = audio * gain, volume * gain
         return {"audio": audio, "units": units, "f0": f0, "volume": volume, "spk_id": record.spk_id, "name": record.rel}
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffle that is a function of (seed, epoch), one share per process, resumable mid-epoch.
+
+    Yields ``(index, item_seed)``: the dataset draws an item's random crop and
+    gain from ``item_seed``, itself a function of (seed, epoch, place in the
+    epoch). Under DDP every process draws the same permutation and takes every
+    ``world_size``-th item from ``rank`` on (padded like ``DistributedSampler``).
+
+    Args:
+        size: items in the dataset.
+        seed: ``train.seed``.
+        rank, world_size: this process's share.
+    """
+
+    def __init__(self, size: int, seed: int, *, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.rank, self.world_size = size, int(seed), rank, world_size
+        self.epoch = 0
+        self.skip = 0  # items of this epoch already trained (a resume)
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Iterate epoch ``epoch`` next, leaving out its first ``skip`` items of this process."""
+        self.epoch, self.skip = int(epoch), int(skip)
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world_size)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
+        order = torch.randperm(self.size, generator=g).tolist()
+        order += order[: len(self) * self.world_size - len(order)]  # pad so every process gets as many
+        mine = order[self.rank :: self.world_size]
+        seeds = torch.randint(0, 2**62, (len(order),), generator=g).tolist()[self.rank :: self.world_size]
+        start, self.skip = self.skip, 0  # only the resumed epoch starts late
+        return iter(list(zip(mine, seeds))[start:])
 
 
 def make_loaders(
@@ -156,20 +200,19 @@ def make_loaders(
     With ``world_size > 1`` each process draws its own share of the training files
     (``batch_size`` per process, as upstream's batch size is per GPU).
     """
-    from torch.utils.data import DistributedSampler
-
     train = AudioDataset(cfg.data.train_path, cfg, whole_audio=False, augment=True, cache=cache)
     valid = AudioDataset(cfg.data.valid_path, cfg, whole_audio=True, augment=False, cache=cache)
     workers = cfg.train.num_workers
-    sampler = DistributedSampler(train, num_replicas=world_size, rank=rank, shuffle=True) if world_size > 1 else None
     train_loader = DataLoader(
         train,
         batch_size=cfg.train.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
+        sampler=EpochSampler(len(train), cfg.train.seed, rank=rank, world_size=world_size),
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
+        # Its own generator: starting an epoch must not draw from the global RNG,
+        # which a resume restores from the checkpoint.
+        generator=torch.Generator().manual_seed(cfg.train.seed),
     )
     valid_loader = DataLoader(valid, batch_size=1, shuffle=False, num_workers=0)
     return train_loader, valid_loader

@@ -22,6 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import MlflowDdspError
+from . import trainer_state as trainer
+from .data import EpochSampler
 
 __all__ = ["Checkpointer", "Tracker", "ValidationClip", "ValidationResult", "TrainingError", "TrainLoop"]
 
@@ -34,7 +36,7 @@ class TrainingError(MlflowDdspError, RuntimeError):
 
 class Checkpointer(Protocol):
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-             metrics: Mapping[str, float] | None = None) -> Any: ...  # fmt: skip
+             metrics: Mapping[str, float] | None = None, trainer_state: Mapping[str, Any] | None = None) -> Any: ...  # fmt: skip
 
 
 class Tracker(Protocol):
@@ -88,25 +90,45 @@ class TrainLoop:
     is_main: bool = True
     agree: Callable[[bool], bool] = field(default=lambda wish: wish)
 
-    def run(self, start_step: int) -> int:
-        """Train from ``start_step``; return the last step trained (and saved)."""
+    def run(self, start_step: int, resume: "trainer.TrainerState | None" = None) -> int:
+        """Train from ``start_step``; return the last step trained (and saved).
+
+        Args:
+            resume: the trainer state saved with the checkpoint of ``start_step``:
+                the data continues mid-epoch where it stood and every random number
+                generator is restored, so training ends bit-identical to a run that
+                was never interrupted. Without it (an upstream checkpoint) the
+                position is estimated from the step.
+        """
         step = start_step
         saved_step = start_step  # the resume point is already in the registry
         steps_per_epoch = max(1, len(self.train_loader))
-        epoch = start_step // steps_per_epoch
+        epoch, batches = (resume.epoch, resume.batches) if resume else divmod(start_step, steps_per_epoch)
         autocast, scaler = self._mixed_precision()
+        if resume is not None:
+            if scaler is not None and resume.scaler:
+                scaler.load_state_dict(resume.scaler)
+            trainer.restore_rngs(resume)
         bar = self._progress_bar(start_step) if self.is_main else None
         last_log_time, last_log_step = time.perf_counter(), step
         self.model.train()
+
+        def state() -> dict:
+            return trainer.capture(epoch, batches, scaler)
+
         try:
             while epoch < self.epochs and not self._done(step):
                 sampler = getattr(self.train_loader, "sampler", None)
-                if hasattr(sampler, "set_epoch"):
-                    sampler.set_epoch(epoch)  # a new shuffle per epoch, the same on every process
+                if isinstance(sampler, EpochSampler):
+                    # A shuffle per epoch, the same on every process; a resume skips what was trained.
+                    sampler.set_epoch(epoch, skip=batches * (self.train_loader.batch_size or 1))
+                elif hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)
                 for batch in self.train_loader:
                     if self._done(step):
                         break
                     step += 1
+                    batches += 1
                     loss = self._train_step(batch, autocast, scaler, step)
                     if bar is not None:
                         bar.update(1)
@@ -118,19 +140,20 @@ class TrainLoop:
                         self.tracker.log_metrics({"train/loss": loss, "train/steps_per_second": rate}, step)
                     if step % self.interval_val == 0 and self.is_main:
                         result = self.validate()
-                        self.checkpointer.save(step, self.model, self.optimizer, metrics={"validation/loss": result.loss})
+                        self.checkpointer.save(step, self.model, self.optimizer, metrics={"validation/loss": result.loss},
+                                               trainer_state=state())  # fmt: skip
                         saved_step = step
                         self.tracker.log_validation(result, step)
                         log.info("step %d: validation loss %.4f, checkpoint saved", step, result.loss)
                         self.model.train()
                 else:
-                    epoch += 1
+                    epoch, batches = epoch + 1, 0
         finally:
             if bar is not None:
                 bar.close()
         if step != saved_step and self.is_main:
             # End of training, or stopped (Ctrl-C, SIGTERM): keep what was trained.
-            self.checkpointer.save(step, self.model, self.optimizer)
+            self.checkpointer.save(step, self.model, self.optimizer, trainer_state=state())
             log.info("step %d: checkpoint saved (%s)", step, "stopped" if self.stop.is_set() else "end of training")
         return step
 

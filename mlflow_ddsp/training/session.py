@@ -34,6 +34,7 @@ from .data import make_loaders
 from .distributed import DistributedContext, NullCheckpointer, NullTracker
 from .loop import TrainLoop
 from .tracker import MlflowTracker
+from .trainer_state import TrainerState, seed_everything
 
 __all__ = ["TrainResult", "train", "resolve_device"]
 
@@ -120,6 +121,7 @@ def train(
         lease = WriterLease(store, cfg.registered_model, takeover=takeover).acquire()
     ctx.start(device)
     try:
+        seed_everything(cfg.train.seed + ctx.rank)  # a fresh run; a resume restores the RNGs it saved
         model = build_model_from_config(cfg).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         loaders = make_loaders(cfg, rank=ctx.rank, world_size=ctx.world_size)
@@ -176,8 +178,12 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
                 log.info("resuming %s from step %d", cfg.registered_model, start_step)
             loop = _make_loop(cfg, ctx, _prepare(cfg, ctx, model, optimizer, device), optimizer, loaders, device,
                               checkpointer=queue, tracker=tracker, progress=progress)  # fmt: skip
+            # An exact resume continues this model's own training; a fine-tune from another
+            # model's version starts its data and random numbers afresh.
+            own = origin is not None and origin.name == cfg.registered_model
+            resume = TrainerState.from_payload(queue.restored_trainer_state) if own else None
             with _stop_on_signals(loop.stop) as received:
-                final_step = loop.run(start_step)
+                final_step = loop.run(start_step, resume)
         tracker.flush()
         status = "KILLED" if received["signal"] else "FINISHED"
         return TrainResult(run_id, cfg.registered_model, start_step, final_step, received["signal"])
@@ -189,15 +195,18 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
 def _train_other_rank(cfg, ctx, model, optimizer, loaders, device, tracking_uri) -> TrainResult:
     """Ranks > 0: load rank 0's resume point read-only, train, log and save nothing."""
     source = ctx.broadcast(None)
-    start_step = 0
+    start_step, resume = 0, None
     if source is not None:
         restored = CheckpointReader(cfg.registered_model, cfg.mlflow.alias, tracking_uri=tracking_uri).fetch(source)
         load_into(restored, model, optimizer)
         start_step = restored.step
+        state = TrainerState.from_payload(restored.trainer_state)
+        if state is not None and restored.version.name == cfg.registered_model:
+            resume = state.position_only()  # this rank's data position; its RNGs stay its own
     loop = _make_loop(cfg, ctx, _prepare(cfg, ctx, model, optimizer, device), optimizer, loaders, device,
                       checkpointer=NullCheckpointer(), tracker=NullTracker(), progress=False)  # fmt: skip
     with _stop_on_signals(loop.stop) as received:
-        final_step = loop.run(start_step)
+        final_step = loop.run(start_step, resume)
     return TrainResult("", cfg.registered_model, start_step, final_step, received["signal"], is_main=False)
 
 
