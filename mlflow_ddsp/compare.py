@@ -1,7 +1,8 @@
 """Convert one clip with several versions, side by side, and log the comparison to MLflow.
 
-Writes ``<clip>_v<N>.wav`` per version and one image with the input's and
-every version's spectrogram next to each other, then logs them (and which
+Writes ``<clip>_v<N>.wav`` per version, one image with the input's and every
+version's spectrogram next to each other, and ``<clip>_compare.tsv``: a table
+of step, validation loss and checkpoint size per version. Logs them (and which
 versions at which steps) as a ``compare-<name>`` run, so listening tests live
 beside the training runs in the MLflow UI.
 """
@@ -30,7 +31,19 @@ log = logging.getLogger(__name__)
 class CompareResult:
     outputs: dict[int, Path] = field(default_factory=dict)  # version -> converted wav
     image: Path | None = None
+    table: list[dict] = field(default_factory=list)  # per version: version, step, validation/loss, size_bytes
+    table_path: Path | None = None
     run_id: str | None = None
+
+    def table_lines(self) -> list[str]:
+        """The metrics table as aligned text lines (header first)."""
+        rows = [("VERSION", "STEP", "VALIDATION/LOSS", "SIZE (MB)")]
+        for r in self.table:
+            loss = r["validation/loss"]
+            rows.append((f"v{r['version']}", str(r["step"]), "-" if loss is None else f"{loss:.4f}",
+                         "-" if r["size_bytes"] is None else f"{r['size_bytes'] / 1e6:.1f}"))  # fmt: skip
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
 
 
 def compare_versions(
@@ -69,6 +82,9 @@ def compare_versions(
         save_wav(path, audio, rate)
         result.outputs[number] = path
         steps[number] = restored.step
+        metrics = reader.store.logged_model_metrics(restored.version.model_id) if restored.version.model_id else {}
+        result.table.append({"version": number, "step": restored.step, "validation/loss": metrics.get("validation/loss"),
+                             "size_bytes": restored.version.size})  # fmt: skip
         panels.append((f"v{number} (step {restored.step})", audio))
         log.info("%s v%d (step %d) -> %s", name, number, restored.step, path)
     image = spectrogram_image(panels, rate, difference=False, title=f"{name}: {clip.name}")
@@ -76,6 +92,11 @@ def compare_versions(
     import matplotlib.image
 
     matplotlib.image.imsave(result.image, image)
+    result.table_path = out_dir / f"{clip.stem}_compare.tsv"
+    header = "version\tstep\tvalidation/loss\tsize_bytes\n"
+    result.table_path.write_text(header + "".join(
+        f"{r['version']}\t{r['step']}\t{'' if r['validation/loss'] is None else r['validation/loss']}\t"
+        f"{'' if r['size_bytes'] is None else r['size_bytes']}\n" for r in result.table))  # fmt: skip
     if log_to_mlflow:
         result.run_id = _log_run(reader.store, name, experiment, clip, key, spk_id, steps, result)
     return result
@@ -93,7 +114,7 @@ def _log_run(store, name, experiment, clip, key, spk_id, steps, result: CompareR
         client.log_param(run_id, "spk_id", spk_id)
         for number, step in steps.items():
             client.log_param(run_id, f"v{number}.step", step)
-        for path in [*result.outputs.values(), result.image]:
+        for path in [*result.outputs.values(), result.image, result.table_path]:
             client.log_artifact(run_id, str(path), "compare")
         client.set_terminated(run_id, "FINISHED")
     except Exception:

@@ -28,9 +28,12 @@ __all__ = [
     "PARENT_RUN",
     "EXPERIMENT_IDS",
     "RETENTION",
+    "OWN_ALIASES",
     "CONFIG_DIGEST",
     "DATASET_DIGEST",
     "REGISTERED_MODEL",
+    "TRAINING_RUN",
+    "PROJECT_RUN",
     "GIT_COMMIT",
     "GIT_DIRTY",
     "LEASE_MARKER",
@@ -80,6 +83,8 @@ def metric_tag(metric: str) -> str:
 CONFIG_DIGEST = "mlflow_ddsp.config_digest"  # sha256 of the canonical config yaml
 DATASET_DIGEST = "mlflow_ddsp.dataset_digest"  # sha256 over the training recordings
 REGISTERED_MODEL = "mlflow_ddsp.registered_model"  # on runs: the queue they train into
+TRAINING_RUN = "mlflow_ddsp.training_run"  # on an `mlflow run` run in another experiment: where training went
+PROJECT_RUN = "mlflow_ddsp.project_run"  # on that training run: the `mlflow run` run it belongs to
 GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own key, so the UI shows it
 GIT_DIRTY = "mlflow_ddsp.git_dirty"  # "true" when the tree had uncommitted changes
 
@@ -89,6 +94,7 @@ QUEUE = "mlflow_ddsp.queue"
 # --- on the registered model -------------------------------------------------
 EXPERIMENT_IDS = "mlflow_ddsp.experiment_ids"  # JSON list: where the queue's LoggedModels live
 RETENTION = "mlflow_ddsp.retention"  # JSON: the queue's alias, keep_last, best_metric, best_mode (gc uses it)
+OWN_ALIASES = "mlflow_ddsp.own_aliases"  # JSON list: aliases the queue set (any other alias is a person's)
 
 # --- on writer-lease tickets (versions of the companion lease model) ---------
 LEASE_MARKER = "mlflow_ddsp.lease"  # LEASE_MARKER_VALUE: a lease we wrote; nothing else is one

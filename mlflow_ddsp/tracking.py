@@ -18,17 +18,22 @@ from .errors import TrackingServerUnreachable
 
 __all__ = [
     "DEFAULT_EXPERIMENT",
+    "EXPERIMENT_KIND",
+    "MODEL_DEVELOPMENT",
     "DEFAULT_DB_FILE",
     "ARTIFACTS_DIR",
     "resolve_tracking_uri",
     "local_artifact_root",
     "embedded_store_folder",
+    "embedded_database",
     "prepare_store",
     "check_reachable",
     "ensure_experiment",
 ]
 
 DEFAULT_EXPERIMENT = "mlflow-ddsp"
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow's own experiment tag
+MODEL_DEVELOPMENT = "custom_model_development"
 DEFAULT_DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 
@@ -46,6 +51,11 @@ def _sqlite_path(uri: str) -> Path | None:
         return None
     path = uri[len("sqlite:///") :].split("?", 1)[0]
     return Path(path) if path and path != ":memory:" else None
+
+
+def embedded_database(uri: str) -> Path | None:
+    """For a SQLite store, its database file; else None."""
+    return _sqlite_path(uri)
 
 
 def embedded_store_folder(uri: str) -> Path | None:
@@ -112,7 +122,10 @@ def ensure_experiment(client, name: str, uri: str) -> str:
             client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=local_artifact_root(uri))
+        # Tagged as a model-training experiment: MLflow's UI opens it in its model view, not GenAI's.
+        return client.create_experiment(
+            name, artifact_location=local_artifact_root(uri), tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT}
+        )
     except MlflowException:
         # Another process created it between our lookup and our create.
         experiment = client.get_experiment_by_name(name)

@@ -189,6 +189,9 @@ def _write_atomically(source: Path, target: Path) -> None:
             shutil.copyfileobj(src, out, 1 << 20)
             out.flush()
             os.fsync(out.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as a plain copy would be (mkstemp makes 0600)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):

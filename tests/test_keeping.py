@@ -169,10 +169,12 @@ def test_gc_forget_missing_removes_versions_whose_files_are_gone(backend, model_
 
 
 # -- 4. a copied store never touches the original's files ----------------------------------------
-def test_a_copied_store_never_deletes_the_originals_files(tmp_path, sqlite_template, model_name, caplog):
+@pytest.mark.parametrize("where", ["sibling", "parent"])
+def test_a_copied_store_never_deletes_the_originals_files(tmp_path, sqlite_template, model_name, caplog, where):
+    """`cp -r work copy`, or the store's files copied into the folder above the original's."""
     from conftest import fresh_embedded
 
-    original_root = tmp_path / "original"
+    original_root = tmp_path / "work"
     original_root.mkdir()
     original = fresh_embedded(sqlite_template, original_root, "copy-test")
     model = model_and_step()
@@ -181,8 +183,11 @@ def test_a_copied_store_never_deletes_the_originals_files(tmp_path, sqlite_templ
         queue.save(20, model).result()
     before = {p: p.read_bytes() for p in original.artifacts_dir.rglob("*") if p.is_file()}
 
-    shutil.copytree(original_root, tmp_path / "copy")  # cp -r
-    copy = Backend("embedded", f"sqlite:///{tmp_path / 'copy' / 'mlflow.db'}", tmp_path / "copy" / "mlartifacts", "copy-test")
+    copy_root = tmp_path / "copy" if where == "sibling" else tmp_path
+    copy_root.mkdir(exist_ok=True)
+    shutil.copyfile(original_root / "mlflow.db", copy_root / "mlflow.db")
+    shutil.copytree(original.artifacts_dir, copy_root / "mlartifacts")
+    copy = Backend("embedded", f"sqlite:///{copy_root / 'mlflow.db'}", copy_root / "mlartifacts", "copy-test")
     with caplog.at_level(logging.WARNING, logger="mlflow_ddsp"), open_queue(copy, model_name) as queue:
         queue.save(30, model).result()  # retires v(20), whose bytes the copy shares with the original
     assert "outside this store's folder" in caplog.text
@@ -194,6 +199,51 @@ def test_a_copied_store_never_deletes_the_originals_files(tmp_path, sqlite_templ
     # there (the copy warns); none of the original's files may go or change.
     assert {p: after.get(p) for p in before} == before, "the copy deleted or changed files of the original store"
     assert cli(original, "verify", model_name).exit_code == 0
+
+
+def test_an_artifact_folder_on_a_symlinked_volume_is_still_the_stores_own(tmp_path, sqlite_template, model_name):
+    from conftest import fresh_embedded
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "volume").mkdir()
+    backend = fresh_embedded(sqlite_template, tmp_path / "store", "volume-test")
+    backend.artifacts_dir.symlink_to(tmp_path / "volume")
+    with open_queue(backend, model_name) as queue:
+        for step in (10, 20, 30):
+            queue.save(step, model_and_step()).result()
+    assert versions_by_step(RegistryStore(backend.uri), model_name) == {30: "rolling"}
+    assert len(list((tmp_path / "volume" / "models").iterdir())) == 1  # retired checkpoints' bytes were freed
+
+
+def test_gc_never_moves_an_alias_that_is_not_the_queues(backend, model_name):
+    with open_queue(backend, model_name) as queue:
+        promoted = queue.save(10, model_and_step()).result()
+        queue.store.set_alias(model_name, "champion", promoted.version)
+        queue.save(20, model_and_step()).result()
+    for alias in ("champion", "best", "latest"):
+        result = cli(backend, "gc", model_name, "--alias", alias)
+        assert result.exit_code == 1 and result.output.startswith("error: alias=") and result.output.count("\n") == 1
+    assert versions_by_step(RegistryStore(backend.uri), model_name) == {10: "rolling", 20: "rolling"}
+
+
+def test_a_persons_best_alias_survives_turning_best_on(backend, model_name):
+    model = model_and_step()
+    with open_queue(backend, model_name) as queue:  # no best metric: 'best' is free for people
+        theirs = queue.save(10, model, metrics={"validation/loss": 0.5}).result()
+        queue.store.set_alias(model_name, "best", theirs.version)
+        queue.save(20, model, metrics={"validation/loss": 0.4}).result()
+    with open_queue(backend, model_name, best_metric="validation/loss") as queue:
+        queue.save(30, model, metrics={"validation/loss": 0.1}).result()
+        store = queue.store
+    assert store.alias_version(model_name, "best") == theirs.version
+    assert set(versions_by_step(store, model_name)) == {10, 30}
+
+
+def test_registry_commands_in_a_folder_without_a_store_say_so(tmp_path):
+    for command in (["versions", "voice"], ["verify", "voice"], ["gc", "voice"], ["keep", "voice", "1"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1 and result.output.startswith("error: no MLflow store at"), result.output
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 # -- 6 (build). consistency after a partial failure, through the real server ---------------------

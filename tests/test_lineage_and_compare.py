@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 import os
 import subprocess
@@ -79,7 +81,15 @@ def test_compare_converts_a_clip_with_each_version_and_logs_it(demo_data, embedd
     assert image.shape[1] > 2.5 * image.shape[0]  # three spectrograms side by side
     run_id = result.stdout.strip().split()[-1]
     artifacts = {a.path for a in MlflowClient(embedded.uri).list_artifacts(run_id, "compare")}
-    assert artifacts == {f"compare/{w.name}" for w in wavs} | {f"compare/{clip.stem}_compare.png"}
+    assert artifacts == {f"compare/{w.name}" for w in wavs} | {f"compare/{clip.stem}_compare.{e}" for e in ("png", "tsv")}
+
+    # The metrics table beside the image: step, validation loss (8 was validated, 10 is the end save), size.
+    table = [line.split() for line in result.stdout.splitlines() if re.match(r"^(VERSION|v\d+ )", line)]
+    assert table[0] == ["VERSION", "STEP", "VALIDATION/LOSS", "SIZE", "(MB)"]
+    assert [row[:2] for row in table[1:]] == [[f"v{versions[8]}", "8"], [f"v{versions[10]}", "10"]]
+    assert float(table[1][2]) > 0 and table[2][2] == "-" and float(table[1][3]) > 0
+    rows = (out / f"{clip.stem}_compare.tsv").read_text().splitlines()
+    assert rows[0] == "version\tstep\tvalidation/loss\tsize_bytes" and len(rows) == 3
 
 
 def test_import_and_export_commands(embedded, model_name, tmp_path):
@@ -112,3 +122,16 @@ def test_mlflow_run_main_entry_point_runs_the_demo(tmp_path):
     assert versions_by_step(store, "demo-voice") == {50: "rolling", 60: "rolling"}
     assert store.get_version("demo-voice", store.alias_version("demo-voice", "best")).step == 50
     assert not (ROOT / "mlruns").exists() and not (ROOT / "mlartifacts").exists()
+
+    # The training run is in the configured experiment, tagged for MLflow's model view; the
+    # project's run (MLflow puts it in "Default") names it.
+    import yaml
+
+    configured = yaml.safe_load((ROOT / "projects" / "demo" / "config.yaml").read_text())["mlflow"]["experiment"]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name(configured)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    training = store.get_version("demo-voice", store.alias_version("demo-voice", "rolling")).run_id
+    assert client.get_run(training).info.experiment_id == experiment.experiment_id
+    project = client.get_run(training).data.tags[T.PROJECT_RUN]
+    assert client.get_run(project).data.tags[T.TRAINING_RUN] == training

@@ -27,16 +27,17 @@ def files(model_number: int, status: str = "READY") -> QueueModel:
     return QueueModel(f"m-{model_number:04d}", status, "file:///x", 0, {T.STEP: "1"})
 
 
-def plan(versions, aliases=None, models=(), broken=(), missing=(), forget_missing=False, **policy):
-    """``aliases``: alias -> version number; ``broken``/``missing``: version numbers failing the check."""
-    snapshot = RegistrySnapshot(versions, dict(aliases or {}), models)
+def plan(versions, aliases=None, models=(), broken=(), missing=(), forget_missing=False, own=(), alias="rolling", **policy):
+    """``aliases``: alias -> version number; ``broken``/``missing``: version numbers failing the check;
+    ``own``: the aliases the queue recorded as set by itself."""
+    snapshot = RegistrySnapshot(versions, dict(aliases or {}), models, frozenset(own))
 
     def check(v):
         if v.version in missing:
             return Integrity.MISSING
         return Integrity.DAMAGED if v.version in broken else Integrity.INTACT
 
-    return plan_retention(snapshot, RetentionPolicy(10, None, **policy), "rolling", check, forget_missing=forget_missing)
+    return plan_retention(snapshot, RetentionPolicy(10, None, **policy), alias, check, forget_missing=forget_missing)
 
 
 def deleted(p) -> list[int]:
@@ -188,6 +189,26 @@ def test_best_alias_points_at_the_best_value_and_protects_it(losses, mode, expec
 
 def test_best_skips_a_damaged_version_and_moves_off_a_superseded_one():
     vs = [version(1, 10, loss=0.5), version(2, 20, loss=0.1), version(3, 30, loss=0.3)]
-    p = plan(vs, aliases={"rolling": 3, "best": 1}, broken={2}, best_metric="validation/loss")
+    p = plan(vs, aliases={"rolling": 3, "best": 1}, own={"rolling", "best"}, broken={2}, best_metric="validation/loss")
     assert target(p, "best") == 3 and ("best", vs[2]) in p.alias_moves
     assert deleted(p) == [1, 2]
+
+
+def test_a_persons_alias_named_best_is_never_taken_over():
+    vs = [version(1, 10, loss=0.5), version(2, 20, loss=0.1), version(3, 30, loss=0.3)]
+    p = plan(vs, aliases={"rolling": 3, "best": 1}, own={"rolling"}, best_metric="validation/loss")
+    assert "best" not in p.alias_targets and 1 in p.protected  # theirs: it protects v1
+    assert p.kept[2] == ("best",) and deleted(p) == []  # the best checkpoint still stays, unaliased
+
+
+@pytest.mark.parametrize(
+    "own, aliases, options, removed",
+    [
+        ({"rolling", "best"}, {"rolling": 3, "best": 1}, {}, "best"),  # best_metric turned off
+        ({"rolling"}, {"rolling": 1, "newest": 3}, {"alias": "newest"}, "rolling"),  # the queue's alias renamed
+    ],
+)
+def test_an_alias_the_queue_set_and_no_longer_uses_is_removed(own, aliases, options, removed):
+    vs = [version(1, 10, loss=0.1), version(3, 30, loss=0.3)]
+    p = plan(vs, aliases=aliases, own=own, **options)
+    assert (removed, None) in p.alias_moves and deleted(p) == [1]

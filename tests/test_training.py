@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -61,14 +62,54 @@ def test_cli_training_against_a_real_server(demo_data, mlflow_server, tmp_path, 
     assert set(inputs) == {"training", "validation"}
     assert inputs["training"].digest and inputs["training"].name == "train"
 
-    # A spectrogram image per validation and gt/pred audio for the first clips.
+    # A spectrogram image per speaker per validation and gt/pred audio.
     images = [a.path for a in client.list_artifacts(run_id, "images")]
     assert images, "validation spectrograms are logged as images"
     audio_dir = Path(client.download_artifacts(run_id, "validation/step_00000008", str(tmp_path)))
     wavs = sorted(p.name for p in audio_dir.iterdir())
-    assert len(wavs) == 4 and sum(n.endswith("_pred.wav") for n in wavs) == 2
+    # Every speaker's first clip: a two-singer model is heard whole.
+    assert sorted(n.split("_")[0] for n in wavs) == ["spk1", "spk1", "spk2", "spk2"]
+    assert sum(n.endswith("_pred.wav") for n in wavs) == 2
     info = sf.info(str(audio_dir / wavs[0]))
     assert info.samplerate == 44100 and info.frames > 44100 // 2
+
+    check_what_the_ui_reads(mlflow_server.uri, model_name, run_id)
+
+
+def rest(uri: str, endpoint: str, **params) -> dict:
+    """GET one endpoint of MLflow's REST API, as the UI does."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    with urllib.request.urlopen(f"{uri}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(params)}", timeout=30) as r:
+        return json.loads(r.read())
+
+
+def check_what_the_ui_reads(uri: str, name: str, run_id: str) -> None:
+    """Through the REST API: LoggedModel <-> version links, trimmed version tags and one-line
+    descriptions, the run's experiment and its kind, audio per speaker per validation."""
+    versions = rest(uri, "model-versions/search", filter=f"name = '{name}'")["model_versions"]
+    assert {v["version"] for v in versions}
+    for v in versions:
+        model_id = v["source"].removeprefix("models:/")  # version -> LoggedModel (MLflow OSS keeps no model_id column)
+        logged = rest(uri, f"logged-models/{model_id}")["model"]
+        tags = {t["key"]: t["value"] for t in logged["info"].get("tags", [])}
+        assert json.loads(tags["mlflow.modelVersions"]) == [{"name": name, "version": v["version"]}]  # LoggedModel -> version
+        assert tags[T.CONFIG_DIGEST] and tags[T.MANIFEST_SHA256]  # lineage and integrity live here
+        version_tags = {t["key"] for t in v.get("tags", [])}
+        assert version_tags <= {T.STEP, T.KIND, T.SHA256, T.SIZE, T.metric_tag("validation/loss")}, version_tags
+        step = int({t["key"]: t["value"] for t in v["tags"]}[T.STEP])
+        assert v["description"].startswith(f"step {step} · ") and "kept: " in v["description"]
+        assert "\n" not in v["description"]
+    run = rest(uri, "runs/get", run_id=run_id)["run"]
+    experiment = rest(uri, "experiments/get", experiment_id=run["info"]["experiment_id"])["experiment"]
+    assert experiment["name"] == f"exp-{name}"
+    assert {t["key"]: t["value"] for t in experiment["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+    for step in (4, 8):
+        files = [f["path"] for f in rest(uri, "artifacts/list", run_id=run_id, path=f"validation/step_{step:08d}")["files"]]
+        for speaker in (1, 2):
+            assert sum(f.rsplit("/", 1)[-1].startswith(f"spk{speaker}_") and f.endswith("_pred.wav") for f in files) == 1
 
 
 def _read_until(proc: subprocess.Popen, needle: str) -> list[str]:

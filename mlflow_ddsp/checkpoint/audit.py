@@ -76,6 +76,8 @@ def audit_queue(
                 results[v.version] = store.check(v)
     check = (lambda v: results[v.version][0]) if deep else assume_intact
     plan = plan_retention(snapshot, policy, alias, check)
+    # An unreachable store decides nothing; what keeps each version still shows.
+    shown = plan_retention(snapshot, policy, alias) if plan.store_unavailable else plan
 
     audits, problems = [], []
     for v in snapshot.versions:
@@ -85,11 +87,14 @@ def audit_queue(
         audits.append(
             VersionAudit(
                 v, snapshot.aliases_of(v.version), integrity, why,
-                kept=plan.kept.get(v.version, ()), protected=plan.protected.get(v.version, ()),
+                kept=shown.kept.get(v.version, ()), protected=shown.protected.get(v.version, ()),
             )
         )  # fmt: skip
     if plan.store_unavailable:
-        problems.append("no version has any file in the artifact store (not mounted?)")
+        problems.append(
+            "no version has any file in the artifact store: mount it (or move the store's folder back); "
+            f"if the files are really gone, `mlflow-ddsp gc {name} --forget-missing`"
+        )
     for moved, target in plan.alias_moves:
         where = snapshot.aliases.get(moved)
         want = target.label if target else "nothing"

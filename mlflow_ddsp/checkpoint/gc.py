@@ -26,8 +26,9 @@ import logging
 from typing import Callable
 
 from .. import tags as T
-from ..errors import ArtifactStoreUnavailable, CheckpointNotFoundError
-from .policy import DEFAULT_ALIAS, RetentionPolicy
+from ..errors import ArtifactStoreUnavailable, CheckpointNotFoundError, ConfigError
+from .names import validate_alias
+from .policy import BEST_ALIAS, DEFAULT_ALIAS, RetentionPolicy
 from .records import CheckpointVersion, Integrity
 from .registry import LoggedModelRef, RegistryStore
 from .retention import RegistrySnapshot, RetentionPlan, plan_retention
@@ -54,9 +55,21 @@ def take_snapshot(store: RegistryStore, name: str, *, with_files: bool = True) -
     if not store.registered_model_exists(name):
         return RegistrySnapshot(versions=(), aliases={})
     versions = store.list_versions(name)
-    aliases = store.aliases(name)
+    tags, aliases = store.registered_model(name)
     models = store.queue_models(name, store.experiment_ids(name)) if with_files else ()
-    return RegistrySnapshot(versions=versions, aliases=aliases, queue_models=models)
+    return RegistrySnapshot(versions=versions, aliases=aliases, queue_models=models, own_aliases=_own_aliases(tags))
+
+
+def _own_aliases(tags) -> frozenset[str]:
+    try:
+        value = json.loads(tags.get(T.OWN_ALIASES, "[]"))
+    except ValueError:
+        return frozenset()
+    return frozenset(str(a) for a in value) if isinstance(value, list) else frozenset()
+
+
+def _record_own_aliases(store: RegistryStore, name: str, aliases: set[str]) -> None:
+    store.set_registered_model_tag(name, T.OWN_ALIASES, json.dumps(sorted(aliases)))
 
 
 def record_policy(store: RegistryStore, name: str, alias: str, policy: RetentionPolicy) -> None:
@@ -81,6 +94,14 @@ def recorded_policy(store: RegistryStore, name: str, alias: str | None = None) -
     except (ValueError, CheckpointNotFoundError):
         pass
     raw = raw if isinstance(raw, dict) else {}
+    recorded_alias = raw.get("alias")
+    if alias is not None:
+        validate_alias(alias)
+        if alias == BEST_ALIAS or (recorded_alias and alias != recorded_alias):
+            raise ConfigError(
+                f"alias={alias!r} is not the rolling alias of {name!r}'s queue ({recorded_alias or DEFAULT_ALIAS!r}, "
+                "as it recorded when it trained); any other alias is a person's and is never moved"
+            )
     policy = RetentionPolicy(
         interval_val=1,
         interval_force_save=None,
@@ -149,12 +170,22 @@ def retire_version(
 
 
 def apply_plan(store: RegistryStore, name: str, plan: RetentionPlan, after: Callable[[str], None] = _no_hook) -> None:
-    """Apply ``plan``: aliases first, then deletions (each re-checked just before)."""
+    """Apply ``plan``: aliases first, then deletions (each re-checked just before).
+
+    An alias the queue sets is recorded as its own before it is set, and dropped
+    from the record after it is removed, so the record never misses one of ours.
+    """
+    setting = {a for a, t in plan.alias_moves if t is not None}
+    removing = {a for a, t in plan.alias_moves if t is None}
+    if setting - plan.own_aliases:
+        _record_own_aliases(store, name, set(plan.own_aliases) | setting)
     for alias, target in plan.alias_moves:
         if target is None:
             store.delete_alias(name, alias)
         else:
             store.set_alias(name, alias, target.version)
+    if removing & plan.own_aliases:
+        _record_own_aliases(store, name, (set(plan.own_aliases) | setting) - removing)
     if plan.alias_moves:
         after("after_alias")
     for version in plan.delete_versions:
@@ -173,10 +204,16 @@ def _unavailable(store: RegistryStore, name: str, snapshot: RegistrySnapshot) ->
             where = store.files_of(max(ours, key=CheckpointVersion.newness)).artifact_location
         except CheckpointNotFoundError:
             pass
+    moved = ""
+    if not store.owns_location(where):
+        moved = (
+            " (that is outside this store's folder: MLflow records absolute paths, so a store whose "
+            "folder was moved or copied still looks for its files at the old place)"
+        )
     return ArtifactStoreUnavailable(
-        f"none of the {len(ours)} checkpoint versions of {name!r} has any file at {where}: if the artifact "
-        f"store is not mounted yet, mount it and start again (nothing was deleted); if the files are "
-        f"really gone, `mlflow-ddsp gc {name} --forget-missing` removes their versions"
+        f"none of the {len(ours)} checkpoint versions of {name!r} has any file at {where}{moved}: if the "
+        f"artifact store is not mounted yet, mount it and start again (nothing was deleted); if the files "
+        f"are really gone, `mlflow-ddsp gc {name} --forget-missing` removes their versions"
     )
 
 
@@ -203,15 +240,19 @@ def collect(
     alias, policy = alias or recorded_alias, policy or recorded
     snapshot = take_snapshot(store, name)
 
+    findings: list[str] = []
+
     def check(version: CheckpointVersion) -> Integrity:
         state, why = store.check(version)
         if why:
-            log.warning("%s", why)
+            findings.append(why)
         return state
 
     plan = plan_retention(snapshot, policy, alias, check, forget_missing=forget_missing)
     if plan.store_unavailable:
         raise _unavailable(store, name, snapshot)
+    for why in findings:
+        log.warning("%s", why)
     if not dry_run:
         apply_plan(store, name, plan)
     return plan

@@ -56,6 +56,11 @@ def validate_model_name(name: object) -> str:
         )
     if name in (".", "..") or any(ord(c) < 32 for c in name):
         raise ConfigError(f"registered_model={name!r} is not a usable name; use letters, digits, spaces and . _ -")
+    if name.endswith(".writer-lease") or ".writer-lease.retired-" in name:
+        raise ConfigError(
+            f"registered_model={name!r} ends like the writer lease of another model (NAME.writer-lease); "
+            "choose a name without '.writer-lease'"
+        )
     if len(name) > MAX_MODEL_NAME_LENGTH:
         raise ConfigError(
             f"registered_model={name[:40]!r}... is {len(name)} characters long; at most "

@@ -15,16 +15,19 @@ check that the next start's reconcile (``retention.py``, ``gc.py``) restores the
 invariants with nothing durable lost:
 
     0. stage     model (+ optimizer) state -> CPU memory     [caller thread; all that blocks]
-    1. write     model_<s>.pt, config.yaml, manifest.json into a private temp folder
+    1. write     model_<s>.pt, trainer_state.pt, config.yaml, manifest.json into a
+                 private temp folder of this OS user
                                                                         -> after_write
-    2. create    a LoggedModel (PENDING) tagged queue/step/kind         -> after_create
+    2. create    a LoggedModel (PENDING) tagged queue/step/kind, the manifest's
+                 sha256 (the integrity record), lineage and parent      -> after_create
     3. upload    checkpoint and config                                  -> mid_upload
                  then the manifest, last                                -> after_upload
     4. verify    the store lists every file at its manifest size
     5. finalize  LoggedModel READY                                      -> after_finalize
     6. fence     check the writer lease, then
-       register  a model version, tags step/kind/sha256/size/manifest sha256,
+       register  a model version, tags step/kind/sha256/size (+ the best metric),
                  set in the same call: THE COMMIT POINT                 -> after_register
+       link      the LoggedModel's mlflow.modelVersions (the UI's link; cosmetic)
     7. plan      from the registry's state (versions, aliases, tags), what
                  stays (``retention.py``); the previous version is never
                  taken from memory, so a half-applied plan is finished here

@@ -23,7 +23,14 @@ from ..errors import (
     RegistryError,
     TrackingServerUnreachable,
 )
-from ..tracking import check_reachable, embedded_store_folder, ensure_experiment, prepare_store, resolve_tracking_uri
+from ..tracking import (
+    ARTIFACTS_DIR,
+    check_reachable,
+    embedded_store_folder,
+    ensure_experiment,
+    prepare_store,
+    resolve_tracking_uri,
+)
 from .files import MANIFEST_FILE, Manifest
 from .records import CheckpointVersion, Integrity, QueueModel
 
@@ -219,9 +226,13 @@ class RegistryStore:
 
     def aliases(self, name: str) -> dict[str, int]:
         """Every alias of registered model ``name`` -> its version number."""
-        with self._calling(f"read aliases of {name!r}"):
-            aliases = self.client.get_registered_model(name).aliases
-        return {alias: int(version) for alias, version in aliases.items()}
+        return self.registered_model(name)[1]
+
+    def registered_model(self, name: str) -> tuple[dict[str, str], dict[str, int]]:
+        """Registered model ``name``'s tags, and its aliases -> version numbers, in one request."""
+        with self._calling(f"read registered model {name!r}"):
+            rm = self.client.get_registered_model(name)
+        return dict(rm.tags), {alias: int(version) for alias, version in rm.aliases.items()}
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         from mlflow.exceptions import MlflowException
@@ -343,6 +354,16 @@ class RegistryStore:
             lm = self.client.get_logged_model(model_id)
         return LoggedModelRef(lm.model_id, lm.artifact_location, (lm.tags or {}).get(T.QUEUE), lm.tags)
 
+    def logged_model_metrics(self, model_id: str) -> dict[str, float]:
+        """The metrics linked to a checkpoint's LoggedModel (``save(metrics=...)``), newest step wins."""
+        with self._calling(f"read LoggedModel {model_id}"):
+            metrics = self.client.get_logged_model(model_id).metrics or []
+        out: dict[str, tuple[int, float]] = {}
+        for m in metrics:
+            if m.key not in out or m.step >= out[m.key][0]:
+                out[m.key] = (m.step, m.value)
+        return {k: v for k, (_, v) in out.items()}
+
     def link_version(self, model_id: str, name: str, version: int) -> None:
         """Tag the LoggedModel with MLflow's ``mlflow.modelVersions`` (what ``mlflow.register_model``
         writes): the UI's "Registered models" column then links it to its version."""
@@ -357,21 +378,24 @@ class RegistryStore:
     def owns_location(self, location: str) -> bool:
         """Whether bytes at ``location`` belong to this store, so that it may delete them.
 
-        An embedded SQLite store owns only local files under the folder of its
-        database: MLflow records absolute artifact paths, so a copied store
-        (``cp -r``) still points at the original's files, which it must never
-        delete. Servers and other schemes (``mlflow-artifacts:``, ``s3://``) own
-        what they were given.
+        An embedded SQLite store owns only local files under the artifact folders
+        beside its database (``mlartifacts/``, and ``mlruns/`` where plain MLflow
+        or ``mlflow run`` put them), compared as written, not through symlinks
+        (a mounted volume is fine): MLflow records absolute artifact paths, so a
+        copied store (``cp -r``, also into a parent folder) still points at the
+        original's files, which it must never delete. Servers and other schemes
+        (``mlflow-artifacts:``, ``s3://``) own what they were given.
         """
         folder = embedded_store_folder(self.tracking_uri)
         path = _local_path(location)
         if folder is None or path is None:
             return True
-        try:
-            path.resolve().relative_to(folder.resolve())
-        except ValueError:
-            return False
-        return True
+        here = os.path.normpath(str(path))
+        for root in (folder / ARTIFACTS_DIR, folder / "mlruns"):
+            root_text = os.path.normpath(str(root))
+            if here == root_text or here.startswith(root_text + os.sep):
+                return True
+        return False
 
     def upload(self, files: LoggedModelRef, local_path: str | os.PathLike) -> None:
         with self._calling(f"upload {Path(local_path).name} to {files.artifact_location}"):

@@ -13,9 +13,12 @@ What is preserved (a version may have several reasons):
 * ``newest``: the newest intact checkpoint; the queue's alias points at it;
 * ``keep_last``: the newest ``keep_last`` checkpoints not known to be damaged;
 * ``best``: with ``best_metric``, the intact version with the best value
-  (ties: the earlier step); the alias ``best`` points at it;
-* ``protected``: any alias that is not the queue's own (a person promoted it;
-  ``best`` is the queue's own only while the policy has a best metric),
+  (ties: the earlier step); the alias ``best`` points at it, unless a person
+  already uses that alias name;
+* ``protected``: any alias that is not the queue's own (a person promoted it).
+  The queue's own are the rolling alias and those it set itself, recorded on
+  the registered model (``mlflow_ddsp.own_aliases``); one it set and no longer
+  uses (an option changed) is removed,
   or the tag ``mlflow_ddsp.keep=true``. Nothing in this package deletes it;
 * versions the queue did not write are never touched.
 
@@ -50,6 +53,7 @@ class RegistrySnapshot:
     versions: Sequence[CheckpointVersion]  # every live version of the registered model
     aliases: Mapping[str, int]  # every alias of the registered model -> its version number
     queue_models: Sequence[QueueModel] = ()  # LoggedModels written by this queue (orphan candidates)
+    own_aliases: frozenset[str] = frozenset()  # aliases the queue set (recorded on the registered model)
 
     def aliases_of(self, version: int) -> list[str]:
         return sorted(a for a, v in self.aliases.items() if v == version)
@@ -73,6 +77,7 @@ class RetentionPlan:
     damaged_kept: tuple[CheckpointVersion, ...] = ()  # damaged, kept (force-saved or protected)
     store_unavailable: bool = False  # every checked version is MISSING: nothing is deleted
     descriptions: tuple[tuple[CheckpointVersion, str], ...] = ()  # one-line descriptions to bring up to date
+    own_aliases: frozenset[str] = frozenset()  # the aliases the queue had set before this plan
 
     @property
     def is_empty(self) -> bool:
@@ -84,8 +89,7 @@ class RetentionPlan:
     def describe(self) -> list[str]:
         lines = []
         for alias, target in self.alias_moves:
-            where = target.label if target else "nothing (no intact version)"
-            lines.append(f"point alias '{alias}' at {where}")
+            lines.append(f"point alias '{alias}' at {target.label}" if target else f"remove alias '{alias}'")
         lines += [f"delete rolling version {v.label}" for v in self.delete_versions]
         lines += [
             f"delete orphaned checkpoint files {m.model_id} ({m.status.lower()}, step {m.step})"
@@ -141,8 +145,9 @@ def plan_retention(
         alias: the queue's rolling alias.
         integrity: checks one version; called lazily, newest first for the
             rolling alias and best first for ``best``, only as far as needed.
-        forget_missing: treat MISSING like DAMAGED even when every version is
-            missing (``gc --forget-missing``: the files are really gone).
+        forget_missing: the files of MISSING versions are really gone (``gc
+            --forget-missing``): such versions are deleted, force-saved ones too;
+            only protected ones stay (a person's alias or keep tag).
 
     Returns:
         The plan. After it is applied: the alias is on the newest intact queue
@@ -150,9 +155,11 @@ def plan_retention(
         the preserved ones, the damaged ones that may not be deleted, and
         versions the queue did not write.
     """
-    # ``best`` is the queue's own alias only while the policy has a best metric;
-    # otherwise an alias of that name is a person's, like any other.
-    own = {alias, BEST_ALIAS} if policy.best_metric is not None else {alias}
+    # The queue's own aliases: the rolling one, and those it set (recorded); ``best`` also
+    # when the policy wants it and nobody else has taken the name. Every other alias is a person's.
+    recorded = set(snapshot.own_aliases)
+    wants_best = policy.best_metric is not None and (BEST_ALIAS in recorded or BEST_ALIAS not in snapshot.aliases)
+    own = {alias} | recorded | ({BEST_ALIAS} if wants_best else set())
     ours = sorted((v for v in snapshot.versions if v.is_queue_version), key=CheckpointVersion.newness, reverse=True)
     checked: dict[int, Integrity] = {}
 
@@ -201,15 +208,20 @@ def plan_retention(
         reasons.setdefault(number, []).extend(by)
 
     targets: dict[str, CheckpointVersion | None] = {alias: newest}
-    if policy.best_metric is not None:
+    if wants_best:
         targets[BEST_ALIAS] = best
+    for stale in sorted(recorded - set(targets)):  # set by the queue, no longer used (option changed)
+        targets[stale] = None
     moves = tuple(
         (a, t)
         for a, t in targets.items()
         if snapshot.aliases.get(a) != (t.version if t is not None else None)
     )
     delete = tuple(v for v in ours if v.kind == T.KIND_ROLLING and v.version not in reasons)
-    damaged = tuple(v for v in ours if v.version in bad and v.version in reasons)
+    if forget_missing:
+        gone = {n for n, s in checked.items() if s is Integrity.MISSING}
+        delete += tuple(v for v in ours if v.version in gone and v.version not in protected and v not in delete)
+    damaged = tuple(v for v in ours if v.version in bad and v.version in reasons and v not in delete)
 
     # Files no version uses: unfinished uploads, or a deletion a crash cut short.
     referenced = {v.model_id for v in snapshot.versions}
@@ -221,6 +233,7 @@ def plan_retention(
             if text != v.description:
                 descriptions.append((v, text))
     return RetentionPlan(
+        own_aliases=frozenset(recorded),
         descriptions=tuple(descriptions),
         alias_targets=targets,
         alias_moves=moves,

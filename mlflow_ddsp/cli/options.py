@@ -11,9 +11,19 @@ __all__ = ["alias_option", "set_option", "human_size", "created", "progress", "o
 
 
 def open_store(ctx: click.Context):
+    """The store for a command about existing models: an embedded one must exist already."""
     from ..checkpoint import RegistryStore
+    from ..errors import CheckpointNotFoundError
+    from ..tracking import embedded_database, resolve_tracking_uri
 
-    return RegistryStore(ctx.obj["tracking_uri"])
+    uri = resolve_tracking_uri(ctx.obj["tracking_uri"])
+    db = embedded_database(uri)
+    if db is not None and not db.exists():
+        raise CheckpointNotFoundError(
+            f"no MLflow store at {db}: run this in the folder you trained in, or pass --tracking-uri / "
+            "set MLFLOW_TRACKING_URI"
+        )
+    return RegistryStore(uri)
 
 
 alias_option = click.option(

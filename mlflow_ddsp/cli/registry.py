@@ -39,6 +39,7 @@ def versions(ctx: click.Context, name: str, alias: str, as_json: bool, no_verify
                 "aliases": a.aliases,
                 "size_bytes": v.size,
                 "sha256_ok": None if no_verify else a.intact,
+                "integrity": None if a.integrity is None else a.integrity.value,
                 "kept": list(a.kept),
                 "protected": list(a.protected),
                 "run_id": v.run_id,
@@ -53,7 +54,7 @@ def versions(ctx: click.Context, name: str, alias: str, as_json: bool, no_verify
         return
     table = [("VERSION", "STEP", "KIND", "ALIASES", "SIZE", "SHA256", "RUN", "CREATED", "KEPT")]
     for r in rows:
-        ok = {None: "-", True: "ok", False: "MISMATCH"}[r["sha256_ok"]]
+        ok = {None: "-", "intact": "ok", "missing": "MISSING", "damaged": "MISMATCH"}[r["integrity"]]
         table.append(
             (
                 str(r["version"]),
@@ -88,7 +89,9 @@ def verify(ctx: click.Context, name: str, alias: str) -> None:
 
     audit = audit_queue(open_store(ctx), name, alias, deep=True, progress=progress("verifying"))
     for a in audit.versions:
-        status = "ok" if a.intact else "MISMATCH"
+        status = {None: "not checked", "intact": "ok", "missing": "MISSING", "damaged": "MISMATCH"}[
+            a.integrity.value if a.integrity else None
+        ]
         click.echo(f"{a.version.label}: {a.version.kind or 'not written by mlflow-ddsp'}, {status}")
     if audit.ok:
         click.echo(f"{name}: {len(audit.versions)} versions verified, no problems")
@@ -123,9 +126,11 @@ def gc(ctx: click.Context, name: str, alias: str | None, dry_run: bool, takeover
     from ..checkpoint.gc import collect
     from ..checkpoint.lease import WriterLease
 
+    from ..errors import CheckpointNotFoundError
+
     store = open_store(ctx)
     if not store.registered_model_exists(name):
-        raise click.ClickException(f"registered model {name!r} does not exist at {store.tracking_uri}")
+        raise CheckpointNotFoundError(f"registered model {name!r} does not exist at {store.tracking_uri}")
     lease = WriterLease(store, name, takeover=takeover).acquire()
     try:
         plan = collect(store, name, alias, dry_run=dry_run, forget_missing=forget_missing)

@@ -131,9 +131,10 @@ def compare(ctx: click.Context, name: str, versions: tuple[int, ...], clip: str,
             spk_id: int, no_log: bool) -> None:  # fmt: skip
     """Convert one clip with VERSIONS of NAME and compare them side by side.
 
-    Writes <clip>_v<N>.wav per version and <clip>_compare.png (the input's and
-    every version's spectrogram side by side) into the output folder, and logs
-    them as a `compare-NAME` run in MLflow.
+    Writes <clip>_v<N>.wav per version, <clip>_compare.png (the input's and
+    every version's spectrogram side by side) and <clip>_compare.tsv (step,
+    validation loss and checkpoint size per version) into the output folder,
+    prints the table, and logs them as a `compare-NAME` run in MLflow.
     """
     from ..compare import compare_versions
 
@@ -142,5 +143,7 @@ def compare(ctx: click.Context, name: str, versions: tuple[int, ...], clip: str,
     for number, path in result.outputs.items():
         click.echo(f"v{number}: {path}")
     click.echo(f"spectrograms: {result.image}")
+    for line in result.table_lines():
+        click.echo(line)
     if result.run_id:
         click.echo(f"logged as run {result.run_id}")

@@ -50,13 +50,14 @@ class ValidationClip:
     name: str
     target: np.ndarray  # [N] float32
     prediction: np.ndarray  # [N] float32
+    speaker: int = 1  # spk_id, 1-based
 
 
 @dataclass
 class ValidationResult:
     loss: float
     real_time_factor: float  # synthesis seconds per audio second
-    clips: list[ValidationClip] = field(default_factory=list)  # the first few, for listening
+    clips: list[ValidationClip] = field(default_factory=list)  # every speaker's first clip, then more
 
 
 @dataclass
@@ -82,7 +83,7 @@ class TrainLoop:
     epochs: int
     max_steps: int | None = None
     amp_dtype: str = "fp32"
-    audio_clips: int = 2
+    audio_clips: int = 2  # clips kept for listening: every speaker's first, more up to this many (0: none)
     stop: threading.Event = field(default_factory=threading.Event)
     progress: bool = True
     # Data parallel: only the main process validates and saves; all processes
@@ -191,7 +192,10 @@ class TrainLoop:
         model = unwrap_model(self.model)
         model.eval()
         total, synth_seconds, audio_seconds, count = 0.0, 0.0, 0.0, 0
-        clips: list[ValidationClip] = []
+        # Every speaker's first clip (a multi-singer model is heard whole); more only
+        # while there are fewer speakers than audio_clips.
+        firsts: dict[int, list[ValidationClip]] = {}
+        extras: list[ValidationClip] = []
         sampling_rate = getattr(model, "sampling_rate_hz", None) or 44100
         for batch in self.valid_loader:
             units, f0, volume, spk_id, audio = (batch[k].to(self.device)
@@ -204,9 +208,13 @@ class TrainLoop:
             total += float(self.validation_loss_fn(prediction.float(), audio))
             audio_seconds += n / sampling_rate
             count += 1
-            if len(clips) < self.audio_clips:
-                clips.append(ValidationClip(str(batch["name"][0]), audio[0].float().cpu().numpy(),
-                                            prediction[0].float().cpu().numpy()))  # fmt: skip
+            speaker = int(spk_id.reshape(-1)[0])
+            if self.audio_clips and (speaker not in firsts or len(extras) < self.audio_clips):
+                clip = ValidationClip(str(batch["name"][0]), audio[0].float().cpu().numpy(),
+                                      prediction[0].float().cpu().numpy(), speaker)  # fmt: skip
+                (extras if speaker in firsts else firsts.setdefault(speaker, [])).append(clip)
+        clips = [c for group in firsts.values() for c in group]
+        clips += extras[: max(0, self.audio_clips - len(clips))]
         loss = total / max(count, 1)
         if not math.isfinite(loss):
             raise TrainingError(f"validation loss is {loss}; the last checkpoint is intact")

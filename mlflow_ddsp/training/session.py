@@ -174,8 +174,10 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
             # The other ranks load exactly this version (the alias may move meanwhile).
             ctx.broadcast(f"models:/{origin.name}/{origin.version}" if origin else None)
             tracker.log_tags(queue.parent_tags())  # the run records what it resumed from
-            if start_step:
-                log.info("resuming %s from step %d", cfg.registered_model, start_step)
+            if origin is not None and origin.name == cfg.registered_model:
+                log.info("resuming %s from %s", cfg.registered_model, origin.label)
+            elif origin is not None:
+                log.info("starting %s from %s", cfg.registered_model, origin.label)
             loop = _make_loop(cfg, ctx, _prepare(cfg, ctx, model, optimizer, device), optimizer, loaders, device,
                               checkpointer=queue, tracker=tracker, progress=progress)  # fmt: skip
             # An exact resume continues this model's own training; a fine-tune from another
@@ -252,13 +254,29 @@ def _make_loop(cfg, ctx, model, optimizer, loaders, device, *, checkpointer, tra
 
 
 def _open_run(store: RegistryStore, cfg: Config) -> tuple[str, bool]:
-    """Join the run `mlflow run` started (MLFLOW_RUN_ID), else start one; (run_id, we own it)."""
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    if run_id:
-        return run_id, False
+    """The training run, in the configured experiment; (run_id, we own it).
+
+    Under `mlflow run` (MLFLOW_RUN_ID) the project's run is joined when it is in
+    the configured experiment (`mlflow run --experiment-name ...`). MLflow puts it
+    in "Default" otherwise, and a run cannot move: training then gets its own run
+    in the configured experiment, and the project's run a tag and a note naming it.
+    """
     experiment_id = store.experiment_id(cfg.mlflow.experiment)
+    outer = os.environ.get("MLFLOW_RUN_ID")
+    if outer and store.experiment_of_run(outer) == experiment_id:
+        return outer, False
     run = store.client.create_run(experiment_id, run_name=f"train-{cfg.registered_model}")
-    return run.info.run_id, True
+    run_id = run.info.run_id
+    if outer:
+        project = store.client.get_run(outer).data.tags
+        for key, value in project.items():  # what `mlflow run` recorded: entry point, source, git commit
+            if key.startswith(("mlflow.project.", "mlflow.source.", "mlflow.gitRepoURL")):
+                store.client.set_tag(run_id, key, value)
+        store.client.set_tag(run_id, T.PROJECT_RUN, outer)
+        store.client.set_tag(outer, T.TRAINING_RUN, run_id)
+        store.client.set_tag(outer, "mlflow.note.content",
+                             f"Training is logged in experiment '{cfg.mlflow.experiment}', run {run_id}.")  # fmt: skip
+    return run_id, True
 
 
 def _log_datasets(tracker: MlflowTracker, cfg: Config) -> dict[str, str]:

@@ -77,20 +77,26 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
 
     def log_validation(self, result: ValidationResult, step: int) -> None:
-        """Validation extras: real-time factor, one spectrogram image, gt/pred audio."""
+        """Validation extras: real-time factor, and per speaker a spectrogram image (the run's
+        images, by step: the UI's slider walks the checkpoints) and gt/pred audio
+        (``validation/step_<step>/spk<N>_<clip>_{gt,pred}.wav``)."""
         self.log_metrics({"validation/real_time_factor": result.real_time_factor}, step)
+        shown: set[int] = set()
+        for clip in result.clips:
+            if clip.speaker in shown:
+                continue
+            shown.add(clip.speaker)
+            image = spectrogram_image(
+                [("target", clip.target), ("prediction", clip.prediction)],
+                self.sampling_rate,
+                title=f"speaker {clip.speaker}: {clip.name} at step {step}",
+            )
+            self.client.log_image(self.run_id, image, key=f"validation/spectrogram_spk{clip.speaker}", step=step)
         if not result.clips:
             return
-        first = result.clips[0]
-        image = spectrogram_image(
-            [("target", first.target), ("prediction", first.prediction)],
-            self.sampling_rate,
-            title=f"{first.name} at step {step}",
-        )
-        self.client.log_image(self.run_id, image, key="validation/spectrogram", step=step)
         with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-audio-") as tmp:
             for clip in result.clips:
-                stem = Path(clip.name).with_suffix("").as_posix().replace("/", "_")
+                stem = f"spk{clip.speaker}_" + Path(clip.name).with_suffix("").as_posix().replace("/", "_")
                 save_wav(Path(tmp) / f"{stem}_gt.wav", clip.target, self.sampling_rate)
                 save_wav(Path(tmp) / f"{stem}_pred.wav", clip.prediction, self.sampling_rate)
             self.client.log_artifacts(self.run_id, tmp, f"validation/step_{step:08d}")
