@@ -110,6 +110,12 @@ def check_what_the_ui_reads(uri: str, name: str, run_id: str) -> None:
         files = [f["path"] for f in rest(uri, "artifacts/list", run_id=run_id, path=f"validation/step_{step:08d}")["files"]]
         for speaker in (1, 2):
             assert sum(f.rsplit("/", 1)[-1].startswith(f"spk{speaker}_") and f.endswith("_pred.wav") for f in files) == 1
+    # ... and next to the checkpoint they belong to: in the validated version's own files.
+    store = RegistryStore(uri)
+    validated = next(v for v in store.list_versions(name) if v.step == 8)
+    listed = store.list_sizes(store.files_of(validated))
+    for speaker in (1, 2):
+        assert {f"validation_spk{speaker}{s}" for s in (".png", "_gt.wav", "_pred.wav")} <= set(listed)
 
 
 def _read_until(proc: subprocess.Popen, needle: str) -> list[str]:

@@ -69,7 +69,7 @@ from .. import tags as T
 from ..errors import CheckpointIntegrityError, CheckpointSaveError, ConfigError, LeaseLostError, MlflowDdspError
 from ..tracking import DEFAULT_EXPERIMENT
 from .faults import crash_point
-from .files import MANIFEST_FILE, FileDigest, Manifest, write_checkpoint
+from .files import CONFIG_FILE, MANIFEST_FILE, TRAINER_STATE_FILE, FileDigest, Manifest, write_checkpoint
 from .gc import apply_plan, collect, record_policy, take_snapshot
 from .lease import DEFAULT_LEASE_TTL, WriterLease
 from .names import logged_model_name, validate_alias, validate_experiment_name, validate_model_name
@@ -131,6 +131,17 @@ def _clean_scratch() -> None:
             shutil.rmtree(entry, ignore_errors=True)
         except PermissionError:
             pass
+
+
+def _attachments(files: Mapping[str, bytes] | None, extra_files: Mapping[str, bytes]) -> dict[str, bytes]:
+    """Validate per-save attachments: plain top-level names that clash with no file of the version."""
+    taken = {MANIFEST_FILE, CONFIG_FILE, TRAINER_STATE_FILE, *extra_files}
+    out = {}
+    for name, data in (files or {}).items():
+        if "/" in name or "\\" in name or name in taken or name.startswith("model_"):
+            raise ValueError(f"attachment name {name!r} is not allowed: a plain file name not used by the checkpoint")
+        out[name] = bytes(data)
+    return out
 
 
 def _lower_priority() -> None:
@@ -288,6 +299,7 @@ class CheckpointQueue:
         *,
         metrics: Mapping[str, float] | None = None,
         trainer_state: Mapping[str, Any] | None = None,
+        attachments: Mapping[str, bytes] | None = None,
     ) -> Future | None:
         """Checkpoint ``model`` (and ``optimizer`` if ``save_optimizer``) at ``step``.
 
@@ -297,6 +309,8 @@ class CheckpointQueue:
         checkpoints by them. ``trainer_state`` (tensors and plain values, e.g.
         RNG states) is stored as ``trainer_state.pt`` beside the checkpoint and
         given back by :meth:`restore` as :attr:`restored_trainer_state`.
+        ``attachments`` (file name -> bytes, e.g. validation audio) are stored in
+        the version beside the checkpoint, covered by its manifest.
 
         Returns:
             A future for the registered version, or None if nothing was saved
@@ -334,8 +348,9 @@ class CheckpointQueue:
         blocked = time.perf_counter() - started
         self._pending_step = step
         self._pending = self._executor.submit(
-            self._commit, step, kind, staged["checkpoint"], dict(metrics or {}), blocked, trainer_state=staged["trainer"]
-        )
+            self._commit, step, kind, staged["checkpoint"], dict(metrics or {}), blocked,
+            trainer_state=staged["trainer"], attachments=_attachments(attachments, self._extra_files),
+        )  # fmt: skip
         return self._pending
 
     def restore(
@@ -451,6 +466,7 @@ class CheckpointQueue:
         description: str | None = None,
         tags: Mapping[str, str] | None = None,
         trainer_state: Mapping[str, Any] | None = None,
+        attachments: Mapping[str, bytes] | None = None,
     ) -> CheckpointVersion:
         started = time.perf_counter()
         store = self.store
@@ -461,7 +477,7 @@ class CheckpointQueue:
         with tempfile.TemporaryDirectory(prefix=f"{os.getpid()}-step{step}-", dir=_scratch()) as tmp:
             folder = Path(tmp)
             manifest, manifest_digest = write_checkpoint(
-                folder, step, payload, self._config_yaml, self._extra_files, trainer_state
+                folder, step, payload, self._config_yaml, {**self._extra_files, **(attachments or {})}, trainer_state
             )
             reached("after_write")
             files = store.create_files(
@@ -568,9 +584,11 @@ class CheckpointQueue:
         return tags
 
     def _model_description(self) -> str:
+        best = f", '{BEST_ALIAS}' the best by {self.policy.best_metric}" if self.policy.best_metric else ""
         return (
-            f"DDSP-SVC checkpoints kept by mlflow-ddsp: alias '{self.alias}' is the newest "
-            "checkpoint; versions tagged mlflow_ddsp.kind=force_saved are kept forever."
+            f"DDSP-SVC checkpoints kept by mlflow-ddsp: alias '{self.alias}' is the newest checkpoint{best}. "
+            "Force-saved versions are kept forever, and so is any version you give an alias of your own "
+            "or the tag mlflow_ddsp.keep=true; each version's description says what keeps it."
         )
 
     @staticmethod

@@ -103,5 +103,5 @@ class NullCheckpointer:
     """Ranks other than 0 save nothing; rank 0's queue holds the lease."""
 
     def save(self, step: int, model: torch.nn.Module, optimizer: Any = None, *, metrics: Any = None,
-             trainer_state: Any = None) -> None:  # fmt: skip
+             trainer_state: Any = None, attachments: Any = None) -> None:  # fmt: skip
         return None

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from ..errors import MlflowDdspError
 from . import trainer_state as trainer
 from .data import EpochSampler
+from .media import validation_media
 
 __all__ = ["Checkpointer", "Tracker", "ValidationClip", "ValidationResult", "TrainingError", "TrainLoop"]
 
@@ -36,7 +37,8 @@ class TrainingError(MlflowDdspError, RuntimeError):
 
 class Checkpointer(Protocol):
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-             metrics: Mapping[str, float] | None = None, trainer_state: Mapping[str, Any] | None = None) -> Any: ...  # fmt: skip
+             metrics: Mapping[str, float] | None = None, trainer_state: Mapping[str, Any] | None = None,
+             attachments: Mapping[str, bytes] | None = None) -> Any: ...  # fmt: skip
 
 
 class Tracker(Protocol):
@@ -57,6 +59,7 @@ class ValidationClip:
 class ValidationResult:
     loss: float
     real_time_factor: float  # synthesis seconds per audio second
+    sampling_rate: int = 44100  # Hz, of the clips
     clips: list[ValidationClip] = field(default_factory=list)  # every speaker's first clip, then more
 
 
@@ -142,7 +145,8 @@ class TrainLoop:
                     if step % self.interval_val == 0 and self.is_main:
                         result = self.validate()
                         self.checkpointer.save(step, self.model, self.optimizer, metrics={"validation/loss": result.loss},
-                                               trainer_state=state())  # fmt: skip
+                                               trainer_state=state(),
+                                               attachments=validation_media(result.clips, result.sampling_rate, step))  # fmt: skip
                         saved_step = step
                         self.tracker.log_validation(result, step)
                         log.info("step %d: validation loss %.4f, checkpoint saved", step, result.loss)
@@ -218,7 +222,8 @@ class TrainLoop:
         loss = total / max(count, 1)
         if not math.isfinite(loss):
             raise TrainingError(f"validation loss is {loss}; the last checkpoint is intact")
-        return ValidationResult(loss=loss, real_time_factor=synth_seconds / max(audio_seconds, 1e-9), clips=clips)
+        return ValidationResult(loss=loss, real_time_factor=synth_seconds / max(audio_seconds, 1e-9), clips=clips,
+                                sampling_rate=sampling_rate)  # fmt: skip
 
     def _mixed_precision(self):
         if self.device.type != "cuda" or self.amp_dtype == "fp32":

@@ -175,9 +175,9 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
             ctx.broadcast(f"models:/{origin.name}/{origin.version}" if origin else None)
             tracker.log_tags(queue.parent_tags())  # the run records what it resumed from
             if origin is not None and origin.name == cfg.registered_model:
-                log.info("resuming %s from %s", cfg.registered_model, origin.label)
+                log.info("resuming %s from step %d (v%d)", cfg.registered_model, start_step, origin.version)
             elif origin is not None:
-                log.info("starting %s from %s", cfg.registered_model, origin.label)
+                log.info("starting %s from step %d of %s", cfg.registered_model, start_step, origin.label)
             loop = _make_loop(cfg, ctx, _prepare(cfg, ctx, model, optimizer, device), optimizer, loaders, device,
                               checkpointer=queue, tracker=tracker, progress=progress)  # fmt: skip
             # An exact resume continues this model's own training; a fine-tune from another
