@@ -52,10 +52,11 @@ def _no_hook(point: str) -> None:
 
 def take_snapshot(store: RegistryStore, name: str, *, with_files: bool = True) -> RegistrySnapshot:
     """The registry state of queue ``name``; ``with_files`` also lists its LoggedModels (orphans)."""
-    if not store.registered_model_exists(name):
+    try:
+        tags, aliases = store.registered_model(name)
+    except CheckpointNotFoundError:
         return RegistrySnapshot(versions=(), aliases={})
     versions = store.list_versions(name)
-    tags, aliases = store.registered_model(name)
     models = store.queue_models(name, store.experiment_ids(name)) if with_files else ()
     return RegistrySnapshot(versions=versions, aliases=aliases, queue_models=models, own_aliases=_own_aliases(tags))
 

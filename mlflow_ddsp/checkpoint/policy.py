@@ -1,7 +1,7 @@
 """Retention policy: which checkpoints stay, as options. Pure logic, no I/O.
 
 The rule follows upstream DDSP-SVC's diffusion and reflow trainers
-(``train_diff.py``/``train_reflow.py``): at every validation step ``s`` they
+(``diffusion/solver.py``, ``reflow/solver.py``): at every validation step ``s`` they
 write ``model_<s>.pt`` and delete the previous validation checkpoint unless that
 one was saved at a multiple of ``interval_force_save``. So the kept set is every
 force-save step plus the newest checkpoint. (Upstream's pure-DDSP trainer,
