@@ -23,7 +23,7 @@ from mlflow_ddsp import tags as T
 from mlflow_ddsp.checkpoint import RegistryStore
 from mlflow_ddsp.checkpoint.faults import FAIL_ENV
 from mlflow_ddsp.cli import main
-from mlflow_ddsp.errors import ArtifactStoreUnavailable, CheckpointSaveError
+from mlflow_ddsp.errors import ArtifactStoreUnavailable, CheckpointSaveError, ConfigError
 
 from conftest import Backend
 from registry_checks import versions_by_step
@@ -354,4 +354,16 @@ def test_the_deleter_skips_a_version_protected_after_the_plan_was_made(backend, 
         else:
             store.set_version_tag(model_name, old.version, T.KEEP, "true")
         apply_plan(store, model_name, plan)
+    assert versions_by_step(store, model_name) == {10: "rolling", 20: "rolling"}
+
+
+def test_a_rolling_alias_setting_never_takes_over_a_persons_alias(backend, model_name):
+    with open_queue(backend, model_name) as queue:
+        theirs = queue.save(10, model_and_step()).result()
+        queue.store.set_alias(model_name, "champion", theirs.version)
+        queue.save(20, model_and_step()).result()
+    with pytest.raises(ConfigError, match=r"alias='champion' is already used on .* by someone else"):
+        open_queue(backend, model_name, alias="champion")
+    store = RegistryStore(backend.uri)
+    assert store.alias_version(model_name, "champion") == theirs.version
     assert versions_by_step(store, model_name) == {10: "rolling", 20: "rolling"}

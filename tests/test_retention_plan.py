@@ -205,10 +205,16 @@ def test_a_persons_alias_named_best_is_never_taken_over():
     "own, aliases, options, removed",
     [
         ({"rolling", "best"}, {"rolling": 3, "best": 1}, {}, "best"),  # best_metric turned off
-        ({"rolling"}, {"rolling": 1, "newest": 3}, {"alias": "newest"}, "rolling"),  # the queue's alias renamed
+        ({"rolling"}, {"rolling": 1}, {"alias": "newest"}, "rolling"),  # the queue's alias renamed
     ],
 )
 def test_an_alias_the_queue_set_and_no_longer_uses_is_removed(own, aliases, options, removed):
     vs = [version(1, 10, loss=0.1), version(3, 30, loss=0.3)]
     p = plan(vs, aliases=aliases, own=own, **options)
     assert (removed, None) in p.alias_moves and deleted(p) == [1]
+
+
+def test_a_rolling_alias_someone_else_set_is_never_taken_over():
+    vs = [version(1, 10), version(3, 30)]
+    p = plan(vs, aliases={"rolling": 3, "champion": 1}, own={"rolling"}, alias="champion")
+    assert p.alias_taken and p.is_empty and deleted(p) == []

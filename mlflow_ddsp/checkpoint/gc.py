@@ -100,8 +100,8 @@ def recorded_policy(store: RegistryStore, name: str, alias: str | None = None) -
         validate_alias(alias)
         if alias == BEST_ALIAS or (recorded_alias and alias != recorded_alias):
             raise ConfigError(
-                f"alias={alias!r} is not the rolling alias of {name!r}'s queue ({recorded_alias or DEFAULT_ALIAS!r}, "
-                "as it recorded when it trained); any other alias is a person's and is never moved"
+                f"alias={alias!r} is not the rolling alias of the queue of {name!r} "
+                f"({recorded_alias or DEFAULT_ALIAS!r}, recorded when it trained); give that one, or none"
             )
     policy = RetentionPolicy(
         interval_val=1,
@@ -209,7 +209,8 @@ def _unavailable(store: RegistryStore, name: str, snapshot: RegistrySnapshot) ->
     if not store.owns_location(where):
         moved = (
             " (that is outside this store's folder: MLflow records absolute paths, so a store whose "
-            "folder was moved or copied still looks for its files at the old place)"
+            "folder was moved or copied still looks for its files at the old place; move it back, "
+            "or work in the original folder)"
         )
     return ArtifactStoreUnavailable(
         f"none of the {len(ours)} checkpoint versions of {name!r} has any file at {where}{moved}: if the "
@@ -250,6 +251,11 @@ def collect(
         return state
 
     plan = plan_retention(snapshot, policy, alias, check, forget_missing=forget_missing)
+    if plan.alias_taken:
+        raise ConfigError(
+            f"alias={alias!r} is already used on {name} v{snapshot.aliases[alias]} by someone else (this "
+            "queue never set it); choose another rolling alias (mlflow.alias), e.g. 'rolling'"
+        )
     if plan.store_unavailable:
         raise _unavailable(store, name, snapshot)
     for why in findings:

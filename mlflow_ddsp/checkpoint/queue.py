@@ -539,6 +539,8 @@ class CheckpointQueue:
         snapshot = take_snapshot(self.store, self.name, with_files=False)
         # Right after a commit nothing is checked: only evidence counts as damage.
         plan = plan_retention(snapshot, self.policy, self.alias)
+        if plan.alias_taken:
+            raise ConfigError(f"alias={self.alias!r} of {self.name!r} was set by someone else; nothing was moved")
         apply_plan(self.store, self.name, plan, reached)
         self._settled = True
 

@@ -76,6 +76,7 @@ class RetentionPlan:
     protected: Mapping[int, tuple[str, ...]] = field(default_factory=dict)  # version -> alias:<name> / keep
     damaged_kept: tuple[CheckpointVersion, ...] = ()  # damaged, kept (force-saved or protected)
     store_unavailable: bool = False  # every checked version is MISSING: nothing is deleted
+    alias_taken: bool = False  # the rolling alias is a person's (set by someone else): nothing is changed
     descriptions: tuple[tuple[CheckpointVersion, str], ...] = ()  # one-line descriptions to bring up to date
     own_aliases: frozenset[str] = frozenset()  # the aliases the queue had set before this plan
 
@@ -158,6 +159,9 @@ def plan_retention(
     # The queue's own aliases: the rolling one, and those it set (recorded); ``best`` also
     # when the policy wants it and nobody else has taken the name. Every other alias is a person's.
     recorded = set(snapshot.own_aliases)
+    if recorded and alias not in recorded and alias in snapshot.aliases:
+        # The queue's alias setting names an alias someone else set: never take it over.
+        return RetentionPlan(alias_targets={}, alias_taken=True)
     wants_best = policy.best_metric is not None and (BEST_ALIAS in recorded or BEST_ALIAS not in snapshot.aliases)
     own = {alias} | recorded | ({BEST_ALIAS} if wants_best else set())
     ours = sorted((v for v in snapshot.versions if v.is_queue_version), key=CheckpointVersion.newness, reverse=True)

@@ -150,7 +150,10 @@ def _set_keep(ctx: click.Context, name: str, version: int, keep: bool) -> None:
 
     store = open_store(ctx)
     label = f"{name} v{version}"
-    store.get_version(name, version)  # a one-line error if there is no such version
+    current = store.get_version(name, version)  # a one-line error if there is no such version
+    if not keep and not current.keep:
+        click.echo(f"{label} was not kept by `mlflow-ddsp keep`; nothing changed")
+        return
     if keep:
         store.set_version_tag(name, version, KEEP, "true")
         click.echo(f"{label} is kept: mlflow-ddsp never deletes it (`mlflow-ddsp unkeep {name} {version}` undoes this)")
