@@ -95,7 +95,7 @@ class NullTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
-    def log_validation(self, result: Any, step: int) -> None:
+    def log_validation(self, result: Any, step: int, media: Any = None) -> None:
         pass
 
 

@@ -44,7 +44,7 @@ class Checkpointer(Protocol):
 class Tracker(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
 
-    def log_validation(self, result: "ValidationResult", step: int) -> None: ...
+    def log_validation(self, result: "ValidationResult", step: int, media: Mapping[str, bytes] | None = None) -> None: ...
 
 
 @dataclass
@@ -144,11 +144,11 @@ class TrainLoop:
                         self.tracker.log_metrics({"train/loss": loss, "train/steps_per_second": rate}, step)
                     if step % self.interval_val == 0 and self.is_main:
                         result = self.validate()
+                        media = validation_media(result.clips, result.sampling_rate, step)  # rendered once
                         self.checkpointer.save(step, self.model, self.optimizer, metrics={"validation/loss": result.loss},
-                                               trainer_state=state(),
-                                               attachments=validation_media(result.clips, result.sampling_rate, step))  # fmt: skip
+                                               trainer_state=state(), attachments=media)  # fmt: skip
                         saved_step = step
-                        self.tracker.log_validation(result, step)
+                        self.tracker.log_validation(result, step, media)
                         log.info("step %d: validation loss %.4f, checkpoint saved", step, result.loss)
                         self.model.train()
                 else:

@@ -16,8 +16,8 @@ from typing import Mapping
 
 from ..audio import save_wav
 from ..config import Config
-from ..plots import spectrogram_image
 from .loop import ValidationResult
+from .media import validation_media
 
 __all__ = ["MlflowTracker"]
 
@@ -76,22 +76,24 @@ class MlflowTracker:
         batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
 
-    def log_validation(self, result: ValidationResult, step: int) -> None:
+    def log_validation(self, result: ValidationResult, step: int, media: Mapping[str, bytes] | None = None) -> None:
         """Validation extras: real-time factor, and per speaker a spectrogram image (the run's
         images, by step: the UI's slider walks the checkpoints) and gt/pred audio
-        (``validation/step_<step>/spk<N>_<clip>_{gt,pred}.wav``)."""
+        (``validation/step_<step>/spk<N>_<clip>_{gt,pred}.wav``).
+
+        Args:
+            media: :func:`~mlflow_ddsp.training.media.validation_media` of ``result``,
+                when the caller rendered it already (its spectrograms are reused).
+        """
+        import io
+
+        import matplotlib.image
+
         self.log_metrics({"validation/real_time_factor": result.real_time_factor}, step)
-        shown: set[int] = set()
-        for clip in result.clips:
-            if clip.speaker in shown:
-                continue
-            shown.add(clip.speaker)
-            image = spectrogram_image(
-                [("target", clip.target), ("prediction", clip.prediction)],
-                self.sampling_rate,
-                title=f"speaker {clip.speaker}: {clip.name} at step {step}",
-            )
-            self.client.log_image(self.run_id, image, key=f"validation/spectrogram_spk{clip.speaker}", step=step)
+        media = media if media is not None else validation_media(result.clips, self.sampling_rate, step)
+        for speaker in sorted({clip.speaker for clip in result.clips}):
+            image = matplotlib.image.imread(io.BytesIO(media[f"validation_spk{speaker}.png"]), format="png")
+            self.client.log_image(self.run_id, image, key=f"validation/spectrogram_spk{speaker}", step=step)
         if not result.clips:
             return
         with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-audio-") as tmp:
