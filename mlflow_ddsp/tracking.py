@@ -69,8 +69,8 @@ def local_artifact_root(uri: str) -> str | None:
 
     Remote servers choose their own artifact store (``--artifacts-destination``).
     """
-    db = _sqlite_path(uri)
-    return (db.resolve().parent / ARTIFACTS_DIR).as_uri() if db else None
+    folder = embedded_store_folder(uri)
+    return (folder / ARTIFACTS_DIR).as_uri() if folder else None
 
 
 def prepare_store(uri: str) -> None:
@@ -122,7 +122,7 @@ def ensure_experiment(client, name: str, uri: str) -> str:
             client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
     try:
-        # Tagged as a model-training experiment: MLflow's UI opens it in its model view, not GenAI's.
+        # MLflow's own kind tag: a model-training experiment (the UI's "Model training" side), not GenAI.
         return client.create_experiment(
             name, artifact_location=local_artifact_root(uri), tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT}
         )

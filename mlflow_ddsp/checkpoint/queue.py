@@ -266,8 +266,8 @@ class CheckpointQueue:
             self._lease.release()
             raise
         log.info("%s: %s", self.name, self.policy.describe())
-        location = self.store.experiment_artifact_location(self.experiment_id)
-        if not self.store.owns_location(location):
+        location = self.store.foreign_experiment_location(self.experiment_id)
+        if location is not None:
             log.warning(
                 "%s: new checkpoints go to %s, outside this store's folder (a copied store keeps the "
                 "original's paths); mlflow-ddsp never deletes files there", self.name, location,

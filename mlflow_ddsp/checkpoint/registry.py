@@ -119,9 +119,15 @@ class RegistryStore:
         with self._calling(f"open experiment {name!r}"):
             return ensure_experiment(self.client, name, self.tracking_uri)
 
-    def experiment_artifact_location(self, experiment_id: str) -> str:
+    def foreign_experiment_location(self, experiment_id: str) -> str | None:
+        """The experiment's artifact location if this store does not own it (a copied
+        embedded store still pointing at the original's folder), else None.
+        Servers own their locations: nothing is asked of them."""
+        if embedded_store_folder(self.tracking_uri) is None:
+            return None
         with self._calling(f"read experiment {experiment_id}"):
-            return self.client.get_experiment(experiment_id).artifact_location
+            location = self.client.get_experiment(experiment_id).artifact_location
+        return None if self.owns_location(location) else location
 
     def experiment_of_run(self, run_id: str) -> str:
         with self._calling(f"look up run {run_id}"):
@@ -223,10 +229,6 @@ class RegistryStore:
             aliases = self.client.get_registered_model(name).aliases
         version = aliases.get(alias)
         return int(version) if version is not None else None
-
-    def aliases(self, name: str) -> dict[str, int]:
-        """Every alias of registered model ``name`` -> its version number."""
-        return self.registered_model(name)[1]
 
     def registered_model(self, name: str) -> tuple[dict[str, str], dict[str, int]]:
         """Registered model ``name``'s tags, and its aliases -> version numbers, in one request."""
