@@ -210,13 +210,12 @@ def export_version(uri: str, outdir: str | Path, *, tracking_uri: str | None = N
         CheckpointIntegrityError, CheckpointNotFoundError: the version is damaged or absent.
     """
     from .checkpoint.reader import parse_model_uri
+    from .destinations import check_output_dir
 
     ref = parse_model_uri(uri)
     reader = CheckpointReader(ref.name, tracking_uri=tracking_uri)
     version = reader.resolve(uri)
-    outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise ConfigError(f"{outdir} is a file, not a folder: choose a folder for OUTDIR")
+    outdir = check_output_dir(outdir, "OUTDIR")  # before any download
     names = [version.tags.get(T.CHECKPOINT_FILE) or f"model_{version.step}.pt", CONFIG_FILE]
     _check_targets(outdir, names, force)  # before any download: nothing partial on refusal
     with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-export-") as tmp:

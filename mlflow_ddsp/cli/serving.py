@@ -15,7 +15,8 @@ log = logging.getLogger("mlflow_ddsp")
 @main.command()
 @click.option("-m", "--model", "model_uri", required=True, metavar="MODEL_URI",
               help="models:/NAME/VERSION, models:/NAME@ALIAS (e.g. @rolling) or models:/NAME/latest.")  # fmt: skip
-@click.option("-i", "--input", "input_path", required=True, metavar="IN.wav", help="Audio to convert (any rate, mixed to mono).")
+@click.option("-i", "--input", "input_path", required=True, metavar="IN.wav", type=click.Path(exists=True, dir_okay=False),
+              help="Audio to convert (any rate, mixed to mono).")  # fmt: skip
 @click.option("-o", "--output", "output_path", required=True, metavar="OUT.wav", help="Where to write the result (at the model's rate).")
 @click.option("-k", "--key", type=float, default=0.0, show_default=True, help="Pitch shift in semitones (-36..36).")
 @click.option("--spk-id", type=int, default=1, show_default=True, help="Target speaker id, 1..model.n_spk.")
@@ -51,8 +52,10 @@ def infer(
 
     from ..audio import load_audio, save_wav
     from ..checkpoint.reader import CheckpointReader, parse_model_uri
+    from ..destinations import check_output_file
     from ..inference import VoiceConverter, parse_speaker_mix
 
+    check_output_file(output_path, "-o/--output")  # before the download and the conversion
     mix = parse_speaker_mix(spk_mix) if spk_mix is not None else None
     ref = parse_model_uri(model_uri)
     restored = CheckpointReader(ref.name, tracking_uri=ctx.obj["tracking_uri"]).fetch(model_uri)
