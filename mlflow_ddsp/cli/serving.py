@@ -102,21 +102,27 @@ def serve(ctx: click.Context, model_uri: str, host: str, port: int) -> None:
     """Serve a version over HTTP (`mlflow models serve`), pinned to a concrete version.
 
     An alias is resolved once, here, so the server answers with one version even
-    while training moves the alias on. POST /invocations with
+    while training moves the alias on. Every file of the version, MLmodel
+    included, is downloaded and checked against the registry's sha256 record
+    before MLflow reads any of it; the server then loads that verified copy.
+    POST /invocations with
     {"dataframe_records": [{"audio_base64": "<WAV>"}], "params": {"key": 2}}.
     Limits: MLFLOW_DDSP_MAX_SECONDS (default 600) per clip.
     """
     import os
 
-    from ..serving.resolve import pin_version
+    from ..serving.resolve import fetch_servable, pin_version, serving_folder
     from ..tracking import resolve_tracking_uri
 
     pinned, version = pin_version(model_uri, tracking_uri=ctx.obj["tracking_uri"])
-    click.echo(f"serving {version.label} as {pinned} on http://{host}:{port}/invocations", err=True)
+    folder = serving_folder(version.name, version.version)
+    fetch_servable(pinned, folder, tracking_uri=ctx.obj["tracking_uri"])
+    click.echo(f"serving {version.label} ({pinned}, verified copy in {folder}) on http://{host}:{port}/invocations",
+               err=True)  # fmt: skip
     env = {**os.environ, "MLFLOW_TRACKING_URI": resolve_tracking_uri(ctx.obj["tracking_uri"])}
     # `mlflow models serve` runs uvicorn from this environment's bin/.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", pinned, "--env-manager", "local",
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(folder), "--env-manager", "local",
                "-h", host, "-p", str(port)]  # fmt: skip
     os.execve(sys.executable, command, env)
 
