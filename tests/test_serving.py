@@ -74,6 +74,15 @@ def test_version_loads_as_pyfunc_through_an_alias(registered, caplog):
     assert abs(len(out[0]["samples"]) - 44100) <= 512
 
 
+def test_plain_mlflow_loads_a_version_too(registered, monkeypatch):
+    """What plain `mlflow models serve -m models:/NAME/7` runs: MLflow's download, our loader."""
+    backend, version = registered
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", backend.uri)
+    model = mlflow.pyfunc.load_model(f"models:/singer/{version.version}")
+    out = model.predict(pd.DataFrame([{"samples": sung_tone(0.5, 16000).tolist(), "sample_rate": 16000}]))
+    assert out[0]["sample_rate"] == 44100
+
+
 def test_loading_refuses_changed_bytes(registered, tmp_path):
     from mlflow_ddsp.errors import CheckpointIntegrityError
     from mlflow_ddsp.serving.pyfunc import load_version_dir
