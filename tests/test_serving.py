@@ -150,7 +150,7 @@ def test_http_conversion_of_samples_matches_the_input_form(served):
         ({"dataframe_records": [{"audio_base64": "%%%"}]}, "not valid base64"),
         ({"dataframe_records": [{"samples": [], "sample_rate": 16000}]}, "the audio is empty"),
         ('{"dataframe_records": [{"samples": [0.1, NaN], "sample_rate": 16000}]}', "NaN or infinite"),
-        ({"dataframe_records": [{"samples": [0.1, 0.2]}]}, "positive sample_rate"),
+        ({"dataframe_records": [{"samples": [0.1, 0.2]}]}, "samples need a sample_rate in 1..384000 Hz"),
         ({"dataframe_records": [{"audio_base64": wav_b64(sung_tone(1.0, 16000), 16000)}], "params": {"spk_id": 9}},
          "spk_id=9: unknown speaker id 9; ids are 1..2"),
         ({"dataframe_records": [{"samples": sung_tone(6.0, 8000).tolist(), "sample_rate": 8000}]},

@@ -97,8 +97,12 @@ def infer(
               help="models:/NAME/VERSION or models:/NAME@ALIAS (pinned to its current version).")  # fmt: skip
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("-p", "--port", type=int, default=5001, show_default=True)
+@click.option("-t", "--timeout", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Seconds a request may take (MLflow's scoring-server timeout); raise it with MLFLOW_DDSP_MAX_SECONDS.")  # fmt: skip
+@click.option("-w", "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Server processes, each with its own copy of the model (memory x N).")  # fmt: skip
 @click.pass_context
-def serve(ctx: click.Context, model_uri: str, host: str, port: int) -> None:
+def serve(ctx: click.Context, model_uri: str, host: str, port: int, timeout: int, workers: int) -> None:
     """Serve a version over HTTP (`mlflow models serve`), pinned to a concrete version.
 
     An alias is resolved once, here, so the server answers with one version even
@@ -107,7 +111,11 @@ def serve(ctx: click.Context, model_uri: str, host: str, port: int) -> None:
     before MLflow reads any of it; the server then loads that verified copy.
     POST /invocations with
     {"dataframe_records": [{"audio_base64": "<WAV>"}], "params": {"key": 2}}.
-    Limits: MLFLOW_DDSP_MAX_SECONDS (default 600) per clip.
+    Limits, which must fit together: MLFLOW_DDSP_MAX_SECONDS (default 120) per
+    clip, converted within --timeout (default 60 s; a full-size encoder on 2 CPU
+    cores converts ~10x faster than real time); MLFLOW_DDSP_MAX_CONCURRENT
+    (default 1) conversions per worker, further requests get 503 at once. For
+    longer clips raise both, e.g. MLFLOW_DDSP_MAX_SECONDS=600 with --timeout 180.
     """
     import os
 
@@ -123,7 +131,7 @@ def serve(ctx: click.Context, model_uri: str, host: str, port: int) -> None:
     # `mlflow models serve` runs uvicorn from this environment's bin/.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(folder), "--env-manager", "local",
-               "-h", host, "-p", str(port)]  # fmt: skip
+               "-h", host, "-p", str(port), "-t", str(timeout), "-w", str(workers)]  # fmt: skip
     os.execve(sys.executable, command, env)
 
 
