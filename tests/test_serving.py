@@ -133,6 +133,15 @@ def test_http_conversion_of_a_wav(served):
     assert abs(len(audio) - 2 * 44100) <= 512
 
 
+@pytest.mark.parametrize("form", ["inputs", "instances", "inputs-columns"])
+def test_mlflows_other_request_forms_convert_too(served, form):
+    clip = wav_b64(sung_tone(0.5, 16000), 16000)
+    body = {"inputs-columns": {"inputs": {"audio_base64": [clip]}}}.get(form, {form: [{"audio_base64": clip}]})
+    status, answer = post(served, body)
+    assert status == 200, answer
+    assert answer["predictions"][0]["sample_rate"] == 44100
+
+
 def test_http_conversion_of_samples_matches_the_input_form(served):
     status, body = post(served, {"dataframe_records": [{"samples": sung_tone(1.0, 16000).tolist(), "sample_rate": 16000}],
                                 "params": {"spk_mix": "1:0.5,2:0.5"}})  # fmt: skip
@@ -157,6 +166,8 @@ def test_http_conversion_of_samples_matches_the_input_form(served):
          "at most 5 s (MLFLOW_DDSP_MAX_SECONDS)"),
         ({"dataframe_records": [{"samples": ["x"], "sample_rate": 16000}]}, "Array(double)"),
         ("this is not json", "valid JSON"),
+        ({"dataframe_records": [{}]}, "the request has no audio: each row needs audio_base64"),
+        ({"inputs": {"audio_base64": ["%%%", "%%%"]}}, "holds 2 values in one cell; send one clip per row"),
     ],
 )  # fmt: skip
 def test_bad_payloads_get_a_4xx_and_the_server_keeps_serving(served, body, message):

@@ -111,6 +111,18 @@ def _missing(value: Any) -> bool:
 MAX_SAMPLE_RATE = 384_000  # Hz; the highest rate audio interfaces record at
 
 
+def _one_clip(value: Any, row: int, column: str) -> Any:
+    """A cell as MLflow hands it over: the ``inputs``/``instances`` forms wrap each value in an array."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "USOiuf":
+        if value.size != 1:
+            raise PayloadError(
+                f"row {row}: {column} holds {value.size} values in one cell; send one clip per row, "
+                'e.g. {"dataframe_records": [{"audio_base64": "..."}, {"audio_base64": "..."}]}'
+            )
+        return value.reshape(-1)[0]
+    return value
+
+
 def _decode_wav(text: Any, row: int, max_seconds: float) -> tuple[np.ndarray, int]:
     """Decode base64 audio, never more than ``max_seconds`` of it.
 
@@ -121,6 +133,7 @@ def _decode_wav(text: Any, row: int, max_seconds: float) -> tuple[np.ndarray, in
     """
     import soundfile as sf
 
+    text = _one_clip(text, row, "audio_base64")
     if not isinstance(text, str):
         raise PayloadError(f"row {row}: audio_base64 must be a base64 string, got {type(text).__name__}")
     try:
@@ -165,11 +178,15 @@ def _check_audio(audio: np.ndarray, sample_rate: int, row: int, max_seconds: flo
 
 def parse_rows(rows: list[Mapping[str, Any]], *, max_seconds: float = DEFAULT_MAX_SECONDS) -> list[ConversionRequest]:
     """Validate request rows (``DataFrame.to_dict("records")``) into conversion requests."""
-    if not rows:
-        raise PayloadError("the request has no rows: send at least one audio clip")
+    if not rows:  # also what MLflow makes of rows without any known column, e.g. [{}]
+        raise PayloadError(
+            "the request has no audio: each row needs audio_base64 (a WAV, FLAC or OGG file) "
+            "or samples with sample_rate"
+        )
     requests = []
     for row, record in enumerate(rows):
-        encoded, samples, rate = record.get("audio_base64"), record.get("samples"), record.get("sample_rate")
+        encoded, samples = record.get("audio_base64"), record.get("samples")
+        rate = _one_clip(record.get("sample_rate"), row, "sample_rate")
         if not _missing(encoded):
             if not _missing(samples):
                 raise PayloadError(f"row {row}: send either audio_base64 or samples, not both")
