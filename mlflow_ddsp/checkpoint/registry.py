@@ -541,7 +541,18 @@ class RegistryStore:
         The manifest is trusted only if its sha256 matches the one recorded in
         the database before its upload (a tag of the LoggedModel); every other
         file must then match the manifest.
+
+        Raises:
+            CheckpointNotFoundError: a file is gone (the message names the version and the file).
+            CheckpointIntegrityError: a file differs from what was registered.
         """
+        try:
+            return self._fetch_verified(version, dst)
+        except CheckpointNotFoundError as exc:
+            message = str(exc)
+            raise CheckpointNotFoundError(message if message.startswith(version.label) else f"{version.label}: {message}") from exc
+
+    def _fetch_verified(self, version: CheckpointVersion, dst: str | os.PathLike) -> Manifest:
         from .files import sha256_file, verify_files
 
         files = self.files_of(version)
