@@ -48,6 +48,7 @@ __all__ = [
     "MlflowConfig",
     "load_config",
     "parse_config",
+    "parse_yaml_config",
     "apply_overrides",
     "LIMITS",
     "MAX_CONFIG_BYTES",
