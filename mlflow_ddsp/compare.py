@@ -16,6 +16,7 @@ from typing import Sequence
 
 import yaml
 
+from . import tags as T
 from .audio import load_audio, save_wav
 from .checkpoint import CheckpointReader
 from .config import parse_config
@@ -116,21 +117,15 @@ def compare_versions(
 
 
 def _log_run(store, name, experiment, clip, key, spk_id, steps, result: CompareResult) -> str:
-    client = store.client
-    run = client.create_run(store.experiment_id(experiment), run_name=f"compare-{name}",
-                            tags={"mlflow_ddsp.compare.model": name,
-                                  "mlflow_ddsp.compare.versions": ",".join(map(str, steps))})  # fmt: skip
-    run_id = run.info.run_id
+    run_id = store.create_run(store.experiment_id(experiment), run_name=f"compare-{name}",
+                              tags={T.COMPARE_MODEL: name, T.COMPARE_VERSIONS: ",".join(map(str, steps))})  # fmt: skip
     try:
-        client.log_param(run_id, "clip", str(clip))
-        client.log_param(run_id, "key", key)
-        client.log_param(run_id, "spk_id", spk_id)
-        for number, step in steps.items():
-            client.log_param(run_id, f"v{number}.step", step)
+        store.log_params(run_id, {"clip": str(clip), "key": key, "spk_id": spk_id,
+                                  **{f"v{number}.step": step for number, step in steps.items()}})  # fmt: skip
         for path in [*result.outputs.values(), result.image, result.table_path]:
-            client.log_artifact(run_id, str(path), "compare")
-        client.set_terminated(run_id, "FINISHED")
+            store.log_artifacts(run_id, path, "compare")
+        store.end_run(run_id, "FINISHED")
     except Exception:
-        client.set_terminated(run_id, "FAILED")
+        store.end_run(run_id, "FAILED")
         raise
     return run_id
