@@ -16,9 +16,11 @@ from typing import Sequence
 
 import yaml
 
+from . import tags as T
 from .audio import load_audio, save_wav
 from .checkpoint import CheckpointReader
 from .config import parse_config
+from .errors import ConfigError
 from .plots import spectrogram_image
 from .tracking import DEFAULT_EXPERIMENT
 
@@ -58,36 +60,48 @@ def compare_versions(
     experiment: str = DEFAULT_EXPERIMENT,
     log_to_mlflow: bool = True,
 ) -> CompareResult:
-    """Convert ``clip`` with each version of ``name``; write the audio and one spectrogram image."""
+    """Convert ``clip`` with each version of ``name``; write the audio and one spectrogram image.
+
+    Every version is resolved and the output folder checked before the first
+    conversion, so a missing version costs no work and leaves no partial output.
+
+    Raises:
+        ConfigError: no versions given, or ``out_dir`` cannot be a writable folder.
+        CheckpointNotFoundError: a version does not exist (named).
+    """
+    from .destinations import check_output_dir
     from .inference import VoiceConverter
 
+    versions = list(dict.fromkeys(versions))  # each version once, in the order given
     if not versions:
-        raise ValueError("give at least one version to compare")
-    clip, out_dir = Path(clip), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        raise ConfigError("give at least one version to compare")
+    clip, out_dir = Path(clip), check_output_dir(out_dir, "-o/--output")
     reader = CheckpointReader(name, tracking_uri=tracking_uri)
+    for number in versions:
+        reader.resolve(number)  # raises naming the version before anything is converted
     result = CompareResult()
     panels = []
     steps = {}
     rate = None
-    for number in versions:
+    converted = {}
+    for number in versions:  # convert everything first: a failure leaves no file behind
         restored = reader.fetch(number)  # verified; an explicit version is never substituted
         cfg = parse_config(yaml.safe_load(restored.config_yaml))
         converter = VoiceConverter.from_checkpoint(restored.checkpoint, cfg)
         rate = cfg.data.sampling_rate
         if not panels:
             panels.append(("input", load_audio(clip, rate)))
-        audio = converter.convert(load_audio(clip, rate), rate, key=key, spk_id=spk_id)
-        path = out_dir / f"{clip.stem}_v{number}.wav"
-        save_wav(path, audio, rate)
-        result.outputs[number] = path
+        converted[number] = converter.convert(load_audio(clip, rate), rate, key=key, spk_id=spk_id)
         steps[number] = restored.step
         metrics = reader.store.logged_model_metrics(restored.version.model_id) if restored.version.model_id else {}
         result.table.append({"version": number, "step": restored.step, "validation/loss": metrics.get("validation/loss"),
                              "size_bytes": restored.version.size})  # fmt: skip
-        panels.append((f"v{number} (step {restored.step})", audio))
-        log.info("%s v%d (step %d) -> %s", name, number, restored.step, path)
+        panels.append((f"v{number} (step {restored.step})", converted[number]))
+        log.info("%s v%d (step %d) converted", name, number, restored.step)
     image = spectrogram_image(panels, rate, difference=False, title=f"{name}: {clip.name}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for number, audio in converted.items():
+        result.outputs[number] = save_wav(out_dir / f"{clip.stem}_v{number}.wav", audio, rate)
     result.image = out_dir / f"{clip.stem}_compare.png"
     import matplotlib.image
 
@@ -103,21 +117,15 @@ def compare_versions(
 
 
 def _log_run(store, name, experiment, clip, key, spk_id, steps, result: CompareResult) -> str:
-    client = store.client
-    run = client.create_run(store.experiment_id(experiment), run_name=f"compare-{name}",
-                            tags={"mlflow_ddsp.compare.model": name,
-                                  "mlflow_ddsp.compare.versions": ",".join(map(str, steps))})  # fmt: skip
-    run_id = run.info.run_id
+    run_id = store.create_run(store.experiment_id(experiment), run_name=f"compare-{name}",
+                              tags={T.COMPARE_MODEL: name, T.COMPARE_VERSIONS: ",".join(map(str, steps))})  # fmt: skip
     try:
-        client.log_param(run_id, "clip", str(clip))
-        client.log_param(run_id, "key", key)
-        client.log_param(run_id, "spk_id", spk_id)
-        for number, step in steps.items():
-            client.log_param(run_id, f"v{number}.step", step)
+        store.log_params(run_id, {"clip": str(clip), "key": key, "spk_id": spk_id,
+                                  **{f"v{number}.step": step for number, step in steps.items()}})  # fmt: skip
         for path in [*result.outputs.values(), result.image, result.table_path]:
-            client.log_artifact(run_id, str(path), "compare")
-        client.set_terminated(run_id, "FINISHED")
+            store.log_artifacts(run_id, path, "compare")
+        store.end_run(run_id, "FINISHED")
     except Exception:
-        client.set_terminated(run_id, "FAILED")
+        store.end_run(run_id, "FAILED")
         raise
     return run_id

@@ -9,8 +9,16 @@ Our additions are optional: ``train.interval_force_save``, ``train.keep_last``,
 ``loss.validation_fft_sizes`` and the ``mlflow`` section.
 
 Values are type-checked; numbers written the way YAML 1.1 reads as strings
-(``lr: 1e-4``) are accepted for numeric keys. ``--set key=value`` overrides use
-the same rules.
+(``lr: 1e-4``) are accepted for numeric keys; NaN and infinity are refused, and
+every size that shapes a tensor or a buffer has an upper bound (``LIMITS``) so
+that a typo (``n_spk: 1e9``) is named here instead of reaching the allocator.
+``--set key=value`` overrides use the same rules.
+
+The file is read as bytes and decoded by YAML's own rules (UTF-8, or UTF-16/32
+with a byte-order mark). Anchors and aliases are allowed, but a file whose
+aliases expand to more than ``MAX_CONFIG_NODES`` values (a "billion laughs"
+file) or that is larger than ``MAX_CONFIG_BYTES`` is refused before anything is
+built from it: the config is flattened into MLflow params and logged.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import math
 import os
 import types
 import typing
@@ -39,8 +48,41 @@ __all__ = [
     "MlflowConfig",
     "load_config",
     "parse_config",
+    "parse_yaml_config",
     "apply_overrides",
+    "LIMITS",
+    "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_NODES",
 ]
+
+# A config is a few kilobytes; these bounds only stop pathological files.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 10_000  # scalars, lists and mappings after expanding aliases
+
+# Inclusive upper bounds of sizes (their lower bounds are in _check_ranges). Far
+# above any real DDSP-SVC config (upstream: 44.1 kHz, block 512, 768 channels,
+# 1-200 speakers) and far below what exhausts memory when a tensor is allocated.
+LIMITS: dict[str, float] = {
+    "data.sampling_rate": 384_000,
+    "data.block_size": 8192,
+    "data.duration": 600.0,
+    "data.encoder_sample_rate": 384_000,
+    "data.encoder_hop_size": 8192,
+    "data.encoder_out_channels": 4096,
+    "data.f0_max": 20_000.0,
+    "model.n_spk": 10_000,
+    "model.win_length": 65_536,
+    "model.n_harmonics": 4096,
+    "model.n_mag_allpass": 4096,
+    "model.n_mag_noise": 4096,
+    "model.n_mag_harmonic": 4096,
+    "loss.fft_max": 65_536,
+    "loss.n_scale": 64,
+    "train.batch_size": 65_536,
+    "train.num_workers": 256,
+    "train.keep_last": 10_000,
+    "mlflow.audio_clips": 64,
+}
 
 # f0 extractors upstream offers that need weights we cannot load offline here.
 UNAVAILABLE_F0 = ("rmvpe", "fcpe", "crepe")
@@ -236,6 +278,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
         if annotation is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ConfigError(f"{key}={value!r} must be a whole number")
@@ -283,6 +327,9 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError(f"data.f0_max={d.f0_max} must be above data.f0_min={d.f0_min}")
     if not d.extensions:
         raise ConfigError("data.extensions must list at least one file extension, e.g. [wav]")
+    for i, ext in enumerate(d.extensions):
+        if not ext.strip(". ") or any(c in ext for c in "/\\*?"):
+            raise ConfigError(f"data.extensions[{i}]={ext!r} must be a file extension such as wav or flac")
     for key in ("batch_size", "epochs", "interval_log", "interval_val"):
         positive(f"train.{key}", getattr(t, key))
     positive("train.lr", t.lr)
@@ -309,6 +356,14 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError(f"device={cfg.device!r} must be cpu, cuda, cuda:N or mps")
     if cfg.mlflow.audio_clips < 0:
         raise ConfigError(f"mlflow.audio_clips={cfg.mlflow.audio_clips} must be >= 0")
+    for key, limit in LIMITS.items():
+        section, _, name = key.partition(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is not None and value > limit:
+            raise ConfigError(f"{key}={value!r} is too large (at most {limit:g})")
+    for i, size in enumerate(loss.validation_fft_sizes or []):
+        if size > LIMITS["loss.fft_max"]:
+            raise ConfigError(f"loss.validation_fft_sizes[{i}]={size!r} is too large (at most {LIMITS['loss.fft_max']:g})")
 
     from .checkpoint.names import validate_alias, validate_experiment_name, validate_model_name
     from .checkpoint.policy import BEST_ALIAS, RetentionPolicy
@@ -368,19 +423,73 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return raw
 
 
+def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
+    """Values a composed YAML node stands for once aliases are expanded (memoised per node)."""
+    key = id(node)
+    if key in seen:
+        return seen[key]
+    seen[key] = 1  # a recursive alias counts once; the constructor refuses nothing here, the bound does
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, seen) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, seen) + _expanded_size(v, seen) for k, v in node.value)
+    else:
+        size = 1
+    seen[key] = min(size, MAX_CONFIG_NODES + 1)
+    return seen[key]
+
+
+def _byte(character: int | str) -> str:
+    return f"0x{character:02x}" if isinstance(character, int) else repr(character)
+
+
+def parse_yaml_config(data: bytes, source: str) -> Any:
+    """Parse config bytes (UTF-8, or UTF-16/32 with a BOM) after bounding their size.
+
+    Raises:
+        ConfigError: not YAML, not decodable, larger than ``MAX_CONFIG_BYTES`` or
+            expanding (through aliases) to more than ``MAX_CONFIG_NODES`` values.
+    """
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source} is {len(data)} bytes; a config is at most {MAX_CONFIG_BYTES} bytes")
+    try:
+        node = yaml.compose(data, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, {}) > MAX_CONFIG_NODES:
+            raise ConfigError(
+                f"{source}: its anchors and aliases expand to more than {MAX_CONFIG_NODES} values; "
+                "write the values out or use fewer aliases"
+            )
+        return yaml.safe_load(data)
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError(
+            f"{source} is not UTF-8 text (byte {_byte(exc.character)} at offset {exc.position}); save it as UTF-8"
+        ) from exc
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{source} is not valid YAML: {first}") from exc
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{source} is not a readable YAML text file (UTF-8 expected): {exc}") from exc
+
+
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
-    """Read and validate a yaml config, applying ``--set`` style overrides."""
+    """Read and validate a yaml config, applying ``--set`` style overrides.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, a folder, empty, not YAML,
+            not a mapping, or a key or value is not allowed (named in the message).
+    """
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a folder; give the yaml file inside it") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    if raw is not None and not isinstance(raw, dict):
-        raise ConfigError(f"{path} must contain a mapping of config sections")
-    return parse_config(apply_overrides(raw or {}, overrides))
+    raw = parse_yaml_config(data, str(path))
+    if raw is None:
+        raise ConfigError(f"config file {str(path)!r} is empty; start from projects/combsub/config.yaml")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must contain a mapping of config sections, got a {type(raw).__name__}")
+    return parse_config(apply_overrides(raw, overrides))

@@ -126,7 +126,7 @@ def lineage_chain(store, name: str, version: int | None = None, *, alias: str = 
         except CheckpointNotFoundError:
             if not chain:
                 raise
-            tags = store.client.get_run(run_id).data.tags if run_id else {}
+            tags = store.run_tags(run_id) if run_id else {}
             chain.append(LineageEntry(model, number, step, None, run_id, exists=False, git_commit=tags.get(T.GIT_COMMIT),
                                       git_dirty=tags.get(T.GIT_DIRTY), config_digest=tags.get(T.CONFIG_DIGEST),
                                       dataset_digest=tags.get(T.DATASET_DIGEST)))  # fmt: skip

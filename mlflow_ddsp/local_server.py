@@ -115,14 +115,17 @@ class LocalServer(_ManagedProcess):
 class LocalModelServer(_ManagedProcess):
     """``with LocalModelServer("models:/NAME/7", tracking_uri, log_path) as served: served.url``.
 
-    Runs ``mlflow models serve --env-manager local`` in this Python environment.
+    Runs ``mlflow-ddsp serve`` (which checks the version against the registry and
+    then execs ``mlflow models serve --env-manager local``) in this Python
+    environment, or plain ``mlflow models serve`` with ``plain=True``.
 
     Args:
         env: extra environment for the server (e.g. ``MLFLOW_DDSP_MAX_SECONDS``).
     """
 
     def __init__(self, model_uri: str, tracking_uri: str, log_path: str | os.PathLike, *,
-                 env: dict[str, str] | None = None, startup_timeout: float = 180.0):  # fmt: skip
+                 env: dict[str, str] | None = None, startup_timeout: float = 180.0, plain: bool = False):  # fmt: skip
+        self.plain = plain
         self.model_uri = model_uri
         self.tracking_uri = tracking_uri
         self.log_path = Path(log_path)
@@ -135,8 +138,12 @@ class LocalModelServer(_ManagedProcess):
         env = {**os.environ, **self.extra_env, "MLFLOW_TRACKING_URI": self.tracking_uri}
         # `mlflow models serve` execs uvicorn from the environment's bin/.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", self.model_uri,
-                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(self.port)]  # fmt: skip
+        if self.plain:
+            command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", self.model_uri,
+                       "--env-manager", "local", "-h", "127.0.0.1", "-p", str(self.port)]  # fmt: skip
+        else:
+            command = [sys.executable, "-m", "mlflow_ddsp", "serve", "-m", self.model_uri, "--host", "127.0.0.1",
+                       "-p", str(self.port)]  # fmt: skip
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,

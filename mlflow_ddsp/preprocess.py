@@ -58,6 +58,7 @@ __all__ = [
     "PreprocessReport",
     "SplitReport",
     "default_workers",
+    "failed_recordings",
     "preprocess",
 ]
 
@@ -307,6 +308,7 @@ class _Manifest:
         self.settings = settings
         self.digest = settings.digest()
         self.files: dict[str, dict[str, Any]] = {}
+        self.failed: dict[str, str] = {}  # rel -> the one-line reason the last run gave
         self.settings_changed = False
         self.dirty = False
         try:
@@ -325,6 +327,8 @@ class _Manifest:
             return
         files = data.get("files")
         self.files = files if isinstance(files, dict) else {}
+        failed = data.get("failed")
+        self.failed = {str(k): str(v) for k, v in failed.items()} if isinstance(failed, dict) else {}
 
     def is_done(self, rel: str) -> bool:
         """True when ``rel``'s outputs exist, are intact and were made from its current bytes."""
@@ -351,18 +355,27 @@ class _Manifest:
         self.dirty = True
         return True
 
-    def record(self, rel: str, entry: dict[str, Any] | None) -> None:
+    def record(self, rel: str, entry: dict[str, Any] | None, failure: str | None = None) -> None:
+        """Record ``rel`` as done (``entry``), not done, or failed with a one-line reason."""
         if entry is None:
             if self.files.pop(rel, None) is not None:
                 self.dirty = True
         else:
             self.files[rel] = entry
             self.dirty = True
+        if failure is not None:
+            self.failed[rel] = failure
+            self.dirty = True
+        elif self.failed.pop(rel, None) is not None:
+            self.dirty = True
 
     def prune(self, rels: set[str]) -> None:
         """Forget recordings no longer under ``audio/``."""
         for rel in [r for r in self.files if r not in rels]:
             del self.files[rel]
+            self.dirty = True
+        for rel in [r for r in self.failed if r not in rels]:
+            del self.failed[rel]
             self.dirty = True
 
     def save(self) -> None:
@@ -373,6 +386,7 @@ class _Manifest:
             "settings": self.settings.describe(),
             "settings_digest": self.digest,
             "files": dict(sorted(self.files.items())),
+            "failed": dict(sorted(self.failed.items())),
         }
         tmp = self.path.with_name(self.path.name + _TMP_SUFFIX)
         tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -518,6 +532,19 @@ def _splits(cfg: Config) -> list[tuple[str, Path]]:
     return out
 
 
+def failed_recordings(root: str | os.PathLike) -> dict[str, str]:
+    """``{rel: one-line reason}`` of the recordings under ``root/audio`` the last preprocess could not use.
+
+    Read from ``root``'s preprocess manifest; empty when there is none or it is unreadable.
+    """
+    try:
+        data = json.loads((Path(root) / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    failed = data.get("failed") if isinstance(data, dict) else None
+    return {str(k): str(v) for k, v in failed.items()} if isinstance(failed, dict) else {}
+
+
 def _apply(result: _Result, root: Path, manifest: _Manifest, report: SplitReport) -> None:
     """Record one finished recording (runs in the main process, which owns the manifest)."""
     if result.status == "done":
@@ -535,7 +562,7 @@ def _apply(result: _Result, root: Path, manifest: _Manifest, report: SplitReport
             return
         report.moved_to_skip.append(result.rel)
     else:
-        manifest.record(result.rel, None)
+        manifest.record(result.rel, None, failure=result.message)
         report.failed.append((result.rel, result.message))
 
 

@@ -31,11 +31,14 @@ __all__ = [
     "OWN_ALIASES",
     "CONFIG_DIGEST",
     "DATASET_DIGEST",
+    "DATASET_FILES",
     "REGISTERED_MODEL",
     "TRAINING_RUN",
     "PROJECT_RUN",
     "GIT_COMMIT",
     "GIT_DIRTY",
+    "COMPARE_MODEL",
+    "COMPARE_VERSIONS",
     "LEASE_MARKER",
     "LEASE_MARKER_VALUE",
     "LEASE_OWNER",
@@ -82,11 +85,16 @@ def metric_tag(metric: str) -> str:
 # --- lineage: on training runs and on every checkpoint's LoggedModel ------------
 CONFIG_DIGEST = "mlflow_ddsp.config_digest"  # sha256 of the canonical config yaml
 DATASET_DIGEST = "mlflow_ddsp.dataset_digest"  # sha256 over the training recordings
+DATASET_FILES = "mlflow_ddsp.files"  # on a run's dataset input: how many recordings it holds
 REGISTERED_MODEL = "mlflow_ddsp.registered_model"  # on runs: the queue they train into
 TRAINING_RUN = "mlflow_ddsp.training_run"  # on an `mlflow run` run in another experiment: where training went
 PROJECT_RUN = "mlflow_ddsp.project_run"  # on that training run: the `mlflow run` run it belongs to
 GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own key, so the UI shows it
 GIT_DIRTY = "mlflow_ddsp.git_dirty"  # "true" when the tree had uncommitted changes
+
+# --- comparison runs (`mlflow-ddsp compare`) -------------------------------------
+COMPARE_MODEL = "mlflow_ddsp.compare.model"  # the registered model compared
+COMPARE_VERSIONS = "mlflow_ddsp.compare.versions"  # "2,5,9": the versions, in order
 
 # --- on LoggedModels only: which registered model's queue wrote them --------
 QUEUE = "mlflow_ddsp.queue"

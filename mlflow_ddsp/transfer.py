@@ -28,7 +28,7 @@ from . import tags as T
 from .checkpoint import CheckpointQueue, CheckpointReader, RegistryStore
 from .checkpoint.files import CONFIG_FILE, load_checkpoint, sha256_file
 from .checkpoint.names import validate_experiment_name, validate_model_name
-from .config import Config, parse_config
+from .config import Config, parse_config, parse_yaml_config
 from .errors import CheckpointIntegrityError, ConfigError, one_line
 from .serving.model_files import pyfunc_files
 from .tracking import DEFAULT_EXPERIMENT
@@ -122,21 +122,27 @@ def import_experiment(
             f"{config_path} not found: upstream writes config.yaml beside the checkpoints; "
             "copy the config the model was trained with there"
         )
-    config_yaml = config_path.read_bytes()
-    try:
-        cfg = parse_config(yaml.safe_load(config_yaml))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{config_path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     files = sorted(
         ((int(m.group(1)), p) for p in expdir.iterdir() if (m := _CHECKPOINT.match(p.name))), key=lambda x: x[0]
     )
+    for path in [config_path, *(p for _, p in files)]:
+        if path.is_symlink() or not path.is_file():
+            raise ConfigError(
+                f"{path} is {'a symlink' if path.is_symlink() else 'not a regular file'}; import reads only "
+                "regular files inside the experiment folder (copy the file there)"
+            )
+    config_yaml = config_path.read_bytes()
+    raw = parse_yaml_config(config_yaml, str(config_path))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_path} must contain a mapping of config sections, got {type(raw).__name__}")
+    cfg = parse_config(raw)
     if not files:
         raise ConfigError(f"no model_<N>.pt checkpoints in {expdir}")
     payloads = {}
     for step, path in files:
         try:
             payloads[step] = load_checkpoint(path)
-        except (CheckpointIntegrityError, RuntimeError, OSError) as exc:
+        except (CheckpointIntegrityError, OSError) as exc:
             raise ConfigError(f"{path} is not a readable DDSP-SVC checkpoint: {one_line(exc)[:200]}") from exc
         _check_fits(path, payloads[step], cfg)
 
@@ -210,13 +216,12 @@ def export_version(uri: str, outdir: str | Path, *, tracking_uri: str | None = N
         CheckpointIntegrityError, CheckpointNotFoundError: the version is damaged or absent.
     """
     from .checkpoint.reader import parse_model_uri
+    from .destinations import check_output_dir
 
     ref = parse_model_uri(uri)
     reader = CheckpointReader(ref.name, tracking_uri=tracking_uri)
     version = reader.resolve(uri)
-    outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise ConfigError(f"{outdir} is a file, not a folder: choose a folder for OUTDIR")
+    outdir = check_output_dir(outdir, "OUTDIR")  # before any download
     names = [version.tags.get(T.CHECKPOINT_FILE) or f"model_{version.step}.pt", CONFIG_FILE]
     _check_targets(outdir, names, force)  # before any download: nothing partial on refusal
     with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-export-") as tmp:

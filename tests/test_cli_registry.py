@@ -120,3 +120,17 @@ def test_help_lists_the_registry_commands():
     assert result.exit_code == 0
     for command in ("versions", "verify", "gc"):
         assert command in result.output
+
+
+def test_a_file_deleted_from_under_a_version_is_named_with_the_version(embedded, model_name, tmp_path):
+    """export (and every command that downloads a version) says which file of which version is gone."""
+    with CheckpointQueue(model_name, 10, 20, tracking_uri=embedded.uri, experiment=embedded.experiment) as queue:
+        version = queue.save(20, torch.nn.Linear(4, 4)).result()
+    store = RegistryStore(embedded.uri)
+    folder = Path(store.files_of(version).artifact_location.removeprefix("file://"))
+    (folder / "model_20.pt").unlink()
+    result = CliRunner().invoke(main, ["--tracking-uri", embedded.uri, "export", f"models:/{model_name}/1",
+                                       str(tmp_path / "out")])  # fmt: skip
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: {model_name} v1 (step 20): model_20.pt missing from "), line

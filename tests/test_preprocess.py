@@ -122,6 +122,18 @@ def test_unreadable_and_empty_files_are_reported_by_name_and_the_rest_processed(
     assert f"train ({data / 'train'}): {len(good)} processed" in result.stdout
     assert (speaker / "corrupt.wav").exists()  # reported, not moved or deleted
 
+    # Training then names what preprocess could not use, not "run preprocess first".
+    from mlflow_ddsp.errors import AudioError
+    from mlflow_ddsp.training.data import AudioDataset
+
+    with pytest.raises(AudioError, match=r"3 recording\(s\) in .* could not be preprocessed \(first: .*\.wav.*\); fix or remove"):
+        AudioDataset(data / "train", load_config(config), whole_audio=False, augment=True)
+    (speaker / "corrupt.wav").unlink()
+    (speaker / "empty.wav").unlink()
+    (speaker / "no_samples.wav").unlink()
+    assert preprocess(load_config(config), workers=1, progress=False).ok
+    assert json.loads((data / "train" / MANIFEST_NAME).read_text())["failed"] == {}  # forgotten once gone
+
 
 def test_rerun_recomputes_nothing_and_notices_changed_audio(data, config):
     cfg = load_config(config)

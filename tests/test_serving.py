@@ -7,6 +7,7 @@ import io
 import json
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import soundfile as sf
 
 import mlflow
 from mlflow_ddsp import CheckpointQueue
+from mlflow_ddsp.checkpoint import RegistryStore
 from mlflow_ddsp.config import parse_config
 from mlflow_ddsp.local_server import LocalModelServer
 from mlflow_ddsp.models import build_model_from_config
@@ -72,13 +74,25 @@ def test_version_loads_as_pyfunc_through_an_alias(registered, caplog):
     assert abs(len(out[0]["samples"]) - 44100) <= 512
 
 
+def test_plain_mlflow_loads_a_version_too(registered, monkeypatch):
+    """What plain `mlflow models serve -m models:/NAME/7` runs: MLflow's download, our loader."""
+    backend, version = registered
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", backend.uri)
+    model = mlflow.pyfunc.load_model(f"models:/singer/{version.version}")
+    out = model.predict(pd.DataFrame([{"samples": sung_tone(0.5, 16000).tolist(), "sample_rate": 16000}]))
+    assert out[0]["sample_rate"] == 44100
+
+
 def test_loading_refuses_changed_bytes(registered, tmp_path):
     from mlflow_ddsp.errors import CheckpointIntegrityError
     from mlflow_ddsp.serving.pyfunc import load_version_dir
 
     backend, version = registered
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/singer/{version.version}", dst_path=str(tmp_path),
-                                                     tracking_uri=backend.uri))  # fmt: skip
+    from mlflow_ddsp.serving.resolve import fetch_servable
+
+    local = tmp_path / "copy"
+    local.mkdir()
+    fetch_servable(f"models:/singer/{version.version}", local, tracking_uri=backend.uri)
     assert (local / "MLmodel").is_file() and (local / "model_20.pt").is_file()
     load_version_dir(local)  # intact: loads
     data = bytearray((local / "model_20.pt").read_bytes())
@@ -119,6 +133,15 @@ def test_http_conversion_of_a_wav(served):
     assert abs(len(audio) - 2 * 44100) <= 512
 
 
+@pytest.mark.parametrize("form", ["inputs", "instances", "inputs-columns"])
+def test_mlflows_other_request_forms_convert_too(served, form):
+    clip = wav_b64(sung_tone(0.5, 16000), 16000)
+    body = {"inputs-columns": {"inputs": {"audio_base64": [clip]}}}.get(form, {form: [{"audio_base64": clip}]})
+    status, answer = post(served, body)
+    assert status == 200, answer
+    assert answer["predictions"][0]["sample_rate"] == 44100
+
+
 def test_http_conversion_of_samples_matches_the_input_form(served):
     status, body = post(served, {"dataframe_records": [{"samples": sung_tone(1.0, 16000).tolist(), "sample_rate": 16000}],
                                 "params": {"spk_mix": "1:0.5,2:0.5"}})  # fmt: skip
@@ -136,13 +159,15 @@ def test_http_conversion_of_samples_matches_the_input_form(served):
         ({"dataframe_records": [{"audio_base64": "%%%"}]}, "not valid base64"),
         ({"dataframe_records": [{"samples": [], "sample_rate": 16000}]}, "the audio is empty"),
         ('{"dataframe_records": [{"samples": [0.1, NaN], "sample_rate": 16000}]}', "NaN or infinite"),
-        ({"dataframe_records": [{"samples": [0.1, 0.2]}]}, "positive sample_rate"),
+        ({"dataframe_records": [{"samples": [0.1, 0.2]}]}, "samples need a sample_rate in 1..384000 Hz"),
         ({"dataframe_records": [{"audio_base64": wav_b64(sung_tone(1.0, 16000), 16000)}], "params": {"spk_id": 9}},
          "spk_id=9: unknown speaker id 9; ids are 1..2"),
         ({"dataframe_records": [{"samples": sung_tone(6.0, 8000).tolist(), "sample_rate": 8000}]},
          "at most 5 s (MLFLOW_DDSP_MAX_SECONDS)"),
         ({"dataframe_records": [{"samples": ["x"], "sample_rate": 16000}]}, "Array(double)"),
         ("this is not json", "valid JSON"),
+        ({"dataframe_records": [{}]}, "the request has no audio: each row needs audio_base64"),
+        ({"inputs": {"audio_base64": ["%%%", "%%%"]}}, "holds 2 values in one cell; send one clip per row"),
     ],
 )  # fmt: skip
 def test_bad_payloads_get_a_4xx_and_the_server_keeps_serving(served, body, message):
@@ -151,3 +176,70 @@ def test_bad_payloads_get_a_4xx_and_the_server_keeps_serving(served, body, messa
     assert message in answer.get("message", ""), answer
     status, _ = post(served, {"dataframe_records": [{"samples": sung_tone(0.5, 16000).tolist(), "sample_rate": 16000}]})
     assert status == 200
+
+
+@pytest.fixture
+def tampered(registered):
+    """A second registered model in the same store whose stored files a test may edit in place."""
+    backend, _ = registered
+    cfg = parse_config(TINY)
+    with CheckpointQueue("tampered", 10, 20, config=cfg.to_yaml(), tracking_uri=backend.uri,
+                         experiment="serving", extra_files=pyfunc_files()) as queue:  # fmt: skip
+        version = queue.save(10, build_model_from_config(cfg)).result()
+    location = RegistryStore(backend.uri).files_of(version).artifact_location
+    stored = Path(location.removeprefix("file://"))
+    assert (stored / "model_10.pt").is_file()
+    yield backend, version, stored
+    mlflow.MlflowClient(backend.uri).delete_registered_model("tampered")
+
+
+EVIL_MODULE = "import pathlib, os\npathlib.Path(os.environ['EVIL_MARKER']).write_text('ran')\n"
+
+
+@pytest.mark.parametrize("how", ["load_model", "mlflow-ddsp serve"])
+def test_an_edited_mlmodel_never_runs_its_code(tampered, tmp_path, monkeypatch, how):
+    from click.testing import CliRunner
+
+    from mlflow_ddsp.cli import main
+    from mlflow_ddsp.errors import CheckpointIntegrityError
+
+    backend, version, stored = tampered
+    marker = tmp_path / "evil-ran"
+    monkeypatch.setenv("EVIL_MARKER", str(marker))
+    (stored / "code").mkdir()
+    module = f"evil_loader_{uuid.uuid4().hex}"  # a module this process has not imported yet
+    (stored / "code" / f"{module}.py").write_text(EVIL_MODULE)
+    mlmodel = (stored / "MLmodel").read_text()
+    (stored / "MLmodel").write_text(mlmodel.replace("mlflow_ddsp.serving.pyfunc", module)
+                                    .replace("python_function:", "python_function:\n    code: code", 1))  # fmt: skip
+    uri = f"models:/tampered/{version.version}"
+    if how == "load_model":
+        with pytest.raises(CheckpointIntegrityError, match=r"MLmodel is \d+ bytes with sha256 .* expected"):
+            load_model(uri, tracking_uri=backend.uri)
+    else:
+        result = CliRunner().invoke(main, ["--tracking-uri", backend.uri, "serve", "-m", uri, "-p", "1"])
+        assert result.exit_code == 1
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "MLmodel is" in lines[0], result.output
+    assert not marker.exists()
+    with pytest.raises(Exception):  # the edit is real: plain MLflow imports the named module, which runs
+        mlflow.pyfunc.load_model(str(stored))
+    assert marker.read_text() == "ran"
+
+
+def test_weights_and_manifest_rewritten_together_are_refused(tampered, tmp_path):
+    from mlflow_ddsp.checkpoint.files import MANIFEST_FILE, Manifest, sha256_file
+    from mlflow_ddsp.errors import CheckpointIntegrityError
+    from mlflow_ddsp.serving.pyfunc import load_version_dir
+
+    backend, version, stored = tampered
+    checkpoint = stored / "model_10.pt"
+    data = bytearray(checkpoint.read_bytes())
+    data[-100] ^= 1
+    checkpoint.write_bytes(bytes(data))
+    manifest = Manifest.from_json((stored / MANIFEST_FILE).read_bytes())
+    manifest.files["model_10.pt"] = sha256_file(checkpoint)
+    (stored / MANIFEST_FILE).write_bytes(manifest.to_json())
+    load_version_dir(stored)  # consistent with itself: the version's own manifest cannot tell
+    with pytest.raises(CheckpointIntegrityError, match=r"manifest.json changed since registration"):
+        load_model(f"models:/tampered/{version.version}", tracking_uri=backend.uri)

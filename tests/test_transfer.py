@@ -181,3 +181,64 @@ def test_export_to_a_path_that_cannot_be_a_folder_is_one_line(backend, one_versi
         last = result.output.strip().splitlines()[-1]
         assert last.lower().startswith("error:") and "a-file" in last  # one line naming the path
     assert blocker.read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("config is a list", r"config.yaml must contain a mapping of config sections, got list"),
+        ("config is not utf-8", r"config.yaml is not UTF-8 text"),
+        ("config is a symlink", r"config.yaml is a symlink; import reads only regular files"),
+        ("checkpoint is a symlink", r"model_2000.pt is a symlink; import reads only regular files"),
+        ("checkpoint is empty", r"model_2000.pt is not a readable DDSP-SVC checkpoint: .*model_2000.pt is empty"),
+        ("checkpoint is truncated", r"model_2000.pt is not a readable DDSP-SVC checkpoint: .*truncated or another format"),
+        ("checkpoint is text", r"model_2000.pt is not a readable DDSP-SVC checkpoint"),
+        ("checkpoint would run code", r"model_2000.pt is not a readable DDSP-SVC checkpoint: .*would run code"),
+    ],
+)
+def test_a_broken_experiment_folder_is_one_line_and_registers_nothing(embedded, model_name, tmp_path, breakage, message):
+    import os
+    import pickle
+
+    from click.testing import CliRunner
+
+    from mlflow_ddsp.cli import main
+
+    expdir = tmp_path / "exp"
+    files = write_upstream_expdir(expdir, [2000], with_optimizer=False)
+    checkpoint, config = files[2000], expdir / "config.yaml"
+    outside = tmp_path / "outside"
+    outside.write_bytes(config.read_bytes())
+    if breakage == "config is a list":
+        config.write_text("- data\n- model\n")
+    elif breakage == "config is not utf-8":
+        config.write_bytes(b"data:\n  encoder: caf\xe9\n")
+    elif breakage == "config is a symlink":
+        config.unlink()
+        config.symlink_to(outside)
+    elif breakage == "checkpoint is a symlink":
+        checkpoint.unlink()
+        checkpoint.symlink_to("/etc/hostname")
+    elif breakage == "checkpoint is empty":
+        checkpoint.write_bytes(b"")
+    elif breakage == "checkpoint is truncated":
+        checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    elif breakage == "checkpoint is text":
+        checkpoint.write_text("not a checkpoint\n")
+    elif breakage == "checkpoint would run code":
+        marker = tmp_path / "ran"
+
+        class Exploit:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+
+        checkpoint.write_bytes(pickle.dumps({"model": Exploit()}))
+    result = CliRunner().invoke(main, ["--tracking-uri", embedded.uri, "import", str(expdir), "--name", model_name])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: ") and "Traceback" not in result.output
+    import re
+
+    assert re.search(message, line), line
+    assert not RegistryStore(embedded.uri).registered_model_exists(model_name)
+    assert not (tmp_path / "ran").exists()

@@ -193,8 +193,32 @@ def verify_files(directory: str | os.PathLike, manifest: Manifest, *, label: str
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load an upstream-format checkpoint safely (tensors and plain containers only)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    """Load an upstream-format checkpoint safely (tensors and plain containers only).
+
+    ``weights_only=True``: a pickle that would import or call anything is refused
+    by torch's restricted unpickler, never run.
+
+    Raises:
+        CheckpointIntegrityError: the file is empty, truncated, not a torch file,
+            a pickle that would run code, or not a dict with a ``model`` state dict.
+        OSError: the file cannot be read.
+    """
+    import pickle
+    import zipfile
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except pickle.UnpicklingError as exc:
+        raise CheckpointIntegrityError(
+            f"{path} is not a plain checkpoint: it would run code or load objects other than tensors, which is refused"
+            f" ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})"
+        ) from None
+    except (EOFError, RuntimeError, ValueError, zipfile.BadZipFile, KeyError, AttributeError, TypeError) as exc:
+        size = os.path.getsize(path)
+        what = "empty" if size == 0 else f"not a readable torch checkpoint ({size} bytes; truncated or another format)"
+        raise CheckpointIntegrityError(f"{path} is {what}") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointIntegrityError(
             f"{path} is not a DDSP-SVC checkpoint: expected a dict with a 'model' state_dict"

@@ -515,6 +515,7 @@ class CheckpointQueue:
         )
         self.last_version = version
         self._committed_step, self._settled = step, False
+        log.info("%s: step %d committed as v%s (%s)", self.name, step, version.version, kind)
         reached("after_register")
         store.link_version(files.model_id, self.name, version.version)  # the UI's LoggedModel -> version link
         self._settle(reached)

@@ -134,16 +134,94 @@ class RegistryStore:
             return self.client.get_run(run_id).info.experiment_id
 
     def log_metrics(
-        self, run_id: str, metrics: Mapping[str, float], step: int, model_id: str | None = None
-    ) -> None:
+        self, run_id: str, metrics: Mapping[str, float], step: int, model_id: str | None = None, *,
+        synchronous: bool = True,
+    ) -> None:  # fmt: skip
         """Log metrics on the run at ``step`` in one call; with ``model_id`` they are linked
-        to that model too (the MLflow UI then compares checkpoints by them)."""
+        to that model too (the MLflow UI then compares checkpoints by them).
+
+        ``synchronous=False`` hands them to MLflow's asynchronous logging queue: the
+        caller does not wait on the server (see :meth:`flush_async_logging`)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, int(step), model_id=model_id) for k, v in metrics.items()]
         with self._calling(f"log metrics to run {run_id}"):
-            self.client.log_batch(run_id, metrics=batch)
+            self.client.log_batch(run_id, metrics=batch, synchronous=synchronous)
+
+    def create_run(self, experiment_id: str, run_name: str, tags: Mapping[str, str] | None = None) -> str:
+        """A new run in ``experiment_id``; returns its id."""
+        with self._calling(f"create run {run_name!r}"):
+            return self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Mark a run ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        with self._calling(f"end run {run_id}"):
+            self.client.set_terminated(run_id, status)
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        with self._calling(f"read run {run_id}"):
+            return dict(self.client.get_run(run_id).data.tags)
+
+    def run_params(self, run_id: str) -> dict[str, str]:
+        with self._calling(f"read run {run_id}"):
+            return dict(self.client.get_run(run_id).data.params)
+
+    def set_run_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        if tags:
+            with self._calling(f"tag run {run_id}"):
+                self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, run_id: str, params: Mapping[str, object], *, value_limit: int = 6000) -> None:
+        """Log params not yet on the run (a resumed run keeps its own), in batches of MLflow's limit (100);
+        values are cut to ``value_limit`` characters (MLflow's limit)."""
+        from mlflow.entities import Param
+
+        with self._calling(f"log params to run {run_id}"):
+            existing = self.client.get_run(run_id).data.params
+            batch = [Param(k, str(v)[:value_limit]) for k, v in params.items() if k not in existing]
+            for i in range(0, len(batch), 100):
+                self.client.log_batch(run_id, params=batch[i : i + 100])
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        with self._calling(f"log {artifact_file} to run {run_id}"):
+            self.client.log_text(run_id, text, artifact_file)
+
+    def log_artifacts(self, run_id: str, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Upload a file or every file of a folder to the run's artifacts under ``artifact_path``."""
+        with self._calling(f"upload {local_path} to run {run_id}"):
+            if Path(local_path).is_dir():
+                self.client.log_artifacts(run_id, str(local_path), artifact_path)
+            else:
+                self.client.log_artifact(run_id, str(local_path), artifact_path)
+
+    def log_image(self, run_id: str, image, key: str, step: int) -> None:
+        """An image ``[H, W, C]`` as the run's step-indexed image ``key`` (the UI's slider)."""
+        with self._calling(f"log image {key} to run {run_id}"):
+            self.client.log_image(run_id, image, key=key, step=step)
+
+    def log_dataset(self, run_id: str, name: str, path: str, digest: str, context: str, n_files: int) -> None:
+        """Record a local folder as the run's dataset input (name, source path, digest, context).
+
+        Built from MLflow's public entities: a ``local`` source whose JSON is
+        ``{"uri": <absolute path>}``, as ``mlflow.data``'s local-folder source writes it.
+        """
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        entity = Dataset(name=name, digest=digest[:36], source_type="local",
+                         source=json.dumps({"uri": str(Path(path).resolve())}))  # fmt: skip
+        tags = [InputTag("mlflow.data.context", context), InputTag(T.DATASET_FILES, str(n_files))]
+        with self._calling(f"log dataset {name!r} to run {run_id}"):
+            self.client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])
+
+    @staticmethod
+    def flush_async_logging() -> None:
+        """Wait until metrics handed to MLflow's asynchronous logging have been sent."""
+        import mlflow
+
+        mlflow.flush_async_logging()
 
     # -- registered models ---------------------------------------------------
     def ensure_registered_model(self, name: str, description: str) -> None:
@@ -541,7 +619,18 @@ class RegistryStore:
         The manifest is trusted only if its sha256 matches the one recorded in
         the database before its upload (a tag of the LoggedModel); every other
         file must then match the manifest.
+
+        Raises:
+            CheckpointNotFoundError: a file is gone (the message names the version and the file).
+            CheckpointIntegrityError: a file differs from what was registered.
         """
+        try:
+            return self._fetch_verified(version, dst)
+        except CheckpointNotFoundError as exc:
+            message = str(exc)
+            raise CheckpointNotFoundError(message if message.startswith(version.label) else f"{version.label}: {message}") from exc
+
+    def _fetch_verified(self, version: CheckpointVersion, dst: str | os.PathLike) -> Manifest:
         from .files import sha256_file, verify_files
 
         files = self.files_of(version)

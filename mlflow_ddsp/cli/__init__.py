@@ -35,11 +35,15 @@ def _setup_logging(verbose: bool) -> None:
 
 
 class _Group(click.Group):
-    """Turns MlflowDdspError into a one-line message and exit status 1."""
+    """Turns MlflowDdspError into a one-line message and exit status 1, usage errors into one line and 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            where = f"mlflow-ddsp {exc.ctx.info_name} --help" if exc.ctx is not None else "mlflow-ddsp --help"
+            click.echo(f"error: {exc.format_message()} (see `{where}`)", err=True)
+            ctx.exit(exc.exit_code)
         except MlflowDdspError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)

@@ -29,6 +29,9 @@ def demo_data(directory: str, seconds_per_speaker: float | None, seed: int) -> N
     then run `mlflow-ddsp preprocess`.
     """
     from ..demo_data import DEFAULT_SECONDS_PER_SPEAKER, make_demo_dataset
+    from ..destinations import check_output_dir
+
+    check_output_dir(directory, "DIRECTORY")
 
     seconds = DEFAULT_SECONDS_PER_SPEAKER if seconds_per_speaker is None else seconds_per_speaker
     dataset = make_demo_dataset(directory, seconds_per_speaker=seconds, seed=seed)

@@ -15,7 +15,8 @@ log = logging.getLogger("mlflow_ddsp")
 @main.command()
 @click.option("-m", "--model", "model_uri", required=True, metavar="MODEL_URI",
               help="models:/NAME/VERSION, models:/NAME@ALIAS (e.g. @rolling) or models:/NAME/latest.")  # fmt: skip
-@click.option("-i", "--input", "input_path", required=True, metavar="IN.wav", help="Audio to convert (any rate, mixed to mono).")
+@click.option("-i", "--input", "input_path", required=True, metavar="IN.wav", type=click.Path(exists=True, dir_okay=False),
+              help="Audio to convert (any rate, mixed to mono).")  # fmt: skip
 @click.option("-o", "--output", "output_path", required=True, metavar="OUT.wav", help="Where to write the result (at the model's rate).")
 @click.option("-k", "--key", type=float, default=0.0, show_default=True, help="Pitch shift in semitones (-36..36).")
 @click.option("--spk-id", type=int, default=1, show_default=True, help="Target speaker id, 1..model.n_spk.")
@@ -51,8 +52,10 @@ def infer(
 
     from ..audio import load_audio, save_wav
     from ..checkpoint.reader import CheckpointReader, parse_model_uri
+    from ..destinations import check_output_file
     from ..inference import VoiceConverter, parse_speaker_mix
 
+    check_output_file(output_path, "-o/--output")  # before the download and the conversion
     mix = parse_speaker_mix(spk_mix) if spk_mix is not None else None
     ref = parse_model_uri(model_uri)
     restored = CheckpointReader(ref.name, tracking_uri=ctx.obj["tracking_uri"]).fetch(model_uri)
@@ -94,27 +97,41 @@ def infer(
               help="models:/NAME/VERSION or models:/NAME@ALIAS (pinned to its current version).")  # fmt: skip
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("-p", "--port", type=int, default=5001, show_default=True)
+@click.option("-t", "--timeout", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Seconds a request may take (MLflow's scoring-server timeout); raise it with MLFLOW_DDSP_MAX_SECONDS.")  # fmt: skip
+@click.option("-w", "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Server processes, each with its own copy of the model (memory x N).")  # fmt: skip
 @click.pass_context
-def serve(ctx: click.Context, model_uri: str, host: str, port: int) -> None:
+def serve(ctx: click.Context, model_uri: str, host: str, port: int, timeout: int, workers: int) -> None:
     """Serve a version over HTTP (`mlflow models serve`), pinned to a concrete version.
 
     An alias is resolved once, here, so the server answers with one version even
-    while training moves the alias on. POST /invocations with
+    while training moves the alias on. Every file of the version, MLmodel
+    included, is downloaded and checked against the registry's sha256 record
+    before MLflow reads any of it; the server then loads that verified copy.
+    POST /invocations with
     {"dataframe_records": [{"audio_base64": "<WAV>"}], "params": {"key": 2}}.
-    Limits: MLFLOW_DDSP_MAX_SECONDS (default 600) per clip.
+    Limits, which must fit together: MLFLOW_DDSP_MAX_SECONDS (default 120) per
+    clip, converted within --timeout (default 60 s; a full-size encoder on 2 CPU
+    cores converts ~10x faster than real time); MLFLOW_DDSP_MAX_CONCURRENT
+    (default 1) conversions per worker, further requests get 503 at once. For
+    longer clips raise both, e.g. MLFLOW_DDSP_MAX_SECONDS=600 with --timeout 180.
     """
     import os
 
-    from ..serving.resolve import pin_version
+    from ..serving.resolve import fetch_servable, pin_version, serving_folder
     from ..tracking import resolve_tracking_uri
 
     pinned, version = pin_version(model_uri, tracking_uri=ctx.obj["tracking_uri"])
-    click.echo(f"serving {version.label} as {pinned} on http://{host}:{port}/invocations", err=True)
+    folder = serving_folder(version.name, version.version)
+    fetch_servable(pinned, folder, tracking_uri=ctx.obj["tracking_uri"])
+    click.echo(f"serving {version.label} ({pinned}, verified copy in {folder}) on http://{host}:{port}/invocations",
+               err=True)  # fmt: skip
     env = {**os.environ, "MLFLOW_TRACKING_URI": resolve_tracking_uri(ctx.obj["tracking_uri"])}
     # `mlflow models serve` runs uvicorn from this environment's bin/.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", pinned, "--env-manager", "local",
-               "-h", host, "-p", str(port)]  # fmt: skip
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(folder), "--env-manager", "local",
+               "-h", host, "-p", str(port), "-t", str(timeout), "-w", str(workers)]  # fmt: skip
     os.execve(sys.executable, command, env)
 
 

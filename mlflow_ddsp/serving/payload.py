@@ -38,7 +38,7 @@ __all__ = [
     "wav_base64",
 ]
 
-DEFAULT_MAX_SECONDS = 600.0
+DEFAULT_MAX_SECONDS = 120.0  # s; see serving.pyfunc: fits MLflow's 60 s request timeout on 2 cores
 
 
 class PayloadError(AudioError):
@@ -108,9 +108,32 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _decode_wav(text: Any, row: int) -> tuple[np.ndarray, int]:
+MAX_SAMPLE_RATE = 384_000  # Hz; the highest rate audio interfaces record at
+
+
+def _one_clip(value: Any, row: int, column: str) -> Any:
+    """A cell as MLflow hands it over: the ``inputs``/``instances`` forms wrap each value in an array."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "USOiuf":
+        if value.size != 1:
+            raise PayloadError(
+                f"row {row}: {column} holds {value.size} values in one cell; send one clip per row, "
+                'e.g. {"dataframe_records": [{"audio_base64": "..."}, {"audio_base64": "..."}]}'
+            )
+        return value.reshape(-1)[0]
+    return value
+
+
+def _decode_wav(text: Any, row: int, max_seconds: float) -> tuple[np.ndarray, int]:
+    """Decode base64 audio, never more than ``max_seconds`` of it.
+
+    The length is read from the file's header first, and decoding stops one
+    frame past the limit whatever the header says: a small, highly compressed
+    file (two hours of FLAC silence is ~1.4 MB) cannot make the server decode
+    gigabytes before refusing it.
+    """
     import soundfile as sf
 
+    text = _one_clip(text, row, "audio_base64")
     if not isinstance(text, str):
         raise PayloadError(f"row {row}: audio_base64 must be a base64 string, got {type(text).__name__}")
     try:
@@ -120,10 +143,26 @@ def _decode_wav(text: Any, row: int) -> tuple[np.ndarray, int]:
     if not data:
         raise PayloadError(f"row {row}: audio_base64 is empty")
     try:
-        audio, sample_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            sample_rate = int(f.samplerate)
+            if not 0 < sample_rate <= MAX_SAMPLE_RATE:
+                raise PayloadError(f"row {row}: the audio's sample rate {sample_rate} Hz is not in 1..{MAX_SAMPLE_RATE}")
+            limit = int(max_seconds * sample_rate)
+            if f.frames > limit:  # from the header: refuse before decoding anything
+                _too_long(row, f.frames / sample_rate, max_seconds)
+            audio = f.read(frames=limit + 1, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError):
         raise PayloadError(f"row {row}: audio_base64 is not a readable audio file (send WAV, FLAC or OGG)") from None
-    return audio.mean(axis=1), int(sample_rate)
+    if audio.shape[0] > limit:  # the header understated the length
+        _too_long(row, audio.shape[0] / sample_rate, max_seconds, at_least=True)
+    return audio.mean(axis=1), sample_rate
+
+
+def _too_long(row: int, seconds: float, max_seconds: float, at_least: bool = False) -> None:
+    raise PayloadError(
+        f"row {row}: the audio is {'more than ' if at_least else ''}{seconds:.1f} s long; this server accepts "
+        f"at most {max_seconds:g} s (MLFLOW_DDSP_MAX_SECONDS)"
+    )
 
 
 def _check_audio(audio: np.ndarray, sample_rate: int, row: int, max_seconds: float) -> np.ndarray:
@@ -133,30 +172,37 @@ def _check_audio(audio: np.ndarray, sample_rate: int, row: int, max_seconds: flo
         raise PayloadError(f"row {row}: the audio contains NaN or infinite samples")
     seconds = audio.size / sample_rate
     if seconds > max_seconds:
-        raise PayloadError(
-            f"row {row}: the audio is {seconds:.1f} s long; this server accepts at most {max_seconds:g} s "
-            "(MLFLOW_DDSP_MAX_SECONDS)"
-        )
+        _too_long(row, seconds, max_seconds)
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
 def parse_rows(rows: list[Mapping[str, Any]], *, max_seconds: float = DEFAULT_MAX_SECONDS) -> list[ConversionRequest]:
     """Validate request rows (``DataFrame.to_dict("records")``) into conversion requests."""
-    if not rows:
-        raise PayloadError("the request has no rows: send at least one audio clip")
+    if not rows:  # also what MLflow makes of rows without any known column, e.g. [{}]
+        raise PayloadError(
+            "the request has no audio: each row needs audio_base64 (a WAV, FLAC or OGG file) "
+            "or samples with sample_rate"
+        )
     requests = []
     for row, record in enumerate(rows):
-        encoded, samples, rate = record.get("audio_base64"), record.get("samples"), record.get("sample_rate")
+        encoded, samples = record.get("audio_base64"), record.get("samples")
+        rate = _one_clip(record.get("sample_rate"), row, "sample_rate")
         if not _missing(encoded):
             if not _missing(samples):
                 raise PayloadError(f"row {row}: send either audio_base64 or samples, not both")
-            audio, sample_rate = _decode_wav(encoded, row)
+            audio, sample_rate = _decode_wav(encoded, row, max_seconds)
             requests.append(ConversionRequest(_check_audio(audio, sample_rate, row, max_seconds), sample_rate, True))
             continue
         if _missing(samples):
             raise PayloadError(f"row {row}: needs audio_base64 (a WAV file) or samples with sample_rate")
-        if _missing(rate) or int(rate) <= 0:
-            raise PayloadError(f"row {row}: samples need a positive sample_rate, got {rate!r}")
+        try:
+            rate = None if _missing(rate) else int(rate)
+        except (TypeError, ValueError):
+            rate = None
+        if rate is None or not 0 < rate <= MAX_SAMPLE_RATE:
+            raise PayloadError(
+                f"row {row}: samples need a sample_rate in 1..{MAX_SAMPLE_RATE} Hz, got {record.get('sample_rate')!r}"
+            )
         try:
             audio = np.asarray(samples, dtype=np.float64).reshape(-1).astype(np.float32)
         except (TypeError, ValueError):

@@ -8,7 +8,11 @@ arbitrarily. ``mlflow-ddsp verify`` additionally checks the manifest against
 the sha256 recorded in the registry.
 
 Environment, read at load time:
-    MLFLOW_DDSP_MAX_SECONDS   longest accepted input (default 600)
+    MLFLOW_DDSP_MAX_SECONDS   longest accepted input (default 120: converts within MLflow's
+                              60 s request timeout on a 2-core CPU with a full-size encoder)
+    MLFLOW_DDSP_MAX_CONCURRENT conversions at once per server process (default 1); a request
+                              beyond them gets 503 at once instead of queueing past the timeout
+                              and multiplying memory (a 120 s clip needs ~0.5 GB while converting)
     MLFLOW_DDSP_ENCODER_CKPT  content-encoder weights, if not at the config's data.encoder_ckpt
     MLFLOW_DDSP_DEVICE        cpu (default) or cuda
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +40,34 @@ log = logging.getLogger(__name__)
 class DdspVoiceModel:
     """A loaded checkpoint version that converts request rows (see :mod:`payload`)."""
 
-    def __init__(self, converter, *, step: int, sha256: str, max_seconds: float = DEFAULT_MAX_SECONDS):
+    def __init__(self, converter, *, step: int, sha256: str, max_seconds: float = DEFAULT_MAX_SECONDS,
+                 max_concurrent: int = 1):  # fmt: skip
         self.converter = converter
         self.step = step
         self.sha256 = sha256
         self.max_seconds = max_seconds
+        self.max_concurrent = max_concurrent
+        self._slots = threading.BoundedSemaphore(max_concurrent)
 
     @property
     def sampling_rate(self) -> int:
         return self.converter.cfg.data.sampling_rate
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+        if not self._slots.acquire(blocking=False):  # -> HTTP 503: retry later, nothing queued
+            raise MlflowException(
+                f"busy: {self.max_concurrent} conversion(s) already running (MLFLOW_DDSP_MAX_CONCURRENT); retry later",
+                error_code=TEMPORARILY_UNAVAILABLE,
+            )
+        try:
+            return self._predict(model_input, params)
+        finally:
+            self._slots.release()
+
+    def _predict(self, model_input: Any, params: dict[str, Any] | None) -> list[dict[str, Any]]:
         from mlflow.exceptions import MlflowException
 
         try:
@@ -87,8 +109,23 @@ def load_version_dir(path: str | os.PathLike, *, device: str | None = None) -> D
     )
     sha256 = manifest.files[manifest.checkpoint_file].sha256
     log.warning("mlflow-ddsp: serving %s step %d (checkpoint sha256 %s...)", cfg.model.type, manifest.step, sha256[:12])
-    max_seconds = float(os.environ.get("MLFLOW_DDSP_MAX_SECONDS", DEFAULT_MAX_SECONDS))
-    return DdspVoiceModel(converter, step=manifest.step, sha256=sha256, max_seconds=max_seconds)
+    max_seconds = _positive_env("MLFLOW_DDSP_MAX_SECONDS", DEFAULT_MAX_SECONDS, float)
+    max_concurrent = _positive_env("MLFLOW_DDSP_MAX_CONCURRENT", 1, int)
+    return DdspVoiceModel(converter, step=manifest.step, sha256=sha256, max_seconds=max_seconds,
+                          max_concurrent=max_concurrent)  # fmt: skip
+
+
+def _positive_env(name: str, default, kind):
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not value > 0 or value != value or value == float("inf"):
+        raise ConfigError(f"{name}={text!r} must be a positive {'whole ' if kind is int else ''}number")
+    return value
 
 
 def _load_pyfunc(data_path: str) -> DdspVoiceModel:

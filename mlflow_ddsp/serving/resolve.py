@@ -5,18 +5,40 @@ deleted within a second; a reader that downloads ``@rolling`` directly can
 fail mid-download. Resolving the alias to a version number first, then
 loading that number (and re-resolving if it vanished), keeps readers
 consistent, and records which version actually answered.
+
+Loading and serving go through a verified local copy: every file of the version,
+``MLmodel`` included, is downloaded and checked against the registry's record
+(the manifest's sha256 recorded when the version was written, then each file
+against the manifest) *before* MLflow reads the ``MLmodel``. MLflow imports the
+modules an ``MLmodel`` names (``loader_module``, a ``code:`` folder) as soon as it
+loads one, so a version edited in the artifact store must be refused before that.
+Files the manifest does not list are never downloaded, so an added ``code/``
+folder cannot run either.
+
+What plain ``mlflow models serve -m models:/NAME/7`` and ``mlflow.pyfunc.load_model``
+guarantee: our loader checks every file against the version's own
+``manifest.json`` (corruption, partial downloads, a changed checkpoint), but MLflow
+has already imported what the ``MLmodel`` names, and a manifest rewritten
+together with the files cannot be told from the original without the registry.
+``mlflow-ddsp serve`` and :func:`load_model` close both gaps.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from ..checkpoint import CheckpointReader
 from ..checkpoint.reader import parse_model_uri
 from ..checkpoint.records import CheckpointVersion
-from ..errors import CheckpointNotFoundError
+from ..errors import CheckpointIntegrityError, CheckpointNotFoundError
 
-__all__ = ["pin_version", "load_model"]
+__all__ = ["pin_version", "fetch_servable", "serving_folder", "load_model"]
+
+MLMODEL_FILE = "MLmodel"
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +53,84 @@ def pin_version(uri: str, *, tracking_uri: str | None = None) -> tuple[str, Chec
     return pinned, version
 
 
+def fetch_servable(uri: str, dst: str | os.PathLike, *, tracking_uri: str | None = None) -> CheckpointVersion:
+    """Download a version's files into ``dst``, each checked against the registry's record.
+
+    Args:
+        uri: ``models:/NAME/7`` or ``models:/NAME@ALIAS`` (pinned to its version first).
+        dst: an empty folder this process owns.
+
+    Raises:
+        CheckpointIntegrityError: the manifest or any file (``MLmodel`` included)
+            differs from what was registered, or the version has no ``MLmodel``.
+        CheckpointNotFoundError: the version or one of its files is gone.
+    """
+    pinned, version = pin_version(uri, tracking_uri=tracking_uri)
+    reader = CheckpointReader(version.name, tracking_uri=tracking_uri)
+    manifest = reader.store.fetch_verified(version, dst)
+    if MLMODEL_FILE not in manifest.files:
+        raise CheckpointIntegrityError(f"{version.label} has no MLmodel among its registered files; it cannot be served")
+    return version
+
+
+def serving_folder(name: str, version: int) -> Path:
+    """A fresh folder for the files a server process (this pid, after ``exec``) loads.
+
+    ``<tmp>/mlflow-ddsp-serve-<uid>/<name>-v<version>-<pid>``, the parent private
+    to this OS user (0700). Folders of servers that have exited are removed here,
+    so repeated ``serve`` runs do not pile up copies.
+    """
+    parent = Path(tempfile.gettempdir()) / f"mlflow-ddsp-serve-{os.getuid()}"
+    parent.mkdir(mode=0o700, exist_ok=True)
+    if parent.is_symlink() or parent.stat().st_uid != os.getuid():
+        raise CheckpointIntegrityError(f"{parent} is not a private folder of this user; remove it")
+    parent.chmod(0o700)
+    for old in parent.iterdir():
+        pid = old.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = parent / f"{name}-v{version}-{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o700)
+    return folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def load_model(uri: str, *, tracking_uri: str | None = None, attempts: int = 3):
-    """``mlflow.pyfunc.load_model`` of a pinned version, retrying if the alias moved on."""
+    """``mlflow.pyfunc.load_model`` of a pinned, verified version, retrying if the alias moved on.
+
+    Raises:
+        CheckpointIntegrityError: the version's files differ from the registry's record.
+        CheckpointNotFoundError: the version kept vanishing, or does not exist.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
     last: Exception | None = None
     for _ in range(attempts):
-        pinned, version = pin_version(uri, tracking_uri=tracking_uri)
+        local = Path(tempfile.mkdtemp(prefix="mlflow-ddsp-load-"))
         try:
-            model = mlflow.pyfunc.load_model(pinned)
-            return model
-        except (MlflowException, OSError) as exc:  # deleted between resolve and download
+            fetch_servable(uri, local, tracking_uri=tracking_uri)
+            return mlflow.pyfunc.load_model(str(local))  # the checkpoint is in memory once loaded
+        except (CheckpointNotFoundError, MlflowException, OSError) as exc:  # deleted between resolve and download
+            if isinstance(exc, CheckpointNotFoundError) and _is_pinned(uri):
+                raise
             last = exc
-            log.warning("%s vanished while loading (%s); resolving %s again", pinned, exc, uri)
+            log.warning("%s vanished while loading (%s); resolving it again", uri, exc)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
     raise CheckpointNotFoundError(f"could not load {uri}: {last}")
+
+
+def _is_pinned(uri: str) -> bool:
+    """True for ``models:/NAME/7``: a numbered version is never substituted, so never retried."""
+    return parse_model_uri(uri).version is not None

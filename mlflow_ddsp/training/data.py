@@ -33,6 +33,7 @@ from ..audio import load_audio
 from ..config import Config
 from ..corpus import AUDIO_DIR, FEATURE_KINDS, feature_path, list_audio, speaker_id
 from ..errors import AudioError, ConfigError
+from ..preprocess import failed_recordings
 
 __all__ = ["AudioDataset", "EpochSampler", "make_loaders"]
 
@@ -73,6 +74,13 @@ class AudioDataset(Dataset):
                 "put your .wav files there (see data.train_path / data.valid_path)"
             )
         missing = [r for r in self.rels if not all(feature_path(self.root, k, r).is_file() for k in FEATURE_KINDS)]
+        failed = failed_recordings(self.root)
+        unusable = [r for r in missing if r in failed]
+        if unusable:
+            raise AudioError(
+                f"{len(unusable)} recording(s) in {self.root / AUDIO_DIR} could not be preprocessed "
+                f"(first: {failed[unusable[0]]}); fix or remove them, then run `mlflow-ddsp preprocess -c CONFIG` again"
+            )
         if missing:
             raise ConfigError(
                 f"{len(missing)} recording(s) in {self.root / AUDIO_DIR} are not preprocessed "

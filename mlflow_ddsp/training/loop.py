@@ -149,7 +149,7 @@ class TrainLoop:
                                                trainer_state=state(), attachments=media)  # fmt: skip
                         saved_step = step
                         self.tracker.log_validation(result, step, media)
-                        log.info("step %d: validation loss %.4f, checkpoint saved", step, result.loss)
+                        log.info("step %d: validation loss %.4f, checkpoint queued", step, result.loss)
                         self.model.train()
                 else:
                     epoch, batches = epoch + 1, 0
@@ -159,7 +159,7 @@ class TrainLoop:
         if step != saved_step and self.is_main:
             # End of training, or stopped (Ctrl-C, SIGTERM): keep what was trained.
             self.checkpointer.save(step, self.model, self.optimizer, trainer_state=state())
-            log.info("step %d: checkpoint saved (%s)", step, "stopped" if self.stop.is_set() else "end of training")
+            log.info("step %d: checkpoint queued (%s)", step, "stopped" if self.stop.is_set() else "end of training")
         return step
 
     def _done(self, step: int) -> bool:

@@ -145,11 +145,10 @@ def train(
 
 def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_from, progress) -> TrainResult:
     """Rank 0 (or the only process): the run, the tracker, the checkpoint queue."""
-    client = store.client
     run_id, own_run = _open_run(store, cfg)
     status = "FAILED"
     try:
-        tracker = MlflowTracker(client, run_id, cfg.data.sampling_rate)
+        tracker = MlflowTracker(store, run_id, cfg.data.sampling_rate)
         tracker.log_config(cfg)
         lineage = _lineage_tags(cfg, _log_datasets(tracker, cfg))
         tracker.log_tags(lineage)
@@ -191,7 +190,7 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
         return TrainResult(run_id, cfg.registered_model, start_step, final_step, received["signal"])
     finally:
         if own_run:
-            client.set_terminated(run_id, status)
+            store.end_run(run_id, status)
 
 
 def _train_other_rank(cfg, ctx, model, optimizer, loaders, device, tracking_uri) -> TrainResult:
@@ -265,17 +264,17 @@ def _open_run(store: RegistryStore, cfg: Config) -> tuple[str, bool]:
     outer = os.environ.get("MLFLOW_RUN_ID")
     if outer and store.experiment_of_run(outer) == experiment_id:
         return outer, False
-    run = store.client.create_run(experiment_id, run_name=f"train-{cfg.registered_model}")
-    run_id = run.info.run_id
+    run_id = store.create_run(experiment_id, run_name=f"train-{cfg.registered_model}")
     if outer:
-        project = store.client.get_run(outer).data.tags
-        for key, value in project.items():  # what `mlflow run` recorded: entry point, source, git commit
-            if key.startswith(("mlflow.project.", "mlflow.source.", "mlflow.gitRepoURL")):
-                store.client.set_tag(run_id, key, value)
-        store.client.set_tag(run_id, T.PROJECT_RUN, outer)
-        store.client.set_tag(outer, T.TRAINING_RUN, run_id)
-        store.client.set_tag(outer, "mlflow.note.content",
-                             f"Training is logged in experiment '{cfg.mlflow.experiment}', run {run_id}.")  # fmt: skip
+        project = store.run_tags(outer)  # what `mlflow run` recorded: entry point, source, git commit
+        store.set_run_tags(run_id, {
+            **{k: v for k, v in project.items() if k.startswith(("mlflow.project.", "mlflow.source.", "mlflow.gitRepoURL"))},
+            T.PROJECT_RUN: outer,
+        })  # fmt: skip
+        store.set_run_tags(outer, {
+            T.TRAINING_RUN: run_id,
+            "mlflow.note.content": f"Training is logged in experiment '{cfg.mlflow.experiment}', run {run_id}.",
+        })  # fmt: skip
     return run_id, True
 
 
