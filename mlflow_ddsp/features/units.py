@@ -141,7 +141,9 @@ def _build_fairseq(
 
 
 def _fairseq_int8(backbone: nn.Module) -> nn.Module:
-    return _FairseqUnits(quantize_fairseq_hubert_int8(backbone.model), backbone.output_layer, backbone.use_final_proj)
+    # In place: the fp32 backbone was built for this encoder alone (a copy of a 95M-parameter model costs seconds).
+    quantize_fairseq_hubert_int8(backbone.model, inplace=True)
+    return backbone
 
 
 def _build_hubert_soft(ckpt: Path | None, _sr: int, _hop: int) -> nn.Module:

@@ -6,16 +6,19 @@
   so that training features are exact).
 - ``int8``: dynamic int8 quantization (``torch.ao.quantization.quantize_dynamic``,
   PyTorch's "dynamic quantization" recipe: weights int8 per tensor ahead of time,
-  activations quantized per batch at run time, int32 accumulation through
-  fbgemm/oneDNN VNNI kernels, fp32 in and out). Every ``nn.Linear`` of a fairseq
-  HuBERT / ContentVec is quantized, and so are the six strided convolutions of
-  its feature extractor after the first: each is rewritten exactly as
-  ``unfold + Linear`` on channels-last frames (a ``Conv1d`` with kernel ``k`` and
-  stride ``s`` over ``[B, C, T]`` equals a ``Linear(C * k -> C_out)`` over the
-  ``[B, N, C * k]`` windows), which both removes the slow strided oneDNN
-  convolutions and lets them run in int8. The first convolution (one input
-  channel, followed by a per-channel GroupNorm), the positional convolution,
-  LayerNorms, attention softmax and GELUs stay fp32. CPU only.
+  activations quantized per call with one scale per tensor, int32 accumulation
+  in fbgemm's VNNI kernels, fp32 in and out) of the attention and feed-forward
+  Linears of every transformer layer of a fairseq HuBERT / ContentVec: ~95% of
+  the transformer's multiply-adds. The conv feature extractor after its first
+  block is rewritten exactly as ``unfold + matmul`` on channels-last frames (a
+  ``Conv1d`` with kernel ``k`` and stride ``s`` over ``[B, C, T]`` is a matmul of
+  the ``[B, N, C * k]`` windows with the ``[C * k, C_out]`` weight), run in bf16
+  where the CPU has bf16 kernels (AVX-512; fp32 convolutions otherwise). Not
+  int8 there: with one activation scale per tensor, the quiet frames of a clip
+  with loud singing lose most of their resolution (mean units cosine 0.95 on
+  singing with pauses, measured). ``post_extract_proj`` stays fp32 for the
+  same reason (0.986 when quantized), and so do ``final_proj``, the first conv
+  block, the positional convolution, LayerNorms, softmax and GELUs. CPU only.
 - ``auto``: ``int8`` on the CPU for encoders that have an int8 form (the fairseq
   HuBERT family: ``contentvec*``, ``hubertbase*``, ``hubertlarge1024l24``);
   ``fp32`` otherwise, including every GPU (the GPU path is unchanged).
@@ -135,15 +138,15 @@ def fast_matmul_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 
-def quantize_fairseq_hubert_int8(model: FairseqHubert) -> FairseqHubert:
-    """A CPU fast copy of ``model`` (see the module doc); ``model`` is untouched.
+def quantize_fairseq_hubert_int8(model: FairseqHubert, *, inplace: bool = False) -> FairseqHubert:
+    """The CPU fast form of ``model`` (see the module doc): a copy, or ``model`` itself changed if ``inplace``.
 
-    Transformer (``post_extract_proj``, attention and feed-forward Linears,
-    ``final_proj``): dynamic int8. Conv feature extractor: the
+    Transformer layers (attention and feed-forward Linears): dynamic int8. Conv
+    feature extractor: the
     :class:`ChannelsLastConvStack` in bf16 where the CPU has bf16 kernels, else the
     original fp32 convolutions. Same ``extract_features`` shapes; eval mode; CPU only.
     """
-    fast = copy.deepcopy(model).cpu().eval()
+    fast = (model if inplace else copy.deepcopy(model)).cpu().eval()
     if fast_matmul_dtype() == torch.bfloat16:
         fast.feature_extractor = ChannelsLastConvStack(fast.feature_extractor, torch.bfloat16)
     with warnings.catch_warnings():
@@ -151,14 +154,5 @@ def quantize_fairseq_hubert_int8(model: FairseqHubert) -> FairseqHubert:
         # torchao; in torch 2.13 it is present and is what runs fbgemm's int8 kernels.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        for name in ("post_extract_proj", "encoder", "final_proj"):
-            module = getattr(fast, name)
-            if module is None:
-                continue
-            if isinstance(module, nn.Linear):  # quantize_dynamic swaps children, not the root
-                module = nn.Sequential(module)
-                torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
-                setattr(fast, name, module[0])
-            else:
-                torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        torch.ao.quantization.quantize_dynamic(fast.encoder.layers, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return fast.eval()
