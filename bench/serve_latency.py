@@ -12,6 +12,19 @@ does not depend on the weights):
   real ``checkpoint_best_legacy_500.pt`` is;
 * ``small``: CombSubFast with 128 unit channels on the weights-free ``logmel`` encoder.
 
+For ``full`` the content encoder runs at the CPU default precision (``auto``: dynamic
+int8, see ``mlflow_ddsp.features.encoders.precision``) and, interleaved with it in
+the same loop (fp32, int8, fp32, int8, ...), at ``fp32``, so that machine load hits
+both alike; the line ``int8/fp32`` gives the speed ratio. The quality guard is printed
+under it: the mean (and worst) per-frame cosine similarity of the int8 units to the
+fp32 units of the whole clip (goal >= 0.99), and the log-mel distance (mean absolute
+difference of natural-log 128-band mel spectra at 16 kHz, 20 ms hop) of the int8
+conversion to the fp32 conversion with the same noise seed, next to the distance
+between two fp32 conversions that differ only in the synthesiser's noise seed
+(what the listener already cannot rely on). The random encoder weights get fairseq's
+``init_bert_params`` init (N(0, 0.02) Linear weights), as a real checkpoint's
+transformer starts from.
+
 The real-time factor here is audio seconds / wall seconds ("Nx faster than real
 time"); each figure is the median of ``--repeats`` runs after one warm-up run of
 the same clip (the first call builds oneDNN kernels for each new segment shape).
@@ -22,6 +35,7 @@ in an embedded store and served by a real ``mlflow models serve`` on
 difference to in-process is what serving costs (base64, JSON, WAV encoding).
 
     python bench/serve_latency.py [--seconds 10 60] [--models small full] [--repeats 3] [--no-http]
+                                  [--precisions fp32 auto]
 """
 
 from __future__ import annotations
@@ -43,7 +57,9 @@ import torch
 from mlflow_ddsp import CheckpointQueue
 from mlflow_ddsp.config import parse_config
 from mlflow_ddsp.demo_data import VOICES, synthesize_clip
-from mlflow_ddsp.features.encoders.fairseq_hubert import FairseqHubert, FairseqHubertConfig
+from mlflow_ddsp.features.encoders.fairseq_hubert import FairseqHubert, FairseqHubertConfig, init_bert_params_
+from mlflow_ddsp.features.encoders.logmel import LogMel
+from mlflow_ddsp.audio import resample
 from mlflow_ddsp.inference import VoiceConverter
 from mlflow_ddsp.local_server import LocalModelServer
 from mlflow_ddsp.models import build_model_from_config
@@ -118,6 +134,55 @@ def measure_in_process_detailed(
     return Measurement(seconds=seconds, walls=walls, stages=stages, segments=len(runs[0].segments))
 
 
+def measure_interleaved(
+    converters: dict[str, VoiceConverter], seconds: float, *, repeats: int = 3, seed: int = 0
+) -> dict[str, Measurement]:
+    """Like :func:`measure_in_process_detailed` for several converters, timed in turns (A, B, A, B, ...)."""
+    first = next(iter(converters.values()))
+    audio = synthetic_singing(seconds, first.sample_rate, seed)
+    for converter in converters.values():
+        converter.convert(audio, converter.sample_rate, seed=seed)  # warm-up
+    walls: dict[str, list[float]] = {name: [] for name in converters}
+    runs: dict[str, list] = {name: [] for name in converters}
+    for _ in range(repeats):
+        for name, converter in converters.items():
+            started = time.perf_counter()
+            result = converter.convert_detailed(audio, converter.sample_rate, seed=seed)
+            walls[name].append(time.perf_counter() - started)
+            runs[name].append(result)
+    out = {}
+    for name in converters:
+        stages = {key: statistics.median(r.timings[key] for r in runs[name]) for key in runs[name][0].timings}
+        out[name] = Measurement(seconds=seconds, walls=walls[name], stages=stages, segments=len(runs[name][0].segments))
+    return out
+
+
+def log_mel_distance(a: np.ndarray, b: np.ndarray, sample_rate: int) -> float:
+    """Mean |log-mel(a) - log-mel(b)| (natural log, 128 bands at 16 kHz, 20 ms hop)."""
+    mel = LogMel(16000, 320)
+    with torch.inference_mode():
+        ma, mb = (mel(torch.from_numpy(resample(x, sample_rate, 16000))[None]) for x in (a, b))
+    return float((ma - mb).abs().mean())
+
+
+def quality_guard(reference: VoiceConverter, fast: VoiceConverter, seconds: float, seed: int = 0) -> str:
+    """Units cosine (mean, worst frame) and log-mel distances of ``fast`` against ``reference``."""
+    sr = reference.sample_rate
+    audio = synthetic_singing(seconds, sr, seed)
+    with torch.inference_mode():
+        a = reference.units_encoder.encode(audio, sr, reference.block_size)[0]
+        b = fast.units_encoder.encode(audio, sr, fast.block_size)[0]
+    cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    ref_out = reference.convert(audio, sr, seed=seed)
+    fast_out = fast.convert(audio, sr, seed=seed)
+    other_seed = reference.convert(audio, sr, seed=seed + 1)
+    return (
+        f"units cosine to fp32: mean {cosine.mean():.4f} (goal >= 0.99), worst frame {cosine.min():.4f}; "
+        f"log-mel distance to the fp32 conversion {log_mel_distance(fast_out, ref_out, sr):.4f} "
+        f"(fp32 with another noise seed: {log_mel_distance(other_seed, ref_out, sr):.4f})"
+    )
+
+
 def measure_in_process(converter: VoiceConverter, seconds: float, *, repeats: int = 3) -> float:
     """Real-time factor (audio seconds / wall seconds) of converting ``seconds`` of singing."""
     return measure_in_process_detailed(converter, seconds, repeats=repeats).rtf
@@ -162,7 +227,7 @@ def write_random_contentvec(path: Path, seed: int = 0) -> Path:
     so it loads through the same code path; only the weights are untrained.
     """
     torch.manual_seed(seed)
-    model = FairseqHubert(FairseqHubertConfig(), final_proj_dim=256)
+    model = init_bert_params_(FairseqHubert(FairseqHubertConfig(), final_proj_dim=256))
     cfg = {"_name": "hubert", "encoder_layers": 12, "encoder_embed_dim": 768, "final_dim": 256}
     torch.save({"model": model.state_dict(), "cfg": {"model": cfg, "task": {"sample_rate": 16000}}}, path)
     return path
@@ -175,12 +240,17 @@ def small_converter() -> VoiceConverter:
     return VoiceConverter(build_model_from_config(cfg), cfg)
 
 
-def full_converter(workdir: Path) -> VoiceConverter:
-    """CombSubFast, 768 unit channels, a full-size ``contentvec768l12`` with random weights."""
-    ckpt = write_random_contentvec(workdir / "checkpoint_best_legacy_500.pt")
+def full_converter(workdir: Path, precision: str = "auto", model=None) -> VoiceConverter:
+    """CombSubFast, 768 unit channels, a full-size ``contentvec768l12`` with random weights.
+
+    ``model``: reuse that synthesiser (to compare encoder precisions on one model).
+    """
+    ckpt = workdir / "checkpoint_best_legacy_500.pt"
+    if not ckpt.exists():
+        write_random_contentvec(ckpt)
     cfg = parse_config({"data": {"encoder": "contentvec768l12", "encoder_ckpt": str(ckpt)}, "device": "cpu"})
     torch.manual_seed(0)
-    return VoiceConverter(build_model_from_config(cfg), cfg)
+    return VoiceConverter(model or build_model_from_config(cfg), cfg, encoder_precision=precision)
 
 
 MODELS = {
@@ -195,6 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["small", "full"])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per clip (median reported)")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP measurement")
+    parser.add_argument("--precisions", nargs="+", choices=["auto", "fp32", "int8"], default=["fp32", "auto"],
+                        help="encoder precisions of 'full', measured interleaved (the first is the guard's reference)")  # fmt: skip
     args = parser.parse_args(argv)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -203,7 +275,27 @@ def main(argv: list[str] | None = None) -> None:
             title, build = MODELS[name]
             converter = build(Path(tmp))
             print(f"\n{name}: {title}")
-            for seconds in args.seconds:
+            if name == "full":
+                converters = {p: full_converter(Path(tmp), p, converter.model) for p in args.precisions}
+                labels = {p: f"{p}={c.units_encoder.precision}" if p == "auto" else p for p, c in converters.items()}
+                for seconds in args.seconds:
+                    ms = measure_interleaved(converters, seconds, repeats=args.repeats)
+                    for p, m in ms.items():
+                        spread = f"{m.seconds / max(m.walls):.1f}-{m.seconds / min(m.walls):.1f}x"
+                        print(
+                            f"  in process {seconds:5.0f} s clip, {m.segments} segments, encoder {labels[p]:9}: "
+                            f"{m.rtf:6.1f}x faster than real time (runs {spread}); {m.split()}",
+                            flush=True,
+                        )
+                    ref, *others = args.precisions
+                    for p in others:
+                        ratio = statistics.median(
+                            a / b for a, b in zip(ms[ref].walls, ms[p].walls)
+                        )
+                        print(f"    {labels[p]} / {ref} speed: {ratio:.2f}x (median of the interleaved pairs)")
+                        print(f"    quality {labels[p]} vs {ref}: {quality_guard(converters[ref], converters[p], seconds)}")
+                converter = converters[args.precisions[-1]]
+            for seconds in ([] if name == "full" else args.seconds):
                 m = measure_in_process_detailed(converter, seconds, repeats=args.repeats)
                 spread = f"{m.seconds / max(m.walls):.1f}-{m.seconds / min(m.walls):.1f}x"
                 print(

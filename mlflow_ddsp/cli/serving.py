@@ -25,6 +25,9 @@ log = logging.getLogger("mlflow_ddsp")
 @click.option("--threshold", type=float, default=-60.0, show_default=True, help="Mute the output where the input is below this level (dB).")
 @click.option("--encoder-ckpt", default=None, metavar="PATH", help="Content-encoder checkpoint on this machine (overrides data.encoder_ckpt).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda, cuda:N or mps.")
+@click.option("--encoder-precision", type=click.Choice(["auto", "fp32", "int8"], case_sensitive=False), default="auto",
+              show_default=True, help="Content encoder: auto = int8 on the CPU for ContentVec/HuBERT (fp32 on GPUs), "
+              "fp32, or int8 (CPU only).")  # fmt: skip
 @click.pass_context
 def infer(
     ctx: click.Context,
@@ -38,6 +41,7 @@ def infer(
     threshold: float,
     encoder_ckpt: str | None,
     device: str,
+    encoder_precision: str,
 ) -> None:
     """Convert a singing voice with a registered checkpoint (upstream's main.py).
 
@@ -62,7 +66,8 @@ def infer(
     label = restored.version.label
     log.info("%s resolved to %s, sha256 verified", model_uri, label)
     converter = VoiceConverter.from_checkpoint(
-        restored.checkpoint, restored.config_yaml, device=device, encoder_ckpt=encoder_ckpt
+        restored.checkpoint, restored.config_yaml, device=device, encoder_ckpt=encoder_ckpt,
+        encoder_precision=encoder_precision, encoder_precision_key="--encoder-precision",
     )
     rate = converter.sample_rate
     audio = load_audio(input_path, rate)

@@ -23,6 +23,12 @@ tests: it resynthesises the input voice and cannot convert between voices.
 ``register_encoder`` adds more; a backbone maps ``wav [B, T]`` at the encoder rate
 to ``[B, N, C]`` and exposes ``out_channels`` and ``hop_size``.
 
+Precision (``load_units_encoder(..., precision=)``, see
+:mod:`mlflow_ddsp.features.encoders.precision`): ``fp32`` (the default here, and
+what preprocessing uses), ``int8`` (CPU dynamic int8 of the fairseq HuBERT family;
+units within a mean per-frame cosine of 0.99 of fp32) or ``auto`` (``int8`` on the
+CPU where an encoder has that form, ``fp32`` otherwise and on every GPU).
+
 Shapes: ``encode(audio [T] or [1, T], sample_rate, hop_size) -> [1, T // hop + 1, C]``
 float32 on the encoder's device.
 """
@@ -44,6 +50,7 @@ from mlflow_ddsp.features.encoders.checkpoint import require_checkpoint_path
 from mlflow_ddsp.features.encoders.fairseq_hubert import FairseqHubert, load_fairseq_hubert
 from mlflow_ddsp.features.encoders.hubert_soft import load_hubert_soft
 from mlflow_ddsp.features.encoders.logmel import LOGMEL_CHANNELS, LogMel
+from mlflow_ddsp.features.encoders.precision import quantize_fairseq_hubert_int8, resolve_encoder_precision
 from mlflow_ddsp.features.frames import frame_count
 
 __all__ = [
@@ -77,6 +84,8 @@ class EncoderSpec:
             loaded backbone's ``out_channels`` is what counts.
         sample_rate: the rate the network was trained at, or None when any works.
         summary: one line for help texts.
+        int8: ``backbone -> backbone`` giving its CPU int8 form, or None when the
+            encoder has none (then ``auto`` precision means fp32 for it).
     """
 
     name: str
@@ -85,6 +94,7 @@ class EncoderSpec:
     channels: int
     sample_rate: int | None
     summary: str
+    int8: Callable[[nn.Module], nn.Module] | None = None
 
 
 class _FairseqUnits(nn.Module):
@@ -130,6 +140,12 @@ def _build_fairseq(
     return _FairseqUnits(model, output_layer, use_final_proj)
 
 
+def _fairseq_int8(backbone: nn.Module) -> nn.Module:
+    # In place: the fp32 backbone was built for this encoder alone (a copy of a 95M-parameter model costs seconds).
+    quantize_fairseq_hubert_int8(backbone.model, inplace=True)
+    return backbone
+
+
 def _build_hubert_soft(ckpt: Path | None, _sr: int, _hop: int) -> nn.Module:
     return load_hubert_soft(ckpt, CKPT_KEY)
 
@@ -147,6 +163,7 @@ def _fairseq_spec(name: str, layer: int, proj: bool, channels: int, what: str) -
         channels=channels,
         sample_rate=16000,
         summary=f"{what} (fairseq checkpoint), {read}, {channels} channels",
+        int8=_fairseq_int8,
     )
 
 
@@ -235,8 +252,10 @@ class UnitsEncoder:
         encoder_sample_rate: int = 16000,
         encoder_hop_size: int = 320,
         device: str | torch.device = "cpu",
+        precision: str = "fp32",
     ) -> None:
         self.name = name
+        self.precision = precision
         self.encoder_sample_rate = int(encoder_sample_rate)
         self.encoder_hop_size = int(encoder_hop_size)
         self.device = torch.device(device)
@@ -250,7 +269,8 @@ class UnitsEncoder:
     def __repr__(self) -> str:
         return (
             f"UnitsEncoder({self.name!r}, out_channels={self.out_channels}, "
-            f"encoder_sample_rate={self.encoder_sample_rate}, encoder_hop_size={self.encoder_hop_size})"
+            f"encoder_sample_rate={self.encoder_sample_rate}, encoder_hop_size={self.encoder_hop_size}, "
+            f"precision={self.precision!r})"
         )
 
     @torch.no_grad()  # not inference_mode: callers may feed the units to a model in training
@@ -284,18 +304,27 @@ def load_units_encoder(
     encoder_hop_size: int = 320,
     out_channels: int | None = None,
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    precision_key: str = "encoder_precision",
 ) -> UnitsEncoder:
     """Build the encoder registered as ``name`` (``data.encoder``) from ``ckpt`` (``data.encoder_ckpt``).
 
     ``out_channels`` (``data.encoder_out_channels``), when given, must equal the
-    loaded encoder's channel count.
+    loaded encoder's channel count. ``precision`` is ``fp32``, ``int8`` or ``auto``
+    (see the module doc; ``UnitsEncoder.precision`` tells which one was used);
+    ``precision_key`` names the setting in errors (``--encoder-precision``,
+    ``MLFLOW_DDSP_ENCODER_PRECISION``...).
 
     Raises:
         ConfigError: unknown/unavailable name, checkpoint unset or missing (the
             message says to set ``data.encoder_ckpt`` or use ``logmel``), a file
-            that does not match the encoder, or rate/hop/channel mismatches.
+            that does not match the encoder, or rate/hop/channel mismatches; an
+            unknown precision, or ``int8`` off the CPU or for an encoder without it.
     """
     spec = get_encoder_spec(name)
+    precision = resolve_encoder_precision(
+        precision, device, has_int8=spec.int8 is not None, encoder=name, key=precision_key
+    )
     if spec.sample_rate is not None and int(encoder_sample_rate) != spec.sample_rate:
         raise ConfigError(
             f"data.encoder_sample_rate: {encoder_sample_rate} but encoder {name!r} was trained "
@@ -309,9 +338,12 @@ def load_units_encoder(
             f"data.encoder_hop_size: {encoder_hop_size} but encoder {name!r} has a fixed hop of "
             f"{hop} samples; set it to {hop}"
         )
+    if precision == "int8":
+        backbone = spec.int8(backbone)
     encoder = UnitsEncoder(
         name,
         backbone,
+        precision=precision,
         encoder_sample_rate=encoder_sample_rate,
         encoder_hop_size=encoder_hop_size,
         device=device,

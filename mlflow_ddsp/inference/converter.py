@@ -175,9 +175,16 @@ class VoiceConverter:
         device: torch device for the model and the encoder.
         f0_range: ``(f0_min, f0_max)`` Hz for f0 extraction.
         slicer: silence-slicing settings (upstream's by default).
+        encoder_precision: ``auto`` (default: dynamic int8 for the fairseq HuBERT /
+            ContentVec encoders on the CPU, fp32 for the others and on GPUs),
+            ``fp32`` or ``int8`` (CPU only); see
+            :mod:`mlflow_ddsp.features.encoders.precision`. Used when the encoder is
+            built here, not for a given ``units_encoder``.
+        encoder_precision_key: how errors name that setting.
 
     Raises:
-        ConfigError: model and config disagree, or the encoder/f0 extractor cannot be loaded.
+        ConfigError: model and config disagree, the encoder/f0 extractor cannot be
+            loaded, or ``encoder_precision`` is unknown or impossible there.
     """
 
     def __init__(
@@ -189,6 +196,8 @@ class VoiceConverter:
         device: str | torch.device = "cpu",
         f0_range: tuple[float, float] = INFER_F0_RANGE,
         slicer: SlicerSettings = DEFAULT_SLICER,
+        encoder_precision: str = "auto",
+        encoder_precision_key: str = "encoder_precision",
     ) -> None:
         hp = model.hparams
         expected = {
@@ -217,6 +226,8 @@ class VoiceConverter:
                 encoder_sample_rate=cfg.data.encoder_sample_rate,
                 encoder_hop_size=cfg.data.encoder_hop_size,
                 device=self.device,
+                precision=encoder_precision,
+                precision_key=encoder_precision_key,
             )
         if units_encoder.out_channels != hp["n_unit"]:
             raise ConfigError(
@@ -236,6 +247,8 @@ class VoiceConverter:
         *,
         device: str | torch.device = "cpu",
         encoder_ckpt: str | None = None,
+        encoder_precision: str = "auto",
+        encoder_precision_key: str = "encoder_precision",
         **kwargs: Any,
     ) -> VoiceConverter:
         """Rebuild the model an upstream-format checkpoint holds.
@@ -246,6 +259,9 @@ class VoiceConverter:
             device: torch device.
             encoder_ckpt: the content encoder's file; overrides ``data.encoder_ckpt``
                 (which names a path on the training machine).
+            encoder_precision: ``auto``, ``fp32`` or ``int8`` (see the constructor).
+            encoder_precision_key: how errors name that setting (a CLI flag, an
+                environment variable).
             **kwargs: passed to the constructor (``f0_range``, ``slicer``).
         """
         cfg = _config_from(config)
@@ -269,6 +285,8 @@ class VoiceConverter:
             encoder_hop_size=cfg.data.encoder_hop_size,
             out_channels=cfg.data.encoder_out_channels,
             device=device,
+            precision=encoder_precision,
+            precision_key=encoder_precision_key,
         )
         return cls(model, cfg, units_encoder=encoder, device=device, **kwargs)
 

@@ -15,6 +15,8 @@ Environment, read at load time:
                               and multiplying memory (a 120 s clip needs ~0.5 GB while converting)
     MLFLOW_DDSP_ENCODER_CKPT  content-encoder weights, if not at the config's data.encoder_ckpt
     MLFLOW_DDSP_DEVICE        cpu (default) or cuda
+    MLFLOW_DDSP_ENCODER_PRECISION  auto (default: int8 content encoder on the CPU where
+                              it has that form, fp32 otherwise), fp32 or int8
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def load_version_dir(path: str | os.PathLike, *, device: str | None = None) -> D
         cfg,
         device=device or os.environ.get("MLFLOW_DDSP_DEVICE", "cpu"),
         encoder_ckpt=os.environ.get("MLFLOW_DDSP_ENCODER_CKPT") or None,
+        encoder_precision=os.environ.get("MLFLOW_DDSP_ENCODER_PRECISION") or "auto",
+        encoder_precision_key="MLFLOW_DDSP_ENCODER_PRECISION",
     )
     sha256 = manifest.files[manifest.checkpoint_file].sha256
     log.warning("mlflow-ddsp: serving %s step %d (checkpoint sha256 %s...)", cfg.model.type, manifest.step, sha256[:12])

@@ -5,6 +5,8 @@
 - ``logmel``: a weights-free log-mel stand-in for demos and tests.
 - ``checkpoint``: weights-only checkpoint reading with inert stand-ins for pickled classes.
 - ``layers``: the weight-normed positional convolution and small helpers they share.
+- ``precision``: ``encoder_precision`` (auto / fp32 / int8) and the CPU int8 form of
+  the fairseq HuBERT family.
 
 Use ``mlflow_ddsp.features.units.load_units_encoder`` rather than these directly: it
 adds resampling to 16 kHz and alignment to the model's frame grid.

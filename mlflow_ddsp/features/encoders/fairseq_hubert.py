@@ -48,7 +48,7 @@ from mlflow_ddsp.features.encoders.layers import (
     upgrade_weight_norm_keys,
 )
 
-__all__ = ["FairseqHubertConfig", "FairseqHubert", "load_fairseq_hubert", "parse_conv_layers"]
+__all__ = ["FairseqHubertConfig", "FairseqHubert", "init_bert_params_", "load_fairseq_hubert", "parse_conv_layers"]
 
 logger = logging.getLogger(__name__)
 
@@ -298,6 +298,25 @@ class FairseqHubert(nn.Module):
         if self.post_extract_proj is not None:
             x = self.post_extract_proj(x)
         return self.encoder(x, output_layer)
+
+
+def init_bert_params_(model: FairseqHubert) -> FairseqHubert:
+    """Re-draw the transformer layers' weights as fairseq does when it builds one (in place).
+
+    fairseq's ``TransformerEncoder`` applies ``init_bert_params``: every Linear
+    weight of the transformer layers ~ N(0, 0.02), biases 0 (LayerNorms stay 1/0;
+    the conv feature extractor keeps its Kaiming-normal and the positional conv its
+    N(0, sqrt(4 / (k * D))) init, as in fairseq). For untrained stand-ins of a real
+    checkpoint (benches, tests), whose activation scales then resemble a pre-training
+    start rather than PyTorch's default uniform init. Returns ``model``.
+    """
+    with torch.no_grad():
+        for module in model.encoder.layers.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, 0.02)
+                if module.bias is not None:
+                    module.bias.zero_()
+    return model
 
 
 def _model_config(state: dict[str, Any], path: Path, key: str) -> dict[str, Any]:
