@@ -1,0 +1,154 @@
+"""A model's architecture: the config keys that shape its tensors, derived in one place.
+
+The architecture of a DDSP-SVC model is ``model.type`` plus every constructor
+keyword that type takes, under the config key it comes from
+(:data:`~mlflow_ddsp.models.base.CONFIG_KEYS`): ``data.sampling_rate``,
+``data.block_size``, ``data.encoder_out_channels``, ``model.n_spk`` and the
+type's own (``model.win_length`` for CombSubSuperFast, ``model.n_harmonics`` /
+``n_mag_*`` for Sins and CombSub, ``model.use_pitch_aug`` / ``pcmer_norm``).
+
+Resuming, fine-tuning, importing and serving take these from the checkpoint's
+own ``config.yaml`` and refuse a different one with every difference named in
+one line (the rule nanoGPT follows when resuming: the model-shaping arguments
+come from the checkpoint, the rest from the config). Everything else in a
+config (learning rate, batch size, loss, paths) may change between runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow_ddsp.errors import ArchitectureMismatchError, ConfigError
+from mlflow_ddsp.models.base import CONFIG_KEYS, DDSPModel
+from mlflow_ddsp.models.combsub import CombSub, CombSubFast
+from mlflow_ddsp.models.combsub_superfast import CombSubSuperFast
+from mlflow_ddsp.models.sins import Sins
+
+__all__ = [
+    "MODEL_TYPES",
+    "Architecture",
+    "architecture",
+    "architecture_of",
+    "check_same_architecture",
+    "model_class",
+]
+
+#: upstream ``model.type`` name -> class
+MODEL_TYPES: dict[str, type[DDSPModel]] = {
+    "CombSub": CombSub,
+    "CombSubFast": CombSubFast,
+    "CombSubSuperFast": CombSubSuperFast,
+    "Sins": Sins,
+}
+
+# constructor keyword -> where its value sits in a Config (section, key)
+_CONFIG_FIELDS = {name: tuple(key.split(".", 1)) for name, key in CONFIG_KEYS.items()}
+
+
+def model_class(model_type: str) -> type[DDSPModel]:
+    """The class upstream's ``model.type`` names.
+
+    Raises:
+        ConfigError: an unknown type, naming the allowed ones.
+    """
+    cls = MODEL_TYPES.get(model_type)
+    if cls is None:
+        raise ConfigError(
+            f"Invalid value for model.type={model_type!r}: must be one of {', '.join(sorted(MODEL_TYPES))}"
+        )
+    return cls
+
+
+def _constructor_keywords(cls: type[DDSPModel]) -> list[str]:
+    return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What a checkpoint's tensors depend on.
+
+    Attributes:
+        model_type: upstream's ``model.type``.
+        params: constructor keyword -> value, exactly the keywords ``model_type`` takes.
+    """
+
+    model_type: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Config key -> value (``{'model.type': 'CombSubFast', 'model.n_spk': 2, ...}``), model keys first."""
+        keys = sorted(self.params, key=lambda name: (not CONFIG_KEYS[name].startswith("model."), CONFIG_KEYS[name]))
+        return {"model.type": self.model_type, **{CONFIG_KEYS[name]: self.params[name] for name in keys}}
+
+    def differences(self, other: Architecture) -> list[str]:
+        """Config keys whose values differ (keys only one of two model types has are implied by model.type)."""
+        mine, theirs = self.settings, other.settings
+        return [key for key in mine if key in theirs and mine[key] != theirs[key]]
+
+    def describe(self, keys: list[str] | None = None) -> str:
+        """``model.type=CombSubFast, model.n_spk=2, ...`` (only ``keys`` when given)."""
+        settings = self.settings
+        return ", ".join(f"{key}={_show(settings[key])}" for key in (keys if keys is not None else settings))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def architecture(cfg: Any) -> Architecture:
+    """The architecture a :class:`mlflow_ddsp.config.Config` describes.
+
+    Only the keywords ``cfg.model.type`` takes are kept, so an upstream yaml with
+    e.g. ``win_length`` under a CombSubFast model describes the same architecture
+    as one without it.
+
+    Raises:
+        ConfigError: unknown ``model.type``.
+    """
+    cls = model_class(cfg.model.type)
+    params = {}
+    for name in _constructor_keywords(cls):
+        section, key = _CONFIG_FIELDS[name]
+        params[name] = getattr(getattr(cfg, section), key)
+    return Architecture(cfg.model.type, params)
+
+
+def architecture_of(model: DDSPModel) -> Architecture:
+    """The architecture a built model has (from its constructor arguments)."""
+    return Architecture(model.model_type, model.hparams)
+
+
+def check_same_architecture(
+    trained: Architecture,
+    current: Architecture,
+    *,
+    trained_by: str,
+    current_is: str = "this config",
+    advice: str = "build the model from the checkpoint's config.yaml (these keys cannot change once trained)",
+) -> None:
+    """Refuse ``current`` unless it equals ``trained``, naming every difference.
+
+    Args:
+        trained: the checkpoint's architecture (from its config.yaml).
+        current: the one about to be used.
+        trained_by: what holds ``trained``, e.g. ``"checkpoint voice v3 (step 4000)"``.
+        current_is: what holds ``current``.
+        advice: what to do, appended to the message.
+
+    Raises:
+        ArchitectureMismatchError: one line, e.g. ``checkpoint voice v3 (step 4000) was
+            trained with model.n_spk=2, data.encoder_out_channels=768; this config has
+            model.n_spk=4, data.encoder_out_channels=256: ...``.
+    """
+    differing = trained.differences(current)
+    if not differing:
+        return
+    raise ArchitectureMismatchError(
+        f"{trained_by} was trained with {trained.describe(differing)}; "
+        f"{current_is} has {current.describe(differing)}: {advice}"
+    )
