@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from ..errors import CheckpointIntegrityError, CheckpointNotFoundError, ConfigError
+from ..state_dict import load_state_dict_checked
 from .files import CONFIG_FILE, TRAINER_STATE_FILE, load_checkpoint
 from .names import validate_alias
 from .policy import DEFAULT_ALIAS
@@ -32,6 +34,7 @@ __all__ = [
     "parse_model_uri",
     "unwrap_model",
     "load_into",
+    "trained_architecture",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,25 @@ class RestoredCheckpoint:
         return int(self.checkpoint.get("global_step", self.version.step or 0))
 
 
+def trained_architecture(restored: RestoredCheckpoint) -> Any:
+    """The :class:`~mlflow_ddsp.models.Architecture` in the checkpoint's config.yaml; None without one.
+
+    A config.yaml that cannot be read is logged and treated as absent: the
+    state_dict comparison still names any mismatch.
+    """
+    from ..config import parse_config
+    from ..models import architecture
+
+    if not restored.config_yaml.strip():
+        return None
+    try:
+        raw = yaml.safe_load(restored.config_yaml)
+        return architecture(parse_config(raw)) if isinstance(raw, dict) else None
+    except (yaml.YAMLError, ConfigError) as exc:
+        log.warning("%s: config.yaml not readable (%s); comparing the weights only", restored.version.label, exc)
+        return None
+
+
 def load_into(
     restored: RestoredCheckpoint,
     model: torch.nn.Module,
@@ -94,15 +116,34 @@ def load_into(
     *,
     strict: bool = True,
 ) -> None:
-    """Load weights (and optimizer state when both sides have it) into live objects."""
-    try:
-        unwrap_model(model).load_state_dict(restored.checkpoint["model"], strict=strict)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"{restored.version.label} does not fit this model ({first}); its config.yaml must "
-            "match yours in model.type, model.n_spk and data.encoder_out_channels"
-        ) from exc
+    """Load weights (and optimizer state when both sides have it) into live objects.
+
+    A DDSP-SVC model is first compared with the architecture in the checkpoint's
+    config.yaml (resume, ``--init-from``, other DDP ranks all come here); then the
+    state_dict is compared key by key.
+
+    Raises:
+        ArchitectureMismatchError: the checkpoint was trained with other
+            tensor-shaping config keys, every difference named.
+        StateDictMismatchError: the weights do not fit ``model`` (keys and shapes named).
+    """
+    from ..models import DDSPModel, architecture_of, check_same_architecture
+
+    target = unwrap_model(model)
+    source = f"checkpoint {restored.version.label}"
+    trained = trained_architecture(restored) if isinstance(target, DDSPModel) else None
+    hint = ""
+    if isinstance(target, DDSPModel):
+        if trained is None:
+            hint = "it has no readable config.yaml to build the model from"
+        else:
+            hint = "its weights do not match its own config.yaml"
+            check_same_architecture(
+                trained, architecture_of(target), trained_by=source, current_is="this config",
+                advice="set these keys as the checkpoint has them (mlflow-ddsp export writes its config.yaml), "
+                "or train under another registered_model",
+            )  # fmt: skip
+    load_state_dict_checked(target, restored.checkpoint.get("model"), source=source, strict=strict, hint=hint)
     if optimizer is not None and "optimizer" in restored.checkpoint:
         optimizer.load_state_dict(restored.checkpoint["optimizer"])
 

@@ -59,8 +59,9 @@ def infer(
     label = restored.version.label
     log.info("%s resolved to %s, sha256 verified", model_uri, label)
     converter = VoiceConverter.from_checkpoint(
-        restored.checkpoint, restored.config_yaml, device=device, encoder_ckpt=encoder_ckpt
-    )
+        restored.checkpoint, restored.config_yaml, device=device, encoder_ckpt=encoder_ckpt,
+        source=f"checkpoint {label}",
+    )  # fmt: skip
     rate = converter.sample_rate
     audio = load_audio(input_path, rate)
     bar: tqdm | None = None

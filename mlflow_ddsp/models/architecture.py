@@ -129,6 +129,7 @@ def check_same_architecture(
     *,
     trained_by: str,
     current_is: str = "this config",
+    verb: str = "was trained with",
     advice: str = "build the model from the checkpoint's config.yaml (these keys cannot change once trained)",
 ) -> None:
     """Refuse ``current`` unless it equals ``trained``, naming every difference.
@@ -138,6 +139,7 @@ def check_same_architecture(
         current: the one about to be used.
         trained_by: what holds ``trained``, e.g. ``"checkpoint voice v3 (step 4000)"``.
         current_is: what holds ``current``.
+        verb: joins ``trained_by`` to its values.
         advice: what to do, appended to the message.
 
     Raises:
@@ -149,6 +151,6 @@ def check_same_architecture(
     if not differing:
         return
     raise ArchitectureMismatchError(
-        f"{trained_by} was trained with {trained.describe(differing)}; "
+        f"{trained_by} {verb} {trained.describe(differing)}; "
         f"{current_is} has {current.describe(differing)}: {advice}"
     )

@@ -84,6 +84,7 @@ def load_version_dir(path: str | os.PathLike, *, device: str | None = None) -> D
         cfg,
         device=device or os.environ.get("MLFLOW_DDSP_DEVICE", "cpu"),
         encoder_ckpt=os.environ.get("MLFLOW_DDSP_ENCODER_CKPT") or None,
+        source=f"model at {root}",
     )
     sha256 = manifest.files[manifest.checkpoint_file].sha256
     log.warning("mlflow-ddsp: serving %s step %d (checkpoint sha256 %s...)", cfg.model.type, manifest.step, sha256[:12])
