@@ -30,7 +30,7 @@ from .checkpoint.files import CONFIG_FILE, load_checkpoint, sha256_file
 from .checkpoint.names import validate_experiment_name, validate_model_name
 from .config import Config, parse_config
 from .errors import CheckpointIntegrityError, ConfigError, one_line
-from .models import architecture, build_model_from_config, check_same_architecture
+from .models import architecture, build_model_from_config, check_same_architecture, check_weights_fit
 from .serving.model_files import pyfunc_files
 from .state_dict import load_state_dict_checked
 from .tracking import DEFAULT_EXPERIMENT
@@ -57,11 +57,10 @@ def _force_step(cfg: Config, step: int) -> bool:
 
 def _check_fits(path: Path, payload: dict, cfg: Config) -> None:
     """Load the weights into the architecture the config describes; name every mismatch."""
+    advice = "copy the config.yaml it was trained with beside it"
+    check_weights_fit(payload.get("model"), architecture(cfg), source=str(path), advice=advice)
     model = build_model_from_config(cfg)
-    load_state_dict_checked(
-        model, payload.get("model"), source=str(path),
-        hint=f"its config.yaml says {architecture(cfg).describe()}; copy the config it was trained with there",
-    )  # fmt: skip
+    load_state_dict_checked(model, payload.get("model"), source=str(path), hint=f"its config.yaml does not fit; {advice}")
 
 
 def _check_same_architecture(store: RegistryStore, name: str, cfg: Config, config_path: Path) -> None:

@@ -103,7 +103,8 @@ def trained_architecture(restored: RestoredCheckpoint) -> Any:
         return None
     try:
         raw = yaml.safe_load(restored.config_yaml)
-        return architecture(parse_config(raw)) if isinstance(raw, dict) else None
+        # an empty mapping is what a queue given no config stores: nothing to compare with
+        return architecture(parse_config(raw)) if isinstance(raw, dict) and raw else None
     except (yaml.YAMLError, ConfigError) as exc:
         log.warning("%s: config.yaml not readable (%s); comparing the weights only", restored.version.label, exc)
         return None
@@ -127,23 +128,28 @@ def load_into(
             tensor-shaping config keys, every difference named.
         StateDictMismatchError: the weights do not fit ``model`` (keys and shapes named).
     """
-    from ..models import DDSPModel, architecture_of, check_same_architecture
+    from ..models import DDSPModel, architecture_of, check_same_architecture, check_weights_fit
 
     target = unwrap_model(model)
     source = f"checkpoint {restored.version.label}"
-    trained = trained_architecture(restored) if isinstance(target, DDSPModel) else None
+    state = restored.checkpoint.get("model")
     hint = ""
     if isinstance(target, DDSPModel):
+        current = architecture_of(target)
+        trained = trained_architecture(restored)
         if trained is None:
             hint = "it has no readable config.yaml to build the model from"
+            check_weights_fit(state, current, source=source, config_is="this config",
+                              advice="set these keys as the weights have them")  # fmt: skip
         else:
             hint = "its weights do not match its own config.yaml"
             check_same_architecture(
-                trained, architecture_of(target), trained_by=source, current_is="this config",
+                trained, current, trained_by=source, current_is="this config",
                 advice="set these keys as the checkpoint has them (mlflow-ddsp export writes its config.yaml), "
                 "or train under another registered_model",
             )  # fmt: skip
-    load_state_dict_checked(target, restored.checkpoint.get("model"), source=source, strict=strict, hint=hint)
+            check_weights_fit(state, trained, source=source)
+    load_state_dict_checked(target, state, source=source, strict=strict, hint=hint)
     if optimizer is not None and "optimizer" in restored.checkpoint:
         optimizer.load_state_dict(restored.checkpoint["optimizer"])
 

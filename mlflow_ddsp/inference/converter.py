@@ -58,6 +58,7 @@ from mlflow_ddsp.models import (
     architecture_of,
     build_model_from_config,
     check_same_architecture,
+    check_weights_fit,
 )
 from mlflow_ddsp.state_dict import load_state_dict_checked
 
@@ -251,6 +252,8 @@ class VoiceConverter:
             **kwargs: passed to the constructor (``f0_range``, ``slicer``).
 
         Raises:
+            ArchitectureMismatchError: the weights reveal other config keys than
+                its config (e.g. ``model.n_spk``), named.
             StateDictMismatchError: the weights do not fit the model its config
                 describes (missing/unexpected keys and shapes named).
             ConfigError: no state_dict or config, or the encoder cannot be loaded.
@@ -259,6 +262,7 @@ class VoiceConverter:
         state = payload.get("model") if isinstance(payload, Mapping) else None
         if not isinstance(state, Mapping):
             raise ConfigError(f"{source} has no 'model' state_dict; is it a DDSP-SVC checkpoint?")
+        check_weights_fit(state, architecture(cfg), source=source)
         model = build_model_from_config(cfg)
         load_state_dict_checked(model, state, source=source, hint="its weights do not match its own config.yaml")
         device = torch.device(device)

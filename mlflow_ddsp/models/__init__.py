@@ -40,8 +40,10 @@ from mlflow_ddsp.models.architecture import (
     MODEL_TYPES,
     Architecture,
     architecture,
+    architecture_in_weights,
     architecture_of,
     check_same_architecture,
+    check_weights_fit,
     model_class,
 )
 from mlflow_ddsp.models.base import DDSPModel, Synthesis
@@ -56,6 +58,8 @@ __all__ = [
     "architecture",
     "architecture_of",
     "check_same_architecture",
+    "architecture_in_weights",
+    "check_weights_fit",
     "build_model",
     "build_model_from_config",
     "DDSPModel",

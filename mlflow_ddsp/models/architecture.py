@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
+
+import torch
 
 from mlflow_ddsp.errors import ArchitectureMismatchError, ConfigError
 from mlflow_ddsp.models.base import CONFIG_KEYS, DDSPModel
@@ -32,6 +35,8 @@ __all__ = [
     "architecture",
     "architecture_of",
     "check_same_architecture",
+    "architecture_in_weights",
+    "check_weights_fit",
     "model_class",
 ]
 
@@ -154,3 +159,86 @@ def check_same_architecture(
         f"{trained_by} {verb} {trained.describe(differing)}; "
         f"{current_is} has {current.describe(differing)}: {advice}"
     )
+
+
+# what a state_dict without a window buffer can be: the two LTV-FIR models share every key
+_NO_WINDOW_TYPES = ("CombSub", "Sins")
+
+
+def architecture_in_weights(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The config keys a DDSP-SVC state_dict's tensors reveal, as far as they do.
+
+    Read from upstream's key layout: the ``sampling_rate`` / ``block_size`` /
+    ``win_length`` buffers; ``model.n_spk`` from ``unit2ctrl.spk_embed.weight
+    [n_spk, 256]`` (absent: 1); ``data.encoder_out_channels`` from
+    ``unit2ctrl.stack.0.weight [256, C, 3]``; ``model.use_pitch_aug`` from
+    ``unit2ctrl.aug_shift_embed``; ``model.type`` from the window buffers
+    (``win_length``: CombSubSuperFast; ``window`` alone: CombSubFast; neither:
+    ``"CombSub or Sins"``, which share every key).
+
+    Returns:
+        config key -> value; empty for a state_dict that is not a DDSP-SVC model's.
+    """
+    if not isinstance(state, Mapping) or not torch.is_tensor(state.get("unit2ctrl.stack.0.weight")):
+        return {}
+    found: dict[str, Any] = {}
+    if "win_length" in state:
+        found["model.type"] = "CombSubSuperFast"
+    elif "window" in state:
+        found["model.type"] = "CombSubFast"
+    else:
+        found["model.type"] = " or ".join(_NO_WINDOW_TYPES)
+    speakers = state.get("unit2ctrl.spk_embed.weight")
+    found["model.n_spk"] = int(speakers.shape[0]) if torch.is_tensor(speakers) and speakers.dim() == 2 else 1
+    found["model.use_pitch_aug"] = "unit2ctrl.aug_shift_embed.weight" in state
+    stack = state["unit2ctrl.stack.0.weight"]
+    if stack.dim() == 3:
+        found["data.encoder_out_channels"] = int(stack.shape[1])
+    for buffer, key in (("sampling_rate", "data.sampling_rate"), ("block_size", "data.block_size"),
+                        ("win_length", "model.win_length")):  # fmt: skip
+        value = state.get(buffer)
+        if torch.is_tensor(value) and value.numel() == 1:
+            found[key] = int(value)
+    return found
+
+
+def check_weights_fit(
+    state: Mapping[str, Any],
+    config: Architecture,
+    *,
+    source: str,
+    config_is: str = "its config.yaml",
+    advice: str = "the config.yaml is not the one these weights were trained with",
+) -> None:
+    """Refuse a state_dict whose tensors reveal other config keys than its config.yaml's.
+
+    Catches a version whose weights and config.yaml disagree (or an upstream
+    folder with the wrong config copied in) with the config keys named; the
+    key-by-key state_dict check still follows for what the tensors cannot show
+    (e.g. ``model.n_harmonics``).
+
+    Args:
+        state: the state_dict.
+        config: the architecture the weights are meant for.
+        source: what holds ``state``, for the message.
+        config_is: what holds ``config``.
+        advice: what to do, appended to the message.
+
+    Raises:
+        ArchitectureMismatchError: ``checkpoint voice v1 (step 10) holds weights of
+            model.n_spk=2; its config.yaml has model.n_spk=1: ...``.
+    """
+    found = architecture_in_weights(state)
+    settings = config.settings
+    differing = []
+    for key, value in found.items():
+        if key == "model.type" and value == " or ".join(_NO_WINDOW_TYPES):
+            if settings[key] not in _NO_WINDOW_TYPES:
+                differing.append(key)
+        elif key in settings and settings[key] != value:
+            differing.append(key)
+    if differing:
+        theirs = ", ".join(f"{key}={_show(found[key])}" for key in differing)
+        raise ArchitectureMismatchError(
+            f"{source} holds weights of {theirs}; {config_is} has {config.describe(differing)}: {advice}"
+        )
