@@ -60,7 +60,9 @@ def _check_fits(path: Path, payload: dict, cfg: Config) -> None:
     advice = "copy the config.yaml it was trained with beside it"
     check_weights_fit(payload.get("model"), architecture(cfg), source=str(path), advice=advice)
     model = build_model_from_config(cfg)
-    load_state_dict_checked(model, payload.get("model"), source=str(path), hint=f"its config.yaml does not fit; {advice}")
+    load_state_dict_checked(
+        model, payload.get("model"), source=str(path), hint=f"its config.yaml does not fit; {advice}"
+    )
 
 
 def _check_same_architecture(store: RegistryStore, name: str, cfg: Config, config_path: Path) -> None:

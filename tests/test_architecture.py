@@ -11,6 +11,7 @@ import yaml
 from click.testing import CliRunner
 
 from mlflow_ddsp import CheckpointQueue
+from mlflow_ddsp.checkpoint import CheckpointReader, RegistryStore
 from mlflow_ddsp.cli import main
 from mlflow_ddsp.config import parse_config
 from mlflow_ddsp.errors import ArchitectureMismatchError, ConfigError, StateDictMismatchError
@@ -74,8 +75,8 @@ def test_every_difference_is_named_in_one_line(change):
     assert str(info.value).startswith(f"checkpoint voice v3 was trained with {trained}; this config has {mine}: ")
     assert "\n" not in str(info.value)
     # what shapes no tensor may change freely
-    check_same_architecture(architecture(parse_config(BASE)),
-                            architecture(parse_config(changed(BASE, {"train": {"lr": 1e-5}}))), trained_by="x")  # fmt: skip
+    tuned = changed(BASE, {"train": {"lr": 1e-5, "batch_size": 4}})
+    check_same_architecture(architecture(parse_config(BASE)), architecture(parse_config(tuned)), trained_by="x")
 
 
 @pytest.mark.parametrize("model_type", sorted(MODEL_TYPES))
@@ -206,3 +207,21 @@ def test_training_from_a_checkpoint_of_another_architecture(demo_data, embedded,
     text = one_line_error(CliRunner().invoke(main, argv))
     assert text.startswith(f"error: checkpoint {source} v1 (step 10) was trained with {trained}; "
                            f"this config has {mine}: set these keys as the checkpoint has them"), text  # fmt: skip
+    # refused before anything was created: no run, no new registered model, no lease left
+    store = RegistryStore(embedded.uri)
+    assert store.client.get_experiment_by_name(f"exp-{model_name}") is None
+    assert [m.name for m in store.client.search_registered_models()] == [source]
+
+
+def test_training_checks_the_resume_point_before_anything_is_created(embedded, model_name):
+    """What ``train`` asks before its lease and run: the version ``restore`` would load."""
+    register(embedded, f"{model_name}-base", BASE)
+    mine = architecture(parse_config(changed(BASE, CHANGES["n_spk"][0])))
+    reader = CheckpointReader(model_name, store=RegistryStore(embedded.uri))
+    reader.check_architecture(mine)  # nothing to resume: nothing to compare
+    with pytest.raises(ArchitectureMismatchError, match=rf"^checkpoint {model_name}-base v1 \(step 10\) was trained "
+                       r"with model.n_spk=2; this config has model.n_spk=1: "):  # fmt: skip
+        reader.check_architecture(mine, source=f"models:/{model_name}-base/1")
+    reader.check_architecture(architecture(parse_config(BASE)), source=f"models:/{model_name}-base/1")
+    register(embedded, model_name, changed(BASE, CHANGES["n_spk"][0]))
+    reader.check_architecture(mine, source=f"models:/{model_name}-base/1")  # its own checkpoint comes first

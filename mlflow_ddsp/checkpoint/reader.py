@@ -90,24 +90,34 @@ class RestoredCheckpoint:
         return int(self.checkpoint.get("global_step", self.version.step or 0))
 
 
+def _architecture_in_config(config_yaml: bytes, label: str) -> Any:
+    from ..config import parse_config
+    from ..models import architecture
+
+    if not config_yaml.strip():
+        return None
+    try:
+        raw = yaml.safe_load(config_yaml)
+        # an empty mapping is what a queue given no config stores: nothing to compare with
+        return architecture(parse_config(raw)) if isinstance(raw, dict) and raw else None
+    except (yaml.YAMLError, ConfigError) as exc:
+        log.warning("%s: config.yaml not readable (%s); comparing the weights only", label, exc)
+        return None
+
+
 def trained_architecture(restored: RestoredCheckpoint) -> Any:
     """The :class:`~mlflow_ddsp.models.Architecture` in the checkpoint's config.yaml; None without one.
 
     A config.yaml that cannot be read is logged and treated as absent: the
     state_dict comparison still names any mismatch.
     """
-    from ..config import parse_config
-    from ..models import architecture
+    return _architecture_in_config(restored.config_yaml, restored.version.label)
 
-    if not restored.config_yaml.strip():
-        return None
-    try:
-        raw = yaml.safe_load(restored.config_yaml)
-        # an empty mapping is what a queue given no config stores: nothing to compare with
-        return architecture(parse_config(raw)) if isinstance(raw, dict) and raw else None
-    except (yaml.YAMLError, ConfigError) as exc:
-        log.warning("%s: config.yaml not readable (%s); comparing the weights only", restored.version.label, exc)
-        return None
+
+_RESUME_ADVICE = (
+    "set these keys as the checkpoint has them (mlflow-ddsp export writes its config.yaml), "
+    "or train under another registered_model"
+)
 
 
 def load_into(
@@ -145,8 +155,7 @@ def load_into(
             hint = "its weights do not match its own config.yaml"
             check_same_architecture(
                 trained, current, trained_by=source, current_is="this config",
-                advice="set these keys as the checkpoint has them (mlflow-ddsp export writes its config.yaml), "
-                "or train under another registered_model",
+                advice=_RESUME_ADVICE,
             )  # fmt: skip
             check_weights_fit(state, trained, source=source)
     load_state_dict_checked(target, state, source=source, strict=strict, hint=hint)
@@ -231,6 +240,42 @@ class CheckpointReader:
         if skipped:
             log.warning("no intact checkpoint of %r: starting from scratch", self.name)
         return None
+
+    def resume_point(self, source: str | int | None = None) -> CheckpointVersion | None:
+        """The version a queue's ``restore(source=...)`` starts from: this model's newest, else ``source``."""
+        own = self.candidates()
+        if own:
+            return own[0]
+        return self.resolve(source) if source is not None else None
+
+    def check_architecture(self, current: Any, source: str | int | None = None) -> None:
+        """Refuse early (before a run or a lease exists) to resume from another architecture.
+
+        Reads only the resume point's config.yaml. A version whose files are
+        missing is left to ``restore``, which falls back and reports it.
+
+        Args:
+            current: the :class:`~mlflow_ddsp.models.Architecture` about to be trained.
+            source: the ``--init-from`` starting point, as for :meth:`restore`.
+
+        Raises:
+            ArchitectureMismatchError: every differing config key named.
+            CheckpointNotFoundError: ``source`` does not exist.
+        """
+        from ..models import check_same_architecture
+
+        version = self.resume_point(source)
+        if version is None:
+            return
+        try:
+            with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-config-") as tmp:
+                folder = self.store.download(self.store.files_of(version), [CONFIG_FILE], tmp)
+                config_yaml = (folder / CONFIG_FILE).read_bytes()
+        except CheckpointNotFoundError:
+            return
+        trained = _architecture_in_config(config_yaml, version.label)
+        if trained is not None:
+            check_same_architecture(trained, current, trained_by=f"checkpoint {version.label}", advice=_RESUME_ADVICE)
 
     def restore(
         self,
