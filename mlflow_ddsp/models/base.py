@@ -14,10 +14,9 @@ the constructor's is an error here (upstream silently ran with a mismatch).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
-
-import math
 
 import torch
 from torch import Tensor, nn
