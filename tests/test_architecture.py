@@ -90,6 +90,8 @@ def test_the_weights_reveal_their_shaping_keys(model_type):
     assert found.pop("model.use_pitch_aug") is takes_aug
     assert found == {k: v for k, v in settings.items() if k in found}
     assert {"model.n_spk", "data.encoder_out_channels", "data.sampling_rate", "data.block_size"} <= set(found)
+    one = parse_config(changed(BASE, {"model": {"type": model_type, "n_spk": 1}}))
+    assert architecture_in_weights(build_model_from_config(one).state_dict())["model.n_spk"] == 1  # no embedding
     assert architecture_in_weights({"proj.weight": torch.zeros(2, 2)}) == {}  # not a DDSP-SVC state_dict
 
 
