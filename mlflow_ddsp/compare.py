@@ -87,7 +87,8 @@ def compare_versions(
     for number in versions:  # convert everything first: a failure leaves no file behind
         restored = reader.fetch(number)  # verified; an explicit version is never substituted
         cfg = parse_config(yaml.safe_load(restored.config_yaml))
-        converter = VoiceConverter.from_checkpoint(restored.checkpoint, cfg)
+        source = f"checkpoint {restored.version.label}"
+        converter = VoiceConverter.from_checkpoint(restored.checkpoint, cfg, source=source)
         rate = cfg.data.sampling_rate
         if not panels:
             panels.append(("input", load_audio(clip, rate)))

@@ -12,6 +12,8 @@ __all__ = [
     "one_line",
     "MlflowDdspError",
     "ConfigError",
+    "ArchitectureMismatchError",
+    "StateDictMismatchError",
     "AudioError",
     "RegistryError",
     "TrackingServerUnreachable",
@@ -35,6 +37,14 @@ class MlflowDdspError(Exception):
 
 class ConfigError(MlflowDdspError, ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
+
+
+class ArchitectureMismatchError(ConfigError):
+    """A checkpoint was trained with other tensor-shaping config keys than the config in use."""
+
+
+class StateDictMismatchError(ConfigError):
+    """A state_dict's keys or tensor shapes do not fit the module it is loaded into."""
 
 
 class AudioError(MlflowDdspError, ValueError):

@@ -30,7 +30,9 @@ from .checkpoint.files import CONFIG_FILE, load_checkpoint, sha256_file
 from .checkpoint.names import validate_experiment_name, validate_model_name
 from .config import Config, parse_config, parse_yaml_config
 from .errors import CheckpointIntegrityError, ConfigError, one_line
+from .models import architecture, build_model_from_config, check_same_architecture, check_weights_fit
 from .serving.model_files import pyfunc_files
+from .state_dict import load_state_dict_checked
 from .tracking import DEFAULT_EXPERIMENT
 
 __all__ = ["ImportReport", "import_experiment", "export_version"]
@@ -39,12 +41,6 @@ log = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^model_(\d+)\.pt$")
 IMPORTED_FROM = T.PREFIX + "imported_from"
-# Config keys a checkpoint's tensors depend on: versions of one registered model must agree.
-_ARCHITECTURE = (
-    ("model", "type"), ("model", "n_spk"), ("model", "win_length"), ("model", "n_harmonics"),
-    ("model", "n_mag_allpass"), ("model", "n_mag_noise"), ("model", "n_mag_harmonic"),
-    ("data", "encoder_out_channels"), ("data", "sampling_rate"), ("data", "block_size"),
-)  # fmt: skip
 
 
 @dataclass
@@ -54,41 +50,22 @@ class ImportReport:
     skipped: list[tuple[int, int]] = field(default_factory=list)  # (step, existing version)
 
 
-def _architecture(cfg: Config) -> dict[str, object]:
-    out = {f"{s}.{k}": getattr(getattr(cfg, s), k) for s, k in _ARCHITECTURE}
-    if cfg.model.type != "CombSubSuperFast":
-        out.pop("model.win_length")
-    if cfg.model.type != "Sins":
-        out.pop("model.n_harmonics")
-    if cfg.model.type not in ("Sins", "CombSub"):
-        out.pop("model.n_mag_allpass")
-        out.pop("model.n_mag_noise")
-    if cfg.model.type != "CombSub":
-        out.pop("model.n_mag_harmonic")
-    return out
-
-
 def _force_step(cfg: Config, step: int) -> bool:
     every = cfg.train.interval_force_save
     return every is not None and step % every == 0
 
 
 def _check_fits(path: Path, payload: dict, cfg: Config) -> None:
-    """Load the weights into the architecture the config describes; explain a mismatch."""
-    from .models import build_model_from_config
-
+    """Load the weights into the architecture the config describes; name every mismatch."""
+    advice = "copy the config.yaml it was trained with beside it"
+    check_weights_fit(payload.get("model"), architecture(cfg), source=str(path), advice=advice)
     model = build_model_from_config(cfg)
-    try:
-        model.load_state_dict(payload["model"], strict=True)
-    except RuntimeError as exc:
-        detail = one_line(exc)
-        if len(detail) > 300:
-            detail = detail[:300] + "..."
-        arch = ", ".join(f"{k}={v}" for k, v in _architecture(cfg).items())
-        raise ConfigError(f"{path} does not fit its config.yaml ({arch}): {detail}") from None
+    load_state_dict_checked(
+        model, payload.get("model"), source=str(path), hint=f"its config.yaml does not fit; {advice}"
+    )
 
 
-def _check_same_architecture(store: RegistryStore, name: str, cfg: Config) -> None:
+def _check_same_architecture(store: RegistryStore, name: str, cfg: Config, config_path: Path) -> None:
     """Refuse to mix architectures in one registered model (e.g. window 1024 vs 2048)."""
     reader = CheckpointReader(name, store=store)
     versions = [v for v in reader.candidates() if v.is_queue_version]
@@ -97,11 +74,11 @@ def _check_same_architecture(store: RegistryStore, name: str, cfg: Config) -> No
     with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-import-") as tmp:
         store.download(store.files_of(versions[0]), [CONFIG_FILE], tmp)
         theirs = parse_config(yaml.safe_load((Path(tmp) / CONFIG_FILE).read_text()))
-    mine, existing = _architecture(cfg), _architecture(theirs)
-    if mine != existing:
-        diff = ", ".join(f"{k}: {existing.get(k)} there, {mine.get(k)} here"
-                         for k in sorted(set(mine) | set(existing)) if mine.get(k) != existing.get(k))  # fmt: skip
-        raise ConfigError(f"registered model {name!r} holds a different architecture ({diff}); import into a new name")
+    check_same_architecture(
+        architecture(theirs), architecture(cfg),
+        trained_by=f"registered model {name!r} ({versions[0].label})", current_is=str(config_path),
+        advice="a registered model holds one architecture; import into a new name",
+    )  # fmt: skip
 
 
 def import_experiment(
@@ -111,7 +88,9 @@ def import_experiment(
 
     Raises:
         ConfigError: a bad name, a missing or unreadable config or checkpoint, or a
-            checkpoint that does not fit its config; nothing is registered.
+            checkpoint that does not fit its config (StateDictMismatchError, keys and
+            shapes named) or the registered model's architecture
+            (ArchitectureMismatchError); nothing is registered.
     """
     validate_model_name(name)
     validate_experiment_name(experiment)
@@ -148,7 +127,7 @@ def import_experiment(
 
     store = RegistryStore(tracking_uri)
     report = ImportReport(name)
-    _check_same_architecture(store, name, cfg)
+    _check_same_architecture(store, name, cfg, config_path)
     registered = {v.sha256: v for v in store.list_versions(name)} if store.registered_model_exists(name) else {}
     newest = files[-1][0]
     with CheckpointQueue(

@@ -314,8 +314,11 @@ def test_from_checkpoint_errors(model, cfg):
         VoiceConverter.from_checkpoint(payload, b"")
     with pytest.raises(ConfigError, match="no 'model' state_dict"):
         VoiceConverter.from_checkpoint({"global_step": 10}, cfg)
-    with pytest.raises(ConfigError, match="do not fit a CombSubFast built from its config"):
+    with pytest.raises(ConfigError, match=r"^the checkpoint holds weights of model.n_spk=2; its config.yaml has "
+                       r"model.n_spk=1: the config.yaml is not the one these weights were trained with$"):
         VoiceConverter.from_checkpoint(payload, tiny_config(n_spk=1))  # no speaker embedding there
+    wider = tiny_config(pcmer_norm=True)  # what the tensors cannot show loads: pcmer_norm shapes nothing
+    assert VoiceConverter.from_checkpoint(payload, wider).model.hparams["pcmer_norm"] is True
     other = parse_config({"data": {"encoder": "contentvec768l12"}, "model": {"type": "CombSubFast"}})
     weights = {"model": build_model_from_config(other).state_dict()}
     with pytest.raises(ConfigError, match="data.encoder_ckpt"):
@@ -325,7 +328,8 @@ def test_from_checkpoint_errors(model, cfg):
 
 
 def test_model_and_config_must_agree(model):
-    with pytest.raises(ConfigError, match="model.n_spk=2 but the config says 1"):
+    with pytest.raises(ConfigError, match=r"^the model was built with model.n_spk=2; the config has model.n_spk=1: "
+                       r"use the model's own config$"):
         VoiceConverter(model, tiny_config(n_spk=1))
 
 

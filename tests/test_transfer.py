@@ -89,10 +89,13 @@ def test_import_then_export_round_trips_bit_for_bit(backend, model_name, tmp_pat
 @pytest.mark.parametrize(
     "config_change, message",
     [
-        ({"model": {"type": "Sins", "n_spk": 2}}, r"model_4000.pt does not fit its config.yaml \(model.type=Sins"),
+        ({"model": {"type": "Sins", "n_spk": 2}},
+         r"model_4000.pt holds weights of model.type=CombSubFast; its config.yaml has model.type=Sins: "
+         r"copy the config.yaml it was trained with beside it"),
         ({"data": {**UPSTREAM_CONFIG["data"], "encoder_out_channels": 768}},
-         r"data.encoder_out_channels=768.*size mismatch for unit2ctrl.stack.0.weight"),
-        ({"data": {**UPSTREAM_CONFIG["data"], "block_size": 256}}, r"checkpoint has data.block_size=512"),
+         r"holds weights of data.encoder_out_channels=256; its config.yaml has data.encoder_out_channels=768"),
+        ({"data": {**UPSTREAM_CONFIG["data"], "block_size": 256}},
+         r"holds weights of data.block_size=512; its config.yaml has data.block_size=256"),
     ],
 )  # fmt: skip
 def test_incompatible_checkpoint_is_a_clear_error(embedded, model_name, tmp_path, config_change, message):
@@ -103,6 +106,17 @@ def test_incompatible_checkpoint_is_a_clear_error(embedded, model_name, tmp_path
         import_experiment(expdir, model_name, tracking_uri=embedded.uri)
     assert "\n" not in str(info.value)
     assert not RegistryStore(embedded.uri).registered_model_exists(model_name)  # nothing half-imported
+
+
+def test_what_the_tensors_cannot_show_is_named_by_key_and_shape(embedded, model_name, tmp_path):
+    sins = {**UPSTREAM_CONFIG, "model": {"type": "Sins", "n_spk": 2}}
+    expdir = tmp_path / "exp"
+    write_upstream_expdir(expdir, [4000], config=sins, with_optimizer=False)
+    (expdir / "config.yaml").write_text(yaml.safe_dump({**sins, "model": {**sins["model"], "n_harmonics": 64}}))
+    with pytest.raises(ConfigError, match=r"model_4000.pt does not fit this Sins: 3 shape mismatches "
+                       r"\(unit2ctrl.dense_out.bias: checkpoint \[640\] vs model \[576\], ") as info:
+        import_experiment(expdir, model_name, tracking_uri=embedded.uri)
+    assert "\n" not in str(info.value) and "copy the config.yaml it was trained with" in str(info.value)
 
 
 def test_superfast_window_mismatch_is_refused(embedded, model_name, tmp_path):
@@ -120,7 +134,8 @@ def test_a_different_architecture_cannot_join_a_registered_model(embedded, model
     import_experiment(tmp_path / "a", model_name, tracking_uri=embedded.uri)
     other = {**UPSTREAM_CONFIG, "model": {"type": "CombSubFast", "n_spk": 1}}
     write_upstream_expdir(tmp_path / "b", [2000], config=other, with_optimizer=False)
-    with pytest.raises(ConfigError, match=r"holds a different architecture \(model.n_spk: 2 there, 1 here\)"):
+    with pytest.raises(ConfigError, match=r"registered model .* was trained with model.n_spk=2; .*b/config.yaml has "
+                       r"model.n_spk=1: a registered model holds one architecture; import into a new name"):
         import_experiment(tmp_path / "b", model_name, tracking_uri=embedded.uri)
 
 

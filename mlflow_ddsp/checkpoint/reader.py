@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from ..errors import CheckpointIntegrityError, CheckpointNotFoundError, ConfigError
+from ..state_dict import load_state_dict_checked
 from .files import CONFIG_FILE, TRAINER_STATE_FILE, load_checkpoint
 from .names import validate_alias
 from .policy import DEFAULT_ALIAS
@@ -32,6 +34,7 @@ __all__ = [
     "parse_model_uri",
     "unwrap_model",
     "load_into",
+    "trained_architecture",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,36 @@ class RestoredCheckpoint:
         return int(self.checkpoint.get("global_step", self.version.step or 0))
 
 
+def _architecture_in_config(config_yaml: bytes, label: str) -> Any:
+    from ..config import parse_config
+    from ..models import architecture
+
+    if not config_yaml.strip():
+        return None
+    try:
+        raw = yaml.safe_load(config_yaml)
+        # an empty mapping is what a queue given no config stores: nothing to compare with
+        return architecture(parse_config(raw)) if isinstance(raw, dict) and raw else None
+    except (yaml.YAMLError, ConfigError) as exc:
+        log.warning("%s: config.yaml not readable (%s); comparing the weights only", label, exc)
+        return None
+
+
+def trained_architecture(restored: RestoredCheckpoint) -> Any:
+    """The :class:`~mlflow_ddsp.models.Architecture` in the checkpoint's config.yaml; None without one.
+
+    A config.yaml that cannot be read is logged and treated as absent: the
+    state_dict comparison still names any mismatch.
+    """
+    return _architecture_in_config(restored.config_yaml, restored.version.label)
+
+
+_RESUME_ADVICE = (
+    "set these keys as the checkpoint has them (mlflow-ddsp export writes its config.yaml), "
+    "or train under another registered_model"
+)
+
+
 def load_into(
     restored: RestoredCheckpoint,
     model: torch.nn.Module,
@@ -94,15 +127,38 @@ def load_into(
     *,
     strict: bool = True,
 ) -> None:
-    """Load weights (and optimizer state when both sides have it) into live objects."""
-    try:
-        unwrap_model(model).load_state_dict(restored.checkpoint["model"], strict=strict)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"{restored.version.label} does not fit this model ({first}); its config.yaml must "
-            "match yours in model.type, model.n_spk and data.encoder_out_channels"
-        ) from exc
+    """Load weights (and optimizer state when both sides have it) into live objects.
+
+    A DDSP-SVC model is first compared with the architecture in the checkpoint's
+    config.yaml (resume, ``--init-from``, other DDP ranks all come here); then the
+    state_dict is compared key by key.
+
+    Raises:
+        ArchitectureMismatchError: the checkpoint was trained with other
+            tensor-shaping config keys, every difference named.
+        StateDictMismatchError: the weights do not fit ``model`` (keys and shapes named).
+    """
+    from ..models import DDSPModel, architecture_of, check_same_architecture, check_weights_fit
+
+    target = unwrap_model(model)
+    source = f"checkpoint {restored.version.label}"
+    state = restored.checkpoint.get("model")
+    hint = ""
+    if isinstance(target, DDSPModel):
+        current = architecture_of(target)
+        trained = trained_architecture(restored)
+        if trained is None:
+            hint = "it has no readable config.yaml to build the model from"
+            check_weights_fit(state, current, source=source, config_is="this config",
+                              advice="set these keys as the weights have them")  # fmt: skip
+        else:
+            hint = "its weights do not match its own config.yaml"
+            check_same_architecture(
+                trained, current, trained_by=source, current_is="this config",
+                advice=_RESUME_ADVICE,
+            )  # fmt: skip
+            check_weights_fit(state, trained, source=source)
+    load_state_dict_checked(target, state, source=source, strict=strict, hint=hint)
     if optimizer is not None and "optimizer" in restored.checkpoint:
         optimizer.load_state_dict(restored.checkpoint["optimizer"])
 
@@ -184,6 +240,42 @@ class CheckpointReader:
         if skipped:
             log.warning("no intact checkpoint of %r: starting from scratch", self.name)
         return None
+
+    def resume_point(self, source: str | int | None = None) -> CheckpointVersion | None:
+        """The version a queue's ``restore(source=...)`` starts from: this model's newest, else ``source``."""
+        own = self.candidates()
+        if own:
+            return own[0]
+        return self.resolve(source) if source is not None else None
+
+    def check_architecture(self, current: Any, source: str | int | None = None) -> None:
+        """Refuse early (before a run or a lease exists) to resume from another architecture.
+
+        Reads only the resume point's config.yaml. A version whose files are
+        missing is left to ``restore``, which falls back and reports it.
+
+        Args:
+            current: the :class:`~mlflow_ddsp.models.Architecture` about to be trained.
+            source: the ``--init-from`` starting point, as for :meth:`restore`.
+
+        Raises:
+            ArchitectureMismatchError: every differing config key named.
+            CheckpointNotFoundError: ``source`` does not exist.
+        """
+        from ..models import check_same_architecture
+
+        version = self.resume_point(source)
+        if version is None:
+            return
+        try:
+            with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-config-") as tmp:
+                folder = self.store.download(self.store.files_of(version), [CONFIG_FILE], tmp)
+                config_yaml = (folder / CONFIG_FILE).read_bytes()
+        except CheckpointNotFoundError:
+            return
+        trained = _architecture_in_config(config_yaml, version.label)
+        if trained is not None:
+            check_same_architecture(trained, current, trained_by=f"checkpoint {version.label}", advice=_RESUME_ADVICE)
 
     def restore(
         self,

@@ -68,7 +68,8 @@ def infer(
     converter = VoiceConverter.from_checkpoint(
         restored.checkpoint, restored.config_yaml, device=device, encoder_ckpt=encoder_ckpt,
         encoder_precision=encoder_precision, encoder_precision_key="--encoder-precision",
-    )
+        source=f"checkpoint {label}",
+    )  # fmt: skip
     rate = converter.sample_rate
     audio = load_audio(input_path, rate)
     bar: tqdm | None = None

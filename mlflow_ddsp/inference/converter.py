@@ -52,7 +52,15 @@ from mlflow_ddsp.features import (
     load_units_encoder,
 )
 from mlflow_ddsp.inference.slicing import DEFAULT_SLICER, SlicerSettings, join_segments, segment_frames
-from mlflow_ddsp.models import DDSPModel, build_model_from_config
+from mlflow_ddsp.models import (
+    DDSPModel,
+    architecture,
+    architecture_of,
+    build_model_from_config,
+    check_same_architecture,
+    check_weights_fit,
+)
+from mlflow_ddsp.state_dict import load_state_dict_checked
 
 __all__ = [
     "VoiceConverter",
@@ -200,17 +208,10 @@ class VoiceConverter:
         encoder_precision_key: str = "encoder_precision",
     ) -> None:
         hp = model.hparams
-        expected = {
-            "sampling_rate": cfg.data.sampling_rate,
-            "block_size": cfg.data.block_size,
-            "n_unit": cfg.data.encoder_out_channels,
-            "n_spk": cfg.model.n_spk,
-        }
-        keys = {"sampling_rate": "data.sampling_rate", "block_size": "data.block_size",
-                "n_unit": "data.encoder_out_channels", "n_spk": "model.n_spk"}  # fmt: skip
-        for name, value in expected.items():
-            if hp[name] != value:
-                raise ConfigError(f"the model has {keys[name]}={hp[name]} but the config says {value}; use the model's config")
+        check_same_architecture(
+            architecture_of(model), architecture(cfg), trained_by="the model", verb="was built with",
+            current_is="the config", advice="use the model's own config",
+        )  # fmt: skip
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -249,6 +250,7 @@ class VoiceConverter:
         encoder_ckpt: str | None = None,
         encoder_precision: str = "auto",
         encoder_precision_key: str = "encoder_precision",
+        source: str = "the checkpoint",
         **kwargs: Any,
     ) -> VoiceConverter:
         """Rebuild the model an upstream-format checkpoint holds.
@@ -262,21 +264,23 @@ class VoiceConverter:
             encoder_precision: ``auto``, ``fp32`` or ``int8`` (see the constructor).
             encoder_precision_key: how errors name that setting (a CLI flag, an
                 environment variable).
+            source: what the checkpoint is, for messages (``"checkpoint voice v3 (step 4000)"``).
             **kwargs: passed to the constructor (``f0_range``, ``slicer``).
+
+        Raises:
+            ArchitectureMismatchError: the weights reveal other config keys than
+                its config (e.g. ``model.n_spk``), named.
+            StateDictMismatchError: the weights do not fit the model its config
+                describes (missing/unexpected keys and shapes named).
+            ConfigError: no state_dict or config, or the encoder cannot be loaded.
         """
         cfg = _config_from(config)
         state = payload.get("model") if isinstance(payload, Mapping) else None
         if not isinstance(state, Mapping):
-            raise ConfigError("the checkpoint has no 'model' state_dict; is it a DDSP-SVC checkpoint?")
+            raise ConfigError(f"{source} has no 'model' state_dict; is it a DDSP-SVC checkpoint?")
+        check_weights_fit(state, architecture(cfg), source=source)
         model = build_model_from_config(cfg)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
-            raise ConfigError(
-                f"the checkpoint's weights do not fit a {cfg.model.type} built from its config ({detail[:300]})"
-            ) from exc
+        load_state_dict_checked(model, state, source=source, hint="its weights do not match its own config.yaml")
         device = torch.device(device)
         encoder = load_units_encoder(
             cfg.data.encoder,

@@ -21,6 +21,10 @@ use_pitch_aug      (not in the yaml)              CombSubFast, CombSubSuperFast
 pcmer_norm         (not in the yaml)              CombSubFast
 =================  =============================  ===============================
 
+The config keys above are the model's *architecture*
+(:mod:`mlflow_ddsp.models.architecture`): a checkpoint is only ever loaded
+into a model built with the same ones.
+
 Every model's ``forward(units, f0, volume, spk_id=None, spk_mix_dict=None, ...)``
 returns audio ``[B, T * block_size]``; ``synthesize`` returns a
 :class:`Synthesis` with the hidden features and (Sins, CombSub) the parts.
@@ -32,6 +36,16 @@ import inspect
 from typing import Any
 
 from mlflow_ddsp.errors import ConfigError
+from mlflow_ddsp.models.architecture import (
+    MODEL_TYPES,
+    Architecture,
+    architecture,
+    architecture_in_weights,
+    architecture_of,
+    check_same_architecture,
+    check_weights_fit,
+    model_class,
+)
 from mlflow_ddsp.models.base import DDSPModel, Synthesis
 from mlflow_ddsp.models.combsub import CombSub, CombSubFast
 from mlflow_ddsp.models.combsub_superfast import CombSubSuperFast
@@ -40,6 +54,12 @@ from mlflow_ddsp.models.unit2control import Unit2Control
 
 __all__ = [
     "MODEL_TYPES",
+    "Architecture",
+    "architecture",
+    "architecture_of",
+    "check_same_architecture",
+    "architecture_in_weights",
+    "check_weights_fit",
     "build_model",
     "build_model_from_config",
     "DDSPModel",
@@ -50,14 +70,6 @@ __all__ = [
     "CombSubSuperFast",
     "Sins",
 ]
-
-#: upstream ``model.type`` name -> class
-MODEL_TYPES: dict[str, type[DDSPModel]] = {
-    "CombSub": CombSub,
-    "CombSubFast": CombSubFast,
-    "CombSubSuperFast": CombSubSuperFast,
-    "Sins": Sins,
-}
 
 
 def build_model(model_type: str, **kwargs: Any) -> DDSPModel:
@@ -75,16 +87,13 @@ def build_model(model_type: str, **kwargs: Any) -> DDSPModel:
         ConfigError: unknown ``model_type``, a keyword that model does not take,
             or an out-of-range value.
     """
-    cls = MODEL_TYPES.get(model_type)
-    if cls is None:
-        raise ConfigError(
-            f"Invalid value for model.type={model_type!r}: must be one of {', '.join(sorted(MODEL_TYPES))}"
-        )
+    cls = model_class(model_type)
     if "encoder_out_channels" in kwargs:
         if "n_unit" in kwargs:
             raise ConfigError("give n_unit or encoder_out_channels, not both (they are the same setting)")
         kwargs["n_unit"] = kwargs.pop("encoder_out_channels")
-    allowed = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+    parameters = inspect.signature(cls.__init__).parameters
+    allowed = [name for name in parameters if name != "self"]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ConfigError(
@@ -92,7 +101,7 @@ def build_model(model_type: str, **kwargs: Any) -> DDSPModel:
         )
     missing = [
         name
-        for name, param in inspect.signature(cls.__init__).parameters.items()
+        for name, param in parameters.items()
         if param.default is inspect.Parameter.empty and name != "self" and name not in kwargs
     ]
     if missing:
@@ -101,20 +110,6 @@ def build_model(model_type: str, **kwargs: Any) -> DDSPModel:
 
 
 def build_model_from_config(cfg: Any) -> DDSPModel:
-    """Build the model a :class:`mlflow_ddsp.config.Config` describes.
-
-    Only the ``model.*`` keys the chosen type takes are passed, so an upstream
-    yaml with e.g. ``win_length`` under a CombSubFast model still works.
-    """
-    cls = MODEL_TYPES.get(cfg.model.type)
-    if cls is None:
-        return build_model(cfg.model.type)  # raises the ConfigError naming model.type
-    accepted = set(inspect.signature(cls.__init__).parameters)
-    candidates = {
-        "sampling_rate": cfg.data.sampling_rate,
-        "block_size": cfg.data.block_size,
-        "n_unit": cfg.data.encoder_out_channels,
-        **{k: getattr(cfg.model, k) for k in ("n_spk", "win_length", "n_harmonics", "n_mag_allpass",
-                                               "n_mag_noise", "n_mag_harmonic", "use_pitch_aug", "pcmer_norm")},
-    }  # fmt: skip
-    return build_model(cfg.model.type, **{k: v for k, v in candidates.items() if k in accepted})
+    """Build the model a :class:`mlflow_ddsp.config.Config` describes (its :func:`architecture`)."""
+    arch = architecture(cfg)
+    return build_model(arch.model_type, **arch.params)

@@ -1,8 +1,11 @@
 """What every DDSP-SVC model shares: constructor checks, buffers, inputs, noise, loading.
 
 A model maps frame-rate ``units [B, T, C]``, ``f0 [B, T, 1]`` (Hz) and
-``volume [B, T, 1]`` to audio ``[B, T * block_size]``. Subclasses implement
-:meth:`DDSPModel.synthesize`; ``forward`` returns only the audio.
+``volume [B, T, 1]`` to audio ``[B, T * block_size]``. :meth:`DDSPModel.synthesize`
+is written once: it checks the inputs, builds the excitation's phase
+(:meth:`DDSPModel._source`), runs Unit2Control on units, f0, phase and volume,
+then hands the per-frame controls to the subclass's ``_render``; ``forward``
+returns only the audio.
 
 The ``sampling_rate`` / ``block_size`` (/ ``win_length``) buffers exist because
 upstream checkpoints carry them; loading a checkpoint whose values differ from
@@ -11,15 +14,17 @@ the constructor's is an error here (upstream silently ran with a mismatch).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from mlflow_ddsp.dsp import accumulate_phase, upsample
 from mlflow_ddsp.errors import ConfigError
 
-__all__ = ["CONFIG_KEYS", "Synthesis", "DDSPModel", "check_int", "check_bool"]
+__all__ = ["CONFIG_KEYS", "Synthesis", "Source", "Controls", "DDSPModel", "check_int", "check_bool"]
 
 # constructor argument -> the upstream config.yaml key it comes from (for messages)
 CONFIG_KEYS = {
@@ -69,6 +74,41 @@ class Synthesis(NamedTuple):
     hidden: Tensor
     harmonic: Tensor | None = None
     noise: Tensor | None = None
+
+
+class Source(NamedTuple):
+    """The excitation's phase, computed before the network runs.
+
+    Attributes:
+        phase_frames: ``[B, T, 1]`` source phase at each frame's first sample,
+            radians (Unit2Control's phase input).
+        f0_samples: ``[B, T * block_size, 1]`` f0 upsampled to the sample rate, Hz
+            (None for CombSubSuperFast, which works per frame).
+        phase: ``[B, T * block_size, 1]`` wrapped phase in cycles (None as ``f0_samples``).
+        pulses: ``[B, T * block_size]`` the combtooth, for models that build it
+            with the phase (CombSubSuperFast); else None.
+    """
+
+    phase_frames: Tensor
+    f0_samples: Tensor | None = None
+    phase: Tensor | None = None
+    pulses: Tensor | None = None
+
+
+class Controls(NamedTuple):
+    """What the network predicted, with the source it was given.
+
+    Attributes:
+        ctrls: name -> ``[B, T, n]`` per-frame filter/amplitude controls.
+        hidden: ``[B, T, 256]`` Unit2Control features.
+        source: the :class:`Source` the controls were predicted for.
+        f0: ``[B, T, 1]`` frame f0, Hz.
+    """
+
+    ctrls: dict[str, Tensor]
+    hidden: Tensor
+    source: Source
+    f0: Tensor
 
 
 class DDSPModel(nn.Module):
@@ -186,6 +226,23 @@ class DDSPModel(nn.Module):
         Returns:
             :class:`Synthesis`.
         """
+        self._check_inputs(units, f0, volume)
+        source = self._source(f0, initial_phase, infer)
+        ctrls, hidden = self.unit2ctrl(units, f0, source.phase_frames, volume, spk_id, spk_mix_dict, aug_shift)
+        return self._render(Controls(ctrls, hidden, source, f0), noise, generator)
+
+    def _source(self, f0: Tensor, initial_phase: Tensor | None, infer: bool) -> Source:
+        """Sample-rate f0 and its accumulated phase (float64 when ``infer``, as upstream).
+
+        ``f0 [B, T, 1]`` Hz -> :class:`Source` with ``f0_samples``, ``phase`` (cycles)
+        and ``phase_frames = 2 * pi * phase[:, ::block_size]`` (radians).
+        """
+        f0_samples = upsample(f0, self.block)
+        phase = accumulate_phase(f0_samples, self.sampling_rate_hz, initial_phase, double_precision=infer)
+        return Source(2 * math.pi * phase[:, :: self.block, :], f0_samples, phase)
+
+    def _render(self, controls: Controls, noise: Tensor | None, generator: torch.Generator | None) -> Synthesis:
+        """Turn the predicted controls into audio (each model's own synthesis)."""
         raise NotImplementedError
 
     def forward(

@@ -15,21 +15,17 @@ f0 and with uniform noise; the network predicts the filters per frame.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-
 import torch
 from torch import Tensor
 
 from mlflow_ddsp.dsp import (
-    accumulate_phase,
     combtooth,
     frame_irfft_ola,
     frame_rfft,
     frequency_filter,
     hold_last_frame,
-    upsample,
 )
-from mlflow_ddsp.models.base import DDSPModel, Synthesis, check_bool, check_int
+from mlflow_ddsp.models.base import Controls, DDSPModel, Synthesis, check_bool, check_int
 from mlflow_ddsp.models.unit2control import Unit2Control
 
 __all__ = ["CombSubFast", "CombSub"]
@@ -73,34 +69,16 @@ class CombSubFast(DDSPModel):
         splits = {"harmonic_magnitude": n_bins, "harmonic_phase": n_bins, "noise_magnitude": n_bins}
         self.unit2ctrl = Unit2Control(n_unit, n_spk, splits, use_pitch_aug=use_pitch_aug, pcmer_norm=pcmer_norm)
 
-    def synthesize(
-        self,
-        units: Tensor,
-        f0: Tensor,
-        volume: Tensor,
-        spk_id: Tensor | int | None = None,
-        spk_mix_dict: Mapping[int, float] | None = None,
-        *,
-        aug_shift: Tensor | None = None,
-        initial_phase: Tensor | None = None,
-        infer: bool = True,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Synthesis:
-        """See :meth:`DDSPModel.synthesize`; ``harmonic``/``noise`` are None."""
-        self._check_inputs(units, f0, volume)
-        f0_samples = upsample(f0, self.block)
-        phase = accumulate_phase(f0_samples, self.sampling_rate_hz, initial_phase, double_precision=infer)
-        phase_frames = 2 * math.pi * phase[:, :: self.block, :]
-        ctrls, hidden = self.unit2ctrl(units, f0, phase_frames, volume, spk_id, spk_mix_dict, aug_shift)
-
+    def _render(self, controls: Controls, noise: Tensor | None, generator: torch.Generator | None) -> Synthesis:
+        """Filter combtooth and noise frame by frame; ``harmonic``/``noise`` of the result are None."""
+        ctrls, source = controls.ctrls, controls.source
         harmonic_filter = torch.exp(torch.complex(ctrls["harmonic_magnitude"], math.pi * ctrls["harmonic_phase"]))
         noise_filter = torch.exp(ctrls["noise_magnitude"]) / 128
-        pulses = combtooth(phase, f0_samples, self.sampling_rate_hz)
+        pulses = combtooth(source.phase, source.f0_samples, self.sampling_rate_hz)
         noise_source = self._excitation_noise(pulses, noise, generator)
         spectra = frame_rfft(pulses, self.window, self.block) * hold_last_frame(harmonic_filter)
         spectra = spectra + frame_rfft(noise_source, self.window, self.block) * hold_last_frame(noise_filter)
-        return Synthesis(audio=frame_irfft_ola(spectra, self.window, self.block), hidden=hidden)
+        return Synthesis(audio=frame_irfft_ola(spectra, self.window, self.block), hidden=controls.hidden)
 
 
 class CombSub(DDSPModel):
@@ -142,32 +120,14 @@ class CombSub(DDSPModel):
         self._hparams.update(n_mag_allpass=n_mag_allpass, n_mag_harmonic=n_mag_harmonic, n_mag_noise=n_mag_noise)
         self.unit2ctrl = Unit2Control(n_unit, n_spk, splits)
 
-    def synthesize(
-        self,
-        units: Tensor,
-        f0: Tensor,
-        volume: Tensor,
-        spk_id: Tensor | int | None = None,
-        spk_mix_dict: Mapping[int, float] | None = None,
-        *,
-        aug_shift: Tensor | None = None,
-        initial_phase: Tensor | None = None,
-        infer: bool = True,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Synthesis:
-        """See :meth:`DDSPModel.synthesize`; returns the harmonic and noise parts too."""
-        self._check_inputs(units, f0, volume)
-        f0_samples = upsample(f0, self.block)
-        phase = accumulate_phase(f0_samples, self.sampling_rate_hz, initial_phase, double_precision=infer)
-        phase_frames = 2 * math.pi * phase[:, :: self.block, :]
-        ctrls, hidden = self.unit2ctrl(units, f0, phase_frames, volume, spk_id, spk_mix_dict, aug_shift)
-
+    def _render(self, controls: Controls, noise: Tensor | None, generator: torch.Generator | None) -> Synthesis:
+        """LTV-FIR filtering; the result carries the harmonic and noise parts too."""
+        ctrls, source, f0 = controls.ctrls, controls.source, controls.f0
         group_delay = math.pi * torch.tanh(ctrls["group_delay"])
         harmonic_gain = torch.exp(ctrls["harmonic_magnitude"])
         noise_gain = torch.exp(ctrls["noise_magnitude"]) / 128
 
-        pulses = combtooth(phase, f0_samples, self.sampling_rate_hz)
+        pulses = combtooth(source.phase, source.f0_samples, self.sampling_rate_hz)
         # all-pass: unit magnitude, phase = integrated group delay over frequency
         harmonic = frequency_filter(pulses, torch.exp(1j * torch.cumsum(group_delay, dim=-1)), hann_window=False)
         # window half-width of 1.5 periods: the filter cannot smear across pulses.
@@ -182,4 +142,4 @@ class CombSub(DDSPModel):
         )
         noise_part = self._excitation_noise(harmonic, noise, generator)
         noise_part = frequency_filter(noise_part, torch.complex(noise_gain, torch.zeros_like(noise_gain)))
-        return Synthesis(audio=harmonic + noise_part, hidden=hidden, harmonic=harmonic, noise=noise_part)
+        return Synthesis(audio=harmonic + noise_part, hidden=controls.hidden, harmonic=harmonic, noise=noise_part)

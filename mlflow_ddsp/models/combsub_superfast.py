@@ -10,14 +10,12 @@ controls), the noise is Gaussian, and the decoder is the conv-only Conformer.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-
 import torch
 from torch import Tensor
 
 from mlflow_ddsp.dsp import hold_last_frame, stft_analysis, stft_synthesis, superfast_excitation
 from mlflow_ddsp.errors import ConfigError
-from mlflow_ddsp.models.base import DDSPModel, Synthesis, check_bool, check_int
+from mlflow_ddsp.models.base import Controls, DDSPModel, Source, Synthesis, check_bool, check_int
 from mlflow_ddsp.models.unit2control import Unit2Control
 
 __all__ = ["CombSubSuperFast"]
@@ -73,29 +71,17 @@ class CombSubSuperFast(DDSPModel):
         }
         self.unit2ctrl = Unit2Control(n_unit, n_spk, splits, decoder="conv", use_pitch_aug=use_pitch_aug)
 
-    def synthesize(
-        self,
-        units: Tensor,
-        f0: Tensor,
-        volume: Tensor,
-        spk_id: Tensor | int | None = None,
-        spk_mix_dict: Mapping[int, float] | None = None,
-        *,
-        aug_shift: Tensor | None = None,
-        initial_phase: Tensor | None = None,
-        infer: bool = True,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Synthesis:
-        """See :meth:`DDSPModel.synthesize`.
+    def _source(self, f0: Tensor, initial_phase: Tensor | None, infer: bool) -> Source:
+        """Combtooth and frame phase built per frame; ``initial_phase`` and ``infer`` have no effect.
 
-        ``initial_phase`` and ``infer`` have no effect: the phase is accumulated
-        per frame, which float32 handles exactly enough. ``harmonic``/``noise`` are None.
+        The phase is accumulated per frame, which float32 handles exactly enough (as upstream).
         """
-        self._check_inputs(units, f0, volume)
         pulses, phase_frames = superfast_excitation(f0, self.sampling_rate_hz, self.block)
-        ctrls, hidden = self.unit2ctrl(units, f0, phase_frames, volume, spk_id, spk_mix_dict, aug_shift)
+        return Source(phase_frames, pulses=pulses)
 
+    def _render(self, controls: Controls, noise: Tensor | None, generator: torch.Generator | None) -> Synthesis:
+        """Filter combtooth and Gaussian noise in the STFT domain; ``harmonic``/``noise`` are None."""
+        ctrls, pulses = controls.ctrls, controls.source.pulses
         harmonic_filter = torch.exp(torch.complex(ctrls["harmonic_magnitude"], math.pi * ctrls["harmonic_phase"]))
         noise_filter = torch.exp(torch.complex(ctrls["noise_magnitude"], math.pi * ctrls["noise_phase"])) / 128
         noise_source = self._excitation_noise(pulses, noise, generator)
@@ -104,4 +90,4 @@ class CombSubSuperFast(DDSPModel):
         spectra = spectra + stft_analysis(noise_source, self.window, self.block) * hold_last_frame(
             noise_filter
         ).transpose(1, 2)
-        return Synthesis(audio=stft_synthesis(spectra, self.window, self.block), hidden=hidden)
+        return Synthesis(audio=stft_synthesis(spectra, self.window, self.block), hidden=controls.hidden)

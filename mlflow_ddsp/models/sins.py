@@ -9,13 +9,11 @@ uniform noise through a learned magnitude filter. Controls:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-
 import torch
 from torch import Tensor
 
-from mlflow_ddsp.dsp import accumulate_phase, frequency_filter, harmonic_oscillators, remove_above_fmax, upsample
-from mlflow_ddsp.models.base import DDSPModel, Synthesis, check_int
+from mlflow_ddsp.dsp import frequency_filter, harmonic_oscillators, remove_above_fmax
+from mlflow_ddsp.models.base import Controls, DDSPModel, Synthesis, check_int
 from mlflow_ddsp.models.unit2control import Unit2Control
 
 __all__ = ["Sins"]
@@ -62,34 +60,16 @@ class Sins(DDSPModel):
         self._hparams.update(n_harmonics=n_harmonics, n_mag_allpass=n_mag_allpass, n_mag_noise=n_mag_noise)
         self.unit2ctrl = Unit2Control(n_unit, n_spk, splits)
 
-    def synthesize(
-        self,
-        units: Tensor,
-        f0: Tensor,
-        volume: Tensor,
-        spk_id: Tensor | int | None = None,
-        spk_mix_dict: Mapping[int, float] | None = None,
-        *,
-        aug_shift: Tensor | None = None,
-        initial_phase: Tensor | None = None,
-        infer: bool = True,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Synthesis:
-        """See :meth:`DDSPModel.synthesize`; returns the harmonic and noise parts too."""
-        self._check_inputs(units, f0, volume)
-        f0_samples = upsample(f0, self.block)
-        phase_cycles = accumulate_phase(f0_samples, self.sampling_rate_hz, initial_phase, double_precision=infer)
-        phase = 2 * math.pi * phase_cycles
-        ctrls, hidden = self.unit2ctrl(units, f0, phase[:, :: self.block, :], volume, spk_id, spk_mix_dict, aug_shift)
-
+    def _render(self, controls: Controls, noise: Tensor | None, generator: torch.Generator | None) -> Synthesis:
+        """Harmonic bank through the all-pass filter plus filtered noise; with both parts."""
+        ctrls, source, f0 = controls.ctrls, controls.source, controls.f0
         amplitudes = torch.exp(ctrls["amplitudes"]) / 128
         group_delay = math.pi * torch.tanh(ctrls["group_delay"])
         noise_gain = torch.exp(ctrls["noise_magnitude"]) / 128
 
         amplitudes = remove_above_fmax(amplitudes, f0, self.sampling_rate_hz / 2)
-        sinusoids = harmonic_oscillators(phase, amplitudes, self.block, _HARMONICS_PER_CHUNK)
+        sinusoids = harmonic_oscillators(2 * math.pi * source.phase, amplitudes, self.block, _HARMONICS_PER_CHUNK)
         harmonic = frequency_filter(sinusoids, torch.exp(1j * torch.cumsum(group_delay, dim=-1)), hann_window=False)
         noise_part = self._excitation_noise(harmonic, noise, generator)
         noise_part = frequency_filter(noise_part, torch.complex(noise_gain, torch.zeros_like(noise_gain)))
-        return Synthesis(audio=harmonic + noise_part, hidden=hidden, harmonic=harmonic, noise=noise_part)
+        return Synthesis(audio=harmonic + noise_part, hidden=controls.hidden, harmonic=harmonic, noise=noise_part)

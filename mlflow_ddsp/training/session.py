@@ -28,7 +28,7 @@ from ..config import UNAVAILABLE_F0, Config, load_config
 from ..corpus import dataset_digest, list_audio
 from ..lineage import code_version, environment_versions
 from ..loss import FixedScaleSpectralLoss, RandomScaleSpectralLoss
-from ..models import build_model_from_config
+from ..models import architecture, build_model_from_config
 from ..serving.model_files import pyfunc_files
 from .data import make_loaders
 from .distributed import DistributedContext, NullCheckpointer, NullTracker
@@ -113,11 +113,14 @@ def train(
         log.warning("data.f0_extractor=%r needs model weights that cannot be loaded here; the features "
                     "were extracted with 'parselmouth'", cfg.data.f0_extractor)  # fmt: skip
     device = ctx.device(resolve_device(cfg.device))
-    # The writer lease first, before loading data or creating a run: a second
-    # writer is refused in a second, leaving nothing behind.
+    # Before loading data or creating a run: a resume point of another
+    # architecture (one config.yaml read) and a second writer are refused in a
+    # second, leaving nothing behind.
     store = lease = None
     if ctx.is_main:
         store = RegistryStore(tracking_uri)
+        reader = CheckpointReader(cfg.registered_model, cfg.mlflow.alias, store=store)
+        reader.check_architecture(architecture(cfg), source=init_from)
         lease = WriterLease(store, cfg.registered_model, takeover=takeover).acquire()
     ctx.start(device)
     try:

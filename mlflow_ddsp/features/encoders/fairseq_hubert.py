@@ -47,6 +47,7 @@ from mlflow_ddsp.features.encoders.layers import (
     WeightNormConv1d,
     upgrade_weight_norm_keys,
 )
+from mlflow_ddsp.state_dict import load_state_dict_checked
 
 __all__ = ["FairseqHubertConfig", "FairseqHubert", "init_bert_params_", "load_fairseq_hubert", "parse_conv_layers"]
 
@@ -358,22 +359,15 @@ def load_fairseq_hubert(path: Path, key: str = "data.encoder_ckpt") -> FairseqHu
     )
     final_proj = sd.get("final_proj.weight")
     model = FairseqHubert(cfg, final_proj_dim=int(final_proj.shape[0]) if final_proj is not None else None)
-    try:
-        result = model.load_state_dict(sd, strict=False)
-    except RuntimeError as exc:  # shape mismatch: cfg and weights disagree
-        first = " ".join(str(exc).split())[:300]
-        raise ConfigError(f"{key}: {path}: weights do not match its cfg ({first})") from exc
-    if result.missing_keys:
-        shown = ", ".join(result.missing_keys[:3])
-        raise ConfigError(
-            f"{key}: {path} lacks {len(result.missing_keys)} weights the architecture in its cfg "
-            f"needs (e.g. {shown})"
-        )
-    if result.unexpected_keys:
+    result = load_state_dict_checked(
+        model, sd, source=f"{key}: {path}", ignore_unexpected=True,
+        hint="its weights do not match its cfg",
+    )  # fmt: skip
+    if result.unexpected:
         logger.warning(
             "%s: ignored %d unknown weights (e.g. %s)",
             path,
-            len(result.unexpected_keys),
-            ", ".join(result.unexpected_keys[:3]),
+            len(result.unexpected),
+            ", ".join(result.unexpected[:3]),
         )
     return model.eval()

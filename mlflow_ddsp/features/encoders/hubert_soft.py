@@ -32,6 +32,7 @@ from torch import nn
 from mlflow_ddsp.errors import ConfigError
 from mlflow_ddsp.features.encoders.checkpoint import read_checkpoint
 from mlflow_ddsp.features.encoders.layers import WeightNormConv1d, upgrade_weight_norm_keys
+from mlflow_ddsp.state_dict import load_state_dict_checked
 
 __all__ = ["HubertSoftDims", "HubertSoft", "load_hubert_soft"]
 
@@ -201,9 +202,5 @@ def load_hubert_soft(path: Path, key: str = "data.encoder_ckpt") -> HubertSoft:
             f"{key}: {path} is not a HuBERT-Soft checkpoint (no {exc.args[0]!r}); "
             "check data.encoder matches the file"
         ) from exc
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        first = " ".join(str(exc).split())[:300]
-        raise ConfigError(f"{key}: {path} does not match the HuBERT-Soft layout ({first})") from exc
+    load_state_dict_checked(model, sd, source=f"{key}: {path}", hint="check data.encoder matches the file")
     return model.eval()
