@@ -389,6 +389,10 @@ class CrepeF0(F0Extractor):
     ``f0_max``, zero padding, Viterbi decoding; periodicity median-pooled over 4
     frames and thresholded at 0.05; f0 mean-pooled over 4 frames ignoring unvoiced
     ones; then frame ``n`` takes the 5 ms frame nearest ``n * hop_size / sample_rate``.
+
+    torchcrepe dithers the decoded pitch by up to +-20 cents (``convert.dither``, drawn
+    from numpy's global RNG); the extractor seeds that RNG with 0 for the call and
+    restores its state afterwards, so equal audio gives equal f0.
     """
 
     name = "crepe"
@@ -402,19 +406,24 @@ class CrepeF0(F0Extractor):
         import torch
 
         wav = torch.from_numpy(_to_16k(audio, self.sample_rate))[None]  # [1, T16]
-        with torch.no_grad():
-            f0, periodicity = self._crepe.predict(
-                wav,
-                _NET_RATE,
-                _CREPE_HOP,
-                self.f0_min,
-                self.f0_max,
-                model=self.capacity,
-                batch_size=512,
-                device="cpu",
-                pad=True,
-                return_periodicity=True,
-            )
+        rng_state = np.random.get_state()
+        np.random.seed(0)
+        try:
+            with torch.no_grad():
+                f0, periodicity = self._crepe.predict(
+                    wav,
+                    _NET_RATE,
+                    _CREPE_HOP,
+                    self.f0_min,
+                    self.f0_max,
+                    model=self.capacity,
+                    batch_size=512,
+                    device="cpu",
+                    pad=True,
+                    return_periodicity=True,
+                )
+        finally:
+            np.random.set_state(rng_state)
         f0 = f0[0].double().numpy()
         periodicity = median_pool(periodicity[0].double().numpy(), _CREPE_POOL)
         f0 = masked_mean_pool(np.where(periodicity < _CREPE_PERIODICITY_THRESHOLD, np.nan, f0), _CREPE_POOL)

@@ -107,13 +107,13 @@ def import_pitch_library(name: str, extractor: str) -> ModuleType:
     """
     if name not in _LIBRARIES:
         raise ValueError(f"not a pitch library: {name!r}")
-    if name in sys.modules:
+    if sys.modules.get(name) is not None:
         return sys.modules[name]
     hint = f"data.f0_extractor: {extractor!r} needs {name}; {INSTALL_HINT}"
     if importlib.util.find_spec(name) is None:
         raise ConfigError(hint)
     with _LOCK:
-        if name in sys.modules:
+        if sys.modules.get(name) is not None:
             return sys.modules[name]
         placeholder = not torchaudio_importable()
         if placeholder:
