@@ -151,3 +151,18 @@ def test_bad_payloads_get_a_4xx_and_the_server_keeps_serving(served, body, messa
     assert message in answer.get("message", ""), answer
     status, _ = post(served, {"dataframe_records": [{"samples": sung_tone(0.5, 16000).tolist(), "sample_rate": 16000}]})
     assert status == 200
+
+
+def test_the_f0_extractor_request_param_reaches_the_network_extractors(registered):
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("torchfcpe") is None and os.environ.get("CI") != "true":
+        pytest.skip("torchfcpe is not installed (pip install 'mlflow-ddsp[f0]' && pip install --no-deps torchfcpe)")
+    backend, _ = registered
+    model = load_model("models:/singer@rolling", tracking_uri=backend.uri)
+    request = pd.DataFrame([{"samples": sung_tone(1.0, 16000).tolist(), "sample_rate": 16000}])
+    out = model.predict(request, params={"f0_extractor": "fcpe"})
+    assert out[0]["sample_rate"] == 44100 and abs(len(out[0]["samples"]) - 44100) <= 512
+    with pytest.raises(Exception, match="data.f0_ckpt: 'pretrain/rmvpe/model.pt' does not exist"):
+        model.predict(request, params={"f0_extractor": "rmvpe"})
