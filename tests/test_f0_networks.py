@@ -92,6 +92,7 @@ def test_frame_count_matches_grid(name, sr, hop, n):
     assert _extractor(name, sr=sr, hop=hop).extract_raw(audio).shape == (n // hop + 1,)
 
 
+@pytest.mark.slow
 def test_crepe_full_frame_count_on_a_short_clip():
     # Full CREPE is ~100x slower than tiny on a CPU: shape only, on 0.2 s.
     audio = synthesize_sung_clip(2.0, VOICES[1], np.random.default_rng(0), SR, HOP).audio[SR // 2 : SR // 2 + SR // 5]

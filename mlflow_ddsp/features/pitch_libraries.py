@@ -35,8 +35,7 @@ __all__ = ["INSTALL_HINT", "import_pitch_library", "torchaudio_importable"]
 
 INSTALL_HINT = "pip install 'mlflow-ddsp[f0]' && pip install --no-deps torchfcpe torchcrepe"
 
-# The library each extractor needs, and the distribution name pip knows it by.
-_LIBRARIES = {"torchfcpe": "torchfcpe", "torchcrepe": "torchcrepe"}
+_LIBRARIES = ("torchfcpe", "torchcrepe")
 _LOCK = threading.Lock()
 _TORCHAUDIO_OK: bool | None = None
 
