@@ -4,7 +4,7 @@ An upstream ``configs/combsub.yaml`` or ``sins.yaml`` loads unchanged. Keys
 upstream uses for other trainers or for inference-time add-ons (``enhancer``,
 ``vocoder``, ``infer``, ``train.amp_dtype``...) are accepted and carried along;
 a key nobody defines is an error that names it (with the closest known key).
-Our additions are optional: ``train.interval_force_save``, ``train.keep_last``,
+Our additions are optional: ``data.f0_ckpt``, ``train.interval_force_save``, ``train.keep_last``,
 ``train.best_metric``, ``train.best_mode``, ``train.max_steps``, ``train.seed``,
 ``loss.validation_fft_sizes`` and the ``mlflow`` section.
 
@@ -84,13 +84,11 @@ LIMITS: dict[str, float] = {
     "mlflow.audio_clips": 64,
 }
 
-# f0 extractors upstream offers that need weights we cannot load offline here.
-UNAVAILABLE_F0 = ("rmvpe", "fcpe", "crepe")
-
 
 @dataclass(frozen=True)
 class DataConfig:
     f0_extractor: str = "parselmouth"
+    f0_ckpt: str | None = None  # ours: rmvpe's weights file (None: upstream's pretrain/rmvpe/model.pt)
     f0_min: float = 65.0
     f0_max: float = 800.0
     sampling_rate: int = 44100
@@ -202,9 +200,8 @@ class Config:
 
     @property
     def f0_extractor(self) -> str:
-        """The f0 extractor actually used (weights-only upstream extractors fall back)."""
-        name = self.data.f0_extractor
-        return "parselmouth" if name in UNAVAILABLE_F0 else name
+        """The f0 extractor's registry name (``data.f0_extractor``, lower case)."""
+        return self.data.f0_extractor.lower()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
@@ -320,6 +317,10 @@ def _check_ranges(cfg: Config) -> None:
             raise ConfigError(f"{key}={value!r} must be > 0")
 
     d, t, loss = cfg.data, cfg.train, cfg.loss
+    from .features.f0 import F0_EXTRACTORS
+
+    if d.f0_extractor.lower() not in F0_EXTRACTORS:
+        raise ConfigError(f"data.f0_extractor={d.f0_extractor!r} is not an f0 extractor; allowed: {', '.join(F0_EXTRACTORS)}")
     for key in ("sampling_rate", "block_size", "duration", "encoder_sample_rate", "encoder_hop_size",
                 "encoder_out_channels", "f0_min"):  # fmt: skip
         positive(f"data.{key}", getattr(d, key))

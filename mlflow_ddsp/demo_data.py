@@ -48,9 +48,11 @@ __all__ = [
     "MIN_CLIP_SECONDS",
     "VOICES",
     "DemoDataset",
+    "SungClip",
     "Voice",
     "make_demo_dataset",
     "synthesize_clip",
+    "synthesize_sung_clip",
 ]
 
 DEFAULT_SECONDS_PER_SPEAKER = 75.0
@@ -293,8 +295,8 @@ def _filter_stft(signals: np.ndarray, envelopes: np.ndarray) -> np.ndarray:
     return out[:, _N_FFT : _N_FFT + length]
 
 
-def synthesize_clip(seconds: float, voice: Voice, rng: np.random.Generator, sampling_rate: int = 44100) -> np.ndarray:
-    """One sung clip of ``voice``: float32 ``[round(seconds * sampling_rate)]`` in [-1, 1]."""
+def _synthesize(seconds: float, voice: Voice, rng: np.random.Generator, sampling_rate: int):
+    """The clip float32 ``[n]`` and its 1 ms control tracks: f0 (Hz) and voiced amplitude."""
     n = round(seconds * sampling_rate)
     f0_c, amp_c, breath_c, formants_c, bandwidths_c = _control_tracks(seconds, voice, rng)
     t_ctl = np.arange(f0_c.size) / _CONTROL_RATE
@@ -312,7 +314,46 @@ def synthesize_clip(seconds: float, voice: Voice, rng: np.random.Generator, samp
 
     out *= rng.uniform(0.45, 0.8) / max(float(np.abs(out).max()), 1e-9)  # recording level varies
     out += _NOISE_FLOOR * rng.standard_normal(n)
-    return np.clip(out, -1.0, 1.0).astype(np.float32)
+    return np.clip(out, -1.0, 1.0).astype(np.float32), f0_c, amp_c
+
+
+def synthesize_clip(seconds: float, voice: Voice, rng: np.random.Generator, sampling_rate: int = 44100) -> np.ndarray:
+    """One sung clip of ``voice``: float32 ``[round(seconds * sampling_rate)]`` in [-1, 1]."""
+    return _synthesize(seconds, voice, rng, sampling_rate)[0]
+
+
+@dataclass(frozen=True)
+class SungClip:
+    """A synthetic sung clip with the pitch it was synthesised at (for scoring f0 trackers).
+
+    Attributes:
+        audio: float32 ``[T]``.
+        f0: float64 ``[T // hop_size + 1]`` Hz, the synthesis pitch at sample ``n * hop_size``
+            (defined in pauses too; see ``voiced``).
+        voiced: bool ``[T // hop_size + 1]``: the voiced source is at least ``voiced_level``
+            of its peak amplitude there (pauses, inhales and note fades below are unvoiced).
+    """
+
+    audio: np.ndarray
+    f0: np.ndarray
+    voiced: np.ndarray
+
+
+def synthesize_sung_clip(
+    seconds: float,
+    voice: Voice,
+    rng: np.random.Generator,
+    sampling_rate: int = 44100,
+    hop_size: int = 512,
+    voiced_level: float = 0.2,
+) -> SungClip:
+    """``synthesize_clip`` (the same audio for the same ``rng`` state) plus its true f0 and voicing."""
+    audio, f0_c, amp_c = _synthesize(seconds, voice, rng, sampling_rate)
+    t_frames = np.arange(audio.size // hop_size + 1) * hop_size / sampling_rate
+    t_ctl = np.arange(f0_c.size) / _CONTROL_RATE
+    f0 = np.interp(t_frames, t_ctl, f0_c)
+    amp = np.interp(t_frames, t_ctl, amp_c)
+    return SungClip(audio=audio, f0=f0, voiced=amp >= voiced_level * max(float(amp_c.max()), 1e-9))
 
 
 # -- the dataset --------------------------------------------------------------

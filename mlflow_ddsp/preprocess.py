@@ -97,17 +97,21 @@ class FeatureSettings:
     encoder_out_channels: int
     feature_format: int = FEATURE_FORMAT
     device: str = "cpu"
+    # rmvpe's weights file and its (size, mtime_ns); None for the other extractors,
+    # and then left out of the digest so that their folders keep theirs.
+    f0_ckpt: str | None = None
+    f0_ckpt_stat: tuple[int, int] | None = None
 
     @classmethod
     def from_config(cls, cfg: Config) -> FeatureSettings:
+        from mlflow_ddsp.features.f0 import F0_CKPT_EXTRACTORS
+        from mlflow_ddsp.features.rmvpe import DEFAULT_RMVPE_CKPT
+
         d = cfg.data
-        ckpt, stat = None, None
-        if d.encoder_ckpt:
-            path = Path(d.encoder_ckpt).expanduser()
-            ckpt = str(path.resolve())
-            with contextlib.suppress(OSError):  # a missing file is reported when the encoder loads
-                st = path.stat()
-                stat = (st.st_size, st.st_mtime_ns)
+        ckpt, stat = _file_and_stat(d.encoder_ckpt)
+        f0_ckpt = f0_stat = None
+        if cfg.f0_extractor in F0_CKPT_EXTRACTORS:
+            f0_ckpt, f0_stat = _file_and_stat(d.f0_ckpt or DEFAULT_RMVPE_CKPT)
         return cls(
             sampling_rate=d.sampling_rate,
             block_size=d.block_size,
@@ -121,16 +125,31 @@ class FeatureSettings:
             encoder_hop_size=d.encoder_hop_size,
             encoder_out_channels=d.encoder_out_channels,
             device=_encoder_device(cfg.device),
+            f0_ckpt=f0_ckpt,
+            f0_ckpt_stat=f0_stat,
         )
 
     def describe(self) -> dict[str, Any]:
         """The settings that shape the output, as JSON-able values."""
         out = asdict(self)
         del out["device"]
+        if self.f0_ckpt is None:
+            del out["f0_ckpt"], out["f0_ckpt_stat"]
         return out
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()
+
+
+def _file_and_stat(path_text: str | None) -> tuple[str | None, tuple[int, int] | None]:
+    """The resolved path of a weights file and its ``(size, mtime_ns)`` (None when unset/missing)."""
+    if not path_text:
+        return None, None
+    path = Path(path_text).expanduser()
+    with contextlib.suppress(OSError):  # a missing file is reported when the network loads
+        st = path.stat()
+        return str(path.resolve()), (st.st_size, st.st_mtime_ns)
+    return str(path.resolve()), None
 
 
 def _encoder_device(device: str) -> str:
@@ -153,6 +172,7 @@ def _check_settings(settings: FeatureSettings) -> None:
         hop_size=settings.block_size,
         f0_min=settings.f0_min,
         f0_max=settings.f0_max,
+        ckpt=settings.f0_ckpt,
     )
     spec = get_encoder_spec(settings.encoder)
     if spec.needs_checkpoint:
@@ -213,6 +233,7 @@ class _Extractor:
             hop_size=settings.block_size,
             f0_min=settings.f0_min,
             f0_max=settings.f0_max,
+            ckpt=settings.f0_ckpt,
         )
         self.encoder = load_units_encoder(
             settings.encoder,

@@ -67,7 +67,7 @@ def test_upstream_yaml_loads_unchanged(tmp_path):
     cfg = load_config(path)
     assert cfg.model.type == "CombSubSuperFast" and cfg.model.win_length == 2048
     assert cfg.train.interval_force_save is None  # upstream's combsub.yaml has none: keep only the newest
-    assert cfg.f0_extractor == "parselmouth"  # rmvpe needs weights we cannot load offline
+    assert cfg.f0_extractor == "rmvpe" and cfg.data.f0_ckpt is None  # upstream's pretrain/rmvpe/model.pt
     assert cfg.registered_model == "combsub-test"
     assert cfg.extra["enhancer"] == {"type": "nsf-hifigan", "ckpt": "pretrain/nsf_hifigan/model"}
     # The stored yaml round-trips, enhancer included.
@@ -94,6 +94,8 @@ def test_shipped_project_configs_are_valid(name):
          r"train.interval_force_save=3000 must be a positive multiple of train.interval_val=2000"),
         ({"train": {"amp_dtype": "fp8"}}, r"train.amp_dtype='fp8' must be one of fp32, fp16, bf16"),
         ({"data": {"f0_min": 900}}, r"data.f0_max=800.0 must be above data.f0_min=900.0"),
+        ({"data": {"f0_extractor": "yin"}},
+         r"data.f0_extractor='yin' is not an f0 extractor; allowed: parselmouth, dio, harvest, fcpe, crepe, crepe-tiny, rmvpe"),
         ({"data": {"extensions": []}}, r"data.extensions must list at least one"),
         ({"loss": {"fft_min": 4096}}, r"loss.fft_min=4096 must be > 0 and below loss.fft_max=2048"),
         ({"mlflow": {"alias": "latest"}}, r"alias='latest' is reserved by MLflow"),

@@ -8,6 +8,8 @@ tests check the pipeline around it rather than the untrained sound.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -288,7 +290,7 @@ def test_progress_is_reported_per_segment(converter):
         (np.zeros(100, np.float32), SR, dict(key=40), ConfigError, r"key=40.0 semitones must be within \+-36"),
         (np.zeros(100, np.float32), SR, dict(key=float("nan")), ConfigError, "key=nan"),
         (np.zeros(100, np.float32), SR, dict(threshold_db=6.0), ConfigError, "threshold=6.0 dB"),
-        (np.zeros(100, np.float32), SR, dict(f0_extractor="rmvpe"), ConfigError, "'rmvpe' is not available"),
+        (np.zeros(100, np.float32), SR, dict(f0_extractor="rmvpe"), ConfigError, "data.f0_ckpt: 'pretrain/rmvpe/model.pt' does not exist"),
         (np.zeros(100, np.float32), SR, dict(f0_extractor="yin"), ConfigError, "unknown extractor 'yin'"),
     ],
 )
@@ -388,3 +390,31 @@ def test_cli_infer_errors_are_one_line(registered, tmp_path, replace, extra, mat
     assert result.exit_code == 1
     assert result.stderr.strip().startswith(match) and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "out.wav").exists()
+
+
+def test_a_model_whose_f0_extractor_cannot_load_here_converts_with_parselmouth(model, tmp_path, monkeypatch, caplog):
+    # Models trained before rmvpe/fcpe/crepe ran here say 'rmvpe' in their config but were
+    # trained on parselmouth f0: without the weights file they must still load.
+    monkeypatch.chdir(tmp_path)  # no pretrain/rmvpe/model.pt here
+    cfg = tiny_config()
+    cfg = cfg.replace(data=dataclasses.replace(cfg.data, f0_extractor="rmvpe"))
+    with caplog.at_level("WARNING"):
+        converter = VoiceConverter(model, cfg)
+    assert converter.default_f0_extractor == "parselmouth"
+    assert "data.f0_ckpt: 'pretrain/rmvpe/model.pt' does not exist" in caplog.text
+    assert converter.convert(sung(0.3), SR).size > 0
+    with pytest.raises(ConfigError, match="data.f0_ckpt"):  # asking for it explicitly still fails
+        converter.convert(sung(0.3), SR, f0_extractor="rmvpe")
+
+
+def test_rmvpe_from_data_f0_ckpt_converts(model, tmp_path):
+    from mlflow_ddsp.features.rmvpe import Rmvpe, RmvpeDims
+
+    torch.manual_seed(0)
+    net = Rmvpe(RmvpeDims(n_blocks=1, n_stages=2, n_inters=1, base_channels=4, gru_hidden=8))
+    torch.save({"model": net.state_dict()}, tmp_path / "rmvpe.pt")
+    cfg = tiny_config()
+    cfg = cfg.replace(data=dataclasses.replace(cfg.data, f0_extractor="rmvpe", f0_ckpt=str(tmp_path / "rmvpe.pt")))
+    converter = VoiceConverter(model, cfg)
+    assert converter.default_f0_extractor == "rmvpe"
+    assert converter.convert(sung(0.3), SR).size > 0

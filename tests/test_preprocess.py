@@ -239,3 +239,60 @@ def test_a_second_run_on_the_same_folder_is_refused(data, config):
         with pytest.raises(MlflowDdspError, match="another mlflow-ddsp preprocess"):
             preprocess(load_config(config), workers=1, progress=False)
     assert not (data / "train" / "f0").exists()
+
+
+def _small(template, root):
+    """Two clips per split (one per speaker)."""
+    for split in ("val", "train"):
+        shutil.copytree(template / "val", root / split, ignore=shutil.ignore_patterns("val_01.wav"))
+    return root
+
+
+@pytest.mark.slow
+def test_rmvpe_reads_data_f0_ckpt_and_replacing_it_recomputes(template, tmp_path):
+    import torch
+
+    from mlflow_ddsp.features.rmvpe import Rmvpe, RmvpeDims
+
+    root = _small(template, tmp_path / "data")
+    ckpt = tmp_path / "rmvpe.pt"
+
+    def write_weights(seed):
+        torch.manual_seed(seed)
+        net = Rmvpe(RmvpeDims(n_blocks=1, n_stages=2, n_inters=1, base_channels=4, gru_hidden=8))
+        torch.save({"model": net.state_dict()}, ckpt)
+
+    write_weights(0)
+    config = write_config(tmp_path / "c.yaml", root, f0_extractor="rmvpe", f0_ckpt=str(ckpt))
+    report = preprocess(load_config(config), workers=1, progress=False)
+    assert report.ok and sum(len(s.processed) for s in report.splits) == 4
+    rel = all_rels(root)["val"][0]
+    n = load_audio(root / "val" / "audio" / rel, SR).size // 512 + 1
+    assert np.load(feature_path(root / "val", "f0", rel)).shape == (n,)
+    write_weights(1)  # new weights in place: the f0 changes, so everything is recomputed
+    again = preprocess(load_config(config), workers=1, progress=False)
+    assert all(s.settings_changed for s in again.splits)
+
+    ckpt.unlink()
+    result = CliRunner().invoke(main, ["preprocess", "-c", str(config)])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert f"data.f0_ckpt: '{ckpt}' does not exist" in result.stderr
+
+
+@pytest.mark.slow
+def test_fcpe_features(template, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("torchfcpe") is None and os.environ.get("CI") != "true":
+        pytest.skip("torchfcpe is not installed (pip install 'mlflow-ddsp[f0]' && pip install --no-deps torchfcpe)")
+    root = _small(template, tmp_path / "data")
+    report = preprocess(load_config(write_config(tmp_path / "c.yaml", root, f0_extractor="fcpe")), workers=1, progress=False)
+    assert report.ok and sum(len(s.processed) for s in report.splits) == 4
+    from mlflow_ddsp.features import get_f0_extractor
+
+    parselmouth = get_f0_extractor("parselmouth", sample_rate=SR, hop_size=512)
+    for rel in all_rels(root)["val"]:
+        ours = np.load(feature_path(root / "val", "f0", rel))
+        ref = parselmouth.extract(load_audio(root / "val" / "audio" / rel, SR)).f0
+        assert ours.shape == ref.shape
+        assert np.median(np.abs(1200 * np.log2(ours / ref))) < 20  # two trackers agree on clean singing

@@ -243,3 +243,18 @@ def test_weights_and_manifest_rewritten_together_are_refused(tampered, tmp_path)
     load_version_dir(stored)  # consistent with itself: the version's own manifest cannot tell
     with pytest.raises(CheckpointIntegrityError, match=r"manifest.json changed since registration"):
         load_model(f"models:/tampered/{version.version}", tracking_uri=backend.uri)
+
+
+def test_the_f0_extractor_request_param_reaches_the_network_extractors(registered):
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("torchfcpe") is None and os.environ.get("CI") != "true":
+        pytest.skip("torchfcpe is not installed (pip install 'mlflow-ddsp[f0]' && pip install --no-deps torchfcpe)")
+    backend, _ = registered
+    model = load_model("models:/singer@rolling", tracking_uri=backend.uri)
+    request = pd.DataFrame([{"samples": sung_tone(1.0, 16000).tolist(), "sample_rate": 16000}])
+    out = model.predict(request, params={"f0_extractor": "fcpe"})
+    assert out[0]["sample_rate"] == 44100 and abs(len(out[0]["samples"]) - 44100) <= 512
+    with pytest.raises(Exception, match="data.f0_ckpt: 'pretrain/rmvpe/model.pt' does not exist"):
+        model.predict(request, params={"f0_extractor": "rmvpe"})

@@ -5,7 +5,8 @@ Every feature of a clip of ``T`` samples has ``T // block_size + 1`` frames, fra
 
 - ``extract_volume(audio, hop) -> [n_frames]`` RMS volume (``volume``);
 - ``get_f0_extractor(name, ...).extract(audio) -> F0Track`` with ``f0 [n_frames]``
-  interpolated over unvoiced frames and ``voiced [n_frames]`` (``f0``);
+  interpolated over unvoiced frames and ``voiced [n_frames]`` (``f0``; networks in
+  ``rmvpe`` and, imported from pip, ``pitch_libraries``);
 - ``load_units_encoder(name, ckpt).encode(audio, sr, hop) -> [1, n_frames, C]``
   content units (``units``, networks in ``encoders``).
 """

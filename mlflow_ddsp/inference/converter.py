@@ -30,6 +30,7 @@ Shapes: audio in ``[N]`` float32 at ``sample_rate``; audio out ``[T]`` float32 a
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -45,6 +46,7 @@ from mlflow_ddsp.audio import resample
 from mlflow_ddsp.config import Config, parse_config
 from mlflow_ddsp.errors import AudioError, ConfigError
 from mlflow_ddsp.features import (
+    DEFAULT_F0_EXTRACTOR,
     F0Extractor,
     UnitsEncoder,
     extract_volume,
@@ -61,6 +63,8 @@ from mlflow_ddsp.models import (
     check_weights_fit,
 )
 from mlflow_ddsp.state_dict import load_state_dict_checked
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "VoiceConverter",
@@ -238,7 +242,17 @@ class VoiceConverter:
         self.units_encoder = units_encoder
         self._f0_extractors: dict[str, F0Extractor] = {}
         self.default_f0_extractor = cfg.f0_extractor
-        self._f0(self.default_f0_extractor)  # fail at load time, not at the first request
+        try:
+            self._f0(self.default_f0_extractor)  # fail at load time, not at the first request
+        except ConfigError as exc:
+            # Models trained before fcpe/crepe/rmvpe ran here name them in their config
+            # but were trained on parselmouth f0; a missing library or weights file
+            # must not make them unservable. A request naming the extractor still fails.
+            if self.default_f0_extractor == DEFAULT_F0_EXTRACTOR:
+                raise
+            log.warning("%s; this model converts with f0 extractor %r instead", exc, DEFAULT_F0_EXTRACTOR)
+            self.default_f0_extractor = DEFAULT_F0_EXTRACTOR
+            self._f0(self.default_f0_extractor)
 
     @classmethod
     def from_checkpoint(
@@ -305,6 +319,7 @@ class VoiceConverter:
                 hop_size=self.block_size,
                 f0_min=self.f0_range[0],
                 f0_max=self.f0_range[1],
+                ckpt=self.cfg.data.f0_ckpt,
             )
         return self._f0_extractors[key]
 
@@ -385,7 +400,9 @@ class VoiceConverter:
             key: pitch shift in semitones, within +-36.
             spk_id: target speaker, 1..n_spk (ignored when ``spk_mix`` is given).
             spk_mix: ``{speaker_id: weight}`` blend of speakers, used as given.
-            f0_extractor: override of the config's extractor (``parselmouth``, ``dio``, ``harvest``).
+            f0_extractor: override of the config's extractor (one of ``F0_EXTRACTORS``:
+                ``parselmouth``, ``dio``, ``harvest``, ``fcpe``, ``crepe``, ``crepe-tiny``,
+                ``rmvpe``; rmvpe reads ``data.f0_ckpt``).
             threshold_db: output is muted where the input volume stays below this.
             progress: called as ``progress(done, total)`` over segments, starting at 0.
             seed: seed for the synthesiser's noise source; None draws from torch's global RNG.

@@ -24,7 +24,7 @@ from .. import tags as T
 from ..checkpoint import CheckpointQueue, CheckpointReader, RegistryStore
 from ..checkpoint.lease import WriterLease
 from ..checkpoint.reader import load_into
-from ..config import UNAVAILABLE_F0, Config, load_config
+from ..config import Config, load_config
 from ..corpus import dataset_digest, list_audio
 from ..lineage import code_version, environment_versions
 from ..loss import FixedScaleSpectralLoss, RandomScaleSpectralLoss
@@ -109,9 +109,6 @@ def train(
     """
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     ctx = DistributedContext.from_environment()
-    if cfg.data.f0_extractor in UNAVAILABLE_F0 and ctx.is_main:
-        log.warning("data.f0_extractor=%r needs model weights that cannot be loaded here; the features "
-                    "were extracted with 'parselmouth'", cfg.data.f0_extractor)  # fmt: skip
     device = ctx.device(resolve_device(cfg.device))
     # Before loading data or creating a run: a resume point of another
     # architecture (one config.yaml read) and a second writer are refused in a
