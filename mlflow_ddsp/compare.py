@@ -57,12 +57,18 @@ def compare_versions(
     tracking_uri: str | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
     log_to_mlflow: bool = True,
+    device: str = "cpu",
 ) -> CompareResult:
-    """Convert ``clip`` with each version of ``name``; write the audio and one spectrogram image."""
+    """Convert ``clip`` with each version of ``name``; write the audio and one spectrogram image.
+
+    Raises DeviceError (before anything is fetched) when ``device`` is not available here.
+    """
+    from .device import resolve_device
     from .inference import VoiceConverter
 
     if not versions:
         raise ValueError("give at least one version to compare")
+    torch_device = resolve_device(device, setting="--device")
     clip, out_dir = Path(clip), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reader = CheckpointReader(name, tracking_uri=tracking_uri)
@@ -73,7 +79,7 @@ def compare_versions(
     for number in versions:
         restored = reader.fetch(number)  # verified; an explicit version is never substituted
         cfg = parse_config(yaml.safe_load(restored.config_yaml))
-        converter = VoiceConverter.from_checkpoint(restored.checkpoint, cfg)
+        converter = VoiceConverter.from_checkpoint(restored.checkpoint, cfg, device=torch_device)
         rate = cfg.data.sampling_rate
         if not panels:
             panels.append(("input", load_audio(clip, rate)))

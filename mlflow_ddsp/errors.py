@@ -13,6 +13,7 @@ __all__ = [
     "MlflowDdspError",
     "ConfigError",
     "AudioError",
+    "DeviceError",
     "RegistryError",
     "TrackingServerUnreachable",
     "ArtifactStoreUnavailable",
@@ -39,6 +40,10 @@ class ConfigError(MlflowDdspError, ValueError):
 
 class AudioError(MlflowDdspError, ValueError):
     """Audio that cannot be used: unreadable, empty, non-finite, too long."""
+
+
+class DeviceError(ConfigError):
+    """A requested torch device is not a device, or not available on this machine."""
 
 
 class RegistryError(MlflowDdspError, RuntimeError):

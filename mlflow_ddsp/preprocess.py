@@ -133,12 +133,10 @@ class FeatureSettings:
 
 
 def _encoder_device(device: str) -> str:
-    """``cfg.device`` when it can be used here, else the CPU (upstream: cuda if available)."""
-    if device.startswith("cuda"):
-        import torch
+    """``cfg.device`` as a concrete device; raises DeviceError when this machine lacks it."""
+    from .device import resolve_device
 
-        return device if torch.cuda.is_available() else "cpu"
-    return "cpu"
+    return str(resolve_device(device))
 
 
 def _check_settings(settings: FeatureSettings) -> None:

@@ -98,7 +98,7 @@ def test_shipped_project_configs_are_valid(name):
         ({"loss": {"fft_min": 4096}}, r"loss.fft_min=4096 must be > 0 and below loss.fft_max=2048"),
         ({"mlflow": {"alias": "latest"}}, r"alias='latest' is reserved by MLflow"),
         ({"mlflow": {"registered_model": "a/b"}}, r"mlflow.registered_model: registered_model='a/b'"),
-        ({"device": "tpu"}, r"device='tpu' must be cpu, cuda, cuda:N or mps"),
+        ({"device": "tpu"}, r"device='tpu' must be auto, cpu, cuda, cuda:N or mps"),
         ({"model": "CombSubFast"}, r"model must be a mapping of keys"),
     ],
 )  # fmt: skip

@@ -23,7 +23,7 @@ log = logging.getLogger("mlflow_ddsp")
 @click.option("--f0-extractor", default=None, metavar="NAME", help="parselmouth, dio or harvest. Default: the model's data.f0_extractor.")
 @click.option("--threshold", type=float, default=-60.0, show_default=True, help="Mute the output where the input is below this level (dB).")
 @click.option("--encoder-ckpt", default=None, metavar="PATH", help="Content-encoder checkpoint on this machine (overrides data.encoder_ckpt).")
-@click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda, cuda:N or mps.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N or mps.")
 @click.pass_context
 def infer(
     ctx: click.Context,
@@ -51,15 +51,17 @@ def infer(
 
     from ..audio import load_audio, save_wav
     from ..checkpoint.reader import CheckpointReader, parse_model_uri
+    from ..device import resolve_device
     from ..inference import VoiceConverter, parse_speaker_mix
 
+    torch_device = resolve_device(device, setting="--device")  # refuse before downloading anything
     mix = parse_speaker_mix(spk_mix) if spk_mix is not None else None
     ref = parse_model_uri(model_uri)
     restored = CheckpointReader(ref.name, tracking_uri=ctx.obj["tracking_uri"]).fetch(model_uri)
     label = restored.version.label
     log.info("%s resolved to %s, sha256 verified", model_uri, label)
     converter = VoiceConverter.from_checkpoint(
-        restored.checkpoint, restored.config_yaml, device=device, encoder_ckpt=encoder_ckpt
+        restored.checkpoint, restored.config_yaml, device=torch_device, encoder_ckpt=encoder_ckpt
     )
     rate = converter.sample_rate
     audio = load_audio(input_path, rate)
@@ -94,8 +96,10 @@ def infer(
               help="models:/NAME/VERSION or models:/NAME@ALIAS (pinned to its current version).")  # fmt: skip
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("-p", "--port", type=int, default=5001, show_default=True)
+@click.option("--device", envvar="MLFLOW_DDSP_DEVICE", default="cpu", show_default=True,
+              help="Torch device for the served model: auto, cpu, cuda, cuda:N or mps (also $MLFLOW_DDSP_DEVICE).")  # fmt: skip
 @click.pass_context
-def serve(ctx: click.Context, model_uri: str, host: str, port: int) -> None:
+def serve(ctx: click.Context, model_uri: str, host: str, port: int, device: str) -> None:
     """Serve a version over HTTP (`mlflow models serve`), pinned to a concrete version.
 
     An alias is resolved once, here, so the server answers with one version even
@@ -105,12 +109,16 @@ def serve(ctx: click.Context, model_uri: str, host: str, port: int) -> None:
     """
     import os
 
+    from ..device import resolve_device
     from ..serving.resolve import pin_version
     from ..tracking import resolve_tracking_uri
 
+    from_env = ctx.get_parameter_source("device") == click.core.ParameterSource.ENVIRONMENT
+    # Refuse here, in one line, not in the server's model load.
+    resolve_device(device, setting="MLFLOW_DDSP_DEVICE" if from_env else "--device")
     pinned, version = pin_version(model_uri, tracking_uri=ctx.obj["tracking_uri"])
     click.echo(f"serving {version.label} as {pinned} on http://{host}:{port}/invocations", err=True)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": resolve_tracking_uri(ctx.obj["tracking_uri"])}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": resolve_tracking_uri(ctx.obj["tracking_uri"]), "MLFLOW_DDSP_DEVICE": device}
     # `mlflow models serve` runs uvicorn from this environment's bin/.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", pinned, "--env-manager", "local",
@@ -126,9 +134,10 @@ def serve(ctx: click.Context, model_uri: str, host: str, port: int) -> None:
 @click.option("-k", "--key", type=float, default=0.0, show_default=True, help="Pitch shift in semitones.")
 @click.option("--spk-id", type=int, default=1, show_default=True, help="Target speaker id.")
 @click.option("--no-log", is_flag=True, help="Do not log the comparison as an MLflow run.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N or mps.")
 @click.pass_context
 def compare(ctx: click.Context, name: str, versions: tuple[int, ...], clip: str, out_dir: str, key: float,
-            spk_id: int, no_log: bool) -> None:  # fmt: skip
+            spk_id: int, no_log: bool, device: str) -> None:  # fmt: skip
     """Convert one clip with VERSIONS of NAME and compare them side by side.
 
     Writes <clip>_v<N>.wav per version, <clip>_compare.png (the input's and
@@ -139,7 +148,7 @@ def compare(ctx: click.Context, name: str, versions: tuple[int, ...], clip: str,
     from ..compare import compare_versions
 
     result = compare_versions(name, versions, clip, out_dir, key=key, spk_id=spk_id,
-                              tracking_uri=ctx.obj["tracking_uri"], log_to_mlflow=not no_log)  # fmt: skip
+                              tracking_uri=ctx.obj["tracking_uri"], log_to_mlflow=not no_log, device=device)  # fmt: skip
     for number, path in result.outputs.items():
         click.echo(f"v{number}: {path}")
     click.echo(f"spectrograms: {result.image}")

@@ -43,6 +43,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from mlflow_ddsp.audio import resample
 from mlflow_ddsp.config import Config, parse_config
+from mlflow_ddsp.device import resolve_device
 from mlflow_ddsp.errors import AudioError, ConfigError
 from mlflow_ddsp.features import (
     F0Extractor,
@@ -203,7 +204,7 @@ class VoiceConverter:
             if hp[name] != value:
                 raise ConfigError(f"the model has {keys[name]}={hp[name]} but the config says {value}; use the model's config")
         self.cfg = cfg
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.sample_rate = int(cfg.data.sampling_rate)
         self.block_size = int(cfg.data.block_size)

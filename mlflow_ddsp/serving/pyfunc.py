@@ -10,7 +10,8 @@ the sha256 recorded in the registry.
 Environment, read at load time:
     MLFLOW_DDSP_MAX_SECONDS   longest accepted input (default 600)
     MLFLOW_DDSP_ENCODER_CKPT  content-encoder weights, if not at the config's data.encoder_ckpt
-    MLFLOW_DDSP_DEVICE        cpu (default) or cuda
+    MLFLOW_DDSP_DEVICE        cpu (default), auto, cuda, cuda:N or mps; a device this machine
+                              lacks is refused (DeviceError) before anything is loaded
 """
 
 from __future__ import annotations
@@ -72,8 +73,13 @@ class DdspVoiceModel:
 
 def load_version_dir(path: str | os.PathLike, *, device: str | None = None) -> DdspVoiceModel:
     """Load a version's artifact root: verify files, build the converter."""
+    from ..device import resolve_device
     from ..inference import VoiceConverter
 
+    if device is None:
+        torch_device = resolve_device(os.environ.get("MLFLOW_DDSP_DEVICE") or "cpu", setting="MLFLOW_DDSP_DEVICE")
+    else:
+        torch_device = resolve_device(device)
     root = Path(path)
     manifest = Manifest.from_json((root / MANIFEST_FILE).read_bytes(), source=str(root / MANIFEST_FILE))
     verify_files(root, manifest, label=f"model at {root}")
@@ -82,7 +88,7 @@ def load_version_dir(path: str | os.PathLike, *, device: str | None = None) -> D
     converter = VoiceConverter.from_checkpoint(
         checkpoint,
         cfg,
-        device=device or os.environ.get("MLFLOW_DDSP_DEVICE", "cpu"),
+        device=torch_device,
         encoder_ckpt=os.environ.get("MLFLOW_DDSP_ENCODER_CKPT") or None,
     )
     sha256 = manifest.files[manifest.checkpoint_file].sha256

@@ -26,6 +26,7 @@ from ..checkpoint.lease import WriterLease
 from ..checkpoint.reader import load_into
 from ..config import UNAVAILABLE_F0, Config, load_config
 from ..corpus import dataset_digest, list_audio
+from ..device import resolve_device
 from ..lineage import code_version, environment_versions
 from ..loss import FixedScaleSpectralLoss, RandomScaleSpectralLoss
 from ..models import build_model_from_config
@@ -36,7 +37,7 @@ from .loop import TrainLoop
 from .tracker import MlflowTracker
 from .trainer_state import TrainerState, seed_everything
 
-__all__ = ["TrainResult", "train", "resolve_device"]
+__all__ = ["TrainResult", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +50,6 @@ class TrainResult:
     final_step: int
     stopped_by: str | None  # "SIGINT" / "SIGTERM" when interrupted, else None
     is_main: bool = True
-
-
-def resolve_device(requested: str) -> torch.device:
-    """The config's device, falling back to the CPU (with a warning) when CUDA is absent."""
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        log.warning("device=%s but CUDA is not available: training on the CPU", requested)
-        return torch.device("cpu")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        log.warning("device=mps but MPS is not available: training on the CPU")
-        return torch.device("cpu")
-    return torch.device(requested)
 
 
 @contextmanager
@@ -112,7 +102,7 @@ def train(
     if cfg.data.f0_extractor in UNAVAILABLE_F0 and ctx.is_main:
         log.warning("data.f0_extractor=%r needs model weights that cannot be loaded here; the features "
                     "were extracted with 'parselmouth'", cfg.data.f0_extractor)  # fmt: skip
-    device = ctx.device(resolve_device(cfg.device))
+    device = ctx.device(resolve_device(cfg.device))  # refuses a device this machine lacks
     # The writer lease first, before loading data or creating a run: a second
     # writer is refused in a second, leaving nothing behind.
     store = lease = None
