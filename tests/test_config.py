@@ -135,4 +135,4 @@ def test_missing_and_broken_files_are_one_line_errors(tmp_path):
 def test_flat_params_cover_every_key():
     flat = Config().flat()
     assert flat["train.interval_val"] == 2000 and flat["data.encoder"] == "contentvec768l12"
-    assert flat["mlflow.alias"] == "rolling" and flat["device"] == "cuda"
+    assert flat["mlflow.alias"] == "rolling" and flat["device"] == "auto"

@@ -16,6 +16,7 @@ Environment, read at load time:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -25,10 +26,10 @@ import yaml
 
 from ..checkpoint.files import MANIFEST_FILE, Manifest, load_checkpoint, verify_files
 from ..config import parse_config
-from ..errors import AudioError, ConfigError
+from ..errors import AudioError, ConfigError, one_line
 from .payload import DEFAULT_MAX_SECONDS, PayloadError, encode_result, parse_params, parse_rows
 
-__all__ = ["DdspVoiceModel", "load_version_dir"]
+__all__ = ["DdspVoiceModel", "load_version_dir", "request_error"]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,8 @@ class DdspVoiceModel:
         return self.converter.cfg.data.sampling_rate
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        from mlflow.exceptions import MlflowException
-
+        """Convert each row; a request we cannot serve raises an HTTP-400 MlflowException
+        (``INVALID_PARAMETER_VALUE``) whose message is our one-line reason."""
         try:
             rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
             requests = parse_rows(rows, max_seconds=self.max_seconds)
@@ -68,7 +69,39 @@ class DdspVoiceModel:
             return results
         except (PayloadError, AudioError, ConfigError, ValueError) as exc:
             # -> HTTP 400 with the one-line message; the server keeps serving.
-            raise MlflowException.invalid_parameter_value(str(exc)) from exc
+            raise request_error(str(exc)) from exc
+
+
+def request_error(reason: str) -> Exception:
+    """An ``MlflowException`` (INVALID_PARAMETER_VALUE -> HTTP 400) that answers with ``reason`` only.
+
+    MLflow's scoring server (``mlflow.pyfunc.scoring_server.invocations``, MLflow 3.x)
+    rewrites the message of an MlflowException raised in ``predict`` to
+    ``"Failed to predict data '<the whole request payload>'. \\nError: <message>"``:
+    two lines, the reason last, and the payload (megabytes of base64 audio) echoed
+    back. This exception keeps its first message: the scoring server's rewrite is
+    ignored, so the JSON answer's ``message`` is our one-line reason.
+    """
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return _request_error_class()(one_line(reason), error_code=INVALID_PARAMETER_VALUE)
+
+
+@functools.cache
+def _request_error_class() -> type:
+    from mlflow.exceptions import MlflowException  # imported on first use: mlflow is slow to import
+
+    class RequestError(MlflowException):
+        @property
+        def message(self) -> str:
+            return self._reason
+
+        @message.setter
+        def message(self, value: str) -> None:
+            if not hasattr(self, "_reason"):  # set once, by MlflowException.__init__
+                self._reason = value
+
+    return RequestError
 
 
 def load_version_dir(path: str | os.PathLike, *, device: str | None = None) -> DdspVoiceModel:
