@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import time
@@ -45,10 +46,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from mlflow_ddsp.audio import load_audio
 from mlflow_ddsp.config import Config
-from mlflow_ddsp.corpus import AUDIO_DIR, FEATURE_KINDS, SKIP_DIR, feature_path, list_audio
+from mlflow_ddsp.corpus import AUDIO_DIR, FEATURE_KINDS, SKIP_DIR, feature_path, list_audio, speaker_id
+from mlflow_ddsp.crops import check_crops
 from mlflow_ddsp.errors import AudioError, ConfigError, MlflowDdspError, one_line
 
 __all__ = [
@@ -60,6 +63,8 @@ __all__ = [
     "default_workers",
     "preprocess",
 ]
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = ".mlflow_ddsp_preprocess.json"
 LOCK_NAME = ".mlflow_ddsp_preprocess.lock"
@@ -498,6 +503,25 @@ def _audio_size(root: Path, rel: str) -> int:
         return 0  # vanished: its task reports it
 
 
+def _check_crops(cfg: Config, splits: list[tuple[str, Path]]) -> None:
+    """Before extracting anything: name training recordings too short for a ``data.duration``
+    crop (a warning) and refuse a speaker with none long enough (ConfigError); see crops.py."""
+    for name, root in splits:
+        if name != "train":
+            continue
+        durations = {}
+        for rel in list_audio(root, cfg.data.extensions):
+            with contextlib.suppress(RuntimeError, sf.LibsndfileError):  # unreadable: reported per file later
+                info = sf.info(str(root / AUDIO_DIR / rel))
+                durations[rel] = info.frames / info.samplerate
+        n_spk = cfg.model.n_spk
+        found = check_crops(durations, cfg.data.duration, (lambda rel: speaker_id(rel, n_spk)) if n_spk > 1 else None)
+        where = str(root / AUDIO_DIR)
+        found.raise_if_a_speaker_has_none(where)
+        if (line := found.warning(where)) is not None:
+            log.warning("%s", line)
+
+
 def _splits(cfg: Config) -> list[tuple[str, Path]]:
     """``(name, root)`` for train and val; a folder named twice is processed once."""
     out: list[tuple[str, Path]] = []
@@ -562,6 +586,7 @@ def preprocess(cfg: Config, *, workers: int | None = None, progress: bool = True
     settings = FeatureSettings.from_config(cfg)
     _check_settings(settings)
     splits = _splits(cfg)
+    _check_crops(cfg, splits)
 
     with contextlib.ExitStack() as stack:
         for _, root in splits:
