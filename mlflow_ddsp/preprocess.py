@@ -568,7 +568,8 @@ def preprocess(cfg: Config, *, workers: int | None = None, progress: bool = True
         cfg: the training config; ``data.*`` and ``cfg.f0_extractor`` decide the features.
         workers: processes (each loads the encoder once); 1 runs in this process;
             None: ``default_workers()``, never more than there are recordings to do.
-        progress: show a tqdm bar on stderr (only when stderr is a terminal).
+        progress: show a tqdm bar on stderr when it is a terminal, else log a line
+            every MLFLOW_DDSP_PROGRESS_SECONDS (30 s; see :mod:`mlflow_ddsp.progress`).
 
     Returns:
         A PreprocessReport; recordings that failed are listed there, not raised.
@@ -578,7 +579,7 @@ def preprocess(cfg: Config, *, workers: int | None = None, progress: bool = True
             encoder setting (named by its key), or ``workers < 1``.
         MlflowDdspError: another preprocess holds the folder's lock.
     """
-    from tqdm import tqdm
+    from .progress import Progress
 
     if workers is not None and workers < 1:
         raise ConfigError(f"workers={workers} must be >= 1")
@@ -610,7 +611,7 @@ def preprocess(cfg: Config, *, workers: int | None = None, progress: bool = True
         tasks.sort(key=lambda t: -_audio_size(*t))
         n_workers = max(1, min(workers or default_workers(), len(tasks)))
         bar = stack.enter_context(
-            tqdm(total=len(tasks), desc="preprocess", unit="file", leave=False, disable=None if progress else True)
+            Progress("preprocess", len(tasks), unit="file", enabled=progress, leave=False)
         )
         last_save = time.monotonic()
 

@@ -47,12 +47,11 @@ def infer(
     """
     import time
 
-    from tqdm import tqdm
-
     from ..audio import load_audio, save_wav
     from ..checkpoint.reader import CheckpointReader, parse_model_uri
     from ..device import resolve_device
     from ..inference import VoiceConverter, parse_speaker_mix
+    from ..progress import Progress
 
     torch_device = resolve_device(device, setting="--device")  # refuse before downloading anything
     mix = parse_speaker_mix(spk_mix) if spk_mix is not None else None
@@ -65,12 +64,12 @@ def infer(
     )
     rate = converter.sample_rate
     audio = load_audio(input_path, rate)
-    bar: tqdm | None = None
+    bar: Progress | None = None
 
     def progress(done: int, total: int) -> None:
         nonlocal bar
-        if bar is None:  # disable=None: no bar when stderr is not a terminal
-            bar = tqdm(total=total, desc="converting", unit="segment", file=sys.stderr, leave=False, disable=None)
+        if bar is None:  # a bar on a terminal, else a line every MLFLOW_DDSP_PROGRESS_SECONDS
+            bar = Progress("converting", total, unit="segment", leave=False)
         bar.update(done - bar.n)
 
     started = time.perf_counter()
