@@ -75,7 +75,9 @@ def resolve_device(request: str | torch.device | None, *, setting: str = "device
     have = ", ".join(available_devices())
     if text == "mps":
         if not _mps_available():
-            raise DeviceError(f"{setting}={request!r}: MPS is not available on this machine; available: {have} (or auto)")
+            raise DeviceError(
+                f"{setting}={request!r}: MPS is not available on this machine; available: {have} (or auto)"
+            )
         return torch.device("mps")
     # cuda / cuda:N
     if not torch.cuda.is_available():

@@ -101,7 +101,9 @@ class Progress:
         if terminal:
             from tqdm import tqdm
 
-            self._bar = tqdm(initial=initial, total=total, unit=unit, desc=desc, file=stream, dynamic_ncols=True, leave=leave)
+            self._bar = tqdm(
+                initial=initial, total=total, unit=unit, desc=desc, file=stream, dynamic_ncols=True, leave=leave
+            )
         else:
             self._lines = True
             self._interval = progress_interval() if interval is None else float(interval)

@@ -117,7 +117,8 @@ def serve(ctx: click.Context, model_uri: str, host: str, port: int, device: str)
     resolve_device(device, setting="MLFLOW_DDSP_DEVICE" if from_env else "--device")
     pinned, version = pin_version(model_uri, tracking_uri=ctx.obj["tracking_uri"])
     click.echo(f"serving {version.label} as {pinned} on http://{host}:{port}/invocations", err=True)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": resolve_tracking_uri(ctx.obj["tracking_uri"]), "MLFLOW_DDSP_DEVICE": device}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": resolve_tracking_uri(ctx.obj["tracking_uri"])}
+    env["MLFLOW_DDSP_DEVICE"] = device  # the pyfunc model's load reads it
     # `mlflow models serve` runs uvicorn from this environment's bin/.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", pinned, "--env-manager", "local",
