@@ -59,6 +59,7 @@ def compare_versions(
     tracking_uri: str | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
     log_to_mlflow: bool = True,
+    device: str = "cpu",
 ) -> CompareResult:
     """Convert ``clip`` with each version of ``name``; write the audio and one spectrogram image.
 
@@ -66,15 +67,18 @@ def compare_versions(
     conversion, so a missing version costs no work and leaves no partial output.
 
     Raises:
+        DeviceError: ``device`` is not available here (before anything is fetched).
         ConfigError: no versions given, or ``out_dir`` cannot be a writable folder.
         CheckpointNotFoundError: a version does not exist (named).
     """
     from .destinations import check_output_dir
+    from .device import resolve_device
     from .inference import VoiceConverter
 
     versions = list(dict.fromkeys(versions))  # each version once, in the order given
     if not versions:
         raise ConfigError("give at least one version to compare")
+    torch_device = resolve_device(device, setting="--device")
     clip, out_dir = Path(clip), check_output_dir(out_dir, "-o/--output")
     reader = CheckpointReader(name, tracking_uri=tracking_uri)
     for number in versions:
@@ -88,7 +92,7 @@ def compare_versions(
         restored = reader.fetch(number)  # verified; an explicit version is never substituted
         cfg = parse_config(yaml.safe_load(restored.config_yaml))
         source = f"checkpoint {restored.version.label}"
-        converter = VoiceConverter.from_checkpoint(restored.checkpoint, cfg, source=source)
+        converter = VoiceConverter.from_checkpoint(restored.checkpoint, cfg, device=torch_device, source=source)
         rate = cfg.data.sampling_rate
         if not panels:
             panels.append(("input", load_audio(clip, rate)))

@@ -191,7 +191,7 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-    device: str = "cuda"
+    device: str = "auto"
     extra: Mapping[str, Any] = field(default_factory=dict)  # pass-through upstream keys
 
     @property
@@ -353,8 +353,12 @@ def _check_ranges(cfg: Config) -> None:
         positive(f"loss.validation_fft_sizes[{i}]", size)
     if cfg.model.n_spk < 1:
         raise ConfigError(f"model.n_spk={cfg.model.n_spk} must be >= 1")
-    if not (cfg.device in ("cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):
-        raise ConfigError(f"device={cfg.device!r} must be cpu, cuda, cuda:N or mps")
+    from .device import DEVICE_CHOICES, check_device_syntax
+
+    try:
+        check_device_syntax(cfg.device)
+    except ConfigError:
+        raise ConfigError(f"device={cfg.device!r} must be {DEVICE_CHOICES}") from None
     if cfg.mlflow.audio_clips < 0:
         raise ConfigError(f"mlflow.audio_clips={cfg.mlflow.audio_clips} must be >= 0")
     for key, limit in LIMITS.items():
@@ -390,7 +394,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> Config:
     sections = {}
     for name, cls in SECTIONS.items():
         sections[name] = _section(name, cls, raw.pop(name, None), extra)
-    device = _coerce("device", raw.pop("device", "cuda"), str)
+    device = _coerce("device", raw.pop("device", "auto"), str)
     for name in PASSTHROUGH_SECTIONS:
         if name in raw:
             extra[name] = raw.pop(name)

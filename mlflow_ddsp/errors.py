@@ -15,6 +15,7 @@ __all__ = [
     "ArchitectureMismatchError",
     "StateDictMismatchError",
     "AudioError",
+    "DeviceError",
     "RegistryError",
     "TrackingServerUnreachable",
     "ArtifactStoreUnavailable",
@@ -49,6 +50,10 @@ class StateDictMismatchError(ConfigError):
 
 class AudioError(MlflowDdspError, ValueError):
     """Audio that cannot be used: unreadable, empty, non-finite, too long."""
+
+
+class DeviceError(ConfigError):
+    """A requested torch device is not a device, or not available on this machine."""
 
 
 class RegistryError(MlflowDdspError, RuntimeError):

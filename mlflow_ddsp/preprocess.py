@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import time
@@ -45,10 +46,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from mlflow_ddsp.audio import load_audio
 from mlflow_ddsp.config import Config
-from mlflow_ddsp.corpus import AUDIO_DIR, FEATURE_KINDS, SKIP_DIR, feature_path, list_audio
+from mlflow_ddsp.corpus import AUDIO_DIR, FEATURE_KINDS, SKIP_DIR, feature_path, list_audio, speaker_id
+from mlflow_ddsp.crops import check_crops
 from mlflow_ddsp.errors import AudioError, ConfigError, MlflowDdspError, one_line
 
 __all__ = [
@@ -61,6 +64,8 @@ __all__ = [
     "failed_recordings",
     "preprocess",
 ]
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = ".mlflow_ddsp_preprocess.json"
 LOCK_NAME = ".mlflow_ddsp_preprocess.lock"
@@ -153,12 +158,10 @@ def _file_and_stat(path_text: str | None) -> tuple[str | None, tuple[int, int] |
 
 
 def _encoder_device(device: str) -> str:
-    """``cfg.device`` when it can be used here, else the CPU (upstream: cuda if available)."""
-    if device.startswith("cuda"):
-        import torch
+    """``cfg.device`` as a concrete device; raises DeviceError when this machine lacks it."""
+    from .device import resolve_device
 
-        return device if torch.cuda.is_available() else "cpu"
-    return "cpu"
+    return str(resolve_device(device))
 
 
 def _check_settings(settings: FeatureSettings) -> None:
@@ -535,6 +538,25 @@ def _audio_size(root: Path, rel: str) -> int:
         return 0  # vanished: its task reports it
 
 
+def _check_crops(cfg: Config, splits: list[tuple[str, Path]]) -> None:
+    """Before extracting anything: name training recordings too short for a ``data.duration``
+    crop (a warning) and refuse a speaker with none long enough (ConfigError); see crops.py."""
+    for name, root in splits:
+        if name != "train":
+            continue
+        durations = {}
+        for rel in list_audio(root, cfg.data.extensions):
+            with contextlib.suppress(RuntimeError, sf.LibsndfileError):  # unreadable: reported per file later
+                info = sf.info(str(root / AUDIO_DIR / rel))
+                durations[rel] = info.frames / info.samplerate
+        n_spk = cfg.model.n_spk
+        found = check_crops(durations, cfg.data.duration, (lambda rel: speaker_id(rel, n_spk)) if n_spk > 1 else None)
+        where = str(root / AUDIO_DIR)
+        found.raise_if_a_speaker_has_none(where)
+        if (line := found.warning(where)) is not None:
+            log.warning("%s", line)
+
+
 def _splits(cfg: Config) -> list[tuple[str, Path]]:
     """``(name, root)`` for train and val; a folder named twice is processed once."""
     out: list[tuple[str, Path]] = []
@@ -594,7 +616,8 @@ def preprocess(cfg: Config, *, workers: int | None = None, progress: bool = True
         cfg: the training config; ``data.*`` and ``cfg.f0_extractor`` decide the features.
         workers: processes (each loads the encoder once); 1 runs in this process;
             None: ``default_workers()``, never more than there are recordings to do.
-        progress: show a tqdm bar on stderr (only when stderr is a terminal).
+        progress: show a tqdm bar on stderr when it is a terminal, else log a line
+            every MLFLOW_DDSP_PROGRESS_SECONDS (30 s; see :mod:`mlflow_ddsp.progress`).
 
     Returns:
         A PreprocessReport; recordings that failed are listed there, not raised.
@@ -604,7 +627,7 @@ def preprocess(cfg: Config, *, workers: int | None = None, progress: bool = True
             encoder setting (named by its key), or ``workers < 1``.
         MlflowDdspError: another preprocess holds the folder's lock.
     """
-    from tqdm import tqdm
+    from .progress import Progress
 
     if workers is not None and workers < 1:
         raise ConfigError(f"workers={workers} must be >= 1")
@@ -612,6 +635,7 @@ def preprocess(cfg: Config, *, workers: int | None = None, progress: bool = True
     settings = FeatureSettings.from_config(cfg)
     _check_settings(settings)
     splits = _splits(cfg)
+    _check_crops(cfg, splits)
 
     with contextlib.ExitStack() as stack:
         for _, root in splits:
@@ -635,7 +659,7 @@ def preprocess(cfg: Config, *, workers: int | None = None, progress: bool = True
         tasks.sort(key=lambda t: -_audio_size(*t))
         n_workers = max(1, min(workers or default_workers(), len(tasks)))
         bar = stack.enter_context(
-            tqdm(total=len(tasks), desc="preprocess", unit="file", leave=False, disable=None if progress else True)
+            Progress("preprocess", len(tasks), unit="file", enabled=progress, leave=False)
         )
         last_save = time.monotonic()
 

@@ -100,7 +100,7 @@ def test_shipped_project_configs_are_valid(name):
         ({"loss": {"fft_min": 4096}}, r"loss.fft_min=4096 must be > 0 and below loss.fft_max=2048"),
         ({"mlflow": {"alias": "latest"}}, r"alias='latest' is reserved by MLflow"),
         ({"mlflow": {"registered_model": "a/b"}}, r"mlflow.registered_model: registered_model='a/b'"),
-        ({"device": "tpu"}, r"device='tpu' must be cpu, cuda, cuda:N or mps"),
+        ({"device": "tpu"}, r"device='tpu' must be auto, cpu, cuda, cuda:N or mps"),
         ({"model": "CombSubFast"}, r"model must be a mapping of keys"),
     ],
 )  # fmt: skip
@@ -137,4 +137,4 @@ def test_missing_and_broken_files_are_one_line_errors(tmp_path):
 def test_flat_params_cover_every_key():
     flat = Config().flat()
     assert flat["train.interval_val"] == 2000 and flat["data.encoder"] == "contentvec768l12"
-    assert flat["mlflow.alias"] == "rolling" and flat["device"] == "cuda"
+    assert flat["mlflow.alias"] == "rolling" and flat["device"] == "auto"

@@ -174,6 +174,8 @@ def test_bad_payloads_get_a_4xx_and_the_server_keeps_serving(served, body, messa
     status, answer = post(served, body)
     assert 400 <= status < 500, answer
     assert message in answer.get("message", ""), answer
+    if message not in ("Array(double)", "valid JSON"):  # ours, not MLflow's own schema/JSON checks
+        assert "\n" not in answer["message"] and not answer["message"].startswith("Failed to predict"), answer
     status, _ = post(served, {"dataframe_records": [{"samples": sung_tone(0.5, 16000).tolist(), "sample_rate": 16000}]})
     assert status == 200
 

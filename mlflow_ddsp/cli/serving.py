@@ -24,7 +24,7 @@ log = logging.getLogger("mlflow_ddsp")
 @click.option("--f0-extractor", default=None, metavar="NAME", help="parselmouth, dio, harvest, fcpe, crepe, crepe-tiny or rmvpe. Default: the model's data.f0_extractor.")
 @click.option("--threshold", type=float, default=-60.0, show_default=True, help="Mute the output where the input is below this level (dB).")
 @click.option("--encoder-ckpt", default=None, metavar="PATH", help="Content-encoder checkpoint on this machine (overrides data.encoder_ckpt).")
-@click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda, cuda:N or mps.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N or mps.")
 @click.option("--encoder-precision", type=click.Choice(["auto", "fp32", "int8"], case_sensitive=False), default="auto",
               show_default=True, help="Content encoder: auto = int8 on the CPU for ContentVec/HuBERT (fp32 on GPUs), "
               "fp32, or int8 (CPU only).")  # fmt: skip
@@ -52,13 +52,14 @@ def infer(
     """
     import time
 
-    from tqdm import tqdm
-
     from ..audio import load_audio, save_wav
     from ..checkpoint.reader import CheckpointReader, parse_model_uri
     from ..destinations import check_output_file
+    from ..device import resolve_device
     from ..inference import VoiceConverter, parse_speaker_mix
+    from ..progress import Progress
 
+    torch_device = resolve_device(device, setting="--device")  # refuse before downloading anything
     check_output_file(output_path, "-o/--output")  # before the download and the conversion
     mix = parse_speaker_mix(spk_mix) if spk_mix is not None else None
     ref = parse_model_uri(model_uri)
@@ -66,18 +67,18 @@ def infer(
     label = restored.version.label
     log.info("%s resolved to %s, sha256 verified", model_uri, label)
     converter = VoiceConverter.from_checkpoint(
-        restored.checkpoint, restored.config_yaml, device=device, encoder_ckpt=encoder_ckpt,
+        restored.checkpoint, restored.config_yaml, device=torch_device, encoder_ckpt=encoder_ckpt,
         encoder_precision=encoder_precision, encoder_precision_key="--encoder-precision",
         source=f"checkpoint {label}",
     )  # fmt: skip
     rate = converter.sample_rate
     audio = load_audio(input_path, rate)
-    bar: tqdm | None = None
+    bar: Progress | None = None
 
     def progress(done: int, total: int) -> None:
         nonlocal bar
-        if bar is None:  # disable=None: no bar when stderr is not a terminal
-            bar = tqdm(total=total, desc="converting", unit="segment", file=sys.stderr, leave=False, disable=None)
+        if bar is None:  # a bar on a terminal, else a line every MLFLOW_DDSP_PROGRESS_SECONDS
+            bar = Progress("converting", total, unit="segment", leave=False)
         bar.update(done - bar.n)
 
     started = time.perf_counter()
@@ -107,8 +108,10 @@ def infer(
               help="Seconds a request may take (MLflow's scoring-server timeout); raise it with MLFLOW_DDSP_MAX_SECONDS.")  # fmt: skip
 @click.option("-w", "--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Server processes, each with its own copy of the model (memory x N).")  # fmt: skip
+@click.option("--device", envvar="MLFLOW_DDSP_DEVICE", default="cpu", show_default=True,
+              help="Torch device for the served model: auto, cpu, cuda, cuda:N or mps (also $MLFLOW_DDSP_DEVICE).")  # fmt: skip
 @click.pass_context
-def serve(ctx: click.Context, model_uri: str, host: str, port: int, timeout: int, workers: int) -> None:
+def serve(ctx: click.Context, model_uri: str, host: str, port: int, timeout: int, workers: int, device: str) -> None:
     """Serve a version over HTTP (`mlflow models serve`), pinned to a concrete version.
 
     An alias is resolved once, here, so the server answers with one version even
@@ -125,15 +128,20 @@ def serve(ctx: click.Context, model_uri: str, host: str, port: int, timeout: int
     """
     import os
 
+    from ..device import resolve_device
     from ..serving.resolve import fetch_servable, pin_version, serving_folder
     from ..tracking import resolve_tracking_uri
 
+    from_env = ctx.get_parameter_source("device") == click.core.ParameterSource.ENVIRONMENT
+    # Refuse here, in one line, not in the server's model load.
+    resolve_device(device, setting="MLFLOW_DDSP_DEVICE" if from_env else "--device")
     pinned, version = pin_version(model_uri, tracking_uri=ctx.obj["tracking_uri"])
     folder = serving_folder(version.name, version.version)
     fetch_servable(pinned, folder, tracking_uri=ctx.obj["tracking_uri"])
     click.echo(f"serving {version.label} ({pinned}, verified copy in {folder}) on http://{host}:{port}/invocations",
                err=True)  # fmt: skip
     env = {**os.environ, "MLFLOW_TRACKING_URI": resolve_tracking_uri(ctx.obj["tracking_uri"])}
+    env["MLFLOW_DDSP_DEVICE"] = device  # the pyfunc model's load reads it
     # `mlflow models serve` runs uvicorn from this environment's bin/.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(folder), "--env-manager", "local",
@@ -149,9 +157,10 @@ def serve(ctx: click.Context, model_uri: str, host: str, port: int, timeout: int
 @click.option("-k", "--key", type=float, default=0.0, show_default=True, help="Pitch shift in semitones.")
 @click.option("--spk-id", type=int, default=1, show_default=True, help="Target speaker id.")
 @click.option("--no-log", is_flag=True, help="Do not log the comparison as an MLflow run.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N or mps.")
 @click.pass_context
 def compare(ctx: click.Context, name: str, versions: tuple[int, ...], clip: str, out_dir: str, key: float,
-            spk_id: int, no_log: bool) -> None:  # fmt: skip
+            spk_id: int, no_log: bool, device: str) -> None:  # fmt: skip
     """Convert one clip with VERSIONS of NAME and compare them side by side.
 
     Writes <clip>_v<N>.wav per version, <clip>_compare.png (the input's and
@@ -162,7 +171,7 @@ def compare(ctx: click.Context, name: str, versions: tuple[int, ...], clip: str,
     from ..compare import compare_versions
 
     result = compare_versions(name, versions, clip, out_dir, key=key, spk_id=spk_id,
-                              tracking_uri=ctx.obj["tracking_uri"], log_to_mlflow=not no_log)  # fmt: skip
+                              tracking_uri=ctx.obj["tracking_uri"], log_to_mlflow=not no_log, device=device)  # fmt: skip
     for number, path in result.outputs.items():
         click.echo(f"v{number}: {path}")
     click.echo(f"spectrograms: {result.image}")

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from mlflow_ddsp.audio import resample
+from mlflow_ddsp.device import resolve_device
 from mlflow_ddsp.errors import ConfigError
 from mlflow_ddsp.features.encoders.checkpoint import require_checkpoint_path
 from mlflow_ddsp.features.encoders.fairseq_hubert import FairseqHubert, load_fairseq_hubert
@@ -258,7 +259,7 @@ class UnitsEncoder:
         self.precision = precision
         self.encoder_sample_rate = int(encoder_sample_rate)
         self.encoder_hop_size = int(encoder_hop_size)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.backbone = backbone.to(self.device).eval()
 
     @property

@@ -44,6 +44,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from mlflow_ddsp.audio import resample
 from mlflow_ddsp.config import Config, parse_config
+from mlflow_ddsp.device import resolve_device
 from mlflow_ddsp.errors import AudioError, ConfigError
 from mlflow_ddsp.features import (
     DEFAULT_F0_EXTRACTOR,
@@ -217,7 +218,7 @@ class VoiceConverter:
             current_is="the config", advice="use the model's own config",
         )  # fmt: skip
         self.cfg = cfg
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.sample_rate = int(cfg.data.sampling_rate)
         self.block_size = int(cfg.data.block_size)

@@ -14,13 +14,15 @@ Environment, read at load time:
                               beyond them gets 503 at once instead of queueing past the timeout
                               and multiplying memory (a 120 s clip needs ~0.5 GB while converting)
     MLFLOW_DDSP_ENCODER_CKPT  content-encoder weights, if not at the config's data.encoder_ckpt
-    MLFLOW_DDSP_DEVICE        cpu (default) or cuda
+    MLFLOW_DDSP_DEVICE        cpu (default), auto, cuda, cuda:N or mps; a device this machine
+                              lacks is refused (DeviceError) before anything is loaded
     MLFLOW_DDSP_ENCODER_PRECISION  auto (default: int8 content encoder on the CPU where
                               it has that form, fp32 otherwise), fp32 or int8
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -31,10 +33,10 @@ import yaml
 
 from ..checkpoint.files import MANIFEST_FILE, Manifest, load_checkpoint, verify_files
 from ..config import parse_config
-from ..errors import AudioError, ConfigError
+from ..errors import AudioError, ConfigError, one_line
 from .payload import DEFAULT_MAX_SECONDS, PayloadError, encode_result, parse_params, parse_rows
 
-__all__ = ["DdspVoiceModel", "load_version_dir"]
+__all__ = ["DdspVoiceModel", "load_version_dir", "request_error"]
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +58,13 @@ class DdspVoiceModel:
         return self.converter.cfg.data.sampling_rate
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        from mlflow.exceptions import MlflowException
+        """Convert each row; a request we cannot serve raises an HTTP-400 MlflowException
+        (``INVALID_PARAMETER_VALUE``) whose message is our one-line reason; beyond
+        ``max_concurrent`` conversions at once, an HTTP 503 at once."""
         from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
         if not self._slots.acquire(blocking=False):  # -> HTTP 503: retry later, nothing queued
-            raise MlflowException(
+            raise request_error(
                 f"busy: {self.max_concurrent} conversion(s) already running (MLFLOW_DDSP_MAX_CONCURRENT); retry later",
                 error_code=TEMPORARILY_UNAVAILABLE,
             )
@@ -70,8 +74,6 @@ class DdspVoiceModel:
             self._slots.release()
 
     def _predict(self, model_input: Any, params: dict[str, Any] | None) -> list[dict[str, Any]]:
-        from mlflow.exceptions import MlflowException
-
         try:
             rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
             requests = parse_rows(rows, max_seconds=self.max_seconds)
@@ -91,13 +93,51 @@ class DdspVoiceModel:
             return results
         except (PayloadError, AudioError, ConfigError, ValueError) as exc:
             # -> HTTP 400 with the one-line message; the server keeps serving.
-            raise MlflowException.invalid_parameter_value(str(exc)) from exc
+            raise request_error(str(exc)) from exc
+
+
+def request_error(reason: str, error_code: int | None = None) -> Exception:
+    """An ``MlflowException`` (INVALID_PARAMETER_VALUE -> HTTP 400, or ``error_code``) that answers
+    with ``reason`` only.
+
+    MLflow's scoring server (``mlflow.pyfunc.scoring_server.invocations``, MLflow 3.x)
+    rewrites the message of an MlflowException raised in ``predict`` to
+    ``"Failed to predict data '<the whole request payload>'. \\nError: <message>"``:
+    two lines, the reason last, and the payload (megabytes of base64 audio) echoed
+    back. This exception keeps its first message: the scoring server's rewrite is
+    ignored, so the JSON answer's ``message`` is our one-line reason.
+    """
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return _request_error_class()(one_line(reason), error_code=error_code or INVALID_PARAMETER_VALUE)
+
+
+@functools.cache
+def _request_error_class() -> type:
+    from mlflow.exceptions import MlflowException  # imported on first use: mlflow is slow to import
+
+    class RequestError(MlflowException):
+        @property
+        def message(self) -> str:
+            return self._reason
+
+        @message.setter
+        def message(self, value: str) -> None:
+            if not hasattr(self, "_reason"):  # set once, by MlflowException.__init__
+                self._reason = value
+
+    return RequestError
 
 
 def load_version_dir(path: str | os.PathLike, *, device: str | None = None) -> DdspVoiceModel:
     """Load a version's artifact root: verify files, build the converter."""
+    from ..device import resolve_device
     from ..inference import VoiceConverter
 
+    if device is None:
+        torch_device = resolve_device(os.environ.get("MLFLOW_DDSP_DEVICE") or "cpu", setting="MLFLOW_DDSP_DEVICE")
+    else:
+        torch_device = resolve_device(device)
     root = Path(path)
     manifest = Manifest.from_json((root / MANIFEST_FILE).read_bytes(), source=str(root / MANIFEST_FILE))
     verify_files(root, manifest, label=f"model at {root}")
@@ -106,7 +146,7 @@ def load_version_dir(path: str | os.PathLike, *, device: str | None = None) -> D
     converter = VoiceConverter.from_checkpoint(
         checkpoint,
         cfg,
-        device=device or os.environ.get("MLFLOW_DDSP_DEVICE", "cpu"),
+        device=torch_device,
         encoder_ckpt=os.environ.get("MLFLOW_DDSP_ENCODER_CKPT") or None,
         encoder_precision=os.environ.get("MLFLOW_DDSP_ENCODER_PRECISION") or "auto",
         encoder_precision_key="MLFLOW_DDSP_ENCODER_PRECISION",

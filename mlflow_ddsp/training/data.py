@@ -18,6 +18,7 @@ Item shapes: ``audio [N]``, ``units [T, C]``, ``f0 [T, 1]``, ``volume [T, 1]``,
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -32,10 +33,13 @@ from torch.utils.data import DataLoader, Dataset
 from ..audio import load_audio
 from ..config import Config
 from ..corpus import AUDIO_DIR, FEATURE_KINDS, feature_path, list_audio, speaker_id
+from ..crops import check_crops
 from ..errors import AudioError, ConfigError
 from ..preprocess import failed_recordings
 
 __all__ = ["AudioDataset", "EpochSampler", "make_loaders"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,11 +91,18 @@ class AudioDataset(Dataset):
                 f"(first: {missing[0]}); run `mlflow-ddsp preprocess -c CONFIG` first"
             )
         self.records = [self._load(rel, cfg.model.n_spk, cache) for rel in self.rels]
-        if not whole_audio and not any(r.duration >= self.crop_seconds + 0.1 for r in self.records):
-            raise ConfigError(
-                f"data.duration={self.crop_seconds} s is too long: no recording in {self.root / AUDIO_DIR} "
-                f"lasts {self.crop_seconds + 0.1:.1f} s; lower data.duration or add longer recordings"
-            )
+        if not whole_audio:
+            self._check_crops(cfg.model.n_spk)
+
+    def _check_crops(self, n_spk: int) -> None:
+        """Warn about recordings too short to crop; ConfigError when a speaker has none (see crops.py)."""
+        spk = {r.rel: int(r.spk_id) for r in self.records}
+        found = check_crops({r.rel: r.duration for r in self.records}, self.crop_seconds,
+                            spk.__getitem__ if n_spk > 1 else None)  # fmt: skip
+        where = str(self.root / AUDIO_DIR)
+        found.raise_if_a_speaker_has_none(where)
+        if (line := found.warning(where)) is not None:
+            log.warning("%s", line)
 
     def _load(self, rel: str, n_spk: int, cache: bool) -> _Record:
         path = self.root / AUDIO_DIR / rel

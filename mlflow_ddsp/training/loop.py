@@ -135,8 +135,8 @@ class TrainLoop:
                     batches += 1
                     loss = self._train_step(batch, autocast, scaler, step)
                     if bar is not None:
-                        bar.update(1)
                         bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch, refresh=False)
+                        bar.update(1)
                     if step % self.interval_log == 0:
                         now = time.perf_counter()
                         rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
@@ -233,9 +233,9 @@ class TrainLoop:
         return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
 
     def _progress_bar(self, start_step: int):
+        """A tqdm bar on a terminal; otherwise a log line every MLFLOW_DDSP_PROGRESS_SECONDS (30 s)."""
         if not self.progress:
             return None
-        from tqdm import tqdm
+        from ..progress import Progress
 
-        total = self.max_steps if self.max_steps is not None else None
-        return tqdm(initial=start_step, total=total, unit="step", desc="training", dynamic_ncols=True, disable=None)
+        return Progress("training", self.max_steps, initial=start_step, unit="step")

@@ -26,6 +26,7 @@ from ..checkpoint.lease import WriterLease
 from ..checkpoint.reader import load_into
 from ..config import Config, load_config
 from ..corpus import dataset_digest, list_audio
+from ..device import resolve_device
 from ..lineage import code_version, environment_versions
 from ..loss import FixedScaleSpectralLoss, RandomScaleSpectralLoss
 from ..models import architecture, build_model_from_config
@@ -36,7 +37,7 @@ from .loop import TrainLoop
 from .tracker import MlflowTracker
 from .trainer_state import TrainerState, seed_everything
 
-__all__ = ["TrainResult", "train", "resolve_device"]
+__all__ = ["TrainResult", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +50,6 @@ class TrainResult:
     final_step: int
     stopped_by: str | None  # "SIGINT" / "SIGTERM" when interrupted, else None
     is_main: bool = True
-
-
-def resolve_device(requested: str) -> torch.device:
-    """The config's device, falling back to the CPU (with a warning) when CUDA is absent."""
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        log.warning("device=%s but CUDA is not available: training on the CPU", requested)
-        return torch.device("cpu")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        log.warning("device=mps but MPS is not available: training on the CPU")
-        return torch.device("cpu")
-    return torch.device(requested)
 
 
 @contextmanager
@@ -109,7 +99,7 @@ def train(
     """
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     ctx = DistributedContext.from_environment()
-    device = ctx.device(resolve_device(cfg.device))
+    device = ctx.device(resolve_device(cfg.device))  # refuses a device this machine lacks
     # Before loading data or creating a run: a resume point of another
     # architecture (one config.yaml read) and a second writer are refused in a
     # second, leaving nothing behind.

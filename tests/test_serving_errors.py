@@ -1,0 +1,56 @@
+"""A request the model cannot serve is answered 400 with our one-line reason first, through
+MLflow's own scoring-server code path (``scoring_server.invocations`` + its JSON error body)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import scoring_server
+
+from mlflow_ddsp.serving.pyfunc import DdspVoiceModel, request_error
+
+
+class _Served:
+    """What the scoring server needs of a loaded model: ``predict`` and ``metadata``."""
+
+    def __init__(self, model: DdspVoiceModel):
+        self.predict = model.predict
+        self.metadata = SimpleNamespace()
+
+
+def answer(body: dict) -> tuple[int, dict]:
+    """Status and JSON body as `mlflow models serve` sends them for an exception in predict."""
+    model = _Served(DdspVoiceModel(converter=None, step=1, sha256="0" * 64, max_seconds=5))
+    try:
+        scoring_server.invocations(json.dumps(body), "application/json", model, None)
+    except MlflowException as exc:  # what the server's handler turns into the HTTP answer
+        return exc.get_http_status_code(), json.loads(exc.serialize_as_json())
+    raise AssertionError("the request was served")
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        ({"dataframe_records": [{"samples": [], "sample_rate": 16000}]}, "the audio is empty"),
+        ({"dataframe_records": [{"samples": [0.1] * 50000, "sample_rate": 8000}]}, "at most 5 s"),
+        ({"dataframe_records": [{"samples": [0.1, 0.2]}]}, "positive sample_rate"),
+        ({"dataframe_records": [{"audio_base64": "%%%"}]}, "not valid base64"),
+        ({"dataframe_records": [{"samples": [0.1], "sample_rate": 16000}], "params": {"spk_mix": "1:x"}}, "is not SPEAKER_ID:WEIGHT"),
+    ],
+)  # fmt: skip
+def test_the_reason_is_the_whole_one_line_message(body, reason):
+    status, error = answer(body)
+    assert status == 400 and error["error_code"] == "INVALID_PARAMETER_VALUE"
+    message = error["message"]
+    assert "\n" not in message and reason in message, message
+    assert "Failed to predict data" not in message and "0.1, 0.1" not in message  # the payload is not echoed
+
+
+def test_request_error_is_an_invalid_parameter_value_with_one_line():
+    exc = request_error("spk_id=9: unknown speaker id 9;\n ids are 1..2")
+    assert exc.get_http_status_code() == 400
+    exc.message = "Failed to predict data '<payload>'. \nError: " + exc.message  # the scoring server's rewrite
+    assert exc.message == "spk_id=9: unknown speaker id 9; ids are 1..2" == str(exc)
