@@ -86,3 +86,22 @@ def test_only_the_listed_private_names_are_imported():
         for match in re.finditer(r"from (mlflow[\w.]*) import (_\w+)", path.read_text()):
             used.add(match.group(2))
     assert used <= {"_use_tracking_uri", "_save_example", "_PythonEnv"}, used
+
+
+def test_connection_failures_are_recognised_by_type_not_by_message():
+    """MLflow's REST client raises a plain MlflowException while handling requests' ConnectionError."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+
+    from mlflow_ddsp.checkpoint.registry import _is_connection_error
+    from mlflow_ddsp.local_server import free_port
+
+    creds = MlflowHostCreds(f"http://127.0.0.1:{free_port()}")
+    try:
+        http_request(creds, "/api/2.0/mlflow/experiments/search", "GET", max_retries=0, timeout=5)
+    except MlflowException as exc:
+        refused = exc
+    else:
+        raise AssertionError("a closed port answered")
+    assert _is_connection_error(refused)
+    assert not _is_connection_error(MlflowException("Max retries exceeded: Connection refused (a message only)"))

@@ -68,8 +68,23 @@ def _local_path(location: str) -> Path | None:
 
 
 def _is_connection_error(exc: BaseException) -> bool:
-    text = str(exc)
-    return any(s in text for s in ("Max retries exceeded", "Connection refused", "ConnectionError"))
+    """True when ``exc`` or an exception it was raised from is a failure to reach the server.
+
+    Decided by type along the ``__cause__``/``__context__`` chain: MLflow's REST
+    client raises a plain ``MlflowException`` while handling the ``requests``
+    ``ConnectionError`` (or ``Timeout``) its retries ended with.
+    """
+    import requests
+
+    kinds = (ConnectionError, TimeoutError, requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kinds):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class RegistryStore:
