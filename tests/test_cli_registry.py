@@ -34,6 +34,7 @@ def queue_with_history(backend, model_name):
     return RegistryStore(backend.uri)
 
 
+@pytest.mark.stack
 def test_versions_table_and_json(backend, model_name, queue_with_history):
     result = cli(backend, "versions", model_name)
     assert result.exit_code == 0, result.output
@@ -72,6 +73,7 @@ def test_verify_passes_then_catches_a_changed_force_saved_version(backend, model
     assert "problem:" in result.output and "model_20.pt" in result.output
 
 
+@pytest.mark.stack
 def test_gc_dry_run_then_removes_an_orphaned_upload(backend, model_name, queue_with_history):
     store = queue_with_history
     experiment = store.experiment_ids(model_name)[0]
