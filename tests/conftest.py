@@ -25,12 +25,13 @@ session, on first use). ``@pytest.mark.stack`` runs a test on every stack kind,
 ``@pytest.mark.stack("postgres")`` on the named ones, and ``stack_backend`` is a
 stack-only parameter:
 
-* all three kinds: save and retire with the bytes (the bucket listed), restore, ``versions``,
-  ``gc`` of an orphaned upload, ``gc`` never deleting a protected version, and the SIGKILL
-  tests at ``mid_upload`` and ``after_delete_version`` (a partial upload and a retired
-  version's bytes left behind: the next start removes both, nothing orphaned in the bucket);
+* all three kinds: save and retire with the bytes (the bucket listed), ``gc`` of an
+  orphaned upload, and the SIGKILL tests at ``mid_upload`` and ``after_delete_version``
+  (a partial upload and a retired version's bytes left behind: the next start removes
+  both, nothing orphaned in the bucket; the resume restores bit-identical weights);
 * PostgreSQL only: the writer-lease tests (concurrent acquires, stale and killed holders,
-  takeover fencing): races decided by the database, not the artifact store;
+  takeover fencing) and ``gc`` never deleting a protected version: registry logic decided
+  by the database, not the artifact store;
 * ``tests/test_team_stack.py``: two writer processes into two models at once on PostgreSQL,
   and one >= 100 MB checkpoint through S3 direct (multipart upload, verified);
 * ``tests/test_auth.py``: its own ``--app-name basic-auth`` server (SQLite).

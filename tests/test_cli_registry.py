@@ -34,7 +34,6 @@ def queue_with_history(backend, model_name):
     return RegistryStore(backend.uri)
 
 
-@pytest.mark.stack
 def test_versions_table_and_json(backend, model_name, queue_with_history):
     result = cli(backend, "versions", model_name)
     assert result.exit_code == 0, result.output

@@ -93,7 +93,6 @@ def test_previous_rolling_version_is_deleted_with_its_bytes(backend, model_name)
         assert assert_invariants(store, backend, model_name) == 30
 
 
-@pytest.mark.stack
 def test_restore_brings_back_weights_optimizer_and_step(backend, model_name):
     model, optimizer = tiny_model(seed=1)
     with open_queue(backend, model_name, save_optimizer=True) as queue:
