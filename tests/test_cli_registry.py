@@ -72,6 +72,7 @@ def test_verify_passes_then_catches_a_changed_force_saved_version(backend, model
     assert "problem:" in result.output and "model_20.pt" in result.output
 
 
+@pytest.mark.stack
 def test_gc_dry_run_then_removes_an_orphaned_upload(backend, model_name, queue_with_history):
     store = queue_with_history
     experiment = store.experiment_ids(model_name)[0]

@@ -149,3 +149,11 @@ def test_kill_with_keep_last_3_and_a_protected_version(point, embedded, model_na
 def test_kill_during_rolling_save_through_server(point, mlflow_server, model_name, uninterrupted_weights, capsys):
     backend = Backend("server", mlflow_server.uri, mlflow_server.artifacts_dir, f"exp-{model_name}")
     check_crash_and_resume(backend, model_name, point, 50, uninterrupted_weights, capsys)
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("point", ["mid_upload", "after_delete_version"])
+def test_kill_during_rolling_save_on_a_team_stack(point, stack_backend, model_name, uninterrupted_weights, capsys):
+    """PostgreSQL, S3 proxied, S3 direct: a partial upload and a retired version's bytes left by
+    the kill are both removed by the next start; no orphaned object remains in the bucket."""
+    check_crash_and_resume(stack_backend, model_name, point, 50, uninterrupted_weights, capsys)

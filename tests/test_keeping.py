@@ -85,6 +85,7 @@ def test_a_version_a_person_promoted_or_kept_survives_and_is_retired_once_releas
     assert not promoted_folder.exists()
 
 
+@pytest.mark.stack("postgres")
 def test_gc_never_deletes_a_protected_version(backend, model_name):
     model = model_and_step()
     with open_queue(backend, model_name) as queue:

@@ -56,6 +56,7 @@ class Holder:
         self.proc.wait(timeout=30)
 
 
+@pytest.mark.stack("postgres")  # races and takeovers are database work
 def test_second_writer_fails_fast_naming_the_holder(backend, model_name):
     first = open_queue(backend, model_name)
     started = time.monotonic()
@@ -86,6 +87,7 @@ def lease_models(backend, name: str) -> list[str]:
     return sorted(m.name for m in client.search_registered_models(f"name LIKE '{lease_model_name(name)}%'"))
 
 
+@pytest.mark.stack("postgres")  # races and takeovers are database work
 @pytest.mark.parametrize("stale_lease_first", [False, True], ids=["free", "stale"])
 def test_concurrent_acquires_have_exactly_one_winner(backend, model_name, stale_lease_first):
     contenders = 4
@@ -135,6 +137,7 @@ def test_a_model_that_is_not_our_lease_is_refused_and_never_touched(backend, mod
     assert lease_models(backend, model_name) == [someone]
 
 
+@pytest.mark.stack("postgres")  # races and takeovers are database work
 @pytest.mark.slow
 def test_lease_of_a_killed_writer_is_taken_over_at_once(backend, model_name, caplog):
     holder = Holder(backend, model_name)
@@ -147,6 +150,7 @@ def test_lease_of_a_killed_writer_is_taken_over_at_once(backend, model_name, cap
     assert "taking over the stale writer lease" in caplog.text
 
 
+@pytest.mark.stack("postgres")  # races and takeovers are database work
 @pytest.mark.slow
 def test_takeover_fences_off_the_previous_writer(backend, model_name):
     holder = Holder(backend, model_name)

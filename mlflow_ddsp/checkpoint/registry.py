@@ -20,6 +20,8 @@ from .. import tags as T
 from ..errors import (
     CheckpointIntegrityError,
     CheckpointNotFoundError,
+    NotAuthenticatedError,
+    PermissionDeniedError,
     RegistryError,
     TrackingServerUnreachable,
 )
@@ -67,6 +69,27 @@ def _local_path(location: str) -> Path | None:
     return None
 
 
+# MLflow's error codes for HTTP 401 and 403 (``databricks.proto``; RestException maps statuses to them).
+_UNAUTHENTICATED = "UNAUTHENTICATED"
+_PERMISSION_DENIED = "PERMISSION_DENIED"
+
+
+def _auth_status(exc: BaseException) -> int | None:
+    """401 or 403 when the server refused the request for its credentials or permissions, else None.
+
+    Decided from MLflow's error code (REST calls) or the HTTP response's status
+    (artifact transfers through the server's proxy raise ``requests.HTTPError``),
+    never from message text.
+    """
+    code = getattr(exc, "error_code", None)
+    if code == _UNAUTHENTICATED:
+        return 401
+    if code == _PERMISSION_DENIED:
+        return 403
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status if status in (401, 403) else None
+
+
 def _is_connection_error(exc: BaseException) -> bool:
     """True when ``exc`` or an exception it was raised from is a failure to reach the server.
 
@@ -103,13 +126,39 @@ class RegistryStore:
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     # -- error translation -------------------------------------------------
+    def _refused(self, action: str, status: int, needs: tuple[str, str] | None) -> RegistryError:
+        """The one-line error for a request the server's auth refused (401/403)."""
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if status == 401:
+            who = f"the credentials of user {user!r}" if user else "a request without credentials"
+            return NotAuthenticatedError(
+                f"{action}: the tracking server {self.tracking_uri} refused {who} (HTTP 401); "
+                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a valid user"
+            )
+        who = f"user {user!r}" if user else "this user"
+        lacks = f"the {needs[0]} permission on {needs[1]}" if needs else "the permission this needs"
+        return PermissionDeniedError(
+            f"{action}: {who} lacks {lacks} (HTTP 403); an MLflow admin can grant it "
+            "(auth client `grant_user_permission`, or the UI)"
+        )
+
     @contextlib.contextmanager
-    def _calling(self, action: str) -> Iterator[None]:
+    def _calling(self, action: str, needs: tuple[str, str] | None = None) -> Iterator[None]:
+        """Translate MLflow's errors raised inside into ours.
+
+        Args:
+            action: what was being done, for the message.
+            needs: (MLflow permission, resource) the request needs, named when the server
+                refuses it (HTTP 403), e.g. ``("EDIT", "registered model 'singer'")``.
+        """
         from mlflow.exceptions import MlflowException
 
         try:
             yield
         except MlflowException as exc:
+            status = _auth_status(exc)
+            if status:
+                raise self._refused(action, status, needs) from exc
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
                 raise CheckpointNotFoundError(f"{action}: {exc.message}") from exc
             if _is_connection_error(exc):
@@ -118,6 +167,9 @@ class RegistryStore:
                 ) from exc
             raise RegistryError(f"{action}: {exc.message}") from exc
         except OSError as exc:
+            status = _auth_status(exc)
+            if status:
+                raise self._refused(action, status, needs) from exc
             if _is_connection_error(exc):
                 raise TrackingServerUnreachable(
                     f"{action}: tracking server {self.tracking_uri} is unreachable ({exc})"
@@ -131,7 +183,7 @@ class RegistryStore:
 
     # -- experiments and runs ----------------------------------------------
     def experiment_id(self, name: str) -> str:
-        with self._calling(f"open experiment {name!r}"):
+        with self._calling(f"open experiment {name!r}", needs=("EDIT", f"experiment {name!r}")):
             return ensure_experiment(self.client, name, self.tracking_uri)
 
     def foreign_experiment_location(self, experiment_id: str) -> str | None:
@@ -140,7 +192,7 @@ class RegistryStore:
         Servers own their locations: nothing is asked of them."""
         if embedded_store_folder(self.tracking_uri) is None:
             return None
-        with self._calling(f"read experiment {experiment_id}"):
+        with self._calling(f"read experiment {experiment_id}", needs=("READ", f"experiment {experiment_id}")):
             location = self.client.get_experiment(experiment_id).artifact_location
         return None if self.owns_location(location) else location
 
@@ -161,32 +213,32 @@ class RegistryStore:
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, int(step), model_id=model_id) for k, v in metrics.items()]
-        with self._calling(f"log metrics to run {run_id}"):
+        with self._calling(f"log metrics to run {run_id}", needs=("EDIT", f"the experiment of run {run_id}")):
             self.client.log_batch(run_id, metrics=batch, synchronous=synchronous)
 
     def create_run(self, experiment_id: str, run_name: str, tags: Mapping[str, str] | None = None) -> str:
         """A new run in ``experiment_id``; returns its id."""
-        with self._calling(f"create run {run_name!r}"):
+        with self._calling(f"create run {run_name!r}", needs=("EDIT", f"experiment {experiment_id}")):
             return self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         """Mark a run ``FINISHED``, ``FAILED`` or ``KILLED``."""
-        with self._calling(f"end run {run_id}"):
+        with self._calling(f"end run {run_id}", needs=("EDIT", f"the experiment of run {run_id}")):
             self.client.set_terminated(run_id, status)
 
     def run_tags(self, run_id: str) -> dict[str, str]:
-        with self._calling(f"read run {run_id}"):
+        with self._calling(f"read run {run_id}", needs=("READ", f"the experiment of run {run_id}")):
             return dict(self.client.get_run(run_id).data.tags)
 
     def run_params(self, run_id: str) -> dict[str, str]:
-        with self._calling(f"read run {run_id}"):
+        with self._calling(f"read run {run_id}", needs=("READ", f"the experiment of run {run_id}")):
             return dict(self.client.get_run(run_id).data.params)
 
     def set_run_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
         if tags:
-            with self._calling(f"tag run {run_id}"):
+            with self._calling(f"tag run {run_id}", needs=("EDIT", f"the experiment of run {run_id}")):
                 self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_params(self, run_id: str, params: Mapping[str, object], *, value_limit: int = 6000) -> None:
@@ -194,19 +246,19 @@ class RegistryStore:
         values are cut to ``value_limit`` characters (MLflow's limit)."""
         from mlflow.entities import Param
 
-        with self._calling(f"log params to run {run_id}"):
+        with self._calling(f"log params to run {run_id}", needs=("EDIT", f"the experiment of run {run_id}")):
             existing = self.client.get_run(run_id).data.params
             batch = [Param(k, str(v)[:value_limit]) for k, v in params.items() if k not in existing]
             for i in range(0, len(batch), 100):
                 self.client.log_batch(run_id, params=batch[i : i + 100])
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        with self._calling(f"log {artifact_file} to run {run_id}"):
+        with self._calling(f"log {artifact_file} to run {run_id}", needs=("EDIT", f"the experiment of run {run_id}")):
             self.client.log_text(run_id, text, artifact_file)
 
     def log_artifacts(self, run_id: str, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Upload a file or every file of a folder to the run's artifacts under ``artifact_path``."""
-        with self._calling(f"upload {local_path} to run {run_id}"):
+        with self._calling(f"upload {local_path} to run {run_id}", needs=("EDIT", f"the experiment of run {run_id}")):
             if Path(local_path).is_dir():
                 self.client.log_artifacts(run_id, str(local_path), artifact_path)
             else:
@@ -214,7 +266,7 @@ class RegistryStore:
 
     def log_image(self, run_id: str, image, key: str, step: int) -> None:
         """An image ``[H, W, C]`` as the run's step-indexed image ``key`` (the UI's slider)."""
-        with self._calling(f"log image {key} to run {run_id}"):
+        with self._calling(f"log image {key} to run {run_id}", needs=("EDIT", f"the experiment of run {run_id}")):
             self.client.log_image(run_id, image, key=key, step=step)
 
     def log_dataset(self, run_id: str, name: str, path: str, digest: str, context: str, n_files: int) -> None:
@@ -228,7 +280,7 @@ class RegistryStore:
         entity = Dataset(name=name, digest=digest[:36], source_type="local",
                          source=json.dumps({"uri": str(Path(path).resolve())}))  # fmt: skip
         tags = [InputTag("mlflow.data.context", context), InputTag(T.DATASET_FILES, str(n_files))]
-        with self._calling(f"log dataset {name!r} to run {run_id}"):
+        with self._calling(f"log dataset {name!r} to run {run_id}", needs=("EDIT", f"the experiment of run {run_id}")):
             self.client.log_inputs(run_id, datasets=[DatasetInput(entity, tags)])
 
     @staticmethod
@@ -246,7 +298,7 @@ class RegistryStore:
             self.client.create_registered_model(name, description=description)
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                with self._calling(f"create registered model {name!r}"):
+                with self._calling(f"create registered model {name!r}", needs=("USE", "the workspace (creating registered models)")):
                     raise
 
     def registered_model_exists(self, name: str) -> bool:
@@ -257,11 +309,11 @@ class RegistryStore:
         return True
 
     def registered_model_tags(self, name: str) -> dict[str, str]:
-        with self._calling(f"read registered model {name!r}"):
+        with self._calling(f"read registered model {name!r}", needs=("READ", f"registered model {name!r}")):
             return dict(self.client.get_registered_model(name).tags)
 
     def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
-        with self._calling(f"tag registered model {name!r}"):
+        with self._calling(f"tag registered model {name!r}", needs=("EDIT", f"registered model {name!r}")):
             self.client.set_registered_model_tag(name, key, value)
 
     def try_create_registered_model(self, name: str, tags: Mapping[str, str], description: str) -> bool:
@@ -274,7 +326,7 @@ class RegistryStore:
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_ALREADY_EXISTS":
                 return False
-            with self._calling(f"create registered model {name!r}"):
+            with self._calling(f"create registered model {name!r}", needs=("USE", "the workspace (creating registered models)")):
                 raise
         return False  # unreachable; keeps type checkers content
 
@@ -290,20 +342,25 @@ class RegistryStore:
                 return False
             if "0 were matched" in str(exc) or "StaleData" in str(exc):
                 return False  # lost a concurrent rename (PostgreSQL reports it this way)
-            with self._calling(f"rename registered model {name!r}"):
+            with self._calling(f"rename registered model {name!r}", needs=("EDIT", f"registered model {name!r}")):
                 raise
         return False
 
     def delete_registered_model(self, name: str) -> None:
         with contextlib.suppress(CheckpointNotFoundError), self._calling(
-            f"delete registered model {name!r}"
+            f"delete registered model {name!r}", needs=("MANAGE", f"registered model {name!r}")
         ):
             self.client.delete_registered_model(name)
 
     def record_experiment(self, name: str, experiment_id: str) -> list[str]:
-        """Remember that queue ``name`` writes into ``experiment_id``; return all recorded ids."""
+        """Remember that queue ``name`` writes into ``experiment_id``; return all recorded ids.
+
+        On a server the tag is written even when unchanged: it is the queue's first
+        write, so a user without EDIT on the registered model is refused at start
+        (:class:`PermissionDeniedError`), not at the first save.
+        """
         recorded = self.experiment_ids(name)
-        if experiment_id not in recorded:
+        if experiment_id not in recorded or self.tracking_uri.startswith(("http://", "https://")):
             recorded.append(experiment_id)
             self.set_registered_model_tag(name, T.EXPERIMENT_IDS, json.dumps(recorded))
         return recorded
@@ -318,14 +375,14 @@ class RegistryStore:
 
     # -- aliases ------------------------------------------------------------
     def alias_version(self, name: str, alias: str) -> int | None:
-        with self._calling(f"read alias {name}@{alias}"):
+        with self._calling(f"read alias {name}@{alias}", needs=("READ", f"registered model {name!r}")):
             aliases = self.client.get_registered_model(name).aliases
         version = aliases.get(alias)
         return int(version) if version is not None else None
 
     def registered_model(self, name: str) -> tuple[dict[str, str], dict[str, int]]:
         """Registered model ``name``'s tags, and its aliases -> version numbers, in one request."""
-        with self._calling(f"read registered model {name!r}"):
+        with self._calling(f"read registered model {name!r}", needs=("READ", f"registered model {name!r}")):
             rm = self.client.get_registered_model(name)
         return dict(rm.tags), {alias: int(version) for alias, version in rm.aliases.items()}
 
@@ -340,12 +397,12 @@ class RegistryStore:
                 return
             except MlflowException as exc:
                 if "IntegrityError" not in str(exc) or attempt == 2:
-                    with self._calling(f"point alias {name}@{alias} at v{version}"):
+                    with self._calling(f"point alias {name}@{alias} at v{version}", needs=("EDIT", f"registered model {name!r}")):
                         raise
 
     def delete_alias(self, name: str, alias: str) -> None:
         with contextlib.suppress(CheckpointNotFoundError), self._calling(
-            f"delete alias {name}@{alias}"
+            f"delete alias {name}@{alias}", needs=("MANAGE", f"registered model {name!r}")
         ):
             self.client.delete_registered_model_alias(name, alias)
 
@@ -367,7 +424,7 @@ class RegistryStore:
         """Every live version of ``name``, lowest number first (empty if the model is absent)."""
         out: list[CheckpointVersion] = []
         token = None
-        with self._calling(f"list versions of {name!r}"):
+        with self._calling(f"list versions of {name!r}", needs=("READ", f"registered model {name!r}")):
             while True:
                 page = self.client.search_model_versions(
                     f"name = '{name}'", max_results=_PAGE, page_token=token
@@ -379,15 +436,15 @@ class RegistryStore:
         return sorted(out, key=lambda v: v.version)
 
     def get_version(self, name: str, version: int) -> CheckpointVersion:
-        with self._calling(f"read {name} v{version}"):
+        with self._calling(f"read {name} v{version}", needs=("READ", f"registered model {name!r}")):
             return self._version(self.client.get_model_version(name, str(version)))
 
     def set_version_tag(self, name: str, version: int, key: str, value: str) -> None:
-        with self._calling(f"tag {name} v{version}"):
+        with self._calling(f"tag {name} v{version}", needs=("EDIT", f"registered model {name!r}")):
             self.client.set_model_version_tag(name, str(version), key, value)
 
     def delete_version_tag(self, name: str, version: int, key: str) -> None:
-        with contextlib.suppress(CheckpointNotFoundError), self._calling(f"untag {name} v{version}"):
+        with contextlib.suppress(CheckpointNotFoundError), self._calling(f"untag {name} v{version}", needs=("MANAGE", f"registered model {name!r}")):
             self.client.delete_model_version_tag(name, str(version), key)
 
     @contextlib.contextmanager
@@ -415,7 +472,7 @@ class RegistryStore:
         tags: Mapping[str, str],
         description: str,
     ) -> CheckpointVersion:
-        with self._calling(f"register a version of {name!r}"), self._global_uri_for_local_registry():
+        with self._calling(f"register a version of {name!r}", needs=("EDIT", f"registered model {name!r}")), self._global_uri_for_local_registry():
             mv = self.client.create_model_version(
                 name,
                 source=f"models:/{files.model_id}",
@@ -429,7 +486,7 @@ class RegistryStore:
 
     def delete_version(self, name: str, version: int) -> None:
         with contextlib.suppress(CheckpointNotFoundError), self._calling(
-            f"delete {name} v{version}"
+            f"delete {name} v{version}", needs=("MANAGE", f"registered model {name!r}")
         ):
             self.client.delete_model_version(name, str(version))
 
@@ -438,20 +495,20 @@ class RegistryStore:
         self, experiment_id: str, name: str, run_id: str | None, tags: Mapping[str, str]
     ) -> LoggedModelRef:
         """Create a PENDING LoggedModel to hold one checkpoint's files."""
-        with self._calling("create a LoggedModel for a checkpoint"):
+        with self._calling("create a LoggedModel for a checkpoint", needs=("EDIT", f"experiment {experiment_id}")):
             lm = self.client.create_logged_model(
                 experiment_id, name=name, source_run_id=run_id, tags=dict(tags)
             )
         return LoggedModelRef(lm.model_id, lm.artifact_location, dict(tags).get(T.QUEUE), tags)
 
     def get_files(self, model_id: str) -> LoggedModelRef:
-        with self._calling(f"read LoggedModel {model_id}"):
+        with self._calling(f"read LoggedModel {model_id}", needs=("READ", f"the experiment of LoggedModel {model_id}")):
             lm = self.client.get_logged_model(model_id)
         return LoggedModelRef(lm.model_id, lm.artifact_location, (lm.tags or {}).get(T.QUEUE), lm.tags)
 
     def logged_model_metrics(self, model_id: str) -> dict[str, float]:
         """The metrics linked to a checkpoint's LoggedModel (``save(metrics=...)``), newest step wins."""
-        with self._calling(f"read LoggedModel {model_id}"):
+        with self._calling(f"read LoggedModel {model_id}", needs=("READ", f"the experiment of LoggedModel {model_id}")):
             metrics = self.client.get_logged_model(model_id).metrics or []
         out: dict[str, tuple[int, float]] = {}
         for m in metrics:
@@ -463,11 +520,11 @@ class RegistryStore:
         """Tag the LoggedModel with MLflow's ``mlflow.modelVersions`` (what ``mlflow.register_model``
         writes): the UI's "Registered models" column then links it to its version."""
         value = json.dumps([{"name": name, "version": str(version)}])
-        with self._calling(f"link LoggedModel {model_id} to {name} v{version}"):
+        with self._calling(f"link LoggedModel {model_id} to {name} v{version}", needs=("EDIT", f"the experiment of LoggedModel {model_id}")):
             self.client.set_logged_model_tags(model_id, {T.MLFLOW_MODEL_VERSIONS: value})
 
     def set_description(self, name: str, version: int, description: str) -> None:
-        with self._calling(f"describe {name} v{version}"):
+        with self._calling(f"describe {name} v{version}", needs=("EDIT", f"registered model {name!r}")):
             self.client.update_model_version(name, str(version), description=description)
 
     def owns_location(self, location: str) -> bool:
@@ -493,17 +550,17 @@ class RegistryStore:
         return False
 
     def upload(self, files: LoggedModelRef, local_path: str | os.PathLike) -> None:
-        with self._calling(f"upload {Path(local_path).name} to {files.artifact_location}"):
+        with self._calling(f"upload {Path(local_path).name} to {files.artifact_location}", needs=("EDIT", f"the experiment of LoggedModel {files.model_id}")):
             self._repo(files.artifact_location).log_artifact(str(local_path))
 
     def list_sizes(self, files: LoggedModelRef) -> dict[str, int]:
         """Top-level file name -> size in bytes, as the artifact store reports it."""
-        with self._calling(f"list {files.artifact_location}"):
+        with self._calling(f"list {files.artifact_location}", needs=("READ", f"the experiment of LoggedModel {files.model_id}")):
             infos = self._repo(files.artifact_location).list_artifacts()
         return {Path(i.path).name: int(i.file_size or 0) for i in infos if not i.is_dir}
 
     def finalize(self, files: LoggedModelRef) -> None:
-        with self._calling(f"finalize LoggedModel {files.model_id}"):
+        with self._calling(f"finalize LoggedModel {files.model_id}", needs=("EDIT", f"the experiment of LoggedModel {files.model_id}")):
             self.client.finalize_logged_model(files.model_id, "READY")
 
     def download(
@@ -527,7 +584,7 @@ class RegistryStore:
             raise CheckpointNotFoundError(f"{', '.join(missing)} missing from {files.artifact_location}")
         repo = self._repo(files.artifact_location)
         for name in names:
-            with self._calling(f"download {name} from {files.artifact_location}"):
+            with self._calling(f"download {name} from {files.artifact_location}", needs=("READ", f"the experiment of LoggedModel {files.model_id}")):
                 try:
                     repo.download_artifacts(name, dst_path=str(dst))
                 except (FileNotFoundError, OSError) as exc:
@@ -552,7 +609,7 @@ class RegistryStore:
         """
         location = files.artifact_location.rstrip("/")
         parent, sep, leaf = location.rpartition(f"/models/{files.model_id}")
-        with self._calling(f"delete files at {location}"):
+        with self._calling(f"delete files at {location}", needs=("MANAGE", f"the experiment of LoggedModel {files.model_id}")):
             if sep and leaf in ("", "/artifacts"):
                 # <root>/models/<id>/artifacts: remove <id> itself, not just its contents.
                 self._repo(f"{parent}/models").delete_artifacts(files.model_id)
@@ -561,7 +618,7 @@ class RegistryStore:
 
     def delete_record(self, model_id: str) -> None:
         with contextlib.suppress(CheckpointNotFoundError), self._calling(
-            f"delete LoggedModel {model_id}"
+            f"delete LoggedModel {model_id}", needs=("MANAGE", f"the experiment of LoggedModel {model_id}")
         ):
             self.client.delete_logged_model(model_id)
 
@@ -571,7 +628,7 @@ class RegistryStore:
             return []
         out: list[QueueModel] = []
         token = None
-        with self._calling(f"list checkpoint files of {queue!r}"):
+        with self._calling(f"list checkpoint files of {queue!r}", needs=("READ", f"experiments {', '.join(experiment_ids)}")):
             while True:
                 page = self.client.search_logged_models(
                     list(experiment_ids),

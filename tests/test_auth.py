@@ -1,0 +1,184 @@
+"""A team's server with ``mlflow server --app-name basic-auth``: credentials and permissions.
+
+One basic-auth server per session (SQLite backend, its own auth database and
+config ini in a tmp folder; default permission READ). Users are created with
+MLflow's own auth client. Refusals are classified by MLflow's error code / HTTP
+status at the edge (``RegistryStore``) and reach the user as one line:
+
+* wrong or missing credentials: ``NotAuthenticatedError`` at the first request,
+  before any data is loaded;
+* a user with READ on the registered model can list, verify and restore, but a
+  save, ``keep`` (EDIT), ``unkeep`` and ``gc`` deletions (MANAGE) are refused
+  naming the permission.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mlflow_ddsp import CheckpointQueue
+from mlflow_ddsp import tags as T
+from mlflow_ddsp.checkpoint import CheckpointReader, RegistryStore
+from mlflow_ddsp.checkpoint.lease import lease_model_name
+from mlflow_ddsp.cli import main
+from mlflow_ddsp.errors import NotAuthenticatedError, PermissionDeniedError
+from mlflow_ddsp.local_server import LocalServer
+
+from conftest import tiny_config
+from registry_checks import versions_by_step
+
+pytestmark = pytest.mark.server
+
+ADMIN = "admin"
+
+
+class AuthServer:
+    def __init__(self, server: LocalServer, admin_password: str):
+        self.server = server
+        self.uri = server.uri
+        self.admin_password = admin_password
+        self.passwords: dict[str, str] = {ADMIN: admin_password}
+
+    def login(self, monkeypatch, user: str | None, password: str | None = None) -> None:
+        """Set the credentials MLflow's client sends (None: send none)."""
+        for var, value in (("MLFLOW_TRACKING_USERNAME", user),
+                           ("MLFLOW_TRACKING_PASSWORD", password if password is not None else self.passwords.get(user))):  # fmt: skip
+            if value is None:
+                monkeypatch.delenv(var, raising=False)
+            else:
+                monkeypatch.setenv(var, value)
+
+    def admin_client(self, monkeypatch):
+        from mlflow.server import get_app_client
+
+        self.login(monkeypatch, ADMIN)
+        return get_app_client("basic-auth", tracking_uri=self.uri)
+
+    def create_user(self, monkeypatch, name: str) -> str:
+        password = secrets.token_urlsafe(12)
+        self.admin_client(monkeypatch).create_user(name, password)
+        self.passwords[name] = password
+        return name
+
+
+@pytest.fixture(scope="session")
+def auth_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-basic-auth")
+    admin_password = secrets.token_urlsafe(16)
+    ini = root / "basic_auth.ini"
+    ini.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{root / 'basic_auth.db'}\n"
+        f"admin_username = {ADMIN}\n"
+        f"admin_password = {admin_password}\n"
+        "auth_cache_ttl_seconds = 300\n"  # else every request re-hashes the password (seconds on a busy CPU)
+    )
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    with LocalServer(root, app_name="basic-auth", env=env) as server:
+        yield AuthServer(server, admin_password)
+
+
+@pytest.fixture
+def team(auth_server, monkeypatch, model_name):
+    """A writer (who saves ``model_name`` at steps 10, 20, 30) and a reader with READ on it."""
+    suffix = model_name[-6:]
+    writer = auth_server.create_user(monkeypatch, f"writer-{suffix}")
+    reader = auth_server.create_user(monkeypatch, f"reader-{suffix}")
+    auth_server.login(monkeypatch, writer)
+    with CheckpointQueue(model_name, 10, 20, tracking_uri=auth_server.uri, experiment=f"exp-{model_name}") as queue:
+        model = torch.nn.Linear(4, 4)
+        for step in (10, 20, 30):
+            queue.save(step, model).result()
+    admin = auth_server.admin_client(monkeypatch)
+    admin.grant_user_permission(reader, "registered_model", model_name, "READ")
+    return writer, reader
+
+
+def cli(uri: str, *args: str):
+    return CliRunner().invoke(main, ["--tracking-uri", uri, *args])
+
+
+def assert_one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+
+
+def test_valid_credentials_save_and_read_back(team, auth_server, model_name, monkeypatch):
+    writer, _ = team
+    auth_server.login(monkeypatch, writer)
+    assert versions_by_step(RegistryStore(auth_server.uri), model_name) == {20: "force_saved", 30: "rolling"}
+    result = cli(auth_server.uri, "verify", model_name)
+    assert result.exit_code == 0 and "2 versions verified, no problems" in result.output
+
+
+@pytest.mark.parametrize("credentials", ["wrong-password", "unknown-user", "none"])
+def test_bad_or_missing_credentials_fail_at_start_in_one_line(auth_server, tmp_path, model_name, monkeypatch, credentials):
+    if credentials == "none":
+        auth_server.login(monkeypatch, None)
+    else:
+        user = ADMIN if credentials == "wrong-password" else "nobody"
+        auth_server.login(monkeypatch, user, "not-the-password")
+    # No data at all: had training loaded data first, it would fail otherwise.
+    config = tiny_config(tmp_path / "no-such-data", tmp_path / "tiny.yaml", model_name)
+    result = cli(auth_server.uri, "train", "-c", str(config))
+    assert_one_line_error(result, "HTTP 401", "MLFLOW_TRACKING_USERNAME")
+    assert ("without credentials" in result.output) == (credentials == "none")
+    with pytest.raises(NotAuthenticatedError):
+        CheckpointQueue(model_name, 10, 20, tracking_uri=auth_server.uri, experiment=f"exp-{model_name}")
+
+
+def test_a_reader_lists_verifies_and_restores_but_cannot_save(team, auth_server, model_name, monkeypatch):
+    _, reader = team
+    auth_server.login(monkeypatch, reader)
+    listing = cli(auth_server.uri, "versions", model_name)
+    assert listing.exit_code == 0 and listing.output.count("\n") == 3, listing.output
+    verified = cli(auth_server.uri, "verify", model_name)
+    assert verified.exit_code == 0 and "2 versions verified, no problems" in verified.output, verified.output
+    restored = CheckpointReader(model_name, tracking_uri=auth_server.uri).fetch()
+    assert restored is not None and restored.version.step == 30
+
+    with pytest.raises(PermissionDeniedError, match=rf"user '{reader}' lacks the EDIT permission on registered model '{model_name}' \(HTTP 403\)"):
+        CheckpointQueue(model_name, 10, 20, tracking_uri=auth_server.uri, experiment=f"exp-{model_name}")
+    store = RegistryStore(auth_server.uri)
+    assert not store.registered_model_exists(lease_model_name(model_name)), "the refused writer left its lease"
+    assert versions_by_step(store, model_name) == {20: "force_saved", 30: "rolling"}
+
+
+def test_keep_unkeep_and_gc_name_the_permission_they_need(team, auth_server, model_name, monkeypatch):
+    writer, reader = team
+    auth_server.login(monkeypatch, writer)
+    store = RegistryStore(auth_server.uri)
+    rolling = next(v for v in store.list_versions(model_name) if v.step == 30)
+    experiment = store.experiment_ids(model_name)[0]
+    orphan = store.create_files(experiment, "crashed", None, {T.QUEUE: model_name, T.STEP: "40", T.KIND: "rolling"})
+    with tempfile.TemporaryDirectory() as tmp:
+        partial = f"{tmp}/model_40.pt"
+        open(partial, "wb").write(b"\0" * 100)
+        store.upload(orphan, partial)
+
+    auth_server.login(monkeypatch, reader)
+    assert_one_line_error(cli(auth_server.uri, "keep", model_name, str(rolling.version)), "EDIT permission", "HTTP 403")
+    assert_one_line_error(cli(auth_server.uri, "gc", model_name), "permission on", "HTTP 403")
+
+    admin = auth_server.admin_client(monkeypatch)
+    admin.revoke_user_permission(reader, "registered_model", model_name)
+    admin.grant_user_permission(reader, "registered_model", model_name, "EDIT")
+    auth_server.login(monkeypatch, reader)
+    kept = cli(auth_server.uri, "keep", model_name, str(rolling.version))
+    assert kept.exit_code == 0, kept.output
+    assert_one_line_error(cli(auth_server.uri, "unkeep", model_name, str(rolling.version)), "MANAGE permission", "HTTP 403")
+    assert_one_line_error(cli(auth_server.uri, "gc", model_name), "MANAGE permission", "HTTP 403")
+    auth_server.login(monkeypatch, writer)  # the writer created the model and experiment: MANAGE
+    assert cli(auth_server.uri, "unkeep", model_name, str(rolling.version)).exit_code == 0
+    assert cli(auth_server.uri, "gc", model_name).exit_code == 0
+    assert orphan.model_id not in {m.model_id for m in store.queue_models(model_name, [experiment])}
