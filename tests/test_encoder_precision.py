@@ -161,11 +161,12 @@ def test_converter_takes_the_precision_and_names_the_setting_in_errors():
         VoiceConverter(model, cfg, encoder_precision="half", encoder_precision_key="MLFLOW_DDSP_ENCODER_PRECISION")
 
 
-def test_cli_rejects_an_unknown_precision_in_one_line():
+def test_cli_rejects_an_unknown_precision_in_one_line(tmp_path):
     from mlflow_ddsp.cli import main
 
+    (tmp_path / "a.wav").write_bytes(b"")  # -i must exist; the cwd is tmp_path
     result = CliRunner().invoke(main, ["infer", "-m", "models:/x/1", "-i", "a.wav", "-o", "b.wav",
                                        "--encoder-precision", "fp16"])  # fmt: skip
     assert result.exit_code == 2
     assert "Invalid value for '--encoder-precision': 'fp16' is not one of 'auto', 'fp32', 'int8'" in result.output
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
