@@ -1,18 +1,21 @@
 """Training throughput on the CPU: ours against upstream DDSP-SVC's own ``solver.py``, side by side.
 
-Both trainers run in this one process on the same preprocessed demo data with the
-same model (``projects/demo/config.yaml``: CombSubFast, batch 4 x 1 s crops,
-lr 1e-3, AdamW, random-scale spectral loss 256..2048 x 4), each in its own thread,
-taking turns step by step (ours, upstream, ours, ...), so machine load hits both
-alike. Each side keeps its own global RNG state (swapped at every turn), so it
-draws the random numbers it would draw alone. A step is timed from handing out
-its batch (data loading included) to asking for the next one; printed are
-steps/s (wall) and CPU ms/step (process CPU time, all threads; only one side
-runs at a time) for the first and the last ``--window`` steps, their ratio
-(end/start: 1.00 is flat) and ours/upstream. Every ``--eval-every`` steps both
-models are scored, outside the timing, with one common loss: our fixed-scale
-spectral loss (FFT 480, 928, 1376, 1824) on the whole validation files, noise
-seeded alike.
+Both trainers train on the same preprocessed demo data with the same model
+(``projects/demo/config.yaml``: CombSubFast, batch 4 x 1 s crops, lr 1e-3, AdamW,
+random-scale spectral loss 256..2048 x 4), each in the main thread of its own
+process (as ``mlflow-ddsp train`` and upstream's ``train.py`` run), taking turns
+step by step (ours, upstream, ours, ...) under a coordinator, so machine load
+hits both alike. A step is timed from handing out its batch (data loading
+included) to asking for the next one; printed are steps/s (wall) and CPU
+ms/step (the process's CPU time, all its threads) for the first and the last
+``--window`` steps, their ratio (end/start: 1.00 is flat) and ours/upstream.
+Every ``--eval-every`` steps both models are scored, outside the timing, with one
+common loss: our fixed-scale spectral loss (FFT 480, 928, 1376, 1824) on the
+whole validation files, noise seeded alike.
+
+Threads: ours uses what ``mlflow-ddsp train`` uses (``train.num_threads``, default
+1 on the CPU), upstream torch's default (one per core); ``--threads N`` gives
+both N, which compares the training code alone.
 
 Ours is :class:`mlflow_ddsp.training.loop.TrainLoop` as ``mlflow-ddsp train``
 builds it (no-op checkpointer and tracker, no progress bar); upstream is
@@ -36,11 +39,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 import types
 from dataclasses import dataclass, field
@@ -192,24 +197,18 @@ class _Side:
     error: BaseException | None = None
 
 
-class _Baton:
-    """Lets the sides run one step at a time in turn; a finished side steps aside for good."""
+class _PipeBaton:
+    """This process's turn: wait for a byte from the coordinator, answer with one after a step."""
 
-    def __init__(self, names):
-        self.order, self.turn, self.finished = list(names), names[0], set()
-        self.cond = threading.Condition()
+    def __init__(self, go_fd: int, done_fd: int):
+        self.go, self.done = go_fd, done_fd
 
     def wait(self, name):
-        with self.cond:
-            self.cond.wait_for(lambda: self.turn == name)
+        if os.read(self.go, 1) != b"g":
+            raise SystemExit(f"{name}: the coordinator went away")
 
     def pass_on(self, name, finished=False):
-        with self.cond:
-            if finished:
-                self.finished.add(name)
-            others = [n for n in self.order if n != name and n not in self.finished]
-            self.turn = others[0] if others else None if finished else name
-            self.cond.notify_all()
+        os.write(self.done, b"f" if finished else b"d")
 
 
 class _TurnTakingLoader:
@@ -297,91 +296,118 @@ class _NoTracking:
         return None
 
 
-def side_by_side(upstream_path: Path, steps: int, seed: int, window: int, eval_every: int, threads: int | None) -> None:
-    from mlflow_ddsp.training.data import make_loaders
-    from mlflow_ddsp.training.loop import TrainLoop
+def _overrides(workdir: Path, steps: int, seed: int) -> list[str]:
+    return [f"data.train_path={workdir / 'demo/train'}", f"data.valid_path={workdir / 'demo/val'}",
+            f"train.seed={seed}", f"train.max_steps={steps}", f"train.interval_val={10 * steps}",
+            "train.interval_force_save=null"]  # fmt: skip
 
-    if threads:
-        torch.set_num_threads(threads)
+
+def worker(name: str, workdir: Path, upstream_path: Path, steps: int, seed: int, eval_every: int,
+           threads: int | None, go_fd: int, done_fd: int, out: Path) -> None:  # fmt: skip
+    """One trainer in this process's main thread, stepping when the coordinator says so."""
+    cfg = load_config(DEMO, _overrides(workdir, steps, seed))
+    common = FixedScaleSpectralLoss.from_range(cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale)
+    baton = _PipeBaton(go_fd, done_fd)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    if name == "ours":
+        from mlflow_ddsp.training.data import make_loaders
+        from mlflow_ddsp.training.loop import TrainLoop
+        from mlflow_ddsp.training.session import intra_op_threads, training_threads
+
+        threads_here = threads or training_threads(cfg, torch.device("cpu"))  # what `mlflow-ddsp train` uses
+        model = build_model_from_config(cfg)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        train_loader, valid_loader = make_loaders(cfg)
+    else:
+        up = import_upstream(upstream_path, workdir / "upstream")
+        args = up.utils.load_config(workdir / "upstream.yaml")
+        threads_here = threads  # upstream's train.py leaves torch's default
+        model = up.vocoder.CombSubFast(sampling_rate=args.data.sampling_rate, block_size=args.data.block_size,
+                                       n_unit=args.data.encoder_out_channels, n_spk=args.model.n_spk)  # fmt: skip
+        optimizer = torch.optim.AdamW(model.parameters())
+        for group in optimizer.param_groups:  # as upstream's train.py
+            group["lr"], group["weight_decay"] = args.train.lr, args.train.weight_decay
+        up_loss = up.loss.RSSLoss(args.loss.fft_min, args.loss.fft_max, args.loss.n_scale, device="cpu")
+        train_loader, up_valid = up.data_loaders.get_data_loaders(args, whole_audio=False)
+        from mlflow_ddsp.training.data import make_loaders
+
+        valid_loader = make_loaders(cfg)[1]  # the same files, for the common loss only
+    side = _Side(name, model, steps, rng=(torch.get_rng_state(), random.getstate()))
+    valid_batches = list(valid_loader)
+
+    def evaluate(side: _Side, step: int) -> None:
+        side.evals[step] = _common_loss(side.model, valid_batches, common, upstream=name == "upstream")
+
+    loader = _TurnTakingLoader(train_loader, side, baton, evaluate, eval_every)
+    if threads_here:
+        torch.set_num_threads(threads_here)
+    try:
+        if True:
+            if name == "ours":
+                TrainLoop(model=model, optimizer=optimizer, loss_fn=RandomScaleSpectralLoss(
+                    cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale), validation_loss_fn=common,
+                    train_loader=loader, valid_loader=valid_loader, checkpointer=_NoCheckpoints(),
+                    tracker=_NoTracking(), device=torch.device("cpu"), interval_log=cfg.train.interval_log,
+                    interval_val=10 * steps, epochs=cfg.train.epochs, max_steps=steps + 1,
+                    progress=False).run(0)  # fmt: skip
+            else:
+                with contextlib.redirect_stdout(sys.stderr):
+                    up.solver.train(args, 0, model, optimizer, up_loss, loader, up_valid)
+    except _Done:
+        pass
+    out.write_text(json.dumps({"times": side.times, "evals": side.evals, "threads": torch.get_num_threads(),
+                               "flush_denormal": _flushes_denormals()}))  # fmt: skip
+
+
+def side_by_side(upstream_path: Path, steps: int, seed: int, window: int, eval_every: int, threads: int | None) -> None:
+    """Prepare data and upstream, then run both trainers in their own processes, one step each in turn."""
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
         workdir = Path(tmp)
-        overrides = [f"data.train_path={workdir / 'demo/train'}", f"data.valid_path={workdir / 'demo/val'}",
-                     f"train.seed={seed}", f"train.max_steps={steps}", f"train.interval_val={10 * steps}",
-                     "train.interval_force_save=null"]  # fmt: skip
-        _demo_data(workdir, overrides)
-        cfg = load_config(DEMO, overrides)
-        up = import_upstream(upstream_path.resolve(), workdir / "upstream")
-
-        # Upstream's config: the same values, in its own file layout.
-        raw = yaml.safe_load(DEMO.read_text())
+        _demo_data(workdir, _overrides(workdir, steps, seed))
+        src = upstream_path.resolve()
+        for rel in ("solver.py", "data_loaders.py", "ddsp/vocoder.py"):
+            if not (src / rel).is_file():
+                sys.exit(f"--upstream {upstream_path}: {rel} is missing; give a checkout of github.com/yxlllc/DDSP-SVC")
+        raw = yaml.safe_load(DEMO.read_text())  # upstream's config: the same values, in its own layout
         raw["data"].update(train_path=str(workdir / "demo/train"), valid_path=str(workdir / "demo/val"))
         raw["env"] = {"expdir": str(workdir / "upstream-exp"), "gpu_id": 0}
         raw["train"].update(interval_val=10 * steps, interval_log=10 * steps)
         (workdir / "upstream.yaml").write_text(yaml.safe_dump(raw))
-        args = up.utils.load_config(workdir / "upstream.yaml")
 
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed)
-        ours_model = build_model_from_config(cfg)
-        ours_opt = torch.optim.AdamW(ours_model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        ours_train, ours_valid = make_loaders(cfg)
-        ours_rng = (torch.get_rng_state(), random.getstate())
-
-        torch.manual_seed(seed)
-        random.seed(seed)
-        up_model = up.vocoder.CombSubFast(sampling_rate=args.data.sampling_rate, block_size=args.data.block_size,
-                                          n_unit=args.data.encoder_out_channels, n_spk=args.model.n_spk)  # fmt: skip
-        up_opt = torch.optim.AdamW(up_model.parameters())
-        for group in up_opt.param_groups:  # as upstream's train.py
-            group["lr"], group["weight_decay"] = args.train.lr, args.train.weight_decay
-        up_loss = up.loss.RSSLoss(args.loss.fft_min, args.loss.fft_max, args.loss.n_scale, device="cpu")
-        up_train, up_valid = up.data_loaders.get_data_loaders(args, whole_audio=False)
-        up_rng = (torch.get_rng_state(), random.getstate())
-
-        common = FixedScaleSpectralLoss.from_range(cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale)
-        valid_batches = list(ours_valid)
-        ours = _Side("ours", ours_model, steps, rng=ours_rng)
-        upstream = _Side("upstream", up_model, steps, rng=up_rng)
-        baton = _Baton(["ours", "upstream"])
-
-        def evaluate(side: _Side, step: int) -> None:
-            side.evals[step] = _common_loss(side.model, valid_batches, common, upstream=side is upstream)
-
-        loop = TrainLoop(model=ours_model, optimizer=ours_opt, loss_fn=RandomScaleSpectralLoss(
-            cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale), validation_loss_fn=common,
-            train_loader=_TurnTakingLoader(ours_train, ours, baton, evaluate, eval_every), valid_loader=ours_valid,
-            checkpointer=_NoCheckpoints(), tracker=_NoTracking(), device=torch.device("cpu"),
-            interval_log=cfg.train.interval_log, interval_val=10 * steps, epochs=cfg.train.epochs,
-            max_steps=steps + 1, progress=False)  # fmt: skip
-        up_loader = _TurnTakingLoader(up_train, upstream, baton, evaluate, eval_every)
-
-        def run(side: _Side, target) -> None:
-            try:
-                with contextlib.redirect_stdout(sys.stderr) if side is upstream else contextlib.nullcontext():
-                    target()
-            except _Done:
-                pass
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                side.error = exc
-                baton.pass_on(side.name, finished=True)
-
-        threads_ = [
-            threading.Thread(target=run, args=(ours, lambda: loop.run(0))),
-            threading.Thread(target=run, args=(upstream, lambda: up.solver.train(
-                args, 0, up_model, up_opt, up_loss, up_loader, up_valid))),  # fmt: skip
-        ]
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, flush_denormal "
-              f"{'on' if _flushes_denormals() else 'off'} in the main thread; seed {seed}, {steps} steps each, "
-              f"turns interleaved; upstream {upstream_path}", flush=True)  # fmt: skip
-        for t in threads_:
-            t.start()
-        for t in threads_:
-            t.join()
-        for side in (ours, upstream):
-            if side.error is not None:
-                raise side.error
-        report(ours, upstream, window)
+        procs, pipes, results = {}, {}, {}
+        for name in ("ours", "upstream"):
+            go_r, go_w = os.pipe()
+            done_r, done_w = os.pipe()
+            out = workdir / f"{name}.json"
+            cmd = [sys.executable, __file__, "--worker", name, "--workdir", str(workdir), "--steps", str(steps),
+                   "--seed", str(seed), "--eval-every", str(eval_every), "--fds", f"{go_r},{done_w}",
+                   "--out", str(out), "--upstream", str(src)] + (["--threads", str(threads)] if threads else [])  # fmt: skip
+            procs[name] = subprocess.Popen(cmd, pass_fds=(go_r, done_w), stdout=subprocess.DEVNULL)
+            os.close(go_r)
+            os.close(done_w)
+            pipes[name], results[name] = (go_w, done_r), out
+        print(f"torch {torch.__version__}; seed {seed}, {steps} steps each, one step each in turn, each trainer "
+              f"in its own process; upstream {upstream_path}", flush=True)  # fmt: skip
+        alive = ["ours", "upstream"]
+        while alive:
+            for name in list(alive):
+                go_w, done_r = pipes[name]
+                os.write(go_w, b"g")
+                answer = os.read(done_r, 1)
+                if answer != b"d":  # b"f": its last step; b"": it failed (its stderr says why)
+                    alive.remove(name)
+                    os.close(go_w)
+        for name, proc in procs.items():
+            if proc.wait() != 0:
+                sys.exit(f"the {name} trainer failed (exit {proc.returncode})")
+        sides = {}
+        for name, out in results.items():
+            data = json.loads(out.read_text())
+            sides[name] = _Side(name, None, steps, times=data["times"], evals={int(k): v for k, v in data["evals"].items()})
+            print(f"{name}: {data['threads']} intra-op thread(s), flush_denormal {'on' if data['flush_denormal'] else 'off'}")
+        report(sides["ours"], sides["upstream"], window)
 
 
 def _flushes_denormals() -> bool:
@@ -422,10 +448,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--window", type=int, default=50, help="steps averaged at the start and at the end")
     parser.add_argument("--eval-every", type=int, default=200, help="score both models every this many steps")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads for both (default: ours its own train.num_threads rule, upstream torch's)")
     parser.add_argument("--model-only", action="store_true", help="bare training steps of the project configs")
+    parser.add_argument("--worker", choices=["ours", "upstream"], help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--fds", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.model_only:
+    if args.worker:
+        go_fd, done_fd = (int(x) for x in args.fds.split(","))
+        worker(args.worker, args.workdir, args.upstream, args.steps, args.seed, args.eval_every, args.threads, go_fd, done_fd, args.out)
+    elif args.model_only:
         model_only(args.steps)
     elif args.upstream is None:
         parser.error("give --upstream PATH (a DDSP-SVC checkout), or --model-only")

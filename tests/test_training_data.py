@@ -1,4 +1,4 @@
-"""Training/validation data: upstream's float16 cache semantics (``train.cache_fp16``)."""
+"""Training data (upstream's float16 cache semantics, ``train.cache_fp16``) and CPU training threads."""
 
 from __future__ import annotations
 
@@ -63,3 +63,27 @@ def test_without_cache_fp16_training_audio_is_float32_throughout(demo_data, tmp_
     expected = _upstream_item_audio(record.audio, 7, record.duration, cfg.data.duration,
                                     cfg.data.block_size, cfg.data.sampling_rate)  # fmt: skip
     assert torch.equal(item["audio"], expected)
+
+
+def test_cpu_training_uses_one_intra_op_thread_unless_configured_and_restores_torchs(demo_data, tmp_path):
+    from mlflow_ddsp.training.session import intra_op_threads, training_threads
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    default = load_config(tiny_config(demo_data, tmp_path / "a.yaml", "threads"))
+    assert default.train.num_threads is None
+    assert training_threads(default, cpu) == 1  # busy cores: one thread per core collapses (see the bench)
+    two = load_config(tmp_path / "a.yaml", ["train.num_threads=2"])
+    assert training_threads(two, cpu) == 2
+    assert training_threads(two, cuda) is None  # left to torch on CUDA
+
+    before = torch.get_num_threads()
+    inside = 2 if before == 1 else 1
+    with intra_op_threads(inside):
+        assert torch.get_num_threads() == inside
+    assert torch.get_num_threads() == before
+    try:
+        with intra_op_threads(inside):
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert torch.get_num_threads() == before

@@ -36,7 +36,7 @@ from .loop import TrainLoop
 from .tracker import MlflowTracker
 from .trainer_state import TrainerState, seed_everything
 
-__all__ = ["TrainResult", "train", "resolve_device"]
+__all__ = ["TrainResult", "train", "resolve_device", "training_threads", "intra_op_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,41 @@ def train(
         log.warning("data.f0_extractor=%r needs model weights that cannot be loaded here; the features "
                     "were extracted with 'parselmouth'", cfg.data.f0_extractor)  # fmt: skip
     device = ctx.device(resolve_device(cfg.device))
+    with intra_op_threads(training_threads(cfg, device)):
+        return _train(cfg, ctx, device, tracking_uri, takeover, init_from, progress)
+
+
+def training_threads(cfg: Config, device: torch.device) -> int | None:
+    """Intra-op CPU threads to train with: ``train.num_threads``, default 1 on the CPU; None on CUDA.
+
+    Torch's default (one thread per core) collapses when the cores are busy: each
+    operator ends in a barrier that waits for the slowest thread, and a thread that
+    the OS has paused stalls the step. On a 2-core machine with other work running
+    (load ~12), a CombSubFast demo step cost ~1.6-3.2 s of CPU and 2-9 s of wall
+    time with 2 threads against ~0.26 s and ~0.6-0.75 s with 1 (interleaved, same
+    process; ``bench/train_throughput.py``). Torchrun likewise defaults to 1 thread
+    per process.
+    """
+    if device.type != "cpu":
+        return None
+    return cfg.train.num_threads or 1
+
+
+@contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)`` (None: unchanged), then restore."""
+    previous = torch.get_num_threads()
+    if threads is not None and threads != previous:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
+def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_uri: str | None, takeover: bool,
+           init_from: str | None, progress: bool) -> TrainResult:  # fmt: skip
     # The writer lease first, before loading data or creating a run: a second
     # writer is refused in a second, leaving nothing behind.
     store = lease = None
