@@ -218,6 +218,7 @@ class _TurnTakingLoader:
         self.loader, self.side, self.baton, self.evaluate, self.eval_every = loader, side, baton, evaluate, eval_every
         self.sampler, self.batch_size = getattr(loader, "sampler", None), loader.batch_size
         self.started = None
+        self.holding = False  # the turn carries over an epoch's end
 
     def __len__(self):
         return len(self.loader)
@@ -241,7 +242,10 @@ class _TurnTakingLoader:
         while True:
             if self.started is not None:
                 self._end_step()  # raises _Done after the last step
-            self.baton.wait(self.side.name)
+            if self.holding:
+                self.holding = False  # a new epoch: the turn is still this side's
+            else:
+                self.baton.wait(self.side.name)
             torch.set_rng_state(self.side.rng[0])
             random.setstate(self.side.rng[1])
             self.started = (time.perf_counter(), time.process_time())
@@ -250,7 +254,7 @@ class _TurnTakingLoader:
                 batch = next(iterator)
             except StopIteration:
                 # The epoch ended; this side keeps its turn and its next batch starts the step.
-                self.started = None
+                self.started, self.holding = None, True
                 self.side.rng = (torch.get_rng_state(), random.getstate())
                 return
             yield batch
