@@ -250,7 +250,8 @@ class _TurnTakingLoader:
             random.setstate(self.side.rng[1])
             self.started = (time.perf_counter(), time.process_time())
             try:
-                iterator = iterator or iter(self.loader)  # a shuffle draws from this side's RNG
+                if iterator is None:
+                    iterator = iter(self.loader)  # a shuffle draws from this side's RNG
                 batch = next(iterator)
             except StopIteration:
                 # The epoch ended; this side keeps its turn and its next batch starts the step.
@@ -348,17 +349,16 @@ def worker(name: str, workdir: Path, upstream_path: Path, steps: int, seed: int,
     if threads_here:
         torch.set_num_threads(threads_here)
     try:
-        if True:
-            if name == "ours":
-                TrainLoop(model=model, optimizer=optimizer, loss_fn=RandomScaleSpectralLoss(
-                    cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale), validation_loss_fn=common,
-                    train_loader=loader, valid_loader=valid_loader, checkpointer=_NoCheckpoints(),
-                    tracker=_NoTracking(), device=torch.device("cpu"), interval_log=cfg.train.interval_log,
-                    interval_val=10 * steps, epochs=cfg.train.epochs, max_steps=steps + 1,
-                    progress=False).run(0)  # fmt: skip
-            else:
-                with contextlib.redirect_stdout(sys.stderr):
-                    up.solver.train(args, 0, model, optimizer, up_loss, loader, up_valid)
+        if name == "ours":
+            TrainLoop(model=model, optimizer=optimizer, loss_fn=RandomScaleSpectralLoss(
+                cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale), validation_loss_fn=common,
+                train_loader=loader, valid_loader=valid_loader, checkpointer=_NoCheckpoints(),
+                tracker=_NoTracking(), device=torch.device("cpu"), interval_log=cfg.train.interval_log,
+                interval_val=10 * steps, epochs=cfg.train.epochs, max_steps=steps + 1,
+                progress=False).run(0)  # fmt: skip
+        else:
+            with contextlib.redirect_stdout(sys.stderr):
+                up.solver.train(args, 0, model, optimizer, up_loss, loader, up_valid)
     except _Done:
         pass
     out.write_text(json.dumps({"times": side.times, "evals": side.evals, "threads": torch.get_num_threads(),
