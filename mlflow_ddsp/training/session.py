@@ -125,8 +125,9 @@ def training_threads(cfg: Config, device: torch.device) -> int | None:
     the OS has paused stalls the step. On a 2-core machine with other work running
     (load ~12), a CombSubFast demo step cost ~1.6-3.2 s of CPU and 2-9 s of wall
     time with 2 threads against ~0.26 s and ~0.6-0.75 s with 1 (interleaved, same
-    process; ``bench/train_throughput.py``). Torchrun likewise defaults to 1 thread
-    per process.
+    process); at load ~1.5 still 0.63-0.86 s of CPU against 0.26 s, and 2.25 against
+    3.65 steps/s (``bench/train_throughput.py``). Torchrun likewise defaults to 1
+    thread per process. ``train.num_threads`` raises it for dedicated idle cores.
     """
     if device.type != "cpu":
         return None
