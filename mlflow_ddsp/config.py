@@ -154,6 +154,10 @@ class TrainConfig:
     save_opt: bool = False
     max_steps: int | None = None  # ours: stop at this global step
     seed: int = 0  # ours: seeds initialisation, data order and augmentation (exact resume needs one)
+    # ours: intra-op CPU threads while training on the CPU (torch.set_num_threads); null: 1. More
+    # threads only pay on dedicated idle cores: on a shared 2-core machine 2 threads cost 2.5-6x the
+    # CPU per step of 1 (see bench/train_throughput.py). Ignored on CUDA.
+    num_threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -336,6 +340,8 @@ def _check_ranges(cfg: Config) -> None:
     positive("train.lr", t.lr)
     if t.num_workers < 0:
         raise ConfigError(f"train.num_workers={t.num_workers} must be >= 0")
+    if t.num_threads is not None:
+        positive("train.num_threads", t.num_threads)
     if t.weight_decay < 0:
         raise ConfigError(f"train.weight_decay={t.weight_decay} must be >= 0")
     if t.max_steps is not None:

@@ -93,6 +93,8 @@ def test_shipped_project_configs_are_valid(name):
         ({"train": {"interval_val": 2000, "interval_force_save": 3000}},
          r"train.interval_force_save=3000 must be a positive multiple of train.interval_val=2000"),
         ({"train": {"amp_dtype": "fp8"}}, r"train.amp_dtype='fp8' must be one of fp32, fp16, bf16"),
+        ({"train": {"num_threads": 0}}, r"train.num_threads=0 must be > 0"),
+        ({"train": {"num_threads": 1.5}}, r"train.num_threads=1.5 must be a whole number"),
         ({"data": {"f0_min": 900}}, r"data.f0_max=800.0 must be above data.f0_min=900.0"),
         ({"data": {"f0_extractor": "yin"}},
          r"data.f0_extractor='yin' is not an f0 extractor; allowed: parselmouth, dio, harvest, fcpe, crepe, crepe-tiny, rmvpe"),

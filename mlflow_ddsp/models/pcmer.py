@@ -80,12 +80,17 @@ def softmax_kernel_features(data: Tensor, projection_matrix: Tensor, is_query: b
     """
     normalizer = data.shape[-1] ** -0.25
     ratio = projection_matrix.shape[0] ** -0.5
-    projected = (normalizer * data) @ projection_matrix.type_as(data).t()
-    half_sq_norm = (data**2).sum(dim=-1, keepdim=True) / 2.0 * normalizer**2
+    projected = (normalizer * data) @ projection_matrix.type_as(data).t()  # [B, H, T, M]
+    half_sq_norm = (data**2).sum(dim=-1, keepdim=True) / 2.0 * normalizer**2  # [B, H, T, 1]
+    # Upstream's ratio * (exp(projected - half_sq_norm - max) + eps) for queries and
+    # ratio * exp(projected - half_sq_norm + eps) for keys, with every per-row term
+    # (ratio as + log(ratio)) folded into one [B, H, T, 1] shift: one subtraction, one
+    # exp (and one add) over the [B, H, T, M] features instead of four or five, in the
+    # forward and the backward pass; the values agree with upstream's to float rounding.
     if is_query:
-        stable = projected - half_sq_norm - projected.max(dim=-1, keepdim=True).values
-        return ratio * (torch.exp(stable) + eps)
-    return ratio * torch.exp(projected - half_sq_norm + eps)
+        shift = half_sq_norm + projected.max(dim=-1, keepdim=True).values - math.log(ratio)
+        return torch.exp(projected - shift) + ratio * eps
+    return torch.exp(projected - (half_sq_norm - (eps + math.log(ratio))))
 
 
 def linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

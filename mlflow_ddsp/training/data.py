@@ -9,8 +9,12 @@
   ``train.seed``, the epoch and the item's place in it (:class:`EpochSampler`),
   so a resumed run sees exactly the data an uninterrupted run would, whatever
   the number of loader workers.
-* ``train.cache_all_data`` keeps audio and units in memory (``cache_fp16``:
-  as float16); f0 and volume are always in memory.
+* ``train.cache_all_data`` keeps audio and units in memory; f0 and volume are
+  always in memory. With ``cache_fp16`` the *training* audio and units are kept
+  as float16 and the training audio stays float16 through the random gain (the
+  product is rounded to float16, then widened to float32 for the loss), as
+  upstream's ``data_loaders.py`` does; the validation set is never cached in
+  float16 (upstream builds it without ``fp16``).
 
 Item shapes: ``audio [N]``, ``units [T, C]``, ``f0 [T, 1]``, ``volume [T, 1]``,
 ``spk_id [1]`` (long), with ``N = T * block_size``; a batch adds a leading ``B``.
@@ -60,9 +64,21 @@ class AudioDataset(Dataset):
         root: ``data.train_path`` or ``data.valid_path``.
         whole_audio: yield whole recordings (validation) instead of random crops.
         augment: apply the random gain (training).
+        cache: keep audio and units in memory; default ``train.cache_all_data``.
+        fp16: cache them as float16; default ``train.cache_fp16`` (:func:`make_loaders`
+            passes False for the validation set, as upstream).
     """
 
-    def __init__(self, root: str | Path, cfg: Config, *, whole_audio: bool, augment: bool, cache: bool | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        cfg: Config,
+        *,
+        whole_audio: bool,
+        augment: bool,
+        cache: bool | None = None,
+        fp16: bool | None = None,
+    ):
         self.root = Path(root)
         self.sampling_rate = cfg.data.sampling_rate
         self.block = cfg.data.block_size
@@ -70,7 +86,8 @@ class AudioDataset(Dataset):
         self.whole_audio = whole_audio
         self.augment = augment
         cache = cfg.train.cache_all_data if cache is None else cache
-        self.cache_dtype = torch.float16 if cfg.train.cache_fp16 else torch.float32
+        fp16 = cfg.train.cache_fp16 if fp16 is None else fp16
+        self.cache_dtype = torch.float16 if (cache and fp16) else torch.float32
         self.rels = list_audio(self.root, cfg.data.extensions)
         if not self.rels:
             raise ConfigError(
@@ -163,7 +180,7 @@ class AudioDataset(Dataset):
             units = units[frames]
         f0, volume = record.f0[frames], record.volume[frames]
         n_frames = min(n_frames, f0.shape[0], units.shape[0])
-        audio = audio[start_frame * self.block : (start_frame + n_frames) * self.block].float()
+        audio = audio[start_frame * self.block : (start_frame + n_frames) * self.block]  # cached dtype
         n_frames = min(n_frames, audio.shape[0] // self.block)
         audio = audio[: n_frames * self.block]
         f0, volume, units = f0[:n_frames], volume[:n_frames], units[:n_frames].float()
@@ -171,7 +188,9 @@ class AudioDataset(Dataset):
         if self.augment:
             peak = float(audio.abs().max()) + 1e-5
             gain = 10 ** rng.uniform(-1, min(1.0, math.log10(1 / peak)))
+            # In the cached dtype: float16 audio is rounded to float16 after the gain, as upstream.
             audio, volume = audio * gain, volume * gain
+        audio = audio.float()
         return {"audio": audio, "units": units, "f0": f0, "volume": volume, "spk_id": record.spk_id, "name": record.rel}
 
 
@@ -220,7 +239,8 @@ def make_loaders(
     (``batch_size`` per process, as upstream's batch size is per GPU).
     """
     train = AudioDataset(cfg.data.train_path, cfg, whole_audio=False, augment=True, cache=cache)
-    valid = AudioDataset(cfg.data.valid_path, cfg, whole_audio=True, augment=False, cache=cache)
+    # Upstream caches the validation set without fp16 whatever train.cache_fp16 says.
+    valid = AudioDataset(cfg.data.valid_path, cfg, whole_audio=True, augment=False, cache=cache, fp16=False)
     workers = cfg.train.num_workers
     train_loader = DataLoader(
         train,
