@@ -144,8 +144,12 @@ def test_kill_with_keep_last_3_and_a_protected_version(point, embedded, model_na
     check_crash_and_resume(embedded, model_name, point, 50, uninterrupted_weights, capsys, keep_last=3, protect_step=10)
 
 
+# Through a server, the four points that matter there are split between the plain
+# SQLite-backed server (below) and the team stacks (mid_upload, after_delete_version
+# on PostgreSQL, S3 proxied and S3 direct): every point runs on some server, and the
+# suite stays under its time budget. The embedded store runs all ten.
 @pytest.mark.server
-@pytest.mark.parametrize("point", ["mid_upload", "after_register", "after_delete_version", "after_delete_bytes"])
+@pytest.mark.parametrize("point", ["after_register", "after_delete_bytes"])
 def test_kill_during_rolling_save_through_server(point, mlflow_server, model_name, uninterrupted_weights, capsys):
     backend = Backend("server", mlflow_server.uri, mlflow_server.artifacts_dir, f"exp-{model_name}")
     check_crash_and_resume(backend, model_name, point, 50, uninterrupted_weights, capsys)

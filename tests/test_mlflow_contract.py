@@ -53,15 +53,13 @@ def test_a_version_registers_in_its_own_store_whatever_the_global_uri(embedded, 
     other = tmp_path / "other"
     other.mkdir()
     shutil.copyfile(sqlite_template, other / "mlflow.db")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{other}/mlflow.db")
-    try:
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(f"sqlite:///{other}/mlflow.db"):  # restores the unset global afterwards
         with CheckpointQueue(model_name, 10, None, tracking_uri=embedded.uri, experiment=embedded.experiment) as q:
             version = q.save(10, torch.nn.Linear(2, 2)).result()
         assert RegistryStore(embedded.uri).get_version(model_name, version.version).model_id == version.model_id
         assert mlflow.get_tracking_uri() == f"sqlite:///{other}/mlflow.db"  # restored after the call
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 def test_save_example_and_python_env_write_what_pyfunc_reads(tmp_path):

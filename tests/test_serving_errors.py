@@ -36,7 +36,7 @@ def answer(body: dict) -> tuple[int, dict]:
     [
         ({"dataframe_records": [{"samples": [], "sample_rate": 16000}]}, "the audio is empty"),
         ({"dataframe_records": [{"samples": [0.1] * 50000, "sample_rate": 8000}]}, "at most 5 s"),
-        ({"dataframe_records": [{"samples": [0.1, 0.2]}]}, "positive sample_rate"),
+        ({"dataframe_records": [{"samples": [0.1, 0.2]}]}, "samples need a sample_rate in 1..384000 Hz"),
         ({"dataframe_records": [{"audio_base64": "%%%"}]}, "not valid base64"),
         ({"dataframe_records": [{"samples": [0.1], "sample_rate": 16000}], "params": {"spk_mix": "1:x"}}, "is not SPEAKER_ID:WEIGHT"),
     ],
