@@ -14,8 +14,7 @@ common loss: our fixed-scale spectral loss (FFT 480, 928, 1376, 1824) on the
 whole validation files, noise seeded alike.
 
 Threads: ours uses what ``mlflow-ddsp train`` uses (``train.num_threads``, default
-1 on the CPU), upstream torch's default (one per core); ``--threads N`` gives
-both N, which compares the training code alone.
+torch's), upstream torch's default (one per core); ``--threads N`` gives both N.
 
 Ours is :class:`mlflow_ddsp.training.loop.TrainLoop` as ``mlflow-ddsp train``
 builds it (no-op checkpointer and tracker, no progress bar); upstream is

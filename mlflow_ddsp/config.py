@@ -154,9 +154,9 @@ class TrainConfig:
     save_opt: bool = False
     max_steps: int | None = None  # ours: stop at this global step
     seed: int = 0  # ours: seeds initialisation, data order and augmentation (exact resume needs one)
-    # ours: intra-op CPU threads while training on the CPU (torch.set_num_threads); null: 1. More
-    # threads only pay on dedicated idle cores: on a shared 2-core machine 2 threads cost 2.5-6x the
-    # CPU per step of 1 (see bench/train_throughput.py). Ignored on CUDA.
+    # ours: intra-op CPU threads while training on the CPU (torch.set_num_threads); null: torch's
+    # default (one per core), fastest on idle cores. On cores shared with other work set 1: there
+    # 2 threads cost 2.5-6x the CPU per step of 1 (see bench/train_throughput.py). Ignored on CUDA.
     num_threads: int | None = None
 
 

@@ -105,20 +105,19 @@ def train(
 
 
 def training_threads(cfg: Config, device: torch.device) -> int | None:
-    """Intra-op CPU threads to train with: ``train.num_threads``, default 1 on the CPU; None on CUDA.
+    """Intra-op CPU threads to train with: ``train.num_threads`` on the CPU; None (torch's own) otherwise.
 
-    Torch's default (one thread per core) collapses when the cores are busy: each
-    operator ends in a barrier that waits for the slowest thread, and a thread that
-    the OS has paused stalls the step. On a 2-core machine with other work running
-    (load ~12), a CombSubFast demo step cost ~1.6-3.2 s of CPU and 2-9 s of wall
-    time with 2 threads against ~0.26 s and ~0.6-0.75 s with 1 (interleaved, same
-    process); at load ~1.5 still 0.63-0.86 s of CPU against 0.26 s, and 2.25 against
-    3.65 steps/s (``bench/train_throughput.py``). Torchrun likewise defaults to 1
-    thread per process. ``train.num_threads`` raises it for dedicated idle cores.
+    Torch's default, one thread per core, is the fastest on idle cores: on this
+    project's idle 2-core machine upstream's trainer at 2 threads ran 6.2 steps/s
+    where ours at 1 thread ran 3.8 (``bench/train_throughput.py``). It collapses when
+    the cores are busy with other work: each operator ends in a barrier that waits
+    for the slowest thread, and a thread the OS has paused stalls the step (at load
+    ~12, a demo step cost 1.6-3.2 s of CPU with 2 threads against 0.26 s with 1).
+    ``train.num_threads: 1`` is the setting for shared machines.
     """
     if device.type != "cpu":
         return None
-    return cfg.train.num_threads or 1
+    return cfg.train.num_threads
 
 
 @contextmanager
