@@ -25,10 +25,12 @@ session, on first use). ``@pytest.mark.stack`` runs a test on every stack kind,
 ``@pytest.mark.stack("postgres")`` on the named ones, and ``stack_backend`` is a
 stack-only parameter:
 
-* all three kinds: save and retire with the bytes (the bucket listed), ``gc`` of an
-  orphaned upload, and the SIGKILL tests at ``mid_upload`` and ``after_delete_version``
-  (a partial upload and a retired version's bytes left behind: the next start removes
-  both, nothing orphaned in the bucket; the resume restores bit-identical weights);
+* all three kinds: save and retire with the bytes (the bucket listed) and ``gc`` of an
+  orphaned upload;
+* SIGKILL (``tests/test_crash_safety.py``): ``after_delete_version`` on both S3 kinds,
+  ``mid_upload`` on S3 direct, ``after_register`` on PostgreSQL (a partial upload and a
+  retired version's bytes left behind: the next start removes both, nothing orphaned in
+  the bucket; the resume restores bit-identical weights);
 * PostgreSQL only: the writer-lease tests (concurrent acquires, stale and killed holders,
   takeover fencing) and ``gc`` never deleting a protected version: registry logic decided
   by the database, not the artifact store;
