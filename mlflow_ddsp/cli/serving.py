@@ -129,15 +129,17 @@ def serve(ctx: click.Context, model_uri: str, host: str, port: int, timeout: int
     import os
 
     from ..device import resolve_device
+    from ..checkpoint.reader import CheckpointReader, parse_model_uri
     from ..serving.resolve import fetch_servable, pin_version, serving_folder
     from ..tracking import resolve_tracking_uri
 
     from_env = ctx.get_parameter_source("device") == click.core.ParameterSource.ENVIRONMENT
     # Refuse here, in one line, not in the server's model load.
     resolve_device(device, setting="MLFLOW_DDSP_DEVICE" if from_env else "--device")
-    pinned, version = pin_version(model_uri, tracking_uri=ctx.obj["tracking_uri"])
+    reader = CheckpointReader(parse_model_uri(model_uri).name, tracking_uri=ctx.obj["tracking_uri"])
+    pinned, version = pin_version(model_uri, reader=reader)
     folder = serving_folder(version.name, version.version)
-    fetch_servable(pinned, folder, tracking_uri=ctx.obj["tracking_uri"])
+    fetch_servable(pinned, folder, reader=reader)
     click.echo(f"serving {version.label} ({pinned}, verified copy in {folder}) on http://{host}:{port}/invocations",
                err=True)  # fmt: skip
     env = {**os.environ, "MLFLOW_TRACKING_URI": resolve_tracking_uri(ctx.obj["tracking_uri"])}

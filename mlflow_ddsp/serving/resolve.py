@@ -43,30 +43,38 @@ MLMODEL_FILE = "MLmodel"
 log = logging.getLogger(__name__)
 
 
-def pin_version(uri: str, *, tracking_uri: str | None = None) -> tuple[str, CheckpointVersion]:
-    """``models:/NAME@rolling`` -> (``models:/NAME/12``, that version); logs the choice."""
+def pin_version(
+    uri: str, *, tracking_uri: str | None = None, reader: CheckpointReader | None = None
+) -> tuple[str, CheckpointVersion]:
+    """``models:/NAME@rolling`` -> (``models:/NAME/12``, that version); logs the choice.
+
+    ``reader``: an open reader of NAME to resolve with (else one is opened on ``tracking_uri``).
+    """
     ref = parse_model_uri(uri)
-    version = CheckpointReader(ref.name, tracking_uri=tracking_uri).resolve(uri)
+    version = (reader or CheckpointReader(ref.name, tracking_uri=tracking_uri)).resolve(uri)
     pinned = f"models:/{version.name}/{version.version}"
     if pinned != uri:
         log.warning("%s resolved to %s (step %s)", uri, pinned, version.step)
     return pinned, version
 
 
-def fetch_servable(uri: str, dst: str | os.PathLike, *, tracking_uri: str | None = None) -> CheckpointVersion:
+def fetch_servable(
+    uri: str, dst: str | os.PathLike, *, tracking_uri: str | None = None, reader: CheckpointReader | None = None
+) -> CheckpointVersion:
     """Download a version's files into ``dst``, each checked against the registry's record.
 
     Args:
         uri: ``models:/NAME/7`` or ``models:/NAME@ALIAS`` (pinned to its version first).
         dst: an empty folder this process owns.
+        reader: an open reader of NAME (else one is opened on ``tracking_uri``).
 
     Raises:
         CheckpointIntegrityError: the manifest or any file (``MLmodel`` included)
             differs from what was registered, or the version has no ``MLmodel``.
         CheckpointNotFoundError: the version or one of its files is gone.
     """
-    pinned, version = pin_version(uri, tracking_uri=tracking_uri)
-    reader = CheckpointReader(version.name, tracking_uri=tracking_uri)
+    reader = reader or CheckpointReader(parse_model_uri(uri).name, tracking_uri=tracking_uri)
+    _, version = pin_version(uri, reader=reader)  # one store for resolving and downloading
     manifest = reader.store.fetch_verified(version, dst)
     if MLMODEL_FILE not in manifest.files:
         raise CheckpointIntegrityError(f"{version.label} has no MLmodel among its registered files; it cannot be served")
