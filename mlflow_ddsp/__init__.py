@@ -14,6 +14,7 @@ from .errors import (
     LeaseLostError,
     MlflowDdspError,
     RegistryError,
+    TrackingServerUnavailable,
     TrackingServerUnreachable,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "MlflowDdspError",
     "RegistryError",
     "RetentionPolicy",
+    "TrackingServerUnavailable",
     "TrackingServerUnreachable",
     "__version__",
 ]

@@ -17,6 +17,7 @@ __all__ = [
     "AudioError",
     "DeviceError",
     "RegistryError",
+    "TrackingServerUnavailable",
     "TrackingServerUnreachable",
     "NotAuthenticatedError",
     "PermissionDeniedError",
@@ -62,7 +63,12 @@ class RegistryError(MlflowDdspError, RuntimeError):
     """An MLflow tracking or registry call failed."""
 
 
-class TrackingServerUnreachable(RegistryError, ConnectionError):
+class TrackingServerUnavailable(RegistryError, ConnectionError):
+    """The tracking server did not answer, or answered with a server error (HTTP 5xx,
+    e.g. its database is down): the same request may succeed later."""
+
+
+class TrackingServerUnreachable(TrackingServerUnavailable):
     """The tracking server did not answer."""
 
 

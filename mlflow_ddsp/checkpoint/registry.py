@@ -23,6 +23,7 @@ from ..errors import (
     NotAuthenticatedError,
     PermissionDeniedError,
     RegistryError,
+    TrackingServerUnavailable,
     TrackingServerUnreachable,
 )
 from ..tracking import (
@@ -110,6 +111,33 @@ def _is_connection_error(exc: BaseException) -> bool:
     return False
 
 
+def _server_error_status(exc: BaseException) -> int | None:
+    """The HTTP 5xx status when the server failed the request (e.g. its database is down), else None.
+
+    From MLflow's error code (``INTERNAL_ERROR``, ``TEMPORARILY_UNAVAILABLE``...
+    map to 5xx) or, when MLflow's retries of a 5xx answer ran out, from the
+    ``requests`` ``RetryError`` they ended with; never from message text.
+    """
+    import requests
+
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(status, int) and status >= 500:
+        return status
+    get_status = getattr(exc, "get_http_status_code", None)
+    if callable(get_status) and getattr(exc, "error_code", None) not in (None, "INTERNAL_ERROR"):
+        status = get_status()
+        if isinstance(status, int) and status >= 500:
+            return status
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, requests.exceptions.RetryError):
+            return 500
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 class RegistryStore:
     """MLflow tracking + model registry access for one tracking URI.
 
@@ -165,6 +193,11 @@ class RegistryStore:
                 raise TrackingServerUnreachable(
                     f"{action}: tracking server {self.tracking_uri} is unreachable ({exc.message})"
                 ) from exc
+            if _server_error_status(exc):
+                raise TrackingServerUnavailable(
+                    f"{action}: tracking server {self.tracking_uri} failed the request "
+                    f"(HTTP {_server_error_status(exc)}: {exc.message})"
+                ) from exc
             raise RegistryError(f"{action}: {exc.message}") from exc
         except OSError as exc:
             status = _auth_status(exc)
@@ -173,6 +206,10 @@ class RegistryStore:
             if _is_connection_error(exc):
                 raise TrackingServerUnreachable(
                     f"{action}: tracking server {self.tracking_uri} is unreachable ({exc})"
+                ) from exc
+            if _server_error_status(exc):
+                raise TrackingServerUnavailable(
+                    f"{action}: tracking server {self.tracking_uri} failed the request (HTTP {_server_error_status(exc)})"
                 ) from exc
             raise RegistryError(f"{action}: {exc}") from exc
 
@@ -215,6 +252,14 @@ class RegistryStore:
         batch = [Metric(k, float(v), now, int(step), model_id=model_id) for k, v in metrics.items()]
         with self._calling(f"log metrics to run {run_id}", needs=("EDIT", f"the experiment of run {run_id}")):
             self.client.log_batch(run_id, metrics=batch, synchronous=synchronous)
+
+    def log_metric_points(self, run_id: str, points: Sequence[tuple[str, float, int, int]]) -> None:
+        """Log ``(key, value, timestamp_ms, step)`` values on the run in one request (at most 1,000)."""
+        from mlflow.entities import Metric
+
+        batch = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in points]
+        with self._calling(f"log metrics to run {run_id}", needs=("EDIT", f"the experiment of run {run_id}")):
+            self.client.log_batch(run_id, metrics=batch)
 
     def create_run(self, experiment_id: str, run_name: str, tags: Mapping[str, str] | None = None) -> str:
         """A new run in ``experiment_id``; returns its id."""
