@@ -108,6 +108,8 @@ class LocalObjectStore(_ManagedProcess):
             f"-master.port={self.master_port}", f"-volume.port={self.volume_port}",
             "-filer", f"-filer.port={self.filer_port}", "-s3", f"-s3.port={self.s3_port}",
             "-master.volumeSizeLimitMB=1024",
+            # Catalog listeners we never use, on fixed ports (8181, 9101) a second store would collide on.
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
