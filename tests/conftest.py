@@ -98,8 +98,10 @@ def _unavailable(what: str) -> None:
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch, tmp_path):
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_DDSP_CRASH_AT",
-                "MLFLOW_DDSP_FAIL_AT", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_S3_ENDPOINT_URL"):
+                "MLFLOW_DDSP_FAIL_AT", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_S3_ENDPOINT_URL",
+                "MLFLOW_DDSP_SPOOL_DIR", "MLFLOW_DDSP_CLOSE_TIMEOUT"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # a server's spool lands here, not in ~
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     monkeypatch.chdir(tmp_path)  # the embedded default store (./mlflow.db) lands here
 

@@ -5,11 +5,11 @@ The trainer (``tiny_trainer.py``) saves every 10 steps and force-saves every
 must be retired) or of step 60 (a force-save). After each kill:
 
 * at once, before any repair: every force-saved version is intact and the
-  alias points at an intact version (readers are never broken);
-* after the next start's reconcile: the alias points at the newest durable
-  checkpoint (the crashed step if the kill came after registration, the
-  previous one otherwise), there is at most one rolling version, and no
-  orphaned bytes remain on disk;
+  alias, once set, points at an intact version (readers are never broken);
+* after the next start (spool upload, then reconcile): the alias points at the
+  newest durable checkpoint (the crashed step if the kill came once the save
+  was in the local spool, the previous one otherwise), there is at most one
+  rolling version, the spool is empty, and no orphaned bytes remain on disk;
 * training resumes from there and ends with exactly the weights of a run that
   was never interrupted.
 """
@@ -41,6 +41,7 @@ pytestmark = pytest.mark.slow
 
 TRAINER = Path(__file__).with_name("tiny_trainer.py")
 COMMITTED_FROM = CRASH_POINTS.index("after_register")
+DURABLE_FROM = CRASH_POINTS.index("after_spool")  # from here the next start commits the spooled save
 STEPS = 70
 
 
@@ -99,10 +100,12 @@ def check_crash_and_resume(
     assert proc.returncode == -signal.SIGKILL, f"expected a SIGKILL at {point}: {proc.stderr[-2000:]}"
     assert not any(e["event"] == "done" for e in events)
 
-    # Right after the crash, before any repair: nothing a reader can see is broken.
-    aliased = store.get_version(name, store.alias_version(name, "rolling"))
-    with tempfile.TemporaryDirectory() as tmp:
-        store.fetch_verified(aliased, tmp)
+    # Right after the crash, before any repair: nothing a reader can see is broken (saves
+    # the committer had not reached yet are in the local spool, not in the registry).
+    if store.alias_version(name, "rolling") is not None:
+        aliased = store.get_version(name, store.alias_version(name, "rolling"))
+        with tempfile.TemporaryDirectory() as tmp:
+            store.fetch_verified(aliased, tmp)
     for v in store.list_versions(name):
         if v.kind == "force_saved" or v.step in protected:
             with tempfile.TemporaryDirectory() as tmp:
@@ -110,10 +113,11 @@ def check_crash_and_resume(
     assert store.registered_model_exists(lease_model_name(name)), "the dead writer's lease is left behind"
 
     # The next start takes over the dead process's lease and reconciles.
-    committed = CRASH_POINTS.index(point) >= COMMITTED_FROM
-    durable = crash_step if committed else crash_step - 10
-    with CheckpointQueue(name, 10, 30, tracking_uri=backend.uri, experiment=backend.experiment, keep_last=keep_last):
+    durable = crash_step if CRASH_POINTS.index(point) >= DURABLE_FROM else crash_step - 10
+    with CheckpointQueue(name, 10, 30, tracking_uri=backend.uri, experiment=backend.experiment,
+                         keep_last=keep_last) as queue:  # fmt: skip
         pass
+    assert not [p for p in queue.spool.folder.iterdir() if not p.name.startswith(".damaged")], "spool not emptied"
     assert not store.registered_model_exists(lease_model_name(name))
     max_rolling = keep_last + len(protected)
     assert assert_invariants(store, backend, name, max_rolling=max_rolling) == durable

@@ -249,20 +249,23 @@ def test_background_failure_surfaces_at_next_save_and_nothing_is_lost(embedded, 
     # cannot create folders under a path that is a file.
     shutil.move(artifacts, artifacts.with_name("moved"))
     artifacts.write_text("not a folder")
-    queue.save(20, model)  # returns at once; the upload fails in the background
-    with pytest.raises(CheckpointSaveError, match=r"checkpoint of step 20 failed"):
-        queue.save(30, model)
-    queue.save(40, model)
-    with pytest.raises(CheckpointSaveError, match=r"step 40"):
+    queue.save(30, model)  # returns at once; the upload fails in the background
+    with pytest.raises(CheckpointSaveError, match=r"checkpoint of step 30 failed"):
+        queue.flush()
+    queue.save(50, model)  # supersedes 30 in the spool, and fails the same way
+    with pytest.raises(CheckpointSaveError, match=r"step 50"):
         queue.close()
+    assert [e.step for e in queue.left_in_spool] == [50]  # 30 was dropped: 50 supersedes it
     artifacts.unlink()
     shutil.move(artifacts.with_name("moved"), artifacts)
 
     store = RegistryStore(embedded.uri)
     assert store.alias_version(model_name, "rolling") == good.version
-    with open_queue(embedded, model_name) as reopened:  # reconcile drops the unfinished uploads
+    with open_queue(embedded, model_name) as reopened:  # commits the spool, then reconcile drops the failed uploads
         assert reopened.last_reconcile.delete_models
-        assert reopened.restore(tiny_model(seed=9)[0]) == 10
+        assert reopened.restore(tiny_model(seed=9)[0]) == 50
+    assert versions_by_step(store, model_name) == {50: "rolling"}
+    assert not list(reopened.spool.folder.iterdir())
     assert_invariants(store, embedded, model_name)
 
 
@@ -318,3 +321,33 @@ def test_when_busy_skip_drops_rolling_saves_but_never_a_force_save(embedded, mod
         assert first.result().step == 10
         assert results["f"].result().kind == "force_saved"
     assert versions_by_step(RegistryStore(embedded.uri), model_name) == {30: "force_saved"}
+
+
+# -- the local spool -----------------------------------------------------------------------------
+def test_the_spool_of_an_embedded_store_lies_beside_its_database_and_is_empty_after_commits(embedded, model_name):
+    model, _ = tiny_model()
+    with open_queue(embedded, model_name) as queue:
+        queue.save(10, model).result()
+        assert queue.spool.folder.is_relative_to(Path(embedded.uri[len("sqlite:///"):]).parent / "mlflow-ddsp-spool")
+        assert list(queue.spool.folder.iterdir()) == []
+
+
+def test_a_damaged_spool_entry_is_set_aside_not_committed(embedded, model_name, caplog):
+    """A spooled save whose bytes changed on disk (a bad disk) is kept aside for a person, never registered."""
+    model, _ = tiny_model()
+    with open_queue(embedded, model_name) as queue:
+        queue.save(10, model).result()
+        folder = queue.spool.folder
+    # What a process killed after spooling step 20 leaves, with the checkpoint then corrupted.
+    from mlflow_ddsp.checkpoint.spool import Spool
+
+    entry = Spool(embedded.uri, model_name).write(
+        20, "rolling", {"global_step": 20, "model": model.state_dict()}, b"{}\n", {}, None,
+        metrics={}, blocked_seconds=0.0, run_id=None, experiment_id="0", files_tags={},
+    )  # fmt: skip
+    path = entry.folder / "model_20.pt"
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with open_queue(embedded, model_name) as queue:
+        assert queue.restore(tiny_model(seed=3)[0]) == 10
+    assert [p.name.startswith(".damaged-step-000000000020") for p in folder.iterdir()] == [True]
+    assert any("damaged" in r.getMessage() and "not committed" in r.getMessage() for r in caplog.records)

@@ -9,7 +9,7 @@ import pytest
 from mlflow_ddsp import tags as T
 from mlflow_ddsp.checkpoint.policy import RetentionPolicy
 from mlflow_ddsp.checkpoint.records import CheckpointVersion, Integrity, QueueModel
-from mlflow_ddsp.checkpoint.retention import RegistrySnapshot, plan_retention
+from mlflow_ddsp.checkpoint.retention import RegistrySnapshot, SpoolItem, plan_retention, spool_drops
 
 R, F = T.KIND_ROLLING, T.KIND_FORCE_SAVED
 
@@ -218,3 +218,26 @@ def test_a_rolling_alias_someone_else_set_is_never_taken_over():
     vs = [version(1, 10), version(3, 30)]
     p = plan(vs, aliases={"rolling": 3, "champion": 1}, own={"rolling"}, alias="champion")
     assert p.alias_taken and p.is_empty and deleted(p) == []
+
+
+# -- the local spool during an outage: the same rules, before the commit -----------------------------
+
+@pytest.mark.parametrize(
+    "saves, policy, in_flight, dropped",
+    [
+        # newest rolling + every force-save stay; superseded rolling saves go
+        ([(20, R), (30, F), (40, R), (50, R)], {}, None, {20, 40}),
+        # the one being committed is never dropped from under the committer
+        ([(20, R), (30, F), (40, R), (50, R)], {}, 20, {40}),
+        # keep_last N keeps the newest N (force-saves count among them)
+        ([(10, R), (20, R), (30, F), (40, R)], {"keep_last": 3}, None, {10}),
+        # the best by the metric among the spooled stays too
+        ([(10, R, 0.5), (20, R, 0.1), (40, R, 0.9), (50, R, 0.7)], {"best_metric": "loss"}, None, {10, 40}),
+        ([(10, R, 0.5), (20, R, 0.1), (50, R, 0.7)], {"best_metric": "loss", "best_mode": "max"}, None, {10, 20}),
+        ([], {}, None, set()),
+    ],
+    ids=["newest-and-force", "in-flight", "keep-last", "best-min", "best-max", "empty"],
+)
+def test_the_spool_keeps_what_retention_would_keep(saves, policy, in_flight, dropped):
+    items = [SpoolItem(s[0], s[1], {"loss": s[2]} if len(s) > 2 else {}) for s in saves]
+    assert spool_drops(items, RetentionPolicy(10, 30, **policy), in_flight=in_flight) == dropped

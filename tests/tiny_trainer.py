@@ -2,7 +2,9 @@
 
     python tiny_trainer.py train URI NAME EXPERIMENT STEPS [--takeover] [--keep-last N]
         Resume from the registry, train to STEPS saving every 10 steps
-        (force-save every 30), print JSON events, close. The data of step s
+        (force-save every 30) and waiting for each commit (so that a crash point
+        named for a step is reached: a trainer that does not wait lets a newer save
+        supersede a spooled one), print JSON events, close. The data of step s
         depends only on s, so a run that crashes and resumes ends with exactly
         the weights of an uninterrupted run.
     python tiny_trainer.py hold URI NAME EXPERIMENT 0
@@ -82,7 +84,7 @@ def main(argv: list[str]) -> int:
             for step in range(start + 1, int(steps) + 1):
                 train_step(model, optimizer, step)
                 if step % INTERVAL_VAL == 0:
-                    queue.save(step, model, optimizer)
+                    queue.save(step, model, optimizer).result()
         emit(event="done", step=int(steps), weights=weights_digest(model))
         return 0
     except MlflowDdspError as exc:

@@ -26,12 +26,14 @@ class InjectedFault(RegistryError):
     """Raised at a protocol point named by ``MLFLOW_DDSP_FAIL_AT`` (tests only)."""
 
 CRASH_POINTS = (
-    "after_write",  # files written to the local staging folder
+    "after_write",  # files written to a temporary folder of the local spool
+    "after_spool",  # ... renamed to a spool entry: durable on this machine
     "after_create",  # LoggedModel created (PENDING), nothing uploaded
     "mid_upload",  # checkpoint uploaded, manifest not yet
     "after_upload",  # every file uploaded, not yet verified
     "after_finalize",  # LoggedModel READY, no model version yet
     "after_register",  # model version created: the commit point
+    "after_unspool",  # the spool entry removed
     "after_alias",  # alias moved to the new version
     "after_delete_version",  # previous rolling version deleted from the registry
     "after_delete_bytes",  # ... and its artifact bytes

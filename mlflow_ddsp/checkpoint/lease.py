@@ -257,6 +257,16 @@ class WriterLease:
                 self.store.delete_registered_model(self._tombstone)
         self._held = False
 
+    def abandon(self) -> None:
+        """Stop the heartbeat without waiting for it and without a server call.
+
+        For a server that does not answer: the lease stays in the registry, stale
+        at once for a next start on this machine (this process is gone by then)
+        and after its ttl for other machines.
+        """
+        self._stop.set()
+        self._held = False
+
     # -- internals ----------------------------------------------------------
     def _refuse_foreign(self, name: str, tags: Mapping[str, str]) -> None:
         if tags.get(T.LEASE_MARKER) != T.LEASE_MARKER_VALUE:

@@ -11,13 +11,15 @@ one deleter, ``gc.py``.
 
 Commit order of one save at step ``s``. Each arrow is a named crash point
 (``faults.py``); the kill tests SIGKILL a training process at every one and
-check that the next start's reconcile (``retention.py``, ``gc.py``) restores the
-invariants with nothing durable lost:
+check that the next start (spool upload, then reconcile: ``retention.py``,
+``gc.py``) restores the invariants with nothing durable lost:
 
     0. stage     model (+ optimizer) state -> CPU memory     [caller thread; all that blocks]
-    1. write     model_<s>.pt, trainer_state.pt, config.yaml, manifest.json into a
-                 private temp folder of this OS user
-                                                                        -> after_write
+    1. write     model_<s>.pt, trainer_state.pt, config.yaml, manifest.json and
+                 spool.json into a temporary folder of the local spool  -> after_write
+       spool     rename it to the spool's entry step-<s>: DURABLE ON THIS MACHINE
+                 (``spool.py``); retention drops spooled rolling saves that a newer
+                 one supersedes (``retention.spool_drops``)        -> after_spool
     2. create    a LoggedModel (PENDING) tagged queue/step/kind, the manifest's
                  sha256 (the integrity record), lineage and parent      -> after_create
     3. upload    checkpoint and config                                  -> mid_upload
@@ -27,6 +29,7 @@ invariants with nothing durable lost:
     6. fence     check the writer lease, then
        register  a model version, tags step/kind/sha256/size (+ the best metric),
                  set in the same call: THE COMMIT POINT                 -> after_register
+       unspool   remove the spool entry                                 -> after_unspool
        link      the LoggedModel's mlflow.modelVersions (the UI's link; cosmetic)
     7. plan      from the registry's state (versions, aliases, tags), what
                  stays (``retention.py``); the previous version is never
@@ -36,15 +39,24 @@ invariants with nothing durable lost:
                  then its bytes                                         -> after_delete_bytes
                  then its LoggedModel record                            -> after_delete_record
 
-Before 6 a crash loses only this save (training resumes from the previous
-checkpoint and redoes the steps); from 6 on, the new checkpoint is durable and
-reconcile points the alias at it. The alias never points at anything that is
-not fully uploaded and verified, and no version is deleted while it carries
-the alias (MLflow would silently drop the alias with it).
+A crash before ``after_spool`` loses only this save (training resumes from the
+previous checkpoint and redoes the steps). From ``after_spool`` on the save is
+kept: the next start of a queue for this registered model on this machine
+commits the spool's entries in step order before training, and an entry whose
+step and sha256 the registry already holds (a crash between register and
+unspool) is removed, not committed twice. The alias never points at anything
+that is not fully uploaded and verified, and no version is deleted while it
+carries the alias (MLflow would silently drop the alias with it).
 
-Steps 1-8 run in one background thread, in order, one save at a time; the
-training loop pays only for step 0. A failure surfaces at the next ``save``
-or at ``close``.
+Threads: the training loop pays only for step 0. Step 1 runs in a writer
+thread (local disk; the next save waits for it, never for the server); steps
+2-8 run in the committer thread, one entry at a time in step order. When the
+tracking server is unreachable or failing (HTTP 5xx) the committer backs off
+(1 s doubling to 30 s, probing ``/health``) and retries, while saves keep
+going to the spool; any other failure surfaces at the next ``save``, ``flush``
+or ``close`` and the entry stays in the spool. ``close`` waits for the spool to
+empty, but gives up after ``close_timeout`` seconds of outage and leaves the
+entries for the next start, saying so in one line.
 """
 
 from __future__ import annotations
@@ -66,8 +78,15 @@ import torch
 import yaml
 
 from .. import tags as T
-from ..errors import CheckpointIntegrityError, CheckpointSaveError, ConfigError, LeaseLostError, MlflowDdspError
-from ..tracking import DEFAULT_EXPERIMENT
+from ..errors import (
+    CheckpointIntegrityError,
+    CheckpointSaveError,
+    ConfigError,
+    LeaseLostError,
+    MlflowDdspError,
+    TrackingServerUnavailable,
+)
+from ..tracking import DEFAULT_EXPERIMENT, check_reachable
 from .faults import crash_point
 from .files import CONFIG_FILE, MANIFEST_FILE, TRAINER_STATE_FILE, FileDigest, Manifest, write_checkpoint
 from .gc import apply_plan, collect, record_policy, take_snapshot
@@ -77,14 +96,36 @@ from .policy import BEST_ALIAS, DEFAULT_ALIAS, RetentionPolicy
 from .reader import CheckpointReader, load_into, unwrap_model
 from .records import CheckpointVersion
 from .registry import LoggedModelRef, RegistryStore
-from .retention import describe_version, plan_retention
+from .retention import SpoolItem, describe_version, plan_retention, spool_drops
+from .spool import Spool, SpooledSave
 from .staging import StagingBuffer
 
-__all__ = ["CheckpointQueue"]
+__all__ = ["CheckpointQueue", "resolve_close_timeout", "CLOSE_TIMEOUT_ENV"]
 
 log = logging.getLogger(__name__)
 
 WHEN_BUSY = ("wait", "skip")
+CLOSE_TIMEOUT_ENV = "MLFLOW_DDSP_CLOSE_TIMEOUT"
+DEFAULT_CLOSE_TIMEOUT = 60.0
+_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # seconds between retries while the server is unavailable
+
+
+def resolve_close_timeout(value: float | None = None) -> float:
+    """``close_timeout`` argument, else ``MLFLOW_DDSP_CLOSE_TIMEOUT``, else 60 s."""
+    if value is None:
+        raw = os.environ.get(CLOSE_TIMEOUT_ENV)
+        if raw is None or raw.strip() == "":
+            return DEFAULT_CLOSE_TIMEOUT
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{CLOSE_TIMEOUT_ENV}={raw!r} must be a number of seconds >= 0") from None
+        name = CLOSE_TIMEOUT_ENV
+    else:
+        name = "close_timeout"
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name}={value!r} must be a number of seconds >= 0")
+    return float(value)
 
 
 def _scratch_root() -> Path:
@@ -180,18 +221,24 @@ class CheckpointQueue:
         store: an open :class:`RegistryStore` to share (instead of ``tracking_uri``).
         takeover: take the writer lease even from a live process.
         lease_ttl: seconds without heartbeat after which another machine may take over.
-        when_busy: a rolling save arriving while the previous save is still being
-            written ``"wait"``s for it (default) or is ``"skip"``ped; force-saves
-            always wait.
+        when_busy: a rolling save arriving while an earlier save is not committed
+            yet waits in the spool (``"wait"``, default) or is ``"skip"``ped;
+            force-saves are never skipped.
         lineage: extra tags for every version (code version, config and data
             digests...), written with the version in the same call.
         extra_files: files added to every version beside the checkpoint and
             covered by its manifest (e.g. the pyfunc ``MLmodel``).
         lease: a :class:`WriterLease` of ``registered_model`` the caller acquired
             already (e.g. before loading data); the queue releases it at close.
+        spool_dir: the local spool's root folder (default: ``MLFLOW_DDSP_SPOOL_DIR``,
+            else beside an embedded store, else ``~/.local/state/mlflow-ddsp/spool``).
+        close_timeout: seconds :meth:`close` waits while the server is unavailable
+            before leaving the spool to the next start (default
+            ``MLFLOW_DDSP_CLOSE_TIMEOUT``, else 60).
 
-    Every start reconciles: the newest versions are checked byte for byte and
-    the retention plan applied, so what a crash left is repaired.
+    Every start first commits what an earlier process left in the spool (in
+    step order), then reconciles: the newest versions are checked byte for byte
+    and the retention plan applied, so what a crash left is repaired.
 
     Raises:
         ConfigError: a bad option (before any network call).
@@ -223,6 +270,8 @@ class CheckpointQueue:
         best_metric: str | None = None,
         best_mode: str = "min",
         lease: WriterLease | None = None,
+        spool_dir: str | os.PathLike | None = None,
+        close_timeout: float | None = None,
     ):
         # Validate everything before the first network call.
         self.name = validate_model_name(registered_model)
@@ -237,6 +286,7 @@ class CheckpointQueue:
         if when_busy not in WHEN_BUSY:
             raise ConfigError(f"when_busy={when_busy!r} must be one of {', '.join(WHEN_BUSY)}")
         self.when_busy = when_busy
+        self.close_timeout = resolve_close_timeout(close_timeout)
         self.save_optimizer = bool(save_optimizer)
         self._config_yaml = _config_bytes(config)
         self._lineage = {str(k): str(v) for k, v in (lineage or {}).items()}
@@ -255,10 +305,40 @@ class CheckpointQueue:
             lease.acquire()
         self._lease = lease
         self._closed = False
+        self._staging = StagingBuffer()
+        self._writer = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"mlflow-ddsp-spool-{self.name}", initializer=_lower_priority
+        )
+        self._writing: Future | None = None  # the write of the newest save into the spool
+        self._writing_step: int | None = None
+        self._paused = False  # register_file commits in the caller's thread
+        self._attempted: set[int] = set()  # steps whose commit started in this process
+        # Shared with the committer thread, under self._cond:
+        self._cond = threading.Condition()
+        self._spooled: dict[int, SpooledSave] = {}  # written, not committed
+        self._futures: dict[int, Future] = {}  # step -> what save() returned
+        self._in_flight: int | None = None  # the step being committed
+        self._after_commit: list = []  # steps 6-8 of a committed save not done yet (server went away)
+        self._failure: tuple[int | None, BaseException] | None = None  # surfaces at save/flush/close
+        self._held = False  # a failure was raised: no retry until the next save, flush or close
+        self._outage_since: float | None = None
+        self._last_progress = time.monotonic()
+        self._stopping = False
+        self._restored_step: int | None = None  # already in the registry: not saved again
+        self._committed_step: int | None = None  # registered by this queue; its plan may be unapplied
+        self._settled = True  # the plan after the last commit was applied
+        self._parent: CheckpointVersion | None = None
+        self.restored_trainer_state: dict[str, Any] | None = None  # set by restore()
+        self.skipped_saves = 0
+        self.dropped_from_spool = 0
+        self.left_in_spool: list[SpooledSave] = []  # set by close() when it gave up waiting
+        self.last_version: CheckpointVersion | None = None
         try:
             self.store.ensure_registered_model(self.name, self._model_description())
             self.store.record_experiment(self.name, self.experiment_id)
             record_policy(self.store, self.name, self.alias, self.policy)
+            self.spool = Spool(self.store.tracking_uri, self.name, spool_dir)
+            self._commit_left_spool()
             self.last_reconcile = collect(self.store, self.name, self.alias, self.policy)
             for line in self.last_reconcile.describe():
                 log.warning("%s: repaired at start: %s", self.name, line)
@@ -273,20 +353,13 @@ class CheckpointQueue:
                 "original's paths); mlflow-ddsp never deletes files there", self.name, location,
             )  # fmt: skip
         _clean_scratch()
-
-        self._staging = StagingBuffer()
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"mlflow-ddsp-save-{self.name}", initializer=_lower_priority
+        # A daemon: a process exiting during an outage must not hang in MLflow's request
+        # retries; dying mid-commit is a crash the commit order is designed for.
+        self._committer = threading.Thread(
+            target=self._run_committer, name=f"mlflow-ddsp-commit-{self.name}", daemon=True
         )
-        self._pending: Future | None = None
-        self._pending_step: int | None = None
-        self._restored_step: int | None = None  # already in the registry: not saved again
-        self._committed_step: int | None = None  # registered by this queue; its plan may be unapplied
-        self._settled = True  # the plan after the last commit was applied
-        self._parent: CheckpointVersion | None = None
-        self.restored_trainer_state: dict[str, Any] | None = None  # set by restore()
-        self.skipped_saves = 0
-        self.last_version: CheckpointVersion | None = None
+        self._committer.start()
+
         ref = weakref.ref(self)
         atexit.register(lambda: (q := ref()) is not None and q._close_quietly())
 
@@ -304,54 +377,69 @@ class CheckpointQueue:
         """Checkpoint ``model`` (and ``optimizer`` if ``save_optimizer``) at ``step``.
 
         Blocks only to copy the state to CPU memory (and, if the previous save is
-        still being written, to wait for it). ``metrics`` are logged at ``step`` on
-        the run and linked to this checkpoint's model, so the MLflow UI compares
-        checkpoints by them. ``trainer_state`` (tensors and plain values, e.g.
-        RNG states) is stored as ``trainer_state.pt`` beside the checkpoint and
-        given back by :meth:`restore` as :attr:`restored_trainer_state`.
-        ``attachments`` (file name -> bytes, e.g. validation audio) are stored in
-        the version beside the checkpoint, covered by its manifest.
+        still being written to the local spool, for that disk write), never on the
+        tracking server. ``metrics`` are logged at ``step`` on the run and linked
+        to this checkpoint's model, so the MLflow UI compares checkpoints by them.
+        ``trainer_state`` (tensors and plain values, e.g. RNG states) is stored as
+        ``trainer_state.pt`` beside the checkpoint and given back by :meth:`restore`
+        as :attr:`restored_trainer_state`. ``attachments`` (file name -> bytes,
+        e.g. validation audio) are stored in the version beside the checkpoint,
+        covered by its manifest.
 
         Returns:
-            A future for the registered version, or None if nothing was saved
-            (this step is already saved, or a rolling save was skipped as busy).
-            A step whose version was registered but whose retention plan failed
-            (e.g. the server went away) is not saved again: the plan is re-applied.
+            A future for the registered version (None as its result if the save
+            was dropped from the spool for a newer one), or None if nothing was
+            saved (this step is saved already, or a rolling save was skipped as
+            busy). A step whose version was registered but whose retention plan
+            failed is not saved again: the plan is re-applied.
         Raises:
-            CheckpointSaveError: the previous save failed in the background.
+            CheckpointSaveError: an earlier save failed in the background (it stays
+                in the spool and is tried again).
             LeaseLostError: another process took over this registered model.
         """
         self._check_open()
+        self._raise_failure()
         step = int(step)
         if step < 0:
             raise ValueError(f"step={step} must be >= 0")
         kind = self.policy.kind(step)
-        if self._pending is not None and not self._pending.done():
-            if self.when_busy == "skip" and kind == T.KIND_ROLLING:
-                self.skipped_saves += 1
-                log.info("checkpoint at step %d skipped: the save of step %s is still running", step, self._pending_step)
-                return None
-        self._wait_pending()
-        if step == self._committed_step:
-            if self._settled:
-                return None
-            self._pending_step = step
-            self._pending = self._executor.submit(self._settle_after_retry, step)
-            return self._pending
-        if step == self._restored_step:
+        if self.when_busy == "skip" and kind == T.KIND_ROLLING and self._busy():
+            self.skipped_saves += 1
+            log.info("checkpoint at step %d skipped: an earlier save is not committed yet", step)
             return None
+        self._wait_written()
+        with self._cond:
+            if step == self._committed_step:
+                if self._settled:
+                    return None
+                future = self._futures.setdefault(step, Future())
+                self._after_commit = self._after_commit or [lambda: self._settle(self._crash_hook(step))]
+                self._held = False
+                self._cond.notify_all()
+                return future
+            if step == self._restored_step:
+                return None
+            if step in self._spooled:  # saved already, waiting in the spool
+                if step in self._futures:
+                    return None
+                self._held = False  # its commit failed: try again, and follow that
+                self._cond.notify_all()
+                return self._futures.setdefault(step, Future())
         started = time.perf_counter()
         state: dict[str, Any] = {"global_step": step, "model": unwrap_model(model).state_dict()}
         if self.save_optimizer and optimizer is not None:
             state["optimizer"] = optimizer.state_dict()
         staged = self._staging.stage({"checkpoint": state, "trainer": dict(trainer_state or {}) or None})
         blocked = time.perf_counter() - started
-        self._pending_step = step
-        self._pending = self._executor.submit(
-            self._commit, step, kind, staged["checkpoint"], dict(metrics or {}), blocked,
+        future: Future = Future()
+        with self._cond:
+            self._futures[step] = future
+        self._writing_step = step
+        self._writing = self._writer.submit(
+            self._spool_save, step, kind, staged["checkpoint"], dict(metrics or {}), blocked,
             trainer_state=staged["trainer"], attachments=_attachments(attachments, self._extra_files),
         )  # fmt: skip
-        return self._pending
+        return future
 
     def restore(
         self,
@@ -376,7 +464,7 @@ class CheckpointQueue:
             The checkpoint's global step; 0 when there is nothing to resume.
         """
         self._check_open()
-        self._wait_pending()
+        self._drain()
         if source is not None:
             own = self.reader.candidates()
             if own:
@@ -398,23 +486,57 @@ class CheckpointQueue:
         return restored.step
 
     def flush(self) -> CheckpointVersion | None:
-        """Wait for the pending save; return the newest registered version."""
+        """Wait until every save is committed (however long the server is away);
+        return the newest registered version.
+
+        Raises:
+            CheckpointSaveError: a save failed (it stays in the spool).
+        """
         self._check_open()
-        self._wait_pending()
+        self._drain()
         return self.last_version
 
     def close(self) -> None:
-        """Flush pending saves, stop, and release the writer lease. Idempotent."""
+        """Commit pending saves, stop, and release the writer lease. Idempotent.
+
+        While the tracking server is unavailable, waits at most ``close_timeout``
+        seconds, then leaves the spool's entries for the next start (listed in
+        :attr:`left_in_spool`, and in one logged line) and leaves the lease to
+        expire (the next start on this machine takes it over at once).
+
+        Raises:
+            CheckpointSaveError: a save failed (it stays in the spool).
+        """
         if self._closed:
             return
         self._closed = True
         error: BaseException | None = None
         try:
-            self._wait_pending()
+            self._wait_written()
         except MlflowDdspError as exc:
             error = exc
-        finally:
-            self._executor.shutdown(wait=True)
+        self._release_hold()
+        gave_up = self._wait_committed(self.close_timeout)
+        with self._cond:
+            self._stopping = True
+            failure, self._failure = self._failure, None
+            left = sorted(self._spooled.values(), key=lambda e: e.step)
+            self._cond.notify_all()
+        self._committer.join(timeout=1.0 if gave_up else None)
+        self._writer.shutdown(wait=True)
+        if error is None and failure is not None:
+            error = self._save_error(*failure)
+        if left:
+            self.left_in_spool = left
+            why = (f"the tracking server {self.store.tracking_uri} has been unavailable for {self.close_timeout:g} s"
+                   if gave_up else "a save failed")  # fmt: skip
+            log.warning(
+                "%s: %s: %s stay in the spool and are committed when a queue of %r starts on this machine "
+                "(e.g. `mlflow-ddsp train` again)", self.name, why, self.spool.describe(left), self.name,
+            )  # fmt: skip
+        if gave_up:
+            self._lease.abandon()  # no server to release it on; it is stale for this machine at once
+        else:
             try:
                 self._lease.release()
             except MlflowDdspError as exc:
@@ -442,90 +564,264 @@ class CheckpointQueue:
     ) -> CheckpointVersion:
         """Register an existing upstream checkpoint file as a version, its bytes unchanged.
 
-        Runs the same protocol as :meth:`save`, synchronously (imports of
-        upstream experiment folders use it). ``kind`` overrides the policy's
-        choice, e.g. to keep an imported older checkpoint forever.
+        Runs steps 2-8 of the commit order synchronously, from a private temporary
+        folder (no spool: the file itself is the durable copy). Imports of upstream
+        experiment folders use it. ``kind`` overrides the policy's choice, e.g. to
+        keep an imported older checkpoint forever.
         """
         self._check_open()
-        self._wait_pending()
+        self._drain()
         step = int(step)
         kind = kind or self.policy.kind(step)
         if kind not in T.KINDS:
             raise ConfigError(f"kind={kind!r} must be one of {', '.join(T.KINDS)}")
-        return self._commit(step, kind, Path(path), {}, 0.0, description=description, tags=tags)
+        with self._cond:
+            self._paused = True
+        try:
+            return self._register_file(step, Path(path), kind, description, tags)
+        finally:
+            with self._cond:
+                self._paused = False
+                self._cond.notify_all()
 
-    # -- the protocol (background thread for save, caller for register_file) ----
+    def _register_file(self, step, path, kind, description, tags) -> CheckpointVersion:
+        with tempfile.TemporaryDirectory(prefix=f"{os.getpid()}-step{step}-", dir=_scratch()) as tmp:
+            manifest, digest = write_checkpoint(Path(tmp), step, path, self._config_yaml, self._extra_files, None)
+            entry = SpooledSave(
+                step=step, kind=kind, folder=Path(tmp), manifest=manifest, manifest_digest=digest,
+                run_id=self.run_id, experiment_id=self.experiment_id,
+                files_tags=self._files_tags(step, kind, manifest, digest),
+            )  # fmt: skip
+            version = self._commit(entry, self._crash_hook(step), description=description, tags=tags, spooled=False)
+        self._finish_commit()
+        return version
+
+    # -- step 1: the writer thread ------------------------------------------
+    def _spool_save(self, step, kind, payload, metrics, blocked, *, trainer_state, attachments) -> None:
+        reached = self._crash_hook(step)
+        try:
+            entry = self.spool.write(
+                step, kind, payload, self._config_yaml, {**self._extra_files, **attachments}, trainer_state,
+                metrics=metrics, blocked_seconds=blocked, run_id=self.run_id, experiment_id=self.experiment_id,
+                files_tags={**self._lineage, **self.parent_tags()}, after_write=lambda: reached("after_write"),
+            )  # fmt: skip
+        except BaseException as exc:
+            with self._cond:
+                future = self._futures.pop(step, None)
+            if future is not None and not future.done():
+                future.set_exception(exc)
+            raise
+        reached("after_spool")
+        with self._cond:
+            self._spooled[step] = entry
+            items = [SpoolItem(e.step, e.kind, e.metrics) for e in self._spooled.values()]
+            dropped = [self._spooled.pop(s) for s in sorted(spool_drops(items, self.policy, in_flight=self._in_flight))]
+            futures = [self._futures.pop(e.step, None) for e in dropped]
+            self._held = False  # after a failure, the committer tries again with the newest spool
+            self._cond.notify_all()
+        for entry, future in zip(dropped, futures):
+            self.spool.remove(entry)
+            self.dropped_from_spool += 1
+            log.info("%s: step %d dropped from the spool: step %d supersedes it", self.name, entry.step, step)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    # -- steps 2-8: the committer thread -------------------------------------
+    def _run_committer(self) -> None:
+        _lower_priority()
+        attempt = 0
+        while True:
+            with self._cond:
+                while not self._stopping and (
+                    self._failure is not None or self._held or self._paused or not self._has_work()
+                ):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                entry = None
+                if not self._after_commit:
+                    entry = min(self._spooled.values(), key=lambda e: e.step)
+                    self._in_flight = entry.step
+                step = entry.step if entry is not None else self._committed_step
+            try:
+                if attempt:
+                    check_reachable(self.store.tracking_uri)  # a cheap probe before MLflow's long retries
+                if entry is not None:
+                    version = self._commit(entry, self._crash_hook(entry.step))
+                else:
+                    version = None
+                self._finish_commit()
+            except TrackingServerUnavailable as exc:
+                attempt += 1
+                delay = _BACKOFF[min(attempt, len(_BACKOFF)) - 1]
+                with self._cond:
+                    self._in_flight = None
+                    first = self._outage_since is None
+                    if first:
+                        self._outage_since = time.monotonic()
+                    waiting = sorted(self._spooled.values(), key=lambda e: e.step)
+                    self._cond.notify_all()
+                if first or attempt % 10 == 0:
+                    log.warning(
+                        "%s: %s; %s wait%s; training goes on, retrying (every %g s at most)",
+                        self.name, exc, self.spool.describe(waiting) if waiting else "the last save's plan",
+                        "" if len(waiting) == 1 else "s", _BACKOFF[-1],
+                    )  # fmt: skip
+                with self._cond:
+                    self._cond.wait_for(lambda: self._stopping, timeout=delay)
+                continue
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller at save/flush/close
+                with self._cond:
+                    self._in_flight = None
+                    self._failure = (step, exc)
+                    future = self._futures.pop(step, None) if step is not None else None
+                    self._cond.notify_all()
+                if future is not None and not future.done():
+                    future.set_exception(exc)
+                continue
+            with self._cond:
+                self._in_flight = None
+                if self._outage_since is not None:
+                    log.warning("%s: the tracking server answers again after %.0f s; committing the spool",
+                                self.name, time.monotonic() - self._outage_since)  # fmt: skip
+                self._outage_since = None
+                self._last_progress = time.monotonic()
+                future = self._futures.pop(step, None) if step is not None else None
+                self._cond.notify_all()
+            attempt = 0
+            if future is not None and not future.done():
+                future.set_result(version if version is not None else self.last_version)
+
+    def _has_work(self) -> bool:
+        return bool(self._spooled or self._after_commit)
+
     def _commit(
         self,
-        step: int,
-        kind: str,
-        payload: dict | Path,
-        metrics: dict[str, float],
-        blocked: float,
+        entry: SpooledSave,
+        reached,
         *,
         description: str | None = None,
         tags: Mapping[str, str] | None = None,
-        trainer_state: Mapping[str, Any] | None = None,
-        attachments: Mapping[str, bytes] | None = None,
+        spooled: bool = True,
+        dedupe: bool = False,
     ) -> CheckpointVersion:
+        """Steps 2-6 for one entry; queues steps 6 (link) to 8 in ``_after_commit``."""
         started = time.perf_counter()
-        store = self.store
-
-        def reached(point: str) -> None:
-            crash_point(point, step)
-
-        with tempfile.TemporaryDirectory(prefix=f"{os.getpid()}-step{step}-", dir=_scratch()) as tmp:
-            folder = Path(tmp)
-            manifest, manifest_digest = write_checkpoint(
-                folder, step, payload, self._config_yaml, {**self._extra_files, **(attachments or {})}, trainer_state
-            )
-            reached("after_write")
-            files = store.create_files(
-                self.experiment_id,
-                name=logged_model_name(self.name, step),
-                run_id=self.run_id,
-                tags=self._files_tags(step, kind, manifest, manifest_digest),
-            )
-            reached("after_create")
-            store.upload(files, folder / manifest.checkpoint_file)
-            for name in manifest.files:
-                if name != manifest.checkpoint_file:
-                    store.upload(files, folder / name)
-            reached("mid_upload")
-            store.upload(files, folder / MANIFEST_FILE)
-            reached("after_upload")
-            self._verify_upload(files, manifest, manifest_digest, step)
-            store.finalize(files)
-            reached("after_finalize")
+        store, step, kind = self.store, entry.step, entry.kind
+        # A step tried before (in this process, or by the process that spooled it) may
+        # have reached the commit point already: never register it twice.
+        dedupe = dedupe or step in self._attempted or entry.written_by != os.getpid()
+        self._attempted.add(step)
+        if dedupe:
+            done = self._registered(entry)
+            if done is not None:
+                log.warning("%s: step %d of the spool is registered already (v%s): not committed twice",
+                            self.name, step, done.version)  # fmt: skip
+                self._committed(entry, done, spooled)
+                return done
+        files = store.create_files(
+            entry.experiment_id,
+            name=logged_model_name(self.name, step),
+            run_id=entry.run_id,
+            tags={**entry.files_tags, **self._identity_tags(step, kind, entry.manifest, entry.manifest_digest)},
+        )
+        reached("after_create")
+        manifest = entry.manifest
+        store.upload(files, entry.folder / manifest.checkpoint_file)
+        for name in manifest.files:
+            if name != manifest.checkpoint_file:
+                store.upload(files, entry.folder / name)
+        reached("mid_upload")
+        store.upload(files, entry.folder / MANIFEST_FILE)
+        reached("after_upload")
+        self._verify_upload(files, manifest, entry.manifest_digest, step)
+        store.finalize(files)
+        reached("after_finalize")
 
         # Fencing, at the commit point: a process whose lease was taken over
         # registers nothing and moves no alias (its upload is an orphan that the
         # next reconcile removes).
         self._lease.check()
+        version_tags = self._version_tags(step, kind, manifest, entry.metrics)
         version = store.create_version(
             self.name,
             files,
-            self.run_id,
-            tags={**self._version_tags(step, kind, manifest, metrics), **(tags or {})},
+            entry.run_id,
+            tags={**version_tags, **(tags or {})},
             description=description or describe_version(
-                CheckpointVersion(self.name, 0, "", None, 0, self._version_tags(step, kind, manifest, metrics)),
+                CheckpointVersion(self.name, 0, "", None, 0, version_tags),
                 (T.KIND_FORCE_SAVED, "newest") if kind == T.KIND_FORCE_SAVED else ("newest",),
                 self.policy.best_metric,
             ),
         )
-        self.last_version = version
-        self._committed_step, self._settled = step, False
         log.info("%s: step %d committed as v%s (%s)", self.name, step, version.version, kind)
         reached("after_register")
-        store.link_version(files.model_id, self.name, version.version)  # the UI's LoggedModel -> version link
-        self._settle(reached)
-        if self.run_id:
-            timings = {
-                "checkpoint/blocking_seconds": blocked,
-                "checkpoint/commit_seconds": time.perf_counter() - started,
-            }
-            store.log_metrics(self.run_id, {**metrics, **timings}, step, model_id=files.model_id)
+        self._committed(entry, version, spooled)
+        reached("after_unspool")
+
+        def link_and_log() -> None:
+            store.link_version(files.model_id, self.name, version.version)  # the UI's LoggedModel -> version link
+            if entry.run_id:
+                timings = {
+                    "checkpoint/blocking_seconds": entry.blocked_seconds,
+                    "checkpoint/commit_seconds": time.perf_counter() - started,
+                }
+                store.log_metrics(entry.run_id, {**entry.metrics, **timings}, step, model_id=files.model_id)
+
+        with self._cond:
+            self._after_commit = [link_and_log, lambda: self._settle(reached)]
         return version
+
+    def _committed(self, entry: SpooledSave, version: CheckpointVersion, spooled: bool) -> None:
+        """After the commit point: remember the version, take the entry out of the spool."""
+        with self._cond:
+            self.last_version = version
+            self._committed_step, self._settled = entry.step, False
+            self._after_commit = [lambda: self._settle(self._crash_hook(entry.step))]
+            if spooled:
+                self._spooled.pop(entry.step, None)
+        if spooled:
+            self.spool.remove(entry)
+
+    def _finish_commit(self) -> None:
+        """Steps 6 (link) to 8 still to do, in order; each is dropped once done."""
+        while True:
+            with self._cond:
+                if not self._after_commit:
+                    return
+                task = self._after_commit[0]
+            task()
+            with self._cond:
+                if self._after_commit and self._after_commit[0] is task:
+                    self._after_commit.pop(0)
+
+    def _registered(self, entry: SpooledSave) -> CheckpointVersion | None:
+        """The version of this queue holding exactly ``entry``'s checkpoint, if any."""
+        for v in self.store.list_versions(self.name):
+            if v.is_queue_version and v.step == entry.step and v.sha256 == entry.checkpoint.sha256:
+                return v
+        return None
+
+    def _commit_left_spool(self) -> None:
+        """At start: commit what an earlier process left in the spool, in step order."""
+        entries = self.spool.entries(verify=True)
+        if not entries:
+            return
+        drops = spool_drops([SpoolItem(e.step, e.kind, e.metrics) for e in entries], self.policy)
+        for entry in entries:
+            if entry.step in drops:
+                self.spool.remove(entry)
+        kept = [e for e in entries if e.step not in drops]
+        log.warning("%s: committing %s left by an earlier process", self.name, self.spool.describe(kept))
+        for entry in kept:
+            try:
+                self._commit(entry, self._crash_hook(entry.step), dedupe=True)
+                self._finish_commit()
+            except MlflowDdspError as exc:
+                raise CheckpointSaveError(
+                    f"could not commit step {entry.step} from the spool {self.spool.folder}: {exc}; fix that and "
+                    "start again (the spool is kept), or move that folder away to go on without it"
+                ) from exc
 
     def _verify_upload(self, files: LoggedModelRef, manifest: Manifest, manifest_digest: FileDigest, step: int) -> None:
         listed = self.store.list_sizes(files)
@@ -545,10 +841,6 @@ class CheckpointQueue:
         apply_plan(self.store, self.name, plan, reached)
         self._settled = True
 
-    def _settle_after_retry(self, step: int) -> CheckpointVersion | None:
-        self._settle(lambda point: crash_point(point, step))
-        return self.last_version
-
     # -- helpers ------------------------------------------------------------
     def _version_tags(self, step: int, kind: str, manifest: Manifest, metrics: Mapping[str, float]) -> dict[str, str]:
         """What identifies a checkpoint, and nothing more (the UI's version list shows these)."""
@@ -559,17 +851,19 @@ class CheckpointQueue:
             tags[T.metric_tag(best)] = repr(float(metrics[best]))
         return tags
 
-    def _files_tags(self, step: int, kind: str, manifest: Manifest, manifest_digest: FileDigest) -> dict[str, str]:
-        """The LoggedModel's tags: who wrote it, the integrity record, lineage and parent."""
+    def _identity_tags(self, step: int, kind: str, manifest: Manifest, manifest_digest: FileDigest) -> dict[str, str]:
+        """The LoggedModel's tags saying who wrote it and its integrity record."""
         return {
-            **self._lineage,
             T.QUEUE: self.name,
             T.STEP: str(step),
             T.KIND: kind,
             T.CHECKPOINT_FILE: manifest.checkpoint_file,
             T.MANIFEST_SHA256: manifest_digest.sha256,
-            **self.parent_tags(),
         }
+
+    def _files_tags(self, step: int, kind: str, manifest: Manifest, manifest_digest: FileDigest) -> dict[str, str]:
+        """The LoggedModel's tags: who wrote it, the integrity record, lineage and parent."""
+        return {**self._lineage, **self._identity_tags(step, kind, manifest, manifest_digest), **self.parent_tags()}
 
     @property
     def restored_from(self) -> CheckpointVersion | None:
@@ -607,17 +901,78 @@ class CheckpointQueue:
         if self._closed:
             raise RuntimeError(f"CheckpointQueue({self.name!r}) is closed")
 
-    def _wait_pending(self) -> None:
-        pending, step = self._pending, self._pending_step
+    def _crash_hook(self, step: int):
+        return lambda point: crash_point(point, step)
+
+    def _busy(self) -> bool:
+        with self._cond:
+            return bool(self._spooled) or self._in_flight is not None or (
+                self._writing is not None and not self._writing.done()
+            )
+
+    def _save_error(self, step: int | None, exc: BaseException) -> BaseException:
+        if isinstance(exc, LeaseLostError):
+            return exc
+        what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+        error = CheckpointSaveError(f"saving {what} failed: {exc}")
+        error.__cause__ = exc
+        return error
+
+    def _raise_failure(self) -> None:
+        """Raise a background failure once; the committer tries again at the next save, flush or close."""
+        with self._cond:
+            failure, self._failure = self._failure, None
+            if failure is not None:
+                self._held = True
+        if failure is not None:
+            raise self._save_error(*failure)
+
+    def _release_hold(self) -> None:
+        with self._cond:
+            if self._held:
+                self._held = False
+                self._cond.notify_all()
+
+    def _wait_written(self) -> None:
+        pending, step = self._writing, self._writing_step
         if pending is None:
             return
-        self._pending = self._pending_step = None
+        self._writing = self._writing_step = None
         try:
             pending.result()
-        except LeaseLostError:
-            raise
         except Exception as exc:  # noqa: BLE001 - re-raised with context, nothing swallowed
-            raise CheckpointSaveError(f"saving the checkpoint of step {step} failed: {exc}") from exc
+            raise CheckpointSaveError(
+                f"writing the checkpoint of step {step} to the spool {self.spool.folder} failed: {exc}"
+            ) from exc
+
+    def _drain(self) -> None:
+        """Wait until everything saved is committed (or a save failed, raised here)."""
+        self._wait_written()
+        self._release_hold()
+        with self._cond:
+            self._cond.wait_for(lambda: not self._has_work() or self._failure is not None)
+        self._raise_failure()
+
+    def _wait_committed(self, bound: float) -> bool:
+        """Wait for the spool to empty; True if the server stayed unavailable for ``bound`` s first."""
+        started = time.monotonic()
+        while True:
+            with self._cond:
+                if not self._has_work() or self._failure is not None:
+                    return False
+                now = time.monotonic()
+                if self._outage_since is not None and now - max(self._outage_since, started) >= bound:
+                    return True
+                stalled = now - max(self._last_progress, started) >= bound
+                if not stalled:
+                    self._cond.wait(timeout=0.5)
+                    continue
+            try:  # no commit for `bound` s: the committer may be inside MLflow's retries of a dead server
+                check_reachable(self.store.tracking_uri)
+            except TrackingServerUnavailable:
+                return True
+            with self._cond:
+                self._cond.wait(timeout=0.5)
 
     def _close_quietly(self) -> None:
         try:

@@ -28,6 +28,10 @@ every checked queue version is MISSING (the store is empty, e.g. not mounted
 yet), the plan deletes nothing and says so (``store_unavailable``). A crash can
 also leave LoggedModels that no version uses (unfinished uploads, or the files
 of a version deleted before its bytes were): those are orphans to remove.
+
+The same rules bound the local spool of saves not yet committed (a server
+outage): :func:`spool_drops` drops a spooled rolling save that the plan would
+retire anyway once the newer spooled saves are committed.
 """
 
 from __future__ import annotations
@@ -40,7 +44,16 @@ from .. import tags as T
 from .policy import BEST_ALIAS, RetentionPolicy
 from .records import CheckpointVersion, Integrity, QueueModel
 
-__all__ = ["RegistrySnapshot", "RetentionPlan", "plan_retention", "protection", "assume_intact", "describe_version"]
+__all__ = [
+    "RegistrySnapshot",
+    "RetentionPlan",
+    "plan_retention",
+    "protection",
+    "assume_intact",
+    "describe_version",
+    "SpoolItem",
+    "spool_drops",
+]
 
 # Descriptions this package wrote (this format, or an older release's); a person's own text is left alone.
 _OUR_DESCRIPTION = re.compile(r"^(step \d+ · |Rolling checkpoint at step |Force-saved checkpoint at step |$)")
@@ -247,3 +260,37 @@ def plan_retention(
         protected=protected,
         damaged_kept=damaged,
     )
+
+
+@dataclass(frozen=True)
+class SpoolItem:
+    """A save waiting in the local spool: its step, kind and metrics."""
+
+    step: int
+    kind: str
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+def spool_drops(items: Sequence[SpoolItem], policy: RetentionPolicy, *, in_flight: int | None = None) -> frozenset[int]:
+    """The steps of spooled saves that are dropped without being committed.
+
+    The spool keeps what :func:`plan_retention` would keep among them once they
+    are all committed: every force-saved one, the newest ``keep_last`` saves,
+    and the best by ``best_metric`` among them (the registry may hold a better
+    one; it is then retired after its commit, as any version would be). A rolling
+    save no rule keeps is dropped, except the one being committed (``in_flight``).
+    So an outage holds at most ``keep_last`` rolling saves (+1 in flight, +1 best)
+    besides the force-saves.
+    """
+    newest_first = sorted(items, key=lambda i: i.step, reverse=True)
+    keep = {i.step for i in newest_first if i.kind == T.KIND_FORCE_SAVED}
+    keep |= {i.step for i in newest_first[: policy.keep_last]}
+    metric = policy.best_metric
+    if metric is not None:
+        sign = 1.0 if policy.best_mode == "min" else -1.0
+        scored = [i for i in items if metric in i.metrics and i.metrics[metric] == i.metrics[metric]]
+        if scored:
+            keep.add(min(scored, key=lambda i: (sign * i.metrics[metric], i.step)).step)
+    if in_flight is not None:
+        keep.add(in_flight)
+    return frozenset(i.step for i in items if i.step not in keep)

@@ -1,0 +1,265 @@
+"""The local spool: checkpoints written to disk and not yet committed to the registry.
+
+Every save is first written here, then committed (``queue.py``). While the
+tracking server is unreachable the spool holds what the registry will keep
+(which entries are dropped when a newer one arrives is decided in
+``retention.py``: :func:`~mlflow_ddsp.checkpoint.retention.spool_drops`); when
+the server answers again they are committed in step order. A process that dies
+with entries in its spool leaves them for the next queue of the same
+registered model on this machine, which commits them before training starts.
+
+Layout (one folder per tracking store and registered model)::
+
+    <root>/<store key>/<registered model>/
+        step-000000004000/          one entry: the version's files, then
+            model_4000.pt ...        spool.json (what the commit needs besides the files)
+        .writing-<pid>-step-...     an entry being written (removed if its process is gone)
+        .damaged-step-...           an entry that failed its sha256 check (kept for a person to look at)
+
+Commit order of one entry, so that a crash at any point leaves either a
+complete entry or none:
+
+    1. write   the files and ``spool.json`` into ``.writing-<pid>-step-<s>``, fsync each
+    2. rename  to ``step-<s>``: the entry exists (atomic on POSIX)     -> after_spool
+    3. remove  after the version is registered (``queue.py``); a crash between
+               registering and removing leaves an entry whose step and sha256 the
+               registry already holds: it is recognised and removed, never committed twice.
+
+``<root>`` is ``MLFLOW_DDSP_SPOOL_DIR`` if set, else ``mlflow-ddsp-spool/`` beside an
+embedded store's database, else ``$XDG_STATE_HOME/mlflow-ddsp/spool``
+(``~/.local/state/...``) for a tracking server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import quote, urlparse
+
+from ..errors import CheckpointIntegrityError
+from ..tracking import embedded_store_folder
+from .files import MANIFEST_FILE, FileDigest, Manifest, sha256_file, verify_files, write_checkpoint
+
+__all__ = ["SPOOL_ENV", "SpooledSave", "Spool", "spool_root"]
+
+log = logging.getLogger(__name__)
+
+SPOOL_ENV = "MLFLOW_DDSP_SPOOL_DIR"
+SPOOL_FILE = "spool.json"
+_ENTRY = re.compile(r"^step-(\d{12})$")
+_FORMAT = "mlflow-ddsp.spool/1"
+
+
+def spool_root(tracking_uri: str) -> Path:
+    """Where the spools of ``tracking_uri`` live (see the module docstring)."""
+    configured = os.environ.get(SPOOL_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    folder = embedded_store_folder(tracking_uri)
+    if folder is not None:
+        return folder / "mlflow-ddsp-spool"
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "mlflow-ddsp" / "spool"
+
+
+def _store_key(tracking_uri: str) -> str:
+    """A folder name for one tracking store: readable, and unique by a hash of the URI."""
+    folder = embedded_store_folder(tracking_uri)
+    parsed = urlparse(tracking_uri)
+    readable = (parsed.netloc or parsed.scheme or "store") if folder is None else "embedded"
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", readable)[:60]
+    return f"{readable}-{hashlib.sha256(tracking_uri.encode()).hexdigest()[:10]}"
+
+
+@dataclass(frozen=True)
+class SpooledSave:
+    """One checkpoint on local disk, waiting to be committed.
+
+    ``files_tags`` are the LoggedModel's tags (lineage, parent) fixed when the
+    save was made; ``run_id``/``experiment_id`` where it belongs.
+    """
+
+    step: int
+    kind: str
+    folder: Path
+    manifest: Manifest
+    manifest_digest: FileDigest
+    metrics: dict[str, float] = field(default_factory=dict)
+    blocked_seconds: float = 0.0
+    run_id: str | None = None
+    experiment_id: str = ""
+    files_tags: dict[str, str] = field(default_factory=dict)
+    written_by: int = 0  # pid
+
+    @property
+    def checkpoint(self):
+        return self.manifest.files[self.manifest.checkpoint_file]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(d.size for d in self.manifest.files.values()) + self.manifest_digest.size
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "format": _FORMAT, "step": self.step, "kind": self.kind, "metrics": self.metrics,
+            "blocked_seconds": self.blocked_seconds, "run_id": self.run_id, "experiment_id": self.experiment_id,
+            "files_tags": self.files_tags, "manifest_sha256": self.manifest_digest.sha256,
+            "manifest_size": self.manifest_digest.size, "written_by": self.written_by,
+        }, indent=2).encode()  # fmt: skip
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not supported here (Windows): the rename is still atomic
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Spool:
+    """The spool folder of one registered model in one tracking store.
+
+    Args:
+        tracking_uri: the store the entries are committed to.
+        name: the registered model.
+        root: default :func:`spool_root`.
+
+    Raises:
+        OSError: the folder cannot be created.
+    """
+
+    def __init__(self, tracking_uri: str, name: str, root: str | os.PathLike | None = None):
+        self.tracking_uri = tracking_uri
+        self.name = name
+        base = Path(root) if root is not None else spool_root(tracking_uri)
+        self.folder = base / _store_key(tracking_uri) / quote(name, safe="")
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # -- writing ------------------------------------------------------------
+    def write(
+        self,
+        step: int,
+        kind: str,
+        payload: Mapping[str, Any],
+        config_yaml: bytes,
+        extra_files: Mapping[str, bytes],
+        trainer_state: Mapping[str, Any] | None,
+        *,
+        metrics: Mapping[str, float],
+        blocked_seconds: float,
+        run_id: str | None,
+        experiment_id: str,
+        files_tags: Mapping[str, str],
+        after_write=lambda: None,
+    ) -> SpooledSave:
+        """Write one entry (steps 1-2 of the module's commit order); an older entry of
+        the same step is replaced. ``after_write`` runs between write and rename."""
+        tmp = self.folder / f".writing-{os.getpid()}-step-{step:012d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(mode=0o700)
+        try:
+            manifest, digest = write_checkpoint(tmp, step, payload, config_yaml, extra_files, trainer_state)
+            entry = SpooledSave(
+                step=step, kind=kind, folder=self.folder / f"step-{step:012d}", manifest=manifest,
+                manifest_digest=digest, metrics={k: float(v) for k, v in metrics.items()},
+                blocked_seconds=float(blocked_seconds), run_id=run_id, experiment_id=str(experiment_id),
+                files_tags=dict(files_tags), written_by=os.getpid(),
+            )  # fmt: skip
+            (tmp / SPOOL_FILE).write_bytes(entry.to_json())
+            _fsync_tree(tmp)
+            after_write()
+            if entry.folder.exists():
+                shutil.rmtree(entry.folder)  # the same step saved again (a retried save)
+            os.rename(tmp, entry.folder)
+            _fsync_dir(self.folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return entry
+
+    # -- reading ------------------------------------------------------------
+    def entries(self, *, verify: bool = False) -> list[SpooledSave]:
+        """The complete entries, oldest step first.
+
+        Args:
+            verify: check each file's sha256 against the entry's manifest; an
+                entry that fails is renamed ``.damaged-...`` (kept, logged).
+        Also removes ``.writing-`` folders of processes that are gone (incomplete).
+        """
+        out = []
+        for path in sorted(self.folder.iterdir()):
+            if path.name.startswith(".writing-"):
+                pid = path.name.split("-")[1]
+                if pid.isdigit() and not _pid_alive(int(pid)):
+                    shutil.rmtree(path, ignore_errors=True)
+                continue
+            if not _ENTRY.match(path.name):
+                continue
+            try:
+                entry = self._load(path)
+                if verify:
+                    verify_files(path, entry.manifest, label=f"spooled checkpoint {path}")
+                    if sha256_file(path / MANIFEST_FILE) != entry.manifest_digest:
+                        raise CheckpointIntegrityError(f"spooled checkpoint {path}: {MANIFEST_FILE} changed")
+            except (CheckpointIntegrityError, OSError, ValueError, KeyError, TypeError) as exc:
+                aside = self.folder / f".damaged-{path.name}-{int(time.time())}"
+                os.rename(path, aside)
+                log.error("%s: a spooled checkpoint is damaged and was moved to %s, not committed: %s",
+                          self.name, aside, exc)  # fmt: skip
+                continue
+            out.append(entry)
+        return out
+
+    def _load(self, path: Path) -> SpooledSave:
+        doc = json.loads((path / SPOOL_FILE).read_bytes())
+        if doc.get("format") != _FORMAT:
+            raise ValueError(f"{path / SPOOL_FILE}: unknown format {doc.get('format')!r}")
+        manifest = Manifest.from_json((path / MANIFEST_FILE).read_bytes(), source=str(path / MANIFEST_FILE))
+        return SpooledSave(
+            step=int(doc["step"]), kind=str(doc["kind"]), folder=path, manifest=manifest,
+            manifest_digest=FileDigest(str(doc["manifest_sha256"]), int(doc["manifest_size"])),
+            metrics={str(k): float(v) for k, v in doc["metrics"].items()},
+            blocked_seconds=float(doc["blocked_seconds"]), run_id=doc["run_id"],
+            experiment_id=str(doc["experiment_id"]), files_tags={str(k): str(v) for k, v in doc["files_tags"].items()},
+            written_by=int(doc.get("written_by", 0)),
+        )  # fmt: skip
+
+    # -- removing -----------------------------------------------------------
+    def remove(self, entry: SpooledSave) -> None:
+        """Delete one entry's folder (after its commit, or when retention drops it)."""
+        shutil.rmtree(entry.folder, ignore_errors=True)
+
+    def describe(self, entries: list[SpooledSave]) -> str:
+        """e.g. ``3 checkpoints (steps 200, 300, 310; 24.1 MB) in /path``."""
+        steps = ", ".join(str(e.step) for e in entries)
+        size = sum(e.nbytes for e in entries) / 1e6
+        noun = "checkpoint" if len(entries) == 1 else "checkpoints"
+        return f"{len(entries)} {noun} (step{'s' if len(entries) != 1 else ''} {steps}; {size:.1f} MB) in {self.folder}"
