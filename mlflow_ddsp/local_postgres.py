@@ -17,6 +17,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -94,6 +95,12 @@ class LocalPostgres(_ManagedProcess):
         if init.returncode != 0:
             self.stop()
             raise TrackingServerUnreachable(f"initdb failed ({init.returncode}): {init.stderr.strip()[-500:]}")
+        self._data, self._sockets, self._log_path, self._ids = data, sockets, log_path, ids
+        return self._launch()
+
+    def _launch(self) -> "LocalPostgres":
+        data, sockets, log_path, ids = self._data, self._sockets, self._log_path, self._ids
+        env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
         command = [
             str(self.bin_dir / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(sockets),
             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
@@ -108,6 +115,21 @@ class LocalPostgres(_ManagedProcess):
         wait_until_answers(self._process, "", self.startup_timeout, log_path, self.stop, what="postgres",
                            ready=functools.partial(self._accepts, sockets))  # fmt: skip
         return self
+
+    def interrupt(self) -> None:
+        """Stop the server process and keep its data: a database outage. :meth:`resume` ends it.
+
+        PostgreSQL's fast shutdown (SIGINT): open client connections are cut, as in
+        a crash of the database host, instead of being waited for.
+        """
+        if self._process is not None and self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGINT)
+            self._process.wait(timeout=60)
+        self._process = None
+
+    def resume(self) -> "LocalPostgres":
+        """Start the server again on the same port and data after :meth:`interrupt`."""
+        return self._launch()
 
     def _accepts(self, sockets: Path) -> bool:
         probe = subprocess.run(

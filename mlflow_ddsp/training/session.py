@@ -22,6 +22,7 @@ import torch
 
 from .. import tags as T
 from ..checkpoint import CheckpointQueue, CheckpointReader, RegistryStore
+from ..checkpoint.queue import resolve_close_timeout
 from ..checkpoint.lease import WriterLease
 from ..checkpoint.reader import load_into
 from ..config import Config, load_config
@@ -172,6 +173,7 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
     """Rank 0 (or the only process): the run, the tracker, the checkpoint queue."""
     run_id, own_run = _open_run(store, cfg)
     status = "FAILED"
+    tracker = None
     try:
         tracker = MlflowTracker(store, run_id, cfg.data.sampling_rate)
         tracker.log_config(cfg)
@@ -210,11 +212,12 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
             resume = TrainerState.from_payload(queue.restored_trainer_state) if own else None
             with _stop_on_signals(loop.stop) as received:
                 final_step = loop.run(start_step, resume)
-        tracker.flush()
         status = "KILLED" if received["signal"] else "FINISHED"
         return TrainResult(run_id, cfg.registered_model, start_step, final_step, received["signal"])
     finally:
-        if own_run:
+        if tracker is not None:  # delivers what the loop logged (bounded wait in an outage), ends the run
+            tracker.finish(status if own_run else None, resolve_close_timeout())
+        elif own_run:
             store.end_run(run_id, status)
 
 

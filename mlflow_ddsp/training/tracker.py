@@ -1,12 +1,17 @@
 """What training logs to an MLflow run: metrics, spectrograms, audio, the dataset, the config.
 
 The training loop calls the :class:`~mlflow_ddsp.training.loop.Tracker`
-interface; this is its MLflow implementation. Training metrics go through
-MLflow's asynchronous logging so the loop does not wait on the server.
+interface; this is its MLflow implementation. What is logged during training
+goes through a :class:`~mlflow_ddsp.training.outbox.RunOutbox`: the loop never
+waits on the server, and what is logged while the server is away arrives when
+it is back (or is reported as lost, with the count). What is logged once at the
+start (config, tags, datasets) is sent at once: a server that does not answer
+then fails the start in one line.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import tempfile
 from pathlib import Path
@@ -16,6 +21,7 @@ from ..audio import save_wav
 from ..config import Config
 from .loop import ValidationResult
 from .media import validation_media
+from .outbox import DeliveryReport, RunOutbox
 
 if TYPE_CHECKING:
     from ..checkpoint.registry import RegistryStore
@@ -24,6 +30,7 @@ __all__ = ["MlflowTracker"]
 
 log = logging.getLogger(__name__)
 
+
 class MlflowTracker:
     """Logs to one run through the store, mlflow-ddsp's one MLflow edge (its errors are ours)."""
 
@@ -31,6 +38,8 @@ class MlflowTracker:
         self.store = store
         self.run_id = run_id
         self.sampling_rate = sampling_rate
+        self.outbox = RunOutbox(lambda points: store.log_metric_points(run_id, points), name=run_id[:8])
+        self._ended = False
 
     # -- once per run -------------------------------------------------------
     def log_config(self, cfg: Config) -> None:
@@ -47,34 +56,51 @@ class MlflowTracker:
 
     # -- during training ----------------------------------------------------
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self.store.log_metrics(self.run_id, metrics, step, synchronous=False)  # the loop never waits on it
+        self.outbox.log_metrics(metrics, step)  # the loop never waits on the server
 
     def log_validation(self, result: ValidationResult, step: int, media: Mapping[str, bytes] | None = None) -> None:
         """Validation extras: real-time factor, and per speaker a spectrogram image (the run's
         images, by step: the UI's slider walks the checkpoints) and gt/pred audio
-        (``validation/step_<step>/spk<N>_<clip>_{gt,pred}.wav``).
+        (``validation/step_<step>/spk<N>_<clip>_{gt,pred}.wav``). Queued, never waited on.
 
         Args:
             media: :func:`~mlflow_ddsp.training.media.validation_media` of ``result``,
                 when the caller rendered it already (its spectrograms are reused).
         """
-        import io
-
         import matplotlib.image
 
         self.log_metrics({"validation/real_time_factor": result.real_time_factor}, step)
         media = media if media is not None else validation_media(result.clips, self.sampling_rate, step)
         for speaker in sorted({clip.speaker for clip in result.clips}):
             image = matplotlib.image.imread(io.BytesIO(media[f"validation_spk{speaker}.png"]), format="png")
-            self.store.log_image(self.run_id, image, key=f"validation/spectrogram_spk{speaker}", step=step)
+            key = f"validation/spectrogram_spk{speaker}"
+            self.outbox.call(f"image {key} at step {step}",
+                             lambda image=image, key=key: self.store.log_image(self.run_id, image, key=key, step=step),
+                             media=True)  # fmt: skip
         if not result.clips:
             return
+        clips = [(clip.speaker, clip.name, clip.target, clip.prediction) for clip in result.clips]
+        self.outbox.call(f"validation audio of step {step}", lambda: self._log_audio(clips, step), media=True)
+
+    def _log_audio(self, clips, step: int) -> None:
         with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-audio-") as tmp:
-            for clip in result.clips:
-                stem = f"spk{clip.speaker}_" + Path(clip.name).with_suffix("").as_posix().replace("/", "_")
-                save_wav(Path(tmp) / f"{stem}_gt.wav", clip.target, self.sampling_rate)
-                save_wav(Path(tmp) / f"{stem}_pred.wav", clip.prediction, self.sampling_rate)
+            for speaker, name, target, prediction in clips:
+                stem = f"spk{speaker}_" + Path(name).with_suffix("").as_posix().replace("/", "_")
+                save_wav(Path(tmp) / f"{stem}_gt.wav", target, self.sampling_rate)
+                save_wav(Path(tmp) / f"{stem}_pred.wav", prediction, self.sampling_rate)
             self.store.log_artifacts(self.run_id, tmp, f"validation/step_{step:08d}")
 
-    def flush(self) -> None:
-        self.store.flush_async_logging()
+    # -- end ------------------------------------------------------------------
+    def finish(self, status: str | None, timeout: float) -> DeliveryReport:
+        """Deliver what is queued, then (with a ``status``) end the run; wait at most
+        ``timeout`` seconds of outage, then report in one line what did not arrive."""
+        if status is not None:
+            self.outbox.call(f"end run {self.run_id}", lambda: self._end(status))
+        report = self.outbox.close(timeout)
+        if status is not None and not self._ended:
+            log.warning("run %s stays RUNNING in MLflow: the tracking server was unavailable at its end", self.run_id)
+        return report
+
+    def _end(self, status: str) -> None:
+        self.store.end_run(self.run_id, status)
+        self._ended = True
