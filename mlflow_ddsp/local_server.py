@@ -132,6 +132,14 @@ class LocalServer(_ManagedProcess):
         self._wait_healthy()
         return self
 
+    def pause(self) -> None:
+        """SIGSTOP the server and its workers: a server that hangs (requests time out, nothing refuses)."""
+        os.killpg(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        os.killpg(self._process.pid, signal.SIGCONT)
+
     def _wait_healthy(self) -> None:
         _wait_until_answers(self._process, self.uri + "/health", self.startup_timeout, self.log_path, self.stop)
 

@@ -13,6 +13,10 @@ B. The database stops under a running queue (the server answers HTTP 5xx):
    step order and the metrics logged meanwhile arrive.
 C. ``close()`` during an outage waits its bounded time, leaves the spool for
    the next start and says so in one line; the next start commits it.
+
+Then DDP: ``torchrun`` (gloo, 2 processes) trains while the server hangs
+(SIGSTOP: requests time out instead of being refused); rank 0 never stalls, so
+neither does rank 1, and the next start commits what rank 0 spooled.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ import torch
 
 from mlflow_ddsp import CheckpointQueue
 from mlflow_ddsp.checkpoint import RegistryStore
-from mlflow_ddsp.local_server import LocalServer
+from mlflow_ddsp.local_server import LocalServer, free_port
 from mlflow_ddsp.training.outbox import RunOutbox
 
+from conftest import tiny_config
 from registry_checks import versions_by_step
 
 pytestmark = pytest.mark.slow
@@ -168,3 +173,36 @@ def test_outages_of_the_server_and_its_database(stack, tmp_path, monkeypatch, ca
         assert again.restore(model) == 80
         assert _spool_steps(again) == []
     assert versions_by_step(store, name) == {30: "force_saved", 60: "force_saved", 80: "rolling"}
+
+
+def test_data_parallel_training_goes_on_while_the_server_hangs(stack, demo_data, tmp_path, monkeypatch):
+    cluster, server = stack
+    name = "ddp-outage"
+    config = tiny_config(demo_data, tmp_path / "tiny.yaml", name, interval_val=4, interval_force_save=8, max_steps=16)
+    monkeypatch.setenv("MLFLOW_DDSP_CLOSE_TIMEOUT", "2")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+               str(free_port()), "-m", "mlflow_ddsp", "--tracking-uri", server.uri, "train", "-c", str(config)]  # fmt: skip
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    errors: list[str] = []
+    try:
+        for line in job.stderr:  # rank 0's log: the first checkpoint is queued, the server hangs from here on
+            errors.append(line)
+            if "step 4: validation loss" in line:
+                server.pause()
+                break
+        else:
+            pytest.fail("training ended before its first checkpoint: " + "".join(errors[-30:]))
+        # A stall would cost MLflow's request timeout (120 s) per save: 3 saves follow.
+        out, rest = job.communicate(timeout=240)
+    finally:
+        job.kill()
+        server.resume()
+    assert job.returncode == 0, (errors + [rest])[-1][-3000:]
+    assert out.count(f"trained {name} from step 0 to 16") == 1
+    spooled = next(line for line in out.splitlines() if line.startswith("the tracking server was unavailable"))
+    assert "step" in spooled and "16" in spooled
+
+    # The next start (its lease holder is gone) commits what rank 0 spooled.
+    with CheckpointQueue(name, 4, 8, tracking_uri=server.uri, experiment=f"exp-{name}") as queue:
+        assert queue.restore(torch.nn.Module(), strict=False) == 16
+    assert versions_by_step(RegistryStore(server.uri), name) == {8: "force_saved", 16: "force_saved"}

@@ -40,6 +40,11 @@ def train(ctx: click.Context, config_path: str, overrides: tuple[str, ...], init
             f"trained {result.registered_model} from step {result.start_step} to {result.final_step} "
             f"(run {result.run_id}); `mlflow-ddsp versions {result.registered_model}` lists its checkpoints"
         )
+        if result.spooled:
+            click.echo(
+                f"the tracking server was unavailable at the end: {result.spooled} wait to be committed; "
+                f"run the same `train` again (it commits them first) once the server is back"
+            )
     if result.stopped_by:
         ctx.exit(128 + signal.Signals[result.stopped_by].value)
 

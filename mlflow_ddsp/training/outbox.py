@@ -192,20 +192,38 @@ class RunOutbox:
                 self._cond.notify_all()
 
     # -- end -----------------------------------------------------------------
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything queued is sent; False if ``timeout`` s of outage passed first."""
-        started = time.monotonic()
-        with self._cond:
-            while self._items:
+    def flush(self, timeout: float | None = None, probe: Callable[[], None] | None = None) -> bool:
+        """Wait until everything queued is sent; False if the server was unavailable for
+        ``timeout`` s first: known from a failed request, or (a request hanging on a
+        server that stopped answering) nothing sent for ``timeout`` s and ``probe``
+        raising TrackingServerUnavailable."""
+        started = last = time.monotonic()
+        sent = -1
+        while True:
+            with self._cond:
+                if not self._items:
+                    return True
+                now = time.monotonic()
+                if len(self._items) != sent:
+                    sent, last = len(self._items), now
                 since = self.outage_since
-                if timeout is not None and since is not None and time.monotonic() - max(since, started) >= timeout:
+                if timeout is not None and since is not None and now - max(since, started) >= timeout:
                     return False
-                self._cond.wait(timeout=0.5)
-        return True
+                stalled = timeout is not None and now - last >= timeout
+                if not stalled:
+                    self._cond.wait(timeout=0.5)
+                    continue
+            if probe is None:
+                return False
+            try:
+                probe()
+            except TrackingServerUnavailable:
+                return False
+            last = time.monotonic()  # the server answers: a slow request, go on waiting
 
-    def close(self, timeout: float) -> DeliveryReport:
-        """Deliver what is queued, waiting at most ``timeout`` s of outage; stop; report."""
-        self.flush(timeout)
+    def close(self, timeout: float, probe: Callable[[], None] | None = None) -> DeliveryReport:
+        """Deliver what is queued, waiting at most ``timeout`` s of outage (see :meth:`flush`); stop; report."""
+        self.flush(timeout, probe)
         with self._cond:
             self._stopping = True
             report = DeliveryReport(

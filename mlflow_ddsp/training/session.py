@@ -22,8 +22,8 @@ import torch
 
 from .. import tags as T
 from ..checkpoint import CheckpointQueue, CheckpointReader, RegistryStore
-from ..checkpoint.queue import resolve_close_timeout
 from ..checkpoint.lease import WriterLease
+from ..checkpoint.queue import resolve_close_timeout
 from ..checkpoint.reader import load_into
 from ..config import Config, load_config
 from ..corpus import dataset_digest, list_audio
@@ -32,6 +32,7 @@ from ..lineage import code_version, environment_versions
 from ..loss import FixedScaleSpectralLoss, RandomScaleSpectralLoss
 from ..models import architecture, build_model_from_config
 from ..serving.model_files import pyfunc_files
+from ..tracking import check_reachable
 from .data import make_loaders
 from .distributed import DistributedContext, NullCheckpointer, NullTracker
 from .loop import TrainLoop
@@ -51,6 +52,7 @@ class TrainResult:
     final_step: int
     stopped_by: str | None  # "SIGINT" / "SIGTERM" when interrupted, else None
     is_main: bool = True
+    spooled: str = ""  # checkpoints left in the local spool (the server was unavailable at the end), described
 
 
 @contextmanager
@@ -213,10 +215,11 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
             with _stop_on_signals(loop.stop) as received:
                 final_step = loop.run(start_step, resume)
         status = "KILLED" if received["signal"] else "FINISHED"
-        return TrainResult(run_id, cfg.registered_model, start_step, final_step, received["signal"])
+        spooled = queue.spool.describe(queue.left_in_spool) if queue.left_in_spool else ""
+        return TrainResult(run_id, cfg.registered_model, start_step, final_step, received["signal"], spooled=spooled)
     finally:
         if tracker is not None:  # delivers what the loop logged (bounded wait in an outage), ends the run
-            tracker.finish(status if own_run else None, resolve_close_timeout())
+            tracker.finish(status if own_run else None, resolve_close_timeout(), probe=lambda: check_reachable(store.tracking_uri))
         elif own_run:
             store.end_run(run_id, status)
 

@@ -91,12 +91,13 @@ class MlflowTracker:
             self.store.log_artifacts(self.run_id, tmp, f"validation/step_{step:08d}")
 
     # -- end ------------------------------------------------------------------
-    def finish(self, status: str | None, timeout: float) -> DeliveryReport:
+    def finish(self, status: str | None, timeout: float, probe=None) -> DeliveryReport:
         """Deliver what is queued, then (with a ``status``) end the run; wait at most
-        ``timeout`` seconds of outage, then report in one line what did not arrive."""
+        ``timeout`` seconds of outage, then report in one line what did not arrive.
+        ``probe`` (raises TrackingServerUnavailable) tells a hung server from a slow one."""
         if status is not None:
             self.outbox.call(f"end run {self.run_id}", lambda: self._end(status))
-        report = self.outbox.close(timeout)
+        report = self.outbox.close(timeout, probe)
         if status is not None and not self._ended:
             log.warning("run %s stays RUNNING in MLflow: the tracking server was unavailable at its end", self.run_id)
         return report
