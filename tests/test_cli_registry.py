@@ -135,3 +135,20 @@ def test_a_file_deleted_from_under_a_version_is_named_with_the_version(embedded,
     assert result.exit_code == 1
     (line,) = result.output.strip().splitlines()
     assert line.startswith(f"error: {model_name} v1 (step 20): model_20.pt missing from "), line
+
+
+def test_versions_names_what_waits_in_the_local_spool(embedded, model_name):
+    """Saves not yet in the registry (a server outage, a process killed meanwhile) are shown, not hidden."""
+    from mlflow_ddsp.checkpoint.spool import Spool
+
+    model = torch.nn.Linear(4, 2)
+    with CheckpointQueue(model_name, 10, 20, tracking_uri=embedded.uri, experiment=embedded.experiment) as queue:
+        queue.save(10, model).result()
+    Spool(embedded.uri, model_name).write(
+        30, "rolling", {"global_step": 30, "model": model.state_dict()}, b"{}\n", {}, None,
+        metrics={}, blocked_seconds=0.0, run_id=None, experiment_id="0", files_tags={},
+    )  # fmt: skip
+    result = CliRunner().invoke(main, ["--tracking-uri", embedded.uri, "versions", model_name, "--no-verify"])
+    assert result.exit_code == 0, result.output
+    last = result.output.splitlines()[-1]
+    assert last.startswith("not in the registry yet, waiting in this machine's spool: 1 checkpoint (step 30;")

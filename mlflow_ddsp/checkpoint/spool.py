@@ -156,12 +156,28 @@ class Spool:
         OSError: the folder cannot be created.
     """
 
-    def __init__(self, tracking_uri: str, name: str, root: str | os.PathLike | None = None):
+    def __init__(self, tracking_uri: str, name: str, root: str | os.PathLike | None = None, *, create: bool = True):
         self.tracking_uri = tracking_uri
         self.name = name
         base = Path(root) if root is not None else spool_root(tracking_uri)
         self.folder = base / _store_key(tracking_uri) / quote(name, safe="")
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if create:
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @classmethod
+    def waiting(cls, tracking_uri: str, name: str) -> tuple["Spool", list[SpooledSave]]:
+        """The spool of ``name`` on this machine and its readable entries, changing nothing
+        (for ``versions``: what is not in the registry yet)."""
+        spool = cls(tracking_uri, name, create=False)
+        out = []
+        if spool.folder.is_dir():
+            for path in sorted(spool.folder.iterdir()):
+                if _ENTRY.match(path.name):
+                    try:
+                        out.append(spool._load(path))
+                    except (CheckpointIntegrityError, OSError, ValueError, KeyError, TypeError):
+                        continue
+        return spool, out
 
     # -- writing ------------------------------------------------------------
     def write(

@@ -26,8 +26,11 @@ def versions(ctx: click.Context, name: str, alias: str, as_json: bool, no_verify
     version with none is deleted by the next save or `mlflow-ddsp gc`.
     """
     from ..checkpoint.audit import audit_queue
+    from ..checkpoint.spool import Spool
 
-    audit = audit_queue(open_store(ctx), name, alias, deep=not no_verify, progress=progress("verifying"))
+    store = open_store(ctx)
+    audit = audit_queue(store, name, alias, deep=not no_verify, progress=progress("verifying"))
+    spool, waiting = Spool.waiting(store.tracking_uri, name)
     rows = []
     for a in audit.versions:
         v = a.version
@@ -49,8 +52,14 @@ def versions(ctx: click.Context, name: str, alias: str, as_json: bool, no_verify
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    note = (
+        f"not in the registry yet, waiting in this machine's spool: {spool.describe(waiting)}; "
+        f"committed when training into {name} starts again" if waiting else None
+    )  # fmt: skip
     if not rows:
         click.echo(f"{name} has no versions")
+        if note:
+            click.echo(note)
         return
     table = [("VERSION", "STEP", "KIND", "ALIASES", "SIZE", "SHA256", "RUN", "CREATED", "KEPT")]
     for r in rows:
@@ -71,6 +80,8 @@ def versions(ctx: click.Context, name: str, alias: str, as_json: bool, no_verify
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    if note:
+        click.echo(note)
 
 
 @main.command()
