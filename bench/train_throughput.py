@@ -213,7 +213,7 @@ class _PipeBaton:
 class _TurnTakingLoader:
     """Wraps a DataLoader: waits for this side's turn before each batch and times each step."""
 
-    def __init__(self, loader, side: _Side, baton: _Baton, evaluate, eval_every: int):
+    def __init__(self, loader, side: _Side, baton: _PipeBaton, evaluate, eval_every: int):
         self.loader, self.side, self.baton, self.evaluate, self.eval_every = loader, side, baton, evaluate, eval_every
         self.sampler, self.batch_size = getattr(loader, "sampler", None), loader.batch_size
         self.started = None
@@ -318,7 +318,7 @@ def worker(name: str, workdir: Path, upstream_path: Path, steps: int, seed: int,
     if name == "ours":
         from mlflow_ddsp.training.data import make_loaders
         from mlflow_ddsp.training.loop import TrainLoop
-        from mlflow_ddsp.training.session import intra_op_threads, training_threads
+        from mlflow_ddsp.training.session import training_threads
 
         threads_here = threads or training_threads(cfg, torch.device("cpu"))  # what `mlflow-ddsp train` uses
         model = build_model_from_config(cfg)
