@@ -9,16 +9,20 @@
   activations quantized per call with one scale per tensor, int32 accumulation
   in fbgemm's VNNI kernels, fp32 in and out) of the attention and feed-forward
   Linears of every transformer layer of a fairseq HuBERT / ContentVec: ~95% of
-  the transformer's multiply-adds. The conv feature extractor after its first
-  block is rewritten exactly as windows times matrix on channels-last frames (a
-  ``Conv1d`` with kernel ``k`` and stride ``s`` over ``[B, C, T]`` is a matmul of
-  the ``[B, N, k * C]`` windows with the ``[k * C, C_out]`` weight), run in bf16
-  where the CPU has bf16 kernels (AVX-512; fp32 convolutions otherwise). Not
-  int8 there: with one activation scale per tensor, the quiet frames of a clip
-  with loud singing lose most of their resolution (mean units cosine 0.95 on
-  singing with pauses, measured). ``post_extract_proj`` stays fp32 for the
-  same reason (0.986 when quantized), and so do ``final_proj``, the first conv
-  block, the positional convolution, LayerNorms, softmax and GELUs. CPU only.
+  the transformer's multiply-adds. The conv feature extractor is rewritten
+  as windows times matrix on channels-last frames (a ``Conv1d`` with kernel
+  ``k`` and stride ``s`` over ``[B, C, T]`` is a matmul of the ``[B, N, k * C]``
+  windows with the ``[k * C, C_out]`` weight; the first block's per-channel
+  GroupNorm folded into its fp32 matmul), the blocks after the first run in
+  bf16 where the CPU has bf16 kernels (AVX-512; fp32 convolutions otherwise),
+  the first block's output rounded to bf16 before its GELU. Not int8 there:
+  with one activation scale per tensor, the quiet frames of a clip with loud
+  singing lose most of their resolution (mean units cosine 0.95 on singing with
+  pauses, measured). ``post_extract_proj`` stays fp32 for the same reason
+  (0.986 when quantized), and so do ``final_proj``, LayerNorms, softmax and the
+  transformer's GELUs. The positional convolution's weight-normed kernel is
+  computed once and the convolution runs in bf16 (fp32 bias) on those CPUs
+  (:class:`FrozenConv1d`). CPU only.
 - ``auto``: ``int8`` on the CPU for encoders that have an int8 form (the fairseq
   HuBERT family: ``contentvec*``, ``hubertbase*``, ``hubertlarge1024l24``);
   ``fp32`` otherwise, including every GPU (the GPU path is unchanged).
@@ -38,12 +42,14 @@ from torch import nn
 
 from mlflow_ddsp.errors import ConfigError
 from mlflow_ddsp.features.encoders.fairseq_hubert import FairseqHubert
+from mlflow_ddsp.features.encoders.layers import WeightNormConv1d
 
 __all__ = [
     "ENCODER_PRECISIONS",
     "check_encoder_precision",
     "resolve_encoder_precision",
     "ChannelsLastConvStack",
+    "FrozenConv1d",
     "fast_matmul_dtype",
     "quantize_fairseq_hubert_int8",
 ]
@@ -195,7 +201,7 @@ class ChannelsLastConvStack(nn.Module):
         return torch.matmul(torch.cat([frames, ones], dim=-1), torch.cat([w64 * scale, shift], dim=1).float())
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        x = F.gelu(self.first_block(wav)).to(self.dtype)  # [B, N0, C]
+        x = F.gelu(self.first_block(wav).to(self.dtype))  # [B, N0, C]
         last = len(self.windows) - 1
         for i, ((kernel, stride), norm) in enumerate(zip(self.windows, self.norms)):
             y = torch.matmul(self.frame_windows(x, kernel, stride), getattr(self, f"weight{i}"))
@@ -206,6 +212,26 @@ class ChannelsLastConvStack(nn.Module):
                 x = F.gelu(norm(y.float() if bias is None else y.float() + bias))
                 x = x if i == last else x.to(self.dtype)
         return x.float().transpose(1, 2)
+
+
+class FrozenConv1d(nn.Module):
+    """A :class:`WeightNormConv1d` with its kernel computed once and stored in ``dtype``, for inference.
+
+    ``x [B, C_in, N]`` (fp32) -> fp32 ``[B, C_out, N + 2 * (k // 2) - k + 1]``: the
+    convolution runs in ``dtype`` (bf16: oneDNN's bf16 kernels, fp32 accumulation),
+    the bias is added in fp32. Holds buffers only (no parameters to train).
+    """
+
+    def __init__(self, conv: WeightNormConv1d, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.padding, self.groups, self.dtype = conv.padding, conv.groups, dtype
+        with torch.no_grad():
+            self.register_buffer("weight", conv.weight().detach().to(dtype).contiguous())
+            self.register_buffer("bias", conv.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv1d(x.to(self.dtype), self.weight, None, padding=self.padding, groups=self.groups)
+        return y.float() + self.bias[:, None]
 
 
 def fast_matmul_dtype() -> torch.dtype:
@@ -224,6 +250,7 @@ def quantize_fairseq_hubert_int8(model: FairseqHubert, *, inplace: bool = False)
     fast = (model if inplace else copy.deepcopy(model)).cpu().eval()
     if fast_matmul_dtype() == torch.bfloat16:
         fast.feature_extractor = ChannelsLastConvStack(fast.feature_extractor, torch.bfloat16)
+        fast.encoder.pos_conv[0] = FrozenConv1d(fast.encoder.pos_conv[0], torch.bfloat16)
     with warnings.catch_warnings():
         # torch.ao.quantization's eager API warns that it is deprecated in favour of
         # torchao; in torch 2.13 it is present and is what runs fbgemm's int8 kernels.
