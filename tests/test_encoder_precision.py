@@ -24,6 +24,7 @@ from mlflow_ddsp.features.encoders.fairseq_hubert import FairseqHubert, FairseqH
 from mlflow_ddsp.features.encoders.precision import (
     ENCODER_PRECISIONS,
     ChannelsLastConvStack,
+    FrozenConv1d,
     check_encoder_precision,
     quantize_fairseq_hubert_int8,
     resolve_encoder_precision,
@@ -99,6 +100,57 @@ def test_channels_last_conv_stack_is_the_same_convolution_in_fp32(ckpts, style):
         expected, got = model.feature_extractor(wav), stack(wav)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_channels_last_conv_stack_folds_group_norm_exactly_also_with_conv_bias():
+    torch.manual_seed(3)
+    cfg = FairseqHubertConfig(conv_feature_layers="[(64,10,5)] + [(64,3,2)] * 2 + [(64,2,2)]", conv_bias=True)
+    extractor = FairseqHubert(cfg).feature_extractor.eval()
+    with torch.no_grad():
+        for block in extractor.conv_layers:
+            block[0].bias.normal_(0.0, 0.5)
+        extractor.conv_layers[0][2].weight.uniform_(0.5, 1.5)
+        extractor.conv_layers[0][2].bias.normal_(0.0, 0.2)
+        wav = torch.from_numpy(_singing()[: SR // 4])[None]
+        expected, got = extractor(wav), ChannelsLastConvStack(extractor, torch.float32)(wav)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_frozen_positional_conv_is_the_weight_normed_one():
+    from mlflow_ddsp.features.encoders.layers import WeightNormConv1d
+
+    torch.manual_seed(0)
+    conv = WeightNormConv1d(64, 64, 16, groups=8)
+    with torch.no_grad():
+        conv.weight_g.mul_(torch.linspace(0.5, 2.0, 16))
+        conv.bias.normal_()
+    x = torch.randn(1, 64, 50)
+    with torch.no_grad():
+        expected = F.conv1d(x, conv.weight(), conv.bias, padding=8, groups=8)
+        torch.testing.assert_close(FrozenConv1d(conv)(x), expected, rtol=1e-6, atol=1e-6)
+        in_bf16 = FrozenConv1d(conv, torch.bfloat16)
+        assert in_bf16.weight.dtype == torch.bfloat16 and not list(in_bf16.parameters())
+        got = in_bf16(x)
+    assert got.dtype == torch.float32
+    assert _cosine(got.transpose(1, 2), expected.transpose(1, 2)).min() > 0.999
+
+
+def test_bf16_gelu_is_the_fp32_gelu_rounded_which_the_conv_stack_relies_on():
+    # ChannelsLastConvStack runs GELU on its bf16 matmul output instead of on the
+    # fp32 copy it rounds for the next matmul: the same numbers only if this holds.
+    y = (torch.randn(1 << 16, generator=torch.Generator().manual_seed(0)) * 4).to(torch.bfloat16)
+    assert torch.equal(F.gelu(y), F.gelu(y.float()).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("style", ["base", "large"])
+def test_channels_last_conv_stack_in_bf16_stays_close_to_fp32(ckpts, style):
+    model = load_units_encoder("contentvec768l12", ckpts[style]).backbone.model
+    wav = torch.from_numpy(_singing()[: SR // 2])[None]
+    stack = ChannelsLastConvStack(model.feature_extractor, torch.bfloat16)
+    with torch.no_grad():
+        expected, got = model.feature_extractor(wav), stack(wav)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert _cosine(got.transpose(1, 2), expected.transpose(1, 2)).min() > 0.999
 
 
 def test_quantizing_leaves_the_fp32_model_alone(ckpts):

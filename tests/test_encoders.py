@@ -632,3 +632,43 @@ def test_register_a_custom_encoder(monkeypatch):
     assert load_units_encoder("zeros").encode(np.zeros(2048, np.float32), SR, HOP).shape == (1, 5, 4)
     with pytest.raises(ValueError, match="already registered"):
         register_encoder(spec)
+
+
+# ---------------------------------------------------------------- weight-normed positional conv at inference
+
+
+def test_weight_norm_conv_caches_its_kernel_at_inference_and_follows_weight_changes():
+    from mlflow_ddsp.features.encoders.layers import WeightNormConv1d
+
+    torch.manual_seed(0)
+    conv = WeightNormConv1d(32, 32, 8, groups=4)
+    with torch.no_grad():
+        conv.weight_g.mul_(torch.linspace(0.5, 2.0, 8))  # not the init's weight == weight_v
+    x = torch.randn(2, 32, 20)
+    with torch.inference_mode():
+        cached = conv.inference_weight()
+        assert torch.equal(cached, conv.weight())
+        assert conv.inference_weight() is cached  # computed once
+        torch.testing.assert_close(conv(x), F.conv1d(x, conv.weight(), conv.bias, padding=4, groups=4), rtol=0, atol=0)
+    # load_state_dict (in place) and a replaced parameter both recompute it
+    state = {k: v * 1.5 if k == "weight_v" else v for k, v in conv.state_dict().items()}
+    state["weight_g"] = state["weight_g"] * 3.0
+    conv.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.equal(conv.inference_weight(), conv.weight())
+        assert not torch.equal(conv.inference_weight(), cached)
+        conv.weight_g = torch.nn.Parameter(conv.weight_g * 0.5)
+        assert torch.equal(conv.inference_weight(), conv.weight())
+
+
+def test_weight_norm_conv_recomputes_with_autograd_so_training_reaches_both_parameters():
+    from mlflow_ddsp.features.encoders.layers import WeightNormConv1d
+
+    torch.manual_seed(0)
+    conv = WeightNormConv1d(16, 16, 4, groups=2)
+    with torch.no_grad():
+        conv(torch.randn(1, 16, 10))  # fills the inference cache
+    conv(torch.randn(1, 16, 10)).square().sum().backward()
+    assert conv.weight_g.grad is not None and conv.weight_g.grad.abs().sum() > 0
+    assert conv.weight_v.grad is not None and conv.weight_v.grad.abs().sum() > 0
+    assert "_cached" not in "".join(conv.state_dict())

@@ -6,6 +6,11 @@ embedding whose convolution is weight-normalised over the kernel axis
 ``weight_g [1, 1, k]`` and ``weight_v [C, C / groups, k]`` instead of ``weight``;
 ``WeightNormConv1d`` keeps exactly those two parameters (and ``bias``) so the files
 load as they are, without the deprecated hook-based ``weight_norm`` API.
+
+At inference (autograd off: ``torch.no_grad`` / ``torch.inference_mode``) the
+effective kernel is computed once and reused while the parameters stay the same
+tensors at the same version; training (autograd on) recomputes it every call, so
+gradients reach ``weight_g`` and ``weight_v`` as before.
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ class WeightNormConv1d(nn.Module):
     """Grouped Conv1d with weight = ``weight_g * weight_v / ||weight_v||``, norm over dims 0 and 1.
 
     Shapes: ``x [B, C_in, N] -> [B, C_out, N + 2 * (k // 2) - k + 1]`` (padding ``k // 2``).
+
+    With autograd off the kernel is cached (see the module doc): the cache is keyed
+    on the identity, version counter, dtype and device of both parameters, so an
+    in-place update (``load_state_dict``, an optimiser step), ``.to()`` or a
+    replaced parameter recomputes it. It is no parameter or buffer (not in the
+    ``state_dict``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int) -> None:
@@ -34,12 +45,27 @@ class WeightNormConv1d(nn.Module):
         with torch.no_grad():  # start as a plain conv with weight == weight_v
             self.weight_g.copy_(self.weight_v.norm(dim=(0, 1), keepdim=True))
 
+        self._cached: tuple[tuple, torch.Tensor] | None = None
+
     def weight(self) -> torch.Tensor:
-        """The effective ``[C_out, C_in / groups, k]`` kernel."""
+        """The effective ``[C_out, C_in / groups, k]`` kernel (recomputed on every call)."""
         return self.weight_v * (self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True))
 
+    def _cache_key(self) -> tuple:
+        g, v = self.weight_g, self.weight_v
+        return (id(g), id(v), g._version, v._version, g.data_ptr(), v.data_ptr(), v.dtype, v.device)
+
+    def inference_weight(self) -> torch.Tensor:
+        """:meth:`weight` computed once and reused while the parameters are unchanged (autograd off only)."""
+        key = self._cache_key()
+        if self._cached is None or self._cached[0] != key:
+            with torch.no_grad():
+                self._cached = (key, self.weight())
+        return self._cached[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv1d(x, self.weight(), self.bias, padding=self.padding, groups=self.groups)
+        weight = self.weight() if torch.is_grad_enabled() else self.inference_weight()
+        return F.conv1d(x, weight, self.bias, padding=self.padding, groups=self.groups)
 
 
 class SamePad(nn.Module):

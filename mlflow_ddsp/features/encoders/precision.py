@@ -9,16 +9,20 @@
   activations quantized per call with one scale per tensor, int32 accumulation
   in fbgemm's VNNI kernels, fp32 in and out) of the attention and feed-forward
   Linears of every transformer layer of a fairseq HuBERT / ContentVec: ~95% of
-  the transformer's multiply-adds. The conv feature extractor after its first
-  block is rewritten exactly as ``unfold + matmul`` on channels-last frames (a
-  ``Conv1d`` with kernel ``k`` and stride ``s`` over ``[B, C, T]`` is a matmul of
-  the ``[B, N, C * k]`` windows with the ``[C * k, C_out]`` weight), run in bf16
-  where the CPU has bf16 kernels (AVX-512; fp32 convolutions otherwise). Not
-  int8 there: with one activation scale per tensor, the quiet frames of a clip
-  with loud singing lose most of their resolution (mean units cosine 0.95 on
-  singing with pauses, measured). ``post_extract_proj`` stays fp32 for the
-  same reason (0.986 when quantized), and so do ``final_proj``, the first conv
-  block, the positional convolution, LayerNorms, softmax and GELUs. CPU only.
+  the transformer's multiply-adds. The conv feature extractor is rewritten
+  as windows times matrix on channels-last frames (a ``Conv1d`` with kernel
+  ``k`` and stride ``s`` over ``[B, C, T]`` is a matmul of the ``[B, N, k * C]``
+  windows with the ``[k * C, C_out]`` weight; the first block's per-channel
+  GroupNorm folded into its fp32 matmul), the blocks after the first run in
+  bf16 where the CPU has bf16 kernels (AVX-512; fp32 convolutions otherwise),
+  the first block's output rounded to bf16 before its GELU. Not int8 there:
+  with one activation scale per tensor, the quiet frames of a clip with loud
+  singing lose most of their resolution (mean units cosine 0.95 on singing with
+  pauses, measured). ``post_extract_proj`` stays fp32 for the same reason
+  (0.986 when quantized), and so do ``final_proj``, LayerNorms, softmax and the
+  transformer's GELUs. The positional convolution's weight-normed kernel is
+  computed once and the convolution runs in bf16 (fp32 bias) on those CPUs
+  (:class:`FrozenConv1d`). CPU only.
 - ``auto``: ``int8`` on the CPU for encoders that have an int8 form (the fairseq
   HuBERT family: ``contentvec*``, ``hubertbase*``, ``hubertlarge1024l24``);
   ``fp32`` otherwise, including every GPU (the GPU path is unchanged).
@@ -38,12 +42,14 @@ from torch import nn
 
 from mlflow_ddsp.errors import ConfigError
 from mlflow_ddsp.features.encoders.fairseq_hubert import FairseqHubert
+from mlflow_ddsp.features.encoders.layers import WeightNormConv1d
 
 __all__ = [
     "ENCODER_PRECISIONS",
     "check_encoder_precision",
     "resolve_encoder_precision",
     "ChannelsLastConvStack",
+    "FrozenConv1d",
     "fast_matmul_dtype",
     "quantize_fairseq_hubert_int8",
 ]
@@ -88,33 +94,57 @@ def resolve_encoder_precision(
 
 
 class ChannelsLastConvStack(nn.Module):
-    """A fairseq conv feature extractor run as ``unfold + matmul`` after its first block.
+    """A fairseq conv feature extractor run as windows-times-matrix on channels-last frames.
 
     Built from a loaded ``_ConvFeatureExtractor`` (``wav [B, T] -> [B, C, N]``), same
-    output: block 0 runs as before (``Conv1d(1 -> C, 10, 5)`` + GroupNorm/LayerNorm +
-    GELU), then each further ``Conv1d(C -> C_out, k, s)`` becomes a matmul of the
-    ``x.unfold(1, k, s)`` windows ``[B, N, C * k]`` of channels-last ``[B, N, C]``
-    frames with the weight ``[C_out, C, k]`` reshaped to ``[C_out, C * k]`` (the
-    windows' ``(C, k)`` order), then its LayerNorm (``layer_norm`` extractor mode)
-    and GELU, in fp32. ``dtype`` is the matmuls' dtype: ``torch.bfloat16`` halves
-    their cost on CPUs with AVX-512 (oneDNN bf16 kernels), with fp32 accumulation
-    and relative rounding (no scale to saturate, unlike int8, so quiet frames keep
-    their accuracy next to loud ones). The result is a ``[B, C, N]`` view of
-    channels-last memory, so the caller's ``transpose(1, 2)`` is free.
+    output. Block 0 (``Conv1d(1 -> C, 10, 5)`` + GroupNorm/LayerNorm + GELU) runs in
+    fp32 as a ``[B, N0, 10] @ [10, C]`` matmul of the waveform's windows, straight
+    into channels-last frames, its GroupNorm (one group per channel: each channel
+    normalised over time) folded into that matmul (see :meth:`first_block`) or its
+    LayerNorm over channels applied after it, then GELU. Each further
+    ``Conv1d(C -> C_out, k, s)`` becomes a matmul of the windows ``[B, N, k * C]``
+    of channels-last ``[B, N, C]`` frames (a strided view: window ``n`` is frames
+    ``n * s .. n * s + k - 1`` side by side) with the weight ``[C_out, C, k]``
+    permuted and reshaped to ``[k * C, C_out]`` (the windows' ``(k, C)`` order),
+    then its LayerNorm (``layer_norm`` extractor mode) and GELU.
+
+    ``dtype`` is those matmuls' dtype: ``torch.bfloat16`` halves their cost on CPUs
+    with AVX-512 (oneDNN bf16 kernels), with fp32 accumulation and relative
+    rounding (no scale to saturate, unlike int8, so quiet frames keep their
+    accuracy next to loud ones). Between blocks the frames are kept in ``dtype``
+    (each matmul rounds its input to it anyway); without conv bias and norm
+    (fairseq's ``default`` mode: HuBERT base, ContentVec) the GELU runs on the
+    ``dtype`` matmul output, which PyTorch computes in fp32 and rounds: the same
+    numbers as a fp32 GELU rounded for the next matmul. The last block's GELU
+    and any bias and norm are fp32. With ``kernel == stride`` the windows need
+    no copy. The result is a ``[B, C, N]`` view of channels-last memory, so the
+    caller's ``transpose(1, 2)`` is free.
     """
 
     def __init__(self, extractor: nn.Module, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         blocks = list(extractor.conv_layers)
-        self.first = copy.deepcopy(blocks[0])
         self.dtype = dtype
+        first = blocks[0]
+        conv0 = first[0]
+        if conv0.in_channels != 1 or conv0.padding != (0,) or conv0.dilation != (1,) or conv0.groups != 1:
+            raise ValueError(f"block 0 must be an unpadded Conv1d(1 -> C), got {conv0}")
+        self.first_window = (int(conv0.kernel_size[0]), int(conv0.stride[0]))
+        self.register_buffer("first_weight", conv0.weight.detach()[:, 0].t().contiguous())  # [k, C]
+        self.register_buffer("first_bias", conv0.bias.detach().clone() if conv0.bias is not None else None)
+        norm0 = first[2] if len(first) == 4 else None
+        if isinstance(norm0, nn.Sequential):  # layer_norm mode: (TransposeLast, LayerNorm, TransposeLast)
+            norm0 = norm0[1]
+        if isinstance(norm0, nn.GroupNorm) and norm0.num_groups != norm0.num_channels:
+            raise ValueError(f"block 0's GroupNorm must have one group per channel, got {norm0}")
+        self.first_norm = copy.deepcopy(norm0) if norm0 is not None else nn.Identity()
         self.windows: list[tuple[int, int]] = []
         norms = []
         for i, block in enumerate(blocks[1:]):
             conv = block[0]
-            weight = conv.weight.detach()
+            weight = conv.weight.detach()  # [C_out, C, k] -> [k * C, C_out], rows in the windows' (k, C) order
             # Buffers, not nn.Linear: dynamic quantization of the model must leave these alone.
-            self.register_buffer(f"weight{i}", weight.reshape(weight.shape[0], -1).t().to(dtype).contiguous())
+            self.register_buffer(f"weight{i}", weight.permute(2, 1, 0).reshape(-1, weight.shape[0]).to(dtype).contiguous())
             bias = conv.bias.detach().clone() if conv.bias is not None else None
             self.register_buffer(f"bias{i}", bias)
             # fairseq's "layer_norm" mode: Sequential(TransposeLast, LayerNorm, TransposeLast) at index 2.
@@ -123,14 +153,85 @@ class ChannelsLastConvStack(nn.Module):
             self.windows.append((int(conv.kernel_size[0]), int(conv.stride[0])))
         self.norms = nn.ModuleList(norms)
 
+    @staticmethod
+    def frame_windows(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+        """``[B, N, C] -> [B, (N - kernel) // stride + 1, kernel * C]`` windows, a view of ``x``.
+
+        Raises:
+            ValueError: fewer than ``kernel`` frames.
+        """
+        b, n, c = x.shape
+        if n < kernel:
+            raise ValueError(f"{n} frames are fewer than the kernel size {kernel}")
+        x = x.contiguous()
+        return x.as_strided((b, (n - kernel) // stride + 1, kernel * c), (n * c, stride * c, 1))
+
+    def first_block(self, wav: torch.Tensor) -> torch.Tensor:
+        """Block 0 in fp32, channels-last: ``wav [B, T] -> [B, N0, C]`` (before its GELU).
+
+        A GroupNorm with one group per channel is folded into the matmul: with
+        windows ``F [N0, k]`` and kernel ``W [k, C]``, channel ``c`` of ``y = F W + b``
+        has mean ``mean(F) W[:, c] + b[c]`` and variance ``W[:, c]^T cov(F) W[:, c]``
+        (``cov(F)`` the ``[k, k]`` covariance of the windows, in float64), so
+        ``GroupNorm(y) = F (W * s) + (beta - mean(F) W * s)`` with
+        ``s = gamma / sqrt(var + eps)`` (the conv bias cancels): one matmul (the
+        shift a weight row against a column of ones), no pass over ``y`` for the
+        statistics or the normalisation.
+        """
+        kernel, stride = self.first_window
+        frames = self.frame_windows(wav.unsqueeze(-1), kernel, stride)  # [B, N0, k]
+        weight, bias, norm = self.first_weight, self.first_bias, self.first_norm
+        if not isinstance(norm, nn.GroupNorm):
+            y = torch.matmul(frames, weight)
+            return norm(y if bias is None else y + bias)
+        f64 = frames.double()
+        mean_f = f64.mean(dim=1, keepdim=True)  # [B, 1, k]
+        centred = f64 - mean_f
+        cov = centred.transpose(1, 2) @ centred / frames.shape[1]  # [B, k, k]
+        w64 = weight.double()
+        var = ((cov @ w64) * w64).sum(dim=1, keepdim=True)  # [B, 1, C]
+        scale = torch.rsqrt(var + norm.eps)  # [B, 1, C]
+        if norm.affine:
+            scale = scale * norm.weight.double()
+        shift = -(mean_f @ w64) * scale  # [B, 1, C]; y's mean less the conv bias, which cancels
+        if norm.affine:
+            shift = shift + norm.bias.double()
+        # The shift as a last weight row against a column of ones: one matmul writes y once.
+        ones = frames.new_ones(frames.shape[:2] + (1,))
+        return torch.matmul(torch.cat([frames, ones], dim=-1), torch.cat([w64 * scale, shift], dim=1).float())
+
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        x = self.first(wav.unsqueeze(1)).transpose(1, 2)  # [B, N0, C]
+        x = F.gelu(self.first_block(wav).to(self.dtype))  # [B, N0, C]
+        last = len(self.windows) - 1
         for i, ((kernel, stride), norm) in enumerate(zip(self.windows, self.norms)):
-            frames = x.to(self.dtype).unfold(1, kernel, stride)  # [B, N, C, k]
-            y = torch.matmul(frames.reshape(frames.shape[0], frames.shape[1], -1), getattr(self, f"weight{i}")).float()
+            y = torch.matmul(self.frame_windows(x, kernel, stride), getattr(self, f"weight{i}"))
             bias = getattr(self, f"bias{i}")
-            x = F.gelu(norm(y if bias is None else y + bias))
-        return x.transpose(1, 2)
+            if bias is None and isinstance(norm, nn.Identity) and i < last:
+                x = F.gelu(y)  # in self.dtype: fp32 GELU, rounded
+            else:
+                x = F.gelu(norm(y.float() if bias is None else y.float() + bias))
+                x = x if i == last else x.to(self.dtype)
+        return x.float().transpose(1, 2)
+
+
+class FrozenConv1d(nn.Module):
+    """A :class:`WeightNormConv1d` with its kernel computed once and stored in ``dtype``, for inference.
+
+    ``x [B, C_in, N]`` (fp32) -> fp32 ``[B, C_out, N + 2 * (k // 2) - k + 1]``: the
+    convolution runs in ``dtype`` (bf16: oneDNN's bf16 kernels, fp32 accumulation),
+    the bias is added in fp32. Holds buffers only (no parameters to train).
+    """
+
+    def __init__(self, conv: WeightNormConv1d, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.padding, self.groups, self.dtype = conv.padding, conv.groups, dtype
+        with torch.no_grad():
+            self.register_buffer("weight", conv.weight().detach().to(dtype).contiguous())
+            self.register_buffer("bias", conv.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv1d(x.to(self.dtype), self.weight, None, padding=self.padding, groups=self.groups)
+        return y.float() + self.bias[:, None]
 
 
 def fast_matmul_dtype() -> torch.dtype:
@@ -149,6 +250,7 @@ def quantize_fairseq_hubert_int8(model: FairseqHubert, *, inplace: bool = False)
     fast = (model if inplace else copy.deepcopy(model)).cpu().eval()
     if fast_matmul_dtype() == torch.bfloat16:
         fast.feature_extractor = ChannelsLastConvStack(fast.feature_extractor, torch.bfloat16)
+        fast.encoder.pos_conv[0] = FrozenConv1d(fast.encoder.pos_conv[0], torch.bfloat16)
     with warnings.catch_warnings():
         # torch.ao.quantization's eager API warns that it is deprecated in favour of
         # torchao; in torch 2.13 it is present and is what runs fbgemm's int8 kernels.
