@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from ..audio import save_wav
 from ..config import Config
+from ..tracking import check_reachable
 from .loop import ValidationResult
 from .media import validation_media
 from .outbox import DeliveryReport, RunOutbox
@@ -38,7 +39,8 @@ class MlflowTracker:
         self.store = store
         self.run_id = run_id
         self.sampling_rate = sampling_rate
-        self.outbox = RunOutbox(lambda points: store.log_metric_points(run_id, points), name=run_id[:8])
+        self.outbox = RunOutbox(lambda points: store.log_metric_points(run_id, points), name=run_id[:8],
+                                probe=lambda: check_reachable(store.tracking_uri))
         self._ended = False
 
     # -- once per run -------------------------------------------------------
