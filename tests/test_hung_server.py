@@ -7,11 +7,16 @@ connection, the request is sent, no answer ever comes (as with a stopped process
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import threading
 import time
 
 import pytest
+import torch
 
+from mlflow_ddsp import CheckpointQueue
 from mlflow_ddsp.checkpoint import RegistryStore, registry
 from mlflow_ddsp.tracking import check_reachable
 from mlflow_ddsp.training.outbox import RunOutbox
@@ -43,3 +48,19 @@ def test_run_logging_close_is_bounded_while_a_request_hangs(hung_server, monkeyp
     report = outbox.close(timeout=0.5)
     assert time.monotonic() - started < 10  # MLflow's own request timeout is 120 s
     assert report.undelivered_points == 2 and not report.complete
+
+
+@pytest.mark.server
+def test_queue_close_is_bounded_when_the_server_hangs_after_the_last_commit(mlflow_server, model_name):
+    """Nothing left to commit, the server stopped (SIGSTOP): close() must not wait on the lease release."""
+    queue = CheckpointQueue(model_name, 10, 20, tracking_uri=mlflow_server.uri, experiment=model_name, close_timeout=1)
+    queue.save(10, torch.nn.Linear(2, 2)).result()  # committed: the spool is empty
+    closer = threading.Thread(target=queue.close, daemon=True)
+    os.killpg(mlflow_server._process.pid, signal.SIGSTOP)
+    try:
+        closer.start()
+        closer.join(timeout=20)  # MLflow's client would wait 120 s per try
+        assert not closer.is_alive(), "close() hangs on a server that does not answer"
+    finally:
+        os.killpg(mlflow_server._process.pid, signal.SIGCONT)
+    closer.join()

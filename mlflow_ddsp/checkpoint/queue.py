@@ -534,6 +534,12 @@ class CheckpointQueue:
                 "%s: %s: %s stay in the spool and are committed when a queue of %r starts on this machine "
                 "(e.g. `mlflow-ddsp train` again)", self.name, why, self.spool.describe(left), self.name,
             )  # fmt: skip
+        if not gave_up:
+            try:  # releasing is a server call: one that hangs would hold close() for MLflow's retries
+                check_reachable(self.store.tracking_uri)
+            except TrackingServerUnavailable as exc:
+                log.warning("%s: the writer lease is left to expire: %s", self.name, exc)
+                gave_up = True
         if gave_up:
             self._lease.abandon()  # no server to release it on; it is stale for this machine at once
         else:
