@@ -53,6 +53,7 @@ class TrainResult:
     final_step: int
     stopped_by: str | None  # "SIGINT" / "SIGTERM" when interrupted, else None
     is_main: bool = True
+    left_in_spool: str = ""  # e.g. "2 checkpoints (steps 90, 100; 88.2 MB) in /path": not committed yet
 
 
 @contextmanager
@@ -220,7 +221,8 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
             with _stop_on_signals(loop.stop) as received:
                 final_step = loop.run(start_step, resume)
         status = "KILLED" if received["signal"] else "FINISHED"
-        return TrainResult(run_id, cfg.registered_model, start_step, final_step, received["signal"])
+        left = queue.spool.describe(queue.left_in_spool) if queue.left_in_spool else ""
+        return TrainResult(run_id, cfg.registered_model, start_step, final_step, received["signal"], left_in_spool=left)
     finally:
         if tracker is not None:  # delivers what the loop logged (bounded wait in an outage), ends the run
             tracker.finish(status if own_run else None, close_timeout)
