@@ -135,3 +135,24 @@ def test_a_few_aliases_still_load(tmp_path):
     from mlflow_ddsp.config import load_config
 
     assert load_config(path).extra["infer"] == {"floor": 65}
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("MLFLOW_DDSP_CLOSE_TIMEOUT", "abc", "MLFLOW_DDSP_CLOSE_TIMEOUT='abc' must be a number of seconds >= 0"),
+    ("MLFLOW_DDSP_CLOSE_TIMEOUT", "-1", "MLFLOW_DDSP_CLOSE_TIMEOUT='-1' must be"),
+    ("MLFLOW_DDSP_CLOSE_TIMEOUT", "nan", "MLFLOW_DDSP_CLOSE_TIMEOUT='nan' must be"),
+    ("MLFLOW_DDSP_SPOOL_DIR", "a-file", "MLFLOW_DDSP_SPOOL_DIR"),
+    ("MLFLOW_DDSP_SPOOL_DIR", "a-file/below", "MLFLOW_DDSP_SPOOL_DIR"),
+], ids=["timeout text", "timeout negative", "timeout nan", "spool dir a file", "spool dir below a file"])  # fmt: skip
+def test_bad_environment_is_one_line_before_any_work(tmp_path, monkeypatch, variable, value, expected):
+    from conftest import tiny_config
+
+    (tmp_path / "a-file").write_text("not a folder")
+    path = tiny_config(tmp_path / "no-data", tmp_path / "config.yaml", "env")
+    monkeypatch.setenv(variable, str(tmp_path / value) if variable.endswith("_DIR") else value)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(main, ["train", "-c", str(path)])
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no store, no run, nothing partial

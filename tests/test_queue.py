@@ -351,3 +351,12 @@ def test_a_damaged_spool_entry_is_set_aside_not_committed(embedded, model_name, 
         assert queue.restore(tiny_model(seed=3)[0]) == 10
     assert [p.name.startswith(".damaged-step-000000000020") for p in folder.iterdir()] == [True]
     assert any("damaged" in r.getMessage() and "not committed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_spool_folder_that_cannot_be_made_is_one_line_and_releases_the_lease(embedded, model_name, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"spool folder .* cannot be used \(Not a directory\)") as info:
+        open_queue(embedded, model_name, spool_dir=tmp_path / "a-file")
+    assert "\n" not in str(info.value)
+    with open_queue(embedded, model_name) as queue:  # the lease was released
+        assert queue.spool.folder.is_dir()

@@ -264,3 +264,14 @@ def test_sigkill_after_a_checkpoint_then_resume_ends_bit_identical(demo_data, tm
         assert torch.equal(a["model"][key], b["model"][key]), key
     for index, moments in a["optimizer"]["state"].items():
         assert torch.equal(moments["exp_avg"], b["optimizer"]["state"][index]["exp_avg"])
+
+
+def test_the_last_line_of_train_names_what_stayed_in_the_spool():
+    """After an outage at the end, `versions` would not list the last checkpoints: the line must say where they are."""
+    from mlflow_ddsp.cli.training import summary
+    from mlflow_ddsp.training.session import TrainResult
+
+    left = "2 checkpoints (steps 90, 100; 88.2 MB) in /spool/v1"
+    line = summary(TrainResult("r1", "v1", 0, 100, None, left_in_spool=left))
+    assert left in line and "not committed yet" in line and "mlflow-ddsp train" in line and "versions" not in line
+    assert "mlflow-ddsp versions v1" in summary(TrainResult("r1", "v1", 0, 100, None))

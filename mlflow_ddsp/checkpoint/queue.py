@@ -111,7 +111,11 @@ _BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # seconds between retries while the
 
 
 def resolve_close_timeout(value: float | None = None) -> float:
-    """``close_timeout`` argument, else ``MLFLOW_DDSP_CLOSE_TIMEOUT``, else 60 s."""
+    """``close_timeout`` argument, else ``MLFLOW_DDSP_CLOSE_TIMEOUT``, else 60 s.
+
+    Raises:
+        ConfigError: not a finite number >= 0 (the message names the value as given).
+    """
     if value is None:
         raw = os.environ.get(CLOSE_TIMEOUT_ENV)
         if raw is None or raw.strip() == "":
@@ -119,12 +123,11 @@ def resolve_close_timeout(value: float | None = None) -> float:
         try:
             value = float(raw)
         except ValueError:
-            raise ConfigError(f"{CLOSE_TIMEOUT_ENV}={raw!r} must be a number of seconds >= 0") from None
-        name = CLOSE_TIMEOUT_ENV
-    else:
-        name = "close_timeout"
+            value = math.nan
+        if not math.isfinite(value) or value < 0:  # named as the user wrote it
+            raise ConfigError(f"{CLOSE_TIMEOUT_ENV}={raw!r} must be a number of seconds >= 0")
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{name}={value!r} must be a number of seconds >= 0")
+        raise ConfigError(f"close_timeout={value!r} must be a number of seconds >= 0")
     return float(value)
 
 
@@ -534,6 +537,12 @@ class CheckpointQueue:
                 "%s: %s: %s stay in the spool and are committed when a queue of %r starts on this machine "
                 "(e.g. `mlflow-ddsp train` again)", self.name, why, self.spool.describe(left), self.name,
             )  # fmt: skip
+        if not gave_up:
+            try:  # releasing is a server call: one that hangs would hold close() for MLflow's retries
+                check_reachable(self.store.tracking_uri)
+            except TrackingServerUnavailable as exc:
+                log.warning("%s: the writer lease is left to expire: %s", self.name, exc)
+                gave_up = True
         if gave_up:
             self._lease.abandon()  # no server to release it on; it is stale for this machine at once
         else:

@@ -44,11 +44,11 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import quote, urlparse
 
-from ..errors import CheckpointIntegrityError
+from ..errors import CheckpointIntegrityError, ConfigError
 from ..tracking import embedded_store_folder
 from .files import MANIFEST_FILE, FileDigest, Manifest, sha256_file, verify_files, write_checkpoint
 
-__all__ = ["SPOOL_ENV", "SpooledSave", "Spool", "spool_root"]
+__all__ = ["SPOOL_ENV", "SpooledSave", "Spool", "spool_root", "check_spool_root"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,30 @@ def spool_root(tracking_uri: str) -> Path:
         return folder / "mlflow-ddsp-spool"
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "mlflow-ddsp" / "spool"
+
+
+def _unusable(folder: Path, why: str) -> ConfigError:
+    configured = os.environ.get(SPOOL_ENV)
+    setting = f"{SPOOL_ENV}={configured!r}: " if configured else ""
+    return ConfigError(f"{setting}the checkpoint spool folder {folder} cannot be used ({why}); "
+                       f"set {SPOOL_ENV} to a writable folder")  # fmt: skip
+
+
+def check_spool_root(tracking_uri: str) -> None:
+    """Refuse a spool root that cannot be a writable folder, creating nothing.
+
+    Raises:
+        ConfigError: it, or the nearest existing folder above it, is not a
+            writable folder (one line naming ``MLFLOW_DDSP_SPOOL_DIR`` if set).
+    """
+    root = spool_root(tracking_uri)
+    existing = root
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise _unusable(root, f"{existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _unusable(root, f"{existing} is not writable")
 
 
 def _store_key(tracking_uri: str) -> str:
@@ -153,7 +177,7 @@ class Spool:
         root: default :func:`spool_root`.
 
     Raises:
-        OSError: the folder cannot be created.
+        ConfigError: the folder cannot be created (one line, naming why).
     """
 
     def __init__(self, tracking_uri: str, name: str, root: str | os.PathLike | None = None, *, create: bool = True):
@@ -162,7 +186,10 @@ class Spool:
         base = Path(root) if root is not None else spool_root(tracking_uri)
         self.folder = base / _store_key(tracking_uri) / quote(name, safe="")
         if create:
-            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise _unusable(self.folder, exc.strerror or str(exc)) from exc
 
     @classmethod
     def waiting(cls, tracking_uri: str, name: str) -> tuple["Spool", list[SpooledSave]]:

@@ -36,19 +36,18 @@ def train(ctx: click.Context, config_path: str, overrides: tuple[str, ...], init
         config_path, overrides, tracking_uri=ctx.obj["tracking_uri"], takeover=takeover, init_from=init_from or None
     )
     if result.is_main:  # under torchrun, one summary (from rank 0)
-        click.echo(
-            f"trained {result.registered_model} from step {result.start_step} to {result.final_step} "
-            f"(run {result.run_id}); `mlflow-ddsp versions {result.registered_model}` lists its checkpoints"
-        )
-        if result.spooled:
-            click.echo(
-                f"the tracking server was unavailable at the end: {result.spooled} wait to be committed; "
-                f"run the same `train` again (it commits them first) once the server is back"
-            )
+        click.echo(summary(result))
     if result.stopped_by:
         ctx.exit(128 + signal.Signals[result.stopped_by].value)
 
 
+def summary(result) -> str:
+    """The last line of `train`: what was trained, and where its checkpoints are."""
+    trained = f"trained {result.registered_model} from step {result.start_step} to {result.final_step} (run {result.run_id})"
+    if result.left_in_spool:  # the server did not answer at the end: they are not in the registry yet
+        return (f"{trained}; not committed yet: {result.left_in_spool} (the tracking server did not answer); "
+                "the next `mlflow-ddsp train` of this model on this machine commits them first")  # fmt: skip
+    return f"{trained}; `mlflow-ddsp versions {result.registered_model}` lists its checkpoints"
 
 
 @main.command()

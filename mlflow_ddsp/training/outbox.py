@@ -7,7 +7,10 @@ tracking server is unreachable or failing (HTTP 5xx) the thread backs off
 an outage arrives when the server is back, with the timestamps of when it was
 logged. Memory is bounded: beyond ``max_points`` metric values or ``max_media``
 media items the oldest are dropped and counted; :meth:`RunOutbox.close` waits a
-bounded time and reports in one line what could not be delivered.
+bounded time and reports in one line what could not be delivered. A request
+that neither answers nor fails (a stopped or wedged server; MLflow's own
+client waits 120 s per try, and retries) counts as an outage once nothing was
+delivered for the bound and the server's ``/health`` does not answer either.
 
 Any other failure of an item (e.g. a rejected value) drops that item, counted
 and logged once, and delivery goes on.
@@ -22,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from ..errors import MlflowDdspError, TrackingServerUnavailable
+from ..errors import TrackingServerUnavailable
 
 __all__ = ["RunOutbox", "DeliveryReport", "MAX_POINTS", "MAX_MEDIA"]
 
@@ -70,11 +73,17 @@ class RunOutbox:
         send_points: sends ``[(key, value, timestamp_ms, step)]`` (at most 1,000) in one request.
         max_points: metric values held at most; the oldest beyond it are dropped.
         max_media: media items held at most; the oldest beyond it are dropped.
+        probe: raises TrackingServerUnavailable when the server does not answer
+            (e.g. :func:`~mlflow_ddsp.tracking.check_reachable`); asked by :meth:`flush`
+            when nothing was delivered for its ``timeout``. None: such a stall is an outage.
     """
 
     def __init__(self, send_points: Callable[[list[tuple[str, float, int, int]]], None], *,
-                 max_points: int = MAX_POINTS, max_media: int = MAX_MEDIA, name: str = "run"):  # fmt: skip
+                 max_points: int = MAX_POINTS, max_media: int = MAX_MEDIA, name: str = "run",
+                 probe: Callable[[], None] | None = None):  # fmt: skip
         self._send_points = send_points
+        self._probe = probe
+        self._last_progress = time.monotonic()
         self._max_points = max_points
         self._max_media = max_media
         self._cond = threading.Condition()
@@ -168,7 +177,7 @@ class RunOutbox:
                         log.warning("run logging waits for the tracking server (%s); training goes on", exc)
                     self._cond.wait_for(lambda: self._stopping, timeout=_BACKOFF[min(attempt, len(_BACKOFF)) - 1])
                 continue
-            except (MlflowDdspError, OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure of one item: skipped, counted, logged once
                 with self._cond:
                     self._failed += 1
                     first = self._failed == 1
@@ -179,6 +188,7 @@ class RunOutbox:
             attempt = 0
             with self._cond:
                 self._busy = False
+                self._last_progress = time.monotonic()
                 if self.outage_since is not None:
                     log.warning("run logging resumed after %.0f s", time.monotonic() - self.outage_since)
                     self.outage_since = None
@@ -192,38 +202,36 @@ class RunOutbox:
                 self._cond.notify_all()
 
     # -- end -----------------------------------------------------------------
-    def flush(self, timeout: float | None = None, probe: Callable[[], None] | None = None) -> bool:
-        """Wait until everything queued is sent; False if the server was unavailable for
-        ``timeout`` s first: known from a failed request, or (a request hanging on a
-        server that stopped answering) nothing sent for ``timeout`` s and ``probe``
-        raising TrackingServerUnavailable."""
-        started = last = time.monotonic()
-        sent = -1
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued is sent; False if ``timeout`` s of outage passed first.
+
+        Also False when nothing was delivered for ``timeout`` s and the probe says the
+        server does not answer (a request hanging on a stopped server is an outage too).
+        """
+        started = time.monotonic()
         while True:
             with self._cond:
                 if not self._items:
                     return True
-                now = time.monotonic()
-                if len(self._items) != sent:
-                    sent, last = len(self._items), now
-                since = self.outage_since
+                now, since = time.monotonic(), self.outage_since
                 if timeout is not None and since is not None and now - max(since, started) >= timeout:
                     return False
-                stalled = timeout is not None and now - last >= timeout
-                if not stalled:
+                stalled = timeout is not None and now - max(self._last_progress, started) >= timeout
+                if not stalled or since is not None:
                     self._cond.wait(timeout=0.5)
                     continue
-            if probe is None:
-                return False
-            try:
-                probe()
+                if self._probe is None:
+                    return False
+            try:  # stalled for `timeout` s: the sender may be inside MLflow's retries of a dead server
+                self._probe()
             except TrackingServerUnavailable:
                 return False
-            last = time.monotonic()  # the server answers: a slow request, go on waiting
+            with self._cond:
+                self._cond.wait(timeout=0.5)
 
-    def close(self, timeout: float, probe: Callable[[], None] | None = None) -> DeliveryReport:
-        """Deliver what is queued, waiting at most ``timeout`` s of outage (see :meth:`flush`); stop; report."""
-        self.flush(timeout, probe)
+    def close(self, timeout: float) -> DeliveryReport:
+        """Deliver what is queued, waiting at most ``timeout`` s of outage; stop; report."""
+        self.flush(timeout)
         with self._cond:
             self._stopping = True
             report = DeliveryReport(

@@ -24,15 +24,16 @@ from .. import tags as T
 from ..checkpoint import CheckpointQueue, CheckpointReader, RegistryStore
 from ..checkpoint.lease import WriterLease
 from ..checkpoint.queue import resolve_close_timeout
+from ..checkpoint.spool import check_spool_root
 from ..checkpoint.reader import load_into
 from ..config import Config, load_config
 from ..corpus import dataset_digest, list_audio
 from ..device import resolve_device
 from ..lineage import code_version, environment_versions
+from ..tracking import resolve_tracking_uri
 from ..loss import FixedScaleSpectralLoss, RandomScaleSpectralLoss
 from ..models import architecture, build_model_from_config
 from ..serving.model_files import pyfunc_files
-from ..tracking import check_reachable
 from .data import make_loaders
 from .distributed import DistributedContext, NullCheckpointer, NullTracker
 from .loop import TrainLoop
@@ -52,7 +53,7 @@ class TrainResult:
     final_step: int
     stopped_by: str | None  # "SIGINT" / "SIGTERM" when interrupted, else None
     is_main: bool = True
-    spooled: str = ""  # checkpoints left in the local spool (the server was unavailable at the end), described
+    left_in_spool: str = ""  # e.g. "2 checkpoints (steps 90, 100; 88.2 MB) in /path": not committed yet
 
 
 @contextmanager
@@ -101,10 +102,12 @@ def train(
             resuming from the rolling alias, e.g. to fine-tune.
     """
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
+    close_timeout = resolve_close_timeout()  # the environment is refused before any work, as the config is
+    check_spool_root(resolve_tracking_uri(tracking_uri))
     ctx = DistributedContext.from_environment()
     device = ctx.device(resolve_device(cfg.device))  # refuses a device this machine lacks
     with intra_op_threads(training_threads(cfg, device)):
-        return _train(cfg, ctx, device, tracking_uri, takeover, init_from, progress)
+        return _train(cfg, ctx, device, tracking_uri, takeover, init_from, progress, close_timeout)
 
 
 def training_threads(cfg: Config, device: torch.device) -> int | None:
@@ -137,7 +140,7 @@ def intra_op_threads(threads: int | None) -> Iterator[None]:
 
 
 def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_uri: str | None, takeover: bool,
-           init_from: str | None, progress: bool) -> TrainResult:  # fmt: skip
+           init_from: str | None, progress: bool, close_timeout: float) -> TrainResult:  # fmt: skip
     # Before loading data or creating a run: a resume point of another
     # architecture (one config.yaml read) and a second writer are refused in a
     # second, leaving nothing behind.
@@ -154,7 +157,8 @@ def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         loaders = make_loaders(cfg, rank=ctx.rank, world_size=ctx.world_size)
         if ctx.is_main:
-            result = _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_from, progress)
+            result = _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_from, progress,
+                                  close_timeout)
         else:
             result = _train_other_rank(cfg, ctx, model, optimizer, loaders, device, tracking_uri)
     except BaseException:
@@ -171,7 +175,8 @@ def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_
     return result
 
 
-def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_from, progress) -> TrainResult:
+def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_from, progress,
+                close_timeout) -> TrainResult:
     """Rank 0 (or the only process): the run, the tracker, the checkpoint queue."""
     run_id, own_run = _open_run(store, cfg)
     status = "FAILED"
@@ -196,6 +201,7 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
             keep_last=cfg.train.keep_last,
             best_metric=cfg.train.best_metric,
             best_mode=cfg.train.best_mode,
+            close_timeout=close_timeout,
         ) as queue:
             start_step = queue.restore(model, optimizer, source=init_from)
             origin = queue.restored_from
@@ -215,11 +221,11 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
             with _stop_on_signals(loop.stop) as received:
                 final_step = loop.run(start_step, resume)
         status = "KILLED" if received["signal"] else "FINISHED"
-        spooled = queue.spool.describe(queue.left_in_spool) if queue.left_in_spool else ""
-        return TrainResult(run_id, cfg.registered_model, start_step, final_step, received["signal"], spooled=spooled)
+        left = queue.spool.describe(queue.left_in_spool) if queue.left_in_spool else ""
+        return TrainResult(run_id, cfg.registered_model, start_step, final_step, received["signal"], left_in_spool=left)
     finally:
         if tracker is not None:  # delivers what the loop logged (bounded wait in an outage), ends the run
-            tracker.finish(status if own_run else None, resolve_close_timeout(), probe=lambda: check_reachable(store.tracking_uri))
+            tracker.finish(status if own_run else None, close_timeout)
         elif own_run:
             store.end_run(run_id, status)
 

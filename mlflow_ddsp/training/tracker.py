@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from ..audio import save_wav
 from ..config import Config
+from ..tracking import check_reachable
 from .loop import ValidationResult
 from .media import validation_media
 from .outbox import DeliveryReport, RunOutbox
@@ -38,7 +39,8 @@ class MlflowTracker:
         self.store = store
         self.run_id = run_id
         self.sampling_rate = sampling_rate
-        self.outbox = RunOutbox(lambda points: store.log_metric_points(run_id, points), name=run_id[:8])
+        self.outbox = RunOutbox(lambda points: store.log_metric_points(run_id, points), name=run_id[:8],
+                                probe=lambda: check_reachable(store.tracking_uri))
         self._ended = False
 
     # -- once per run -------------------------------------------------------
@@ -91,13 +93,12 @@ class MlflowTracker:
             self.store.log_artifacts(self.run_id, tmp, f"validation/step_{step:08d}")
 
     # -- end ------------------------------------------------------------------
-    def finish(self, status: str | None, timeout: float, probe=None) -> DeliveryReport:
+    def finish(self, status: str | None, timeout: float) -> DeliveryReport:
         """Deliver what is queued, then (with a ``status``) end the run; wait at most
-        ``timeout`` seconds of outage, then report in one line what did not arrive.
-        ``probe`` (raises TrackingServerUnavailable) tells a hung server from a slow one."""
+        ``timeout`` seconds of outage, then report in one line what did not arrive."""
         if status is not None:
             self.outbox.call(f"end run {self.run_id}", lambda: self._end(status))
-        report = self.outbox.close(timeout, probe)
+        report = self.outbox.close(timeout)
         if status is not None and not self._ended:
             log.warning("run %s stays RUNNING in MLflow: the tracking server was unavailable at its end", self.run_id)
         return report
