@@ -148,7 +148,8 @@ def test_versions_names_what_waits_in_the_local_spool(embedded, model_name):
         30, "rolling", {"global_step": 30, "model": model.state_dict()}, b"{}\n", {}, None,
         metrics={}, blocked_seconds=0.0, run_id=None, experiment_id="0", files_tags={},
     )  # fmt: skip
-    result = CliRunner().invoke(main, ["--tracking-uri", embedded.uri, "versions", model_name, "--no-verify"])
-    assert result.exit_code == 0, result.output
-    last = result.output.splitlines()[-1]
-    assert last.startswith("not in the registry yet, waiting in this machine's spool: 1 checkpoint (step 30;")
+    note = "not in the registry yet, waiting in this machine's spool: 1 checkpoint (step 30;"
+    for command in (["versions", model_name, "--no-verify"], ["verify", model_name], ["gc", model_name]):
+        result = CliRunner().invoke(main, ["--tracking-uri", embedded.uri, *command])
+        assert result.exit_code == 0, result.output
+        assert [line for line in result.output.splitlines() if line.startswith(note)], (command, result.output)

@@ -10,6 +10,17 @@ from . import main
 from .options import alias_option, created, human_size, open_store, progress
 
 
+def spool_note(tracking_uri: str, name: str) -> str | None:
+    """One line naming the checkpoints of ``name`` waiting in this machine's spool, if any."""
+    from ..checkpoint.spool import Spool
+
+    spool, waiting = Spool.waiting(tracking_uri, name)
+    if not waiting:
+        return None
+    return (f"not in the registry yet, waiting in this machine's spool: {spool.describe(waiting)}; "
+            f"committed when training into {name} starts again")  # fmt: skip
+
+
 @main.command()
 @click.argument("name")
 @alias_option
@@ -26,11 +37,10 @@ def versions(ctx: click.Context, name: str, alias: str, as_json: bool, no_verify
     version with none is deleted by the next save or `mlflow-ddsp gc`.
     """
     from ..checkpoint.audit import audit_queue
-    from ..checkpoint.spool import Spool
 
     store = open_store(ctx)
     audit = audit_queue(store, name, alias, deep=not no_verify, progress=progress("verifying"))
-    spool, waiting = Spool.waiting(store.tracking_uri, name)
+    note = spool_note(store.tracking_uri, name)
     rows = []
     for a in audit.versions:
         v = a.version
@@ -52,10 +62,6 @@ def versions(ctx: click.Context, name: str, alias: str, as_json: bool, no_verify
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    note = (
-        f"not in the registry yet, waiting in this machine's spool: {spool.describe(waiting)}; "
-        f"committed when training into {name} starts again" if waiting else None
-    )  # fmt: skip
     if not rows:
         click.echo(f"{name} has no versions")
         if note:
@@ -98,7 +104,11 @@ def verify(ctx: click.Context, name: str, alias: str) -> None:
     """
     from ..checkpoint.audit import audit_queue
 
-    audit = audit_queue(open_store(ctx), name, alias, deep=True, progress=progress("verifying"))
+    store = open_store(ctx)
+    audit = audit_queue(store, name, alias, deep=True, progress=progress("verifying"))
+    note = spool_note(store.tracking_uri, name)
+    if note:
+        click.echo(note)
     for a in audit.versions:
         status = {None: "not checked", "intact": "ok", "missing": "MISSING", "damaged": "MISMATCH"}[
             a.integrity.value if a.integrity else None
@@ -148,6 +158,9 @@ def gc(ctx: click.Context, name: str, alias: str | None, dry_run: bool, takeover
     finally:
         lease.release()
     lines = plan.describe()
+    note = spool_note(store.tracking_uri, name)
+    if note:
+        click.echo(note)
     if not lines:
         click.echo(f"{name}: nothing to do")
         return
