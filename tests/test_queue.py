@@ -360,3 +360,20 @@ def test_a_spool_folder_that_cannot_be_made_is_one_line_and_releases_the_lease(e
     assert "\n" not in str(info.value)
     with open_queue(embedded, model_name) as queue:  # the lease was released
         assert queue.spool.folder.is_dir()
+
+
+def test_a_spool_write_that_fails_is_one_line_with_the_free_space_and_what_to_do(embedded, model_name):
+    model, _ = tiny_model()
+    with open_queue(embedded, model_name) as queue:
+        queue.save(10, model).result()
+        folder = queue.spool.folder
+        shutil.rmtree(folder)
+        folder.write_text("a file where the spool's folder was: every write there fails")
+        queue.save(30, model)
+        with pytest.raises(CheckpointSaveError) as info:
+            queue.save(50, model)
+        message = str(info.value)
+        assert "\n" not in message and "step 30" in message and "MB free" in message
+        assert "MLFLOW_DDSP_SPOOL_DIR" in message
+        folder.unlink()
+        folder.mkdir()

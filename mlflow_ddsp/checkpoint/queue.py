@@ -85,6 +85,7 @@ from ..errors import (
     LeaseLostError,
     MlflowDdspError,
     TrackingServerUnavailable,
+    one_line,
 )
 from ..tracking import DEFAULT_EXPERIMENT, check_reachable
 from .faults import crash_point
@@ -950,8 +951,13 @@ class CheckpointQueue:
         try:
             pending.result()
         except Exception as exc:  # noqa: BLE001 - re-raised with context, nothing swallowed
+            try:  # torch reports a full disk in its own words ("unexpected pos"): say what is free
+                free = f" (the disk holding it has {shutil.disk_usage(self.spool.folder).free / 1e6:,.0f} MB free)"
+            except OSError:
+                free = ""
             raise CheckpointSaveError(
-                f"writing the checkpoint of step {step} to the spool {self.spool.folder} failed: {exc}"
+                f"writing the checkpoint of step {step} to the spool {self.spool.folder} failed{free}: "
+                f"{one_line(exc)}; set MLFLOW_DDSP_SPOOL_DIR to a folder on a disk with room"
             ) from exc
 
     def _drain(self) -> None:
