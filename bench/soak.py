@@ -253,6 +253,8 @@ class SoakReport:
     server_rss: list[tuple[int, float]] = field(default_factory=list)
     database: tuple[int, int] | None = None  # bytes at the early measurement and at the end
     wall_seconds: float = 0.0
+    # s/save of saves alternating between this model (with its history) and a fresh one, after the soak
+    control: tuple[list[float], list[float]] | None = None
 
     @property
     def versions_ok(self) -> bool:
@@ -292,7 +294,8 @@ class SoakReport:
             f"== {self.label}: {self.cycles} save cycles, MLP of {self.parameters:,} parameters + AdamW state, "
             f"interval_val={p.interval_val}, interval_force_save={p.interval_force_save}, keep_last={p.keep_last}",
             f"versions        {len(self.steps)} in the registry, {len(self.expected)} expected by the policy "
-            f"({len(force)} force-saved, newest {p.keep_last}): {verdict(self.versions_ok)}"
+            f"(the {len(force)} force-saved steps and the newest {p.keep_last}, {len(self.expected)} distinct): "
+            f"{verdict(self.versions_ok)}"
             + ("" if self.versions_ok else f" (registry steps {_steps(self.steps)}, expected {_steps(self.expected)})"),
             f"alias           rolling -> step {self.alias_step} (newest expected: {max(self.expected, default=None)}): "
             f"{verdict(self.alias_ok)}",
@@ -323,6 +326,11 @@ class SoakReport:
         lines.append(f"time            first {window} cycles {first:.3f} s/save, last {window} {last:.3f} s/save "
                      f"(x{last / first:.2f}); median {statistics.median(self.cycle_seconds):.3f} s/save; "
                      f"{self.wall_seconds:.0f} s wall for this backend")  # fmt: skip
+        if self.control:
+            soaked, fresh = (statistics.median(c) for c in self.control)
+            lines.append(f"history         {len(self.control[0])} more saves each, alternating between this model "
+                         f"({self.cycles} saves of history) and a fresh one on the same server: medians {soaked:.3f} "
+                         f"vs {fresh:.3f} s/save (x{soaked / fresh:.2f})")  # fmt: skip
         errors = sum(n for (_, status), n in self.endpoints.items() if status >= 400)
         lines.append(
             f"requests        {statistics.fmean(self.requests):.2f} per save (min {min(self.requests)}, max "
@@ -353,10 +361,14 @@ def _per(state: StoreState) -> str:
 
 
 def _rss(samples: Sequence[tuple[int, float]]) -> str:
-    slope = slope_per_100(samples)
+    """The slope over all samples and over the second half (after any warm-up), and the end points."""
+    slope, late = slope_per_100(samples), slope_per_100(samples[len(samples) // 2:])
     shown = f"{slope:+.2f} MB per 100 cycles" if slope is not None else "slope n/a"
-    return (f"{shown} (least squares over {len(samples)} samples, every {RSS_EVERY} cycles; "
-            f"{samples[0][1]:.0f} -> {samples[-1][1]:.0f} MB)")  # fmt: skip
+    if late is not None and len(samples) >= 8:
+        shown += f" ({late:+.2f} over the second half)"
+    return (f"{shown}, least squares over {len(samples)} samples every {RSS_EVERY} cycles; "
+            f"{samples[0][1]:.0f} MB at the start, {samples[len(samples) // 2][1]:.0f} halfway, "
+            f"{samples[-1][1]:.0f} at the end")  # fmt: skip
 
 
 def _model(width: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -382,11 +394,15 @@ def soak(
     keep_last: int = 1,
     width: int = 256,
     progress_every: int = 50,
+    control: int = 0,
     out: Callable[[str], None] = print,
 ) -> SoakReport:
     """Run ``cycles`` save cycles into a new registered model and experiment on ``target``.
 
     Returns the report (its :meth:`SoakReport.lines` print it). Progress lines go to ``out``.
+    ``control``: after the soak is measured, that many more saves into this model and into a
+    fresh one, alternating (A, B, A, B...): whether a save is slower because of the history,
+    with the machine's load the same for both.
     """
     if cycles < 1:
         raise ValueError(f"cycles={cycles} must be >= 1")
@@ -466,6 +482,7 @@ def soak(
         else:
             stray.append(key)
     end = StoreState(cycles, len(versions), sum(objects.values()))
+    history = _control(store, name, policy, experiment_id, cycles, control, model, optimizer, width) if control else None
     return SoakReport(
         label=target.label, cycles=cycles, policy=policy,
         parameters=sum(p.numel() for p in model.parameters()),
@@ -481,8 +498,27 @@ def soak(
         start_requests=start_requests, close_requests=close_requests,
         client_rss=client_rss, server_rss=server_rss,
         database=(db_early, target.database_bytes()) if target.database_bytes and db_early is not None else None,
-        wall_seconds=time.perf_counter() - started,
+        wall_seconds=time.perf_counter() - started, control=history,
     )  # fmt: skip
+
+
+def _control(store, name, policy, experiment_id, cycles, saves, model, optimizer, width):
+    """``saves`` saves alternating between queue ``name`` (continuing after ``cycles``) and a fresh queue."""
+    iv = policy.interval_val
+    fresh_run = store.create_run(experiment_id, f"{name}-control")
+    options = dict(interval_val=iv, interval_force_save=policy.interval_force_save, keep_last=policy.keep_last,
+                   save_optimizer=True, store=store)  # fmt: skip
+    times: tuple[list[float], list[float]] = ([], [])
+    with CheckpointQueue(name, run_id=store.create_run(experiment_id, f"{name}-continued"), **options) as soaked, \
+            CheckpointQueue(f"{name}-control", run_id=fresh_run, **options) as fresh:  # fmt: skip
+        for k in range(1, saves + 1):
+            for queue, step, out in ((soaked, (cycles + k) * iv, times[0]), (fresh, k * iv, times[1])):
+                loss = _train_step(model, optimizer, width)
+                t = time.perf_counter()
+                queue.save(step, model, optimizer, metrics={"validation/loss": loss})
+                queue.flush()
+                out.append(time.perf_counter() - t)
+    return times
 
 
 # -- the command line --------------------------------------------------------------------------
@@ -500,6 +536,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval-force-save", type=int, default=100, help="steps between force-saves (default 100)")
     parser.add_argument("--keep-last", type=int, default=1, help="newest checkpoints kept (default 1)")
     parser.add_argument("--width", type=int, default=256, help="the MLP's width (default 256: 131,584 parameters)")
+    parser.add_argument("--control", type=int, default=30,
+                        help="after the soak, this many saves each into the soaked model and a fresh one, "
+                        "alternating: is a save slower because of the history? (default 30; 0: skip)")
     parser.add_argument("--progress-every", type=int, default=0, help="cycles between progress lines (default cycles/10, at most 50)")
     args = parser.parse_args(argv)
     if args.cycles < 1:
@@ -557,6 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     target = server_target(label, server, listing, database_bytes)
                     report = soak(target, args.cycles, interval_force_save=args.interval_force_save,
                                   keep_last=args.keep_last, width=args.width, progress_every=progress_every,
+                                  control=args.control,
                                   out=lambda line: print(line, flush=True))  # fmt: skip
                     reports.append(report)
                     print("\n".join(report.lines()), flush=True)
