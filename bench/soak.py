@@ -34,7 +34,6 @@ import argparse
 import collections
 import contextlib
 import logging
-import math
 import os
 import re
 import signal
@@ -50,7 +49,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from mlflow_ddsp.checkpoint import CheckpointQueue, RegistryStore, RetentionPolicy
+from mlflow_ddsp.checkpoint import DEFAULT_ALIAS, CheckpointQueue, RegistryStore, RetentionPolicy
 from mlflow_ddsp.checkpoint.audit import audit_queue
 from mlflow_ddsp.local_server import LocalServer
 
@@ -287,7 +286,7 @@ class SoakReport:
 
     def lines(self) -> list[str]:
         p = self.policy
-        verdict = lambda good: "OK" if good else "MISMATCH"  # noqa: E731
+        verdict = lambda good: "OK" if good else "MISMATCH"  # noqa: E731 (one line, used inline)
         force = sorted(s for s in self.expected if p.is_force_save(s))
         window = len(self._first())
         lines = [
@@ -297,8 +296,8 @@ class SoakReport:
             f"(the {len(force)} force-saved steps and the newest {p.keep_last}, {len(self.expected)} distinct): "
             f"{verdict(self.versions_ok)}"
             + ("" if self.versions_ok else f" (registry steps {_steps(self.steps)}, expected {_steps(self.expected)})"),
-            f"alias           rolling -> step {self.alias_step} (newest expected: {max(self.expected, default=None)}): "
-            f"{verdict(self.alias_ok)}",
+            f"alias           {DEFAULT_ALIAS} -> step {self.alias_step} "
+            f"(newest expected: {max(self.expected, default=None)}): {verdict(self.alias_ok)}",
             f"integrity       {self.intact}/{self.kept} kept versions intact (every file against its sha256): "
             f"{verdict(self.intact == self.kept)}",
             f"artifact bytes  after {self.early.cycle} cycles: {self.early.bytes:,} B in {self.early.versions} "
@@ -311,8 +310,9 @@ class SoakReport:
             f"kept versions without bytes: {len(self.missing_bytes)}: "
             f"{verdict(self.orphans == 0 and not self.missing_bytes)}",
         ]
-        for title, items in (("  orphaned LoggedModel", self.orphaned_models), ("  orphaned folder", self.orphaned_prefixes),
-                             ("  stray object", self.stray_objects)):  # fmt: skip
+        listed = (("  orphaned LoggedModel", self.orphaned_models), ("  orphaned folder", self.orphaned_prefixes),
+                  ("  stray object", self.stray_objects))  # fmt: skip
+        for title, items in listed:
             lines += [f"{title} {item}" for item in items[:10]]
         lines.append(f"client RSS      {_rss(self.client_rss)}")
         if self.server_rss:
@@ -459,7 +459,8 @@ def soak(
                     window = times[-progress_every:]
                     out(f"  {target.label}: cycle {cycle}/{cycles}, {statistics.fmean(window):.3f} s/save and "
                         f"{statistics.fmean(requests[-progress_every:]):.1f} requests/save over the last "
-                        f"{len(window)}, RSS {client_rss[-1][1]:.0f} MB, {time.perf_counter() - started:.0f} s")  # fmt: skip
+                        f"{len(window)}, RSS {client_rss[-1][1]:.0f} MB, "
+                        f"{time.perf_counter() - started:.0f} s")  # fmt: skip
         close_requests = sum(access.take().values())
     finally:
         access.close()
@@ -468,7 +469,7 @@ def soak(
     versions = store.list_versions(name)
     _, aliases = store.registered_model(name)
     by_number = {v.version: v for v in versions}
-    rolling = by_number.get(aliases.get("rolling", -1))
+    rolling = by_number.get(aliases.get(DEFAULT_ALIAS, -1))
     audit = audit_queue(store, name, deep=True)
     objects = target.list_objects(experiment_id)
     referenced = {v.model_id for v in versions if v.model_id}
@@ -482,11 +483,14 @@ def soak(
         else:
             stray.append(key)
     end = StoreState(cycles, len(versions), sum(objects.values()))
-    history = _control(store, name, policy, experiment_id, cycles, control, model, optimizer, width) if control else None
+    history = None
+    if control:
+        history = _control(store, name, policy, experiment_id, cycles, control, model, optimizer, width)
     return SoakReport(
         label=target.label, cycles=cycles, policy=policy,
         parameters=sum(p.numel() for p in model.parameters()),
-        steps=[v.step for v in versions], expected=expected_steps(policy, [c * interval_val for c in range(1, cycles + 1)]),
+        steps=[v.step for v in versions],
+        expected=expected_steps(policy, [c * interval_val for c in range(1, cycles + 1)]),
         alias_step=rolling.step if rolling else None,
         intact=sum(1 for a in audit.versions if a.intact), kept=len(audit.versions),
         early=early, end=end,
@@ -539,7 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--control", type=int, default=30,
                         help="after the soak, this many saves each into the soaked model and a fresh one, "
                         "alternating: is a save slower because of the history? (default 30; 0: skip)")
-    parser.add_argument("--progress-every", type=int, default=0, help="cycles between progress lines (default cycles/10, at most 50)")
+    parser.add_argument("--progress-every", type=int, default=0,
+                        help="cycles between progress lines (default cycles/10, at most 50)")
     args = parser.parse_args(argv)
     if args.cycles < 1:
         parser.error(f"--cycles={args.cycles} must be >= 1")

@@ -24,26 +24,27 @@ def test_soak_on_sqlite_and_disk_reports_the_policys_versions_and_no_orphans(mlf
     soak = _load_soak()
     target = soak.server_target("sqlite + disk", mlflow_server)
     progress: list[str] = []
-    # Steps 1..4, a force-save every 3: step 3 stays, 4 is the rolling one, 1 and 2 are retired.
-    report = soak.soak(target, 4, interval_force_save=3, keep_last=1, width=16, progress_every=4, out=progress.append)
+    # Steps 1..3, a force-save every 2: step 2 stays, 3 is the rolling one, 1 is retired.
+    report = soak.soak(target, 3, interval_force_save=2, keep_last=1, width=16, progress_every=3, out=progress.append)
 
-    assert report.expected == {3, 4}
-    assert sorted(report.steps) == [3, 4] and report.versions_ok
-    assert report.alias_step == 4 and report.intact == report.kept == 2
+    assert report.expected == {2, 3}
+    assert sorted(report.steps) == [2, 3] and report.versions_ok
+    assert report.alias_step == 3 and report.intact == report.kept == 2
     assert report.orphaned_models == [] and report.orphaned_prefixes == [] and report.stray_objects == []
     assert report.missing_bytes == [] and report.ok
     # Every save reached the server and was counted from its access log.
-    assert len(report.requests) == 4 and min(report.requests) > 0
-    assert report.endpoints[("POST model-versions/create", 200)] == 4
-    # Two rolling versions were retired: registry entry, bytes and LoggedModel record each.
-    assert report.endpoints[("DELETE model-versions/delete", 200)] == 2
-    assert report.endpoints[("DELETE logged-models/{id}", 200)] == 2
+    assert len(report.requests) == 3 and min(report.requests) > 0
+    assert report.endpoints[("POST model-versions/create", 200)] == 3
+    # The rolling version of step 1 was retired: registry entry, bytes, LoggedModel record.
+    assert report.endpoints[("DELETE model-versions/delete", 200)] == 1
+    assert report.endpoints[("DELETE artifact", 200)] == 1
+    assert report.endpoints[("DELETE logged-models/{id}", 200)] == 1
 
     text = "\n".join(report.lines())
     assert "2 in the registry, 2 expected by the policy" in text and ": OK" in text
     assert "LoggedModels without a version: 0; artifact folders without a version: 0; other objects: 0" in text
     assert text.endswith("verdict         OK")
-    assert progress and "cycle 4/4" in progress[-1]
+    assert progress and "cycle 3/3" in progress[-1]
 
 
 def test_the_expectation_comes_from_the_policy():
