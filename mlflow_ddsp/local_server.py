@@ -59,6 +59,11 @@ class _ManagedProcess:
         _stop(self._process)
         self._process = None
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id, also its process group's (it leads a new session); None when stopped."""
+        return self._process.pid if self._process is not None else None
+
     def __enter__(self):
         return self.start()
 
