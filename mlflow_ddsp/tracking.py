@@ -28,6 +28,8 @@ __all__ = [
     "embedded_database",
     "prepare_store",
     "check_reachable",
+    "RETRY_BACKOFF",
+    "retry_delay",
     "ensure_experiment",
 ]
 
@@ -86,6 +88,14 @@ def prepare_store(uri: str) -> None:
 
     db.parent.mkdir(parents=True, exist_ok=True)
     SqlAlchemyStore(uri, local_artifact_root(uri))
+
+
+RETRY_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # seconds between tries while a server is unavailable
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait after failed try number ``attempt`` (1, 2, ...): doubling from 1 s to 30 s."""
+    return RETRY_BACKOFF[min(max(attempt, 1), len(RETRY_BACKOFF)) - 1]
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:

@@ -92,6 +92,21 @@ def _pid_namespace() -> str:
         return ""
 
 
+def pid_running(pid: int) -> bool:
+    """Whether some process of this PID namespace has ``pid`` (signal 0; another user's counts).
+
+    For temporary folders named after the process that owns them; a lease holder
+    needs more (:func:`_process_alive` also rules out pid reuse and other namespaces).
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _process_alive(pid: int, identity: str, namespace: str) -> bool | None:
     """Whether process ``pid`` of this machine still runs; None if we cannot tell.
 

@@ -87,11 +87,11 @@ from ..errors import (
     TrackingServerUnavailable,
     one_line,
 )
-from ..tracking import DEFAULT_EXPERIMENT, check_reachable
+from ..tracking import DEFAULT_EXPERIMENT, RETRY_BACKOFF, check_reachable, retry_delay
 from .faults import crash_point
 from .files import CONFIG_FILE, MANIFEST_FILE, TRAINER_STATE_FILE, FileDigest, Manifest, write_checkpoint
 from .gc import apply_plan, collect, record_policy, take_snapshot
-from .lease import DEFAULT_LEASE_TTL, WriterLease
+from .lease import DEFAULT_LEASE_TTL, WriterLease, pid_running
 from .names import logged_model_name, validate_alias, validate_experiment_name, validate_model_name
 from .policy import BEST_ALIAS, DEFAULT_ALIAS, RetentionPolicy
 from .reader import CheckpointReader, load_into, unwrap_model
@@ -108,7 +108,6 @@ log = logging.getLogger(__name__)
 WHEN_BUSY = ("wait", "skip")
 CLOSE_TIMEOUT_ENV = "MLFLOW_DDSP_CLOSE_TIMEOUT"
 DEFAULT_CLOSE_TIMEOUT = 60.0
-_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # seconds between retries while the server is unavailable
 
 
 def resolve_close_timeout(value: float | None = None) -> float:
@@ -168,14 +167,8 @@ def _clean_scratch() -> None:
         return
     for entry in root.iterdir():
         pid = entry.name.split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_running(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
-        except PermissionError:
-            pass
 
 
 def _attachments(files: Mapping[str, bytes] | None, extra_files: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -663,7 +656,7 @@ class CheckpointQueue:
                 self._finish_commit()
             except TrackingServerUnavailable as exc:
                 attempt += 1
-                delay = _BACKOFF[min(attempt, len(_BACKOFF)) - 1]
+                delay = retry_delay(attempt)
                 with self._cond:
                     self._in_flight = None
                     first = self._outage_since is None
@@ -675,7 +668,7 @@ class CheckpointQueue:
                     log.warning(
                         "%s: %s; %s wait%s; training goes on, retrying (every %g s at most)",
                         self.name, exc, self.spool.describe(waiting) if waiting else "the last save's plan",
-                        "" if len(waiting) == 1 else "s", _BACKOFF[-1],
+                        "" if len(waiting) == 1 else "s", RETRY_BACKOFF[-1],
                     )  # fmt: skip
                 with self._cond:
                     self._cond.wait_for(lambda: self._stopping, timeout=delay)

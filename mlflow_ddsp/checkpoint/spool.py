@@ -47,6 +47,7 @@ from urllib.parse import quote, urlparse
 from ..errors import CheckpointIntegrityError, ConfigError
 from ..tracking import embedded_store_folder
 from .files import MANIFEST_FILE, FileDigest, Manifest, sha256_file, verify_files, write_checkpoint
+from .lease import pid_running
 
 __all__ = ["SPOOL_ENV", "SpooledSave", "Spool", "spool_root", "check_spool_root"]
 
@@ -158,16 +159,6 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Spool:
     """The spool folder of one registered model in one tracking store.
 
@@ -261,7 +252,7 @@ class Spool:
         for path in sorted(self.folder.iterdir()):
             if path.name.startswith(".writing-"):
                 pid = path.name.split("-")[1]
-                if pid.isdigit() and not _pid_alive(int(pid)):
+                if pid.isdigit() and not pid_running(int(pid)):
                     shutil.rmtree(path, ignore_errors=True)
                 continue
             if not _ENTRY.match(path.name):

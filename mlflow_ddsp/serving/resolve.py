@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 from ..checkpoint import CheckpointReader
+from ..checkpoint.lease import pid_running
 from ..checkpoint.reader import parse_model_uri
 from ..checkpoint.records import CheckpointVersion
 from ..errors import CheckpointIntegrityError, CheckpointNotFoundError
@@ -95,22 +96,12 @@ def serving_folder(name: str, version: int) -> Path:
     parent.chmod(0o700)
     for old in parent.iterdir():
         pid = old.name.rpartition("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_running(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     folder = parent / f"{name}-v{version}-{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(mode=0o700)
     return folder
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def load_model(uri: str, *, tracking_uri: str | None = None, attempts: int = 3):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from ..errors import TrackingServerUnavailable
+from ..tracking import retry_delay
 
 __all__ = ["RunOutbox", "DeliveryReport", "MAX_POINTS", "MAX_MEDIA"]
 
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 MAX_POINTS = 200_000  # metric values held while the server is away (~20 MB)
 MAX_MEDIA = 16  # spectrogram/audio deliveries held (each a few hundred kB)
 _BATCH = 1000  # MLflow's limit of metrics per log_batch request
-_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class RunOutbox:
                     if self.outage_since is None:
                         self.outage_since = time.monotonic()
                         log.warning("run logging waits for the tracking server (%s); training goes on", exc)
-                    self._cond.wait_for(lambda: self._stopping, timeout=_BACKOFF[min(attempt, len(_BACKOFF)) - 1])
+                    self._cond.wait_for(lambda: self._stopping, timeout=retry_delay(attempt))
                 continue
             except Exception as exc:  # noqa: BLE001 - any failure of one item: skipped, counted, logged once
                 with self._cond:
