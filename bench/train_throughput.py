@@ -13,6 +13,10 @@ Every ``--eval-every`` steps both models are scored, outside the timing, with on
 common loss: our fixed-scale spectral loss (FFT 480, 928, 1376, 1824) on the
 whole validation files, noise seeded alike.
 
+Each side runs its own code: ours is the package's model, loss and optimizer
+(fused AdamW, :mod:`mlflow_ddsp.optimizer`), upstream its own ``ddsp/`` model, loss
+and ``torch.optim.AdamW`` as its ``train.py`` builds it.
+
 Threads: ours uses what ``mlflow-ddsp train`` uses (``train.num_threads``, default
 torch's), upstream torch's default (one per core); ``--threads N`` gives both N.
 
@@ -57,6 +61,7 @@ import yaml
 from mlflow_ddsp.config import load_config
 from mlflow_ddsp.loss import FixedScaleSpectralLoss, RandomScaleSpectralLoss
 from mlflow_ddsp.models import build_model_from_config
+from mlflow_ddsp.optimizer import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"demo (tiny)": ROOT / "projects/demo/config.yaml", "default CombSubFast": ROOT / "projects/combsub/config.yaml"}
@@ -71,7 +76,7 @@ def measure(config_path: Path, device: torch.device, steps: int) -> tuple[float,
     cfg = load_config(config_path)
     torch.manual_seed(0)
     model = build_model_from_config(cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    optimizer = build_optimizer(model.parameters(), cfg.train.lr, cfg.train.weight_decay, device)
     loss_fn = RandomScaleSpectralLoss(cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale).to(device)
     batch, block = cfg.train.batch_size, cfg.data.block_size
     frames = int(cfg.data.duration * cfg.data.sampling_rate / block)
@@ -322,7 +327,7 @@ def worker(name: str, workdir: Path, upstream_path: Path, steps: int, seed: int,
 
         threads_here = threads or training_threads(cfg, torch.device("cpu"))  # what `mlflow-ddsp train` uses
         model = build_model_from_config(cfg)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        optimizer = build_optimizer(model.parameters(), cfg.train.lr, cfg.train.weight_decay, torch.device("cpu"))
         train_loader, valid_loader = make_loaders(cfg)
     else:
         up = import_upstream(upstream_path, workdir / "upstream")

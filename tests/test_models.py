@@ -10,7 +10,16 @@ import torch
 from mlflow_ddsp.errors import ConfigError
 from mlflow_ddsp.loss import FixedScaleSpectralLoss
 from mlflow_ddsp.models import MODEL_TYPES, CombSubFast, build_model
-from mlflow_ddsp.models.pcmer import FastAttention, gaussian_orthogonal_random_matrix
+from mlflow_ddsp.dsp import complex_gain
+from mlflow_ddsp.dsp.underflow import EXP_FLOOR, exp_floored
+from mlflow_ddsp.models.pcmer import (
+    ConformerConvModule,
+    FastAttention,
+    favor_attention,
+    gaussian_orthogonal_random_matrix,
+    linear_attention,
+    softmax_kernel_features,
+)
 
 SR, BLOCK, N_UNIT = 8000, 32, 16
 TINY = {  # small sizes keep each forward pass to milliseconds
@@ -251,3 +260,63 @@ def test_fast_attention_approximates_softmax_attention() -> None:
     exact = torch.softmax(q @ k.transpose(-1, -2) / 4, dim=-1) @ v  # 1/sqrt(E), E = 16
     approx = FastAttention(16, n_features=4096)(q, k, v)
     assert (approx - exact).abs().max() < 0.1 * exact.abs().max()
+
+
+def _reference_attention(q, k, v, projection):
+    """Upstream's FAVOR+ written as the two reference functions (autograd does the backward)."""
+    return linear_attention(softmax_kernel_features(q, projection, True), softmax_kernel_features(k, projection, False), v)
+
+
+@pytest.mark.parametrize("scale", [1.0, 8.0], ids=["usual", "exponents-below-the-floor"])
+def test_fused_attention_matches_the_reference_forward_and_backward(scale: float) -> None:
+    """The hand-written backward (and the one-matmul forward) against autograd through upstream's formula.
+
+    ``scale`` 8 puts most key exponents far below EXP_FLOOR (-|k|^2 / 16 of about -500), where
+    the reference underflows to subnormals and zeros and ours floors: still the same numbers.
+    """
+    gen = torch.Generator().manual_seed(0)
+    projection = gaussian_orthogonal_random_matrix(266, 64, generator=gen).double()
+    q, k, v = (scale * torch.randn(2, 3, 11, 64, generator=gen, dtype=torch.float64) for _ in range(3))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    expected = _reference_attention(q, k, v, projection)
+    got = favor_attention(q, k, v, projection)
+    if scale > 1:
+        assert (softmax_kernel_features(k, projection, False) < math.exp(EXP_FLOOR)).float().mean() > 0.5
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+    grad = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+    for a, b, name in zip(torch.autograd.grad(got, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad), "qkv"):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=f"d{name}")
+
+
+def test_fused_attention_passes_gradcheck_including_the_query_maximum() -> None:
+    gen = torch.Generator().manual_seed(1)
+    projection = gaussian_orthogonal_random_matrix(20, 8, generator=gen).double()
+    inputs = tuple(torch.randn(1, 2, 5, 8, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(lambda q, k, v: favor_attention(q, k, v, projection), inputs)
+
+
+@pytest.mark.parametrize("variant", ["pcmer", "conv_only"])
+def test_conformer_module_computes_its_layers_in_order(variant: str) -> None:
+    """The channels-last forward is the Sequential of upstream's layers (what the state_dict keys name)."""
+    torch.manual_seed(0)
+    module = ConformerConvModule(32, kernel_size=7, variant=variant).double()
+    x = torch.randn(2, 13, 32, dtype=torch.float64, requires_grad=True)
+    got, expected = module(x), module.net(x)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    params = [x, *module.parameters()]
+    for a, b in zip(torch.autograd.grad(got.sum(), params), torch.autograd.grad(expected.sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_complex_gain_is_upstreams_complex_exp() -> None:
+    gen = torch.Generator().manual_seed(0)
+    log_magnitude, phase = (torch.randn(3, 5, 9, generator=gen) for _ in range(2))
+    torch.testing.assert_close(complex_gain(log_magnitude, phase), torch.exp(torch.complex(log_magnitude, phase)))
+    torch.testing.assert_close(complex_gain(None, phase), torch.exp(1j * phase))
+
+
+def test_floored_exp_is_exp_to_within_the_smallest_normal_float() -> None:
+    x = torch.tensor([-200.0, -104.0, -90.0, -87.5, -87.0, -10.0, 0.0, 5.0])
+    got, exact = exp_floored(x), torch.exp(x)
+    assert torch.equal(got[x >= EXP_FLOOR], exact[x >= EXP_FLOOR])
+    assert (got - exact).abs().max() < 1.7e-38 and (got > 0).all()

@@ -87,6 +87,7 @@ from ..errors import (
     TrackingServerUnavailable,
     one_line,
 )
+from ..optimizer import portable_state
 from ..tracking import DEFAULT_EXPERIMENT, RETRY_BACKOFF, check_reachable, retry_delay
 from .faults import crash_point
 from .files import CONFIG_FILE, MANIFEST_FILE, TRAINER_STATE_FILE, FileDigest, Manifest, write_checkpoint
@@ -425,7 +426,7 @@ class CheckpointQueue:
         started = time.perf_counter()
         state: dict[str, Any] = {"global_step": step, "model": unwrap_model(model).state_dict()}
         if self.save_optimizer and optimizer is not None:
-            state["optimizer"] = optimizer.state_dict()
+            state["optimizer"] = portable_state(optimizer)  # upstream-loadable on any torch
         staged = self._staging.stage({"checkpoint": state, "trainer": dict(trainer_state or {}) or None})
         blocked = time.perf_counter() - started
         future: Future = Future()

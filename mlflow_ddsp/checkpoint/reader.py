@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from ..errors import CheckpointIntegrityError, CheckpointNotFoundError, ConfigError
+from ..optimizer import load_state
 from ..state_dict import load_state_dict_checked
 from .files import CONFIG_FILE, TRAINER_STATE_FILE, load_checkpoint
 from .names import validate_alias
@@ -160,7 +161,7 @@ def load_into(
             check_weights_fit(state, trained, source=source)
     load_state_dict_checked(target, state, source=source, strict=strict, hint=hint)
     if optimizer is not None and "optimizer" in restored.checkpoint:
-        optimizer.load_state_dict(restored.checkpoint["optimizer"])
+        load_state(optimizer, restored.checkpoint["optimizer"])  # keeps the live optimizer fused
 
 
 class CheckpointReader:

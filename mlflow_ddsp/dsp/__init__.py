@@ -6,6 +6,7 @@ rate and ``[B, N]`` (or ``[B, N, 1]``) at sample rate, ``N = T * block_size``.
 """
 
 from mlflow_ddsp.dsp.filtering import (
+    complex_gain,
     fft_convolve,
     frame_irfft_ola,
     frame_rfft,
@@ -28,6 +29,7 @@ from mlflow_ddsp.dsp.synthesis import (
 __all__ = [
     "accumulate_phase",
     "combtooth",
+    "complex_gain",
     "fft_convolve",
     "frame_irfft_ola",
     "frame_rfft",

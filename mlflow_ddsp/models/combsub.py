@@ -18,8 +18,10 @@ import math
 import torch
 from torch import Tensor
 
+from mlflow_ddsp.dsp.underflow import exp_floored
 from mlflow_ddsp.dsp import (
     combtooth,
+    complex_gain,
     frame_irfft_ola,
     frame_rfft,
     frequency_filter,
@@ -72,8 +74,8 @@ class CombSubFast(DDSPModel):
     def _render(self, controls: Controls, noise: Tensor | None, generator: torch.Generator | None) -> Synthesis:
         """Filter combtooth and noise frame by frame; ``harmonic``/``noise`` of the result are None."""
         ctrls, source = controls.ctrls, controls.source
-        harmonic_filter = torch.exp(torch.complex(ctrls["harmonic_magnitude"], math.pi * ctrls["harmonic_phase"]))
-        noise_filter = torch.exp(ctrls["noise_magnitude"]) / 128
+        harmonic_filter = complex_gain(ctrls["harmonic_magnitude"], math.pi * ctrls["harmonic_phase"])
+        noise_filter = exp_floored(ctrls["noise_magnitude"]) / 128
         pulses = combtooth(source.phase, source.f0_samples, self.sampling_rate_hz)
         noise_source = self._excitation_noise(pulses, noise, generator)
         spectra = frame_rfft(pulses, self.window, self.block) * hold_last_frame(harmonic_filter)
@@ -124,12 +126,12 @@ class CombSub(DDSPModel):
         """LTV-FIR filtering; the result carries the harmonic and noise parts too."""
         ctrls, source, f0 = controls.ctrls, controls.source, controls.f0
         group_delay = math.pi * torch.tanh(ctrls["group_delay"])
-        harmonic_gain = torch.exp(ctrls["harmonic_magnitude"])
-        noise_gain = torch.exp(ctrls["noise_magnitude"]) / 128
+        harmonic_gain = exp_floored(ctrls["harmonic_magnitude"])
+        noise_gain = exp_floored(ctrls["noise_magnitude"]) / 128
 
         pulses = combtooth(source.phase, source.f0_samples, self.sampling_rate_hz)
         # all-pass: unit magnitude, phase = integrated group delay over frequency
-        harmonic = frequency_filter(pulses, torch.exp(1j * torch.cumsum(group_delay, dim=-1)), hann_window=False)
+        harmonic = frequency_filter(pulses, complex_gain(None, torch.cumsum(group_delay, dim=-1)), hann_window=False)
         # window half-width of 1.5 periods: the filter cannot smear across pulses.
         # (tensor / tensor: Python's `float / tensor` multiplies by a reciprocal,
         # which rounds differently from upstream)

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from mlflow_ddsp.dsp import hold_last_frame, stft_analysis, stft_synthesis, superfast_excitation
+from mlflow_ddsp.dsp import complex_gain, hold_last_frame, stft_analysis, stft_synthesis, superfast_excitation
 from mlflow_ddsp.errors import ConfigError
 from mlflow_ddsp.models.base import Controls, DDSPModel, Source, Synthesis, check_bool, check_int
 from mlflow_ddsp.models.unit2control import Unit2Control
@@ -82,8 +82,8 @@ class CombSubSuperFast(DDSPModel):
     def _render(self, controls: Controls, noise: Tensor | None, generator: torch.Generator | None) -> Synthesis:
         """Filter combtooth and Gaussian noise in the STFT domain; ``harmonic``/``noise`` are None."""
         ctrls, pulses = controls.ctrls, controls.source.pulses
-        harmonic_filter = torch.exp(torch.complex(ctrls["harmonic_magnitude"], math.pi * ctrls["harmonic_phase"]))
-        noise_filter = torch.exp(torch.complex(ctrls["noise_magnitude"], math.pi * ctrls["noise_phase"])) / 128
+        harmonic_filter = complex_gain(ctrls["harmonic_magnitude"], math.pi * ctrls["harmonic_phase"])
+        noise_filter = complex_gain(ctrls["noise_magnitude"], math.pi * ctrls["noise_phase"]) / 128
         noise_source = self._excitation_noise(pulses, noise, generator)
         # STFT spectra are [B, bins, frames]: filters are [B, frames, bins]
         spectra = stft_analysis(pulses, self.window, self.block) * hold_last_frame(harmonic_filter).transpose(1, 2)

@@ -12,7 +12,8 @@ import math
 import torch
 from torch import Tensor
 
-from mlflow_ddsp.dsp import frequency_filter, harmonic_oscillators, remove_above_fmax
+from mlflow_ddsp.dsp.underflow import exp_floored
+from mlflow_ddsp.dsp import complex_gain, frequency_filter, harmonic_oscillators, remove_above_fmax
 from mlflow_ddsp.models.base import Controls, DDSPModel, Synthesis, check_int
 from mlflow_ddsp.models.unit2control import Unit2Control
 
@@ -63,13 +64,13 @@ class Sins(DDSPModel):
     def _render(self, controls: Controls, noise: Tensor | None, generator: torch.Generator | None) -> Synthesis:
         """Harmonic bank through the all-pass filter plus filtered noise; with both parts."""
         ctrls, source, f0 = controls.ctrls, controls.source, controls.f0
-        amplitudes = torch.exp(ctrls["amplitudes"]) / 128
+        amplitudes = exp_floored(ctrls["amplitudes"]) / 128
         group_delay = math.pi * torch.tanh(ctrls["group_delay"])
-        noise_gain = torch.exp(ctrls["noise_magnitude"]) / 128
+        noise_gain = exp_floored(ctrls["noise_magnitude"]) / 128
 
         amplitudes = remove_above_fmax(amplitudes, f0, self.sampling_rate_hz / 2)
         sinusoids = harmonic_oscillators(2 * math.pi * source.phase, amplitudes, self.block, _HARMONICS_PER_CHUNK)
-        harmonic = frequency_filter(sinusoids, torch.exp(1j * torch.cumsum(group_delay, dim=-1)), hann_window=False)
+        harmonic = frequency_filter(sinusoids, complex_gain(None, torch.cumsum(group_delay, dim=-1)), hann_window=False)
         noise_part = self._excitation_noise(harmonic, noise, generator)
         noise_part = frequency_filter(noise_part, torch.complex(noise_gain, torch.zeros_like(noise_gain)))
         return Synthesis(audio=harmonic + noise_part, hidden=controls.hidden, harmonic=harmonic, noise=noise_part)

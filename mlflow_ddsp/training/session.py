@@ -33,6 +33,7 @@ from ..lineage import code_version, environment_versions
 from ..tracking import resolve_tracking_uri
 from ..loss import FixedScaleSpectralLoss, RandomScaleSpectralLoss
 from ..models import architecture, build_model_from_config
+from ..optimizer import build_optimizer
 from ..serving.model_files import pyfunc_files
 from .data import make_loaders
 from .distributed import DistributedContext, NullCheckpointer, NullTracker
@@ -154,7 +155,7 @@ def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_
     try:
         seed_everything(cfg.train.seed + ctx.rank)  # a fresh run; a resume restores the RNGs it saved
         model = build_model_from_config(cfg).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        optimizer = build_optimizer(model.parameters(), cfg.train.lr, cfg.train.weight_decay, device)
         loaders = make_loaders(cfg, rank=ctx.rank, world_size=ctx.world_size)
         if ctx.is_main:
             result = _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_from, progress,
