@@ -296,7 +296,11 @@ def test_a_save_retried_after_a_failed_upload_saves(backend, model_name, monkeyp
 # -- staging is per OS user ------------------------------------------------------------------------
 @pytest.mark.skipif(not hasattr(os, "fork") or os.geteuid() != 0, reason="needs root to become another user")
 def test_a_second_os_user_can_save_on_the_same_machine(model_name):
-    """Root saves, then (in a forked child) the user 'nobody' saves into its own store."""
+    """Root saves and imports a file, then (in a forked child) the user 'nobody' does both into its own store.
+
+    Saves go through the spool beside each store; imports (``register_file``) stage in a
+    per-user folder under the system temp dir, which must never be shared.
+    """
     import pwd
 
     nobody = pwd.getpwnam("nobody")
@@ -308,8 +312,11 @@ def test_a_second_os_user_can_save_on_the_same_machine(model_name):
         (shared / "nobody").chmod(0o777)
         model = model_and_step()
         uri_root = f"sqlite:///{shared / 'root' / 'mlflow.db'}"
+        for owner in ("root", "nobody"):
+            torch.save({"model": model.state_dict()}, shared / owner / "model_20.pt")
         with CheckpointQueue(model_name, 10, None, tracking_uri=uri_root) as queue:
-            queue.save(10, model).result()  # root's staging folder exists now
+            queue.save(10, model).result()
+            queue.register_file(20, shared / "root" / "model_20.pt")  # root's staging folder exists now
 
         uri_nobody = f"sqlite:///{shared / 'nobody' / 'mlflow.db'}"
         pid = os.fork()
@@ -323,12 +330,13 @@ def test_a_second_os_user_can_save_on_the_same_machine(model_name):
                 os.chdir(shared / "nobody")
                 with CheckpointQueue(model_name, 10, None, tracking_uri=uri_nobody) as queue:
                     queue.save(10, model).result()
+                    queue.register_file(20, shared / "nobody" / "model_20.pt")
                 code = 0
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0, "the second user's save failed"
-        assert versions_by_step(RegistryStore(uri_nobody), model_name) == {10: "rolling"}
+        assert versions_by_step(RegistryStore(uri_nobody), model_name) == {20: "rolling"}
         folders = {p.name: p.stat() for p in Path(tempfile.gettempdir()).glob("mlflow-ddsp-staging-*")}
         assert folders[f"mlflow-ddsp-staging-{nobody.pw_uid}"].st_uid == nobody.pw_uid
         assert folders["mlflow-ddsp-staging-0"].st_mode & 0o777 == 0o700
