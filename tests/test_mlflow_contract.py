@@ -12,6 +12,13 @@ instead of somewhere in a save. pyproject pins ``mlflow>=3.4,<4``.
 - ``mlflow.models.utils._save_example`` and ``mlflow.utils.environment._PythonEnv``:
   write a version's input example and ``python_env.yaml`` once per queue, without
   ``mlflow.pyfunc.save_model``'s requirement inference (5-10 s a call).
+
+One public name is used for a behaviour MLflow does not document:
+``mlflow.pyfunc.scoring_server.invocations`` is looked up by the ``/invocations``
+route at request time, so the loader can wrap it (``guard_scoring_server``: one-line
+answers to MLflow's own request errors). Pinned over real HTTP by
+``tests/test_serving.py::test_bad_payloads_get_a_4xx_and_the_server_keeps_serving``
+(a deeply nested body, not JSON).
 """
 
 from __future__ import annotations

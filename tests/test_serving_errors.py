@@ -54,3 +54,27 @@ def test_request_error_is_an_invalid_parameter_value_with_one_line():
     assert exc.get_http_status_code() == 400
     exc.message = "Failed to predict data '<payload>'. \nError: " + exc.message  # the scoring server's rewrite
     assert exc.message == "spk_id=9: unknown speaker id 9; ids are 1..2" == str(exc)
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        ('{"dataframe_records": ' + "[" * 100_000 + "]" * 100_000 + "}", "the request's JSON nests too deeply"),
+        ("not json " * 2_000, "Ensure that input is a valid JSON formatted string"),
+        ('{"dataframe_records": 5}', "Dataframe records format must be a list of records"),
+        ('{"foo": 1}', "exactly one of the input fields"),
+    ],
+)  # fmt: skip
+def test_mlflows_own_refusals_are_one_line_once_guarded(body, reason):
+    from mlflow_ddsp.serving.pyfunc import guard_scoring_server
+
+    guard_scoring_server()
+    guard_scoring_server()  # idempotent: one wrapper
+    assert not getattr(scoring_server.invocations.__wrapped__, "_mlflow_ddsp_guard", False)
+    model = _Served(DdspVoiceModel(converter=None, step=1, sha256="0" * 64, max_seconds=5))
+    with pytest.raises(MlflowException) as caught:
+        scoring_server.invocations(body, "application/json", model, None)
+    assert caught.value.get_http_status_code() == 400
+    message = json.loads(caught.value.serialize_as_json())["message"]
+    assert reason in message and "\n" not in message and "not json not json" not in message, message
+    assert len(message) <= 300

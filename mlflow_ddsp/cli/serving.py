@@ -122,7 +122,7 @@ def serve(ctx: click.Context, model_uri: str, host: str, port: int, timeout: int
     {"dataframe_records": [{"audio_base64": "<WAV>"}], "params": {"key": 2}}.
     Limits, which must fit together: MLFLOW_DDSP_MAX_SECONDS (default 120) per
     clip, converted within --timeout (default 60 s; a full-size encoder on 2 CPU
-    cores converts ~17x faster than real time); MLFLOW_DDSP_MAX_CONCURRENT
+    cores converts ~19x faster than real time); MLFLOW_DDSP_MAX_CONCURRENT
     (default 1) conversions per worker, further requests get 503 at once. For
     longer clips raise both, e.g. MLFLOW_DDSP_MAX_SECONDS=600 with --timeout 180.
     """

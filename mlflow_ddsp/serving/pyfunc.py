@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from ..config import parse_config
 from ..errors import AudioError, ConfigError, one_line
 from .payload import DEFAULT_MAX_SECONDS, PayloadError, encode_result, parse_params, parse_rows
 
-__all__ = ["DdspVoiceModel", "load_version_dir", "request_error"]
+__all__ = ["DdspVoiceModel", "guard_scoring_server", "load_version_dir", "mlflow_request_reason", "request_error"]
 
 log = logging.getLogger(__name__)
 
@@ -175,4 +176,67 @@ def _positive_env(name: str, default, kind):
 
 def _load_pyfunc(data_path: str) -> DdspVoiceModel:
     """MLflow's entry point (``loader_module`` in the MLmodel)."""
-    return load_version_dir(data_path)
+    model = load_version_dir(data_path)
+    guard_scoring_server()
+    return model
+
+
+#: MLflow's rewrite of an error raised while predicting: the whole payload, then the reason.
+_PREDICT_ECHO = re.compile(r"^Failed to predict data '.*'\. \nError: ", re.DOTALL)
+_MAX_REASON = 300  # characters of MLflow's own reason kept in the answer
+
+
+def mlflow_request_reason(message: str) -> str:
+    """MLflow's own reason for refusing a request, as one line without the echoed payload.
+
+    MLflow's scoring server words its request errors over several lines and repeats
+    the request in them (``"Ensure that input is a valid JSON formatted string.
+    Error: ...\nInput: \n<the whole body>"``, ``"Failed to predict data '<the whole
+    body>'. \nError: Failed to enforce schema ..."``): this keeps the reason's first
+    line, at most 300 characters.
+    """
+    reason = _PREDICT_ECHO.sub("", message, count=1).strip()
+    first = reason.splitlines()[0].strip() if reason else "the request was refused"
+    return first if len(first) <= _MAX_REASON else first[: _MAX_REASON - 3] + "..."
+
+
+def guard_scoring_server() -> None:
+    """Make the scoring server of this process answer every bad request with one line.
+
+    A no-op unless MLflow's scoring server (``mlflow models serve``) is running in
+    this process, i.e. ``mlflow.pyfunc.scoring_server`` is imported (its ``app``
+    module imports it before loading the model). Its ``/invocations`` route calls
+    the module's ``invocations(data, content_type, model, input_schema)`` by name
+    at request time (MLflow 3.x; pinned by a real-HTTP test in
+    ``tests/test_serving.py``); this wraps that function once so that
+
+    - a JSON body nested too deeply for Python's parser (``RecursionError``, which
+      MLflow lets through as HTTP 500) is a 400 naming the problem;
+    - MLflow's own request errors (not valid JSON, schema, unknown form) keep their
+      status and lose the echoed payload and the extra lines (see
+      :func:`mlflow_request_reason`); ours (:func:`request_error`) pass unchanged.
+    """
+    import sys
+
+    scoring_server = sys.modules.get("mlflow.pyfunc.scoring_server")
+    if scoring_server is None or getattr(scoring_server.invocations, "_mlflow_ddsp_guard", False):
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import ErrorCode
+
+    invocations = scoring_server.invocations
+
+    @functools.wraps(invocations)
+    def guarded(data, content_type, model, input_schema):
+        try:
+            return invocations(data, content_type, model, input_schema)
+        except RecursionError:
+            raise request_error("the request's JSON nests too deeply to parse; "
+                                'send {"dataframe_records": [{"audio_base64": "<WAV>"}]}') from None  # fmt: skip
+        except MlflowException as exc:
+            if isinstance(exc, _request_error_class()):
+                raise
+            raise request_error(mlflow_request_reason(exc.message), error_code=ErrorCode.Value(exc.error_code)) from None
+
+    guarded._mlflow_ddsp_guard = True
+    scoring_server.invocations = guarded
