@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -19,7 +22,7 @@ import mlflow
 from mlflow_ddsp import CheckpointQueue
 from mlflow_ddsp.checkpoint import RegistryStore
 from mlflow_ddsp.config import parse_config
-from mlflow_ddsp.local_server import LocalModelServer
+from mlflow_ddsp.local_server import LocalModelServer, free_port
 from mlflow_ddsp.models import build_model_from_config
 from mlflow_ddsp.serving.model_files import pyfunc_files
 from mlflow_ddsp.serving.resolve import load_model
@@ -248,6 +251,26 @@ def test_weights_and_manifest_rewritten_together_are_refused(tampered, tmp_path)
     load_version_dir(stored)  # consistent with itself: the version's own manifest cannot tell
     with pytest.raises(CheckpointIntegrityError, match=r"manifest.json changed since registration"):
         load_model(f"models:/tampered/{version.version}", tracking_uri=backend.uri)
+
+
+def test_plain_mlflow_models_serve_refuses_changed_bytes_in_one_line_of_ours(tampered):
+    """Plain `mlflow models serve` of a version whose weights changed: the server process states our
+    reason in one line and exits; no traceback of its own (MLflow's CLI still reports the exit, below it)."""
+    backend, version, stored = tampered
+    checkpoint = stored / "model_10.pt"
+    data = bytearray(checkpoint.read_bytes())
+    data[-100] ^= 1
+    checkpoint.write_bytes(bytes(data))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": backend.uri,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/tampered/{version.version}",
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(free_port())],
+                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("mlflow-ddsp: ")]
+    assert len(ours) == 1 and "model_10.pt is" in ours[0] and "expected" in ours[0], result.stderr
+    server_part = result.stderr.split(ours[0])[0]  # everything the server process printed before our line
+    assert "Traceback" not in server_part and "CheckpointIntegrityError" not in result.stderr, result.stderr
 
 
 def test_the_f0_extractor_request_param_reaches_the_network_extractors(registered):

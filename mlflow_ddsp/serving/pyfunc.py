@@ -34,7 +34,7 @@ import yaml
 
 from ..checkpoint.files import MANIFEST_FILE, Manifest, load_checkpoint, verify_files
 from ..config import parse_config
-from ..errors import AudioError, ConfigError, one_line
+from ..errors import AudioError, ConfigError, MlflowDdspError, one_line
 from .payload import DEFAULT_MAX_SECONDS, PayloadError, encode_result, parse_params, parse_rows
 
 __all__ = ["DdspVoiceModel", "guard_scoring_server", "load_version_dir", "mlflow_request_reason", "request_error"]
@@ -175,8 +175,25 @@ def _positive_env(name: str, default, kind):
 
 
 def _load_pyfunc(data_path: str) -> DdspVoiceModel:
-    """MLflow's entry point (``loader_module`` in the MLmodel)."""
-    model = load_version_dir(data_path)
+    """MLflow's entry point (``loader_module`` in the MLmodel).
+
+    Raises:
+        MlflowDdspError: the version cannot be served (changed bytes, bad config,
+            missing encoder weights, a device this machine lacks); except when the
+            scoring server of ``mlflow models serve`` is loading it at start-up
+            (its ``app`` module is being imported): there the reason is printed as
+            one line, ``mlflow-ddsp: cannot serve this version: ...``, and the process exits with
+            status 1 instead of uvicorn printing the traceback.
+    """
+    import sys
+
+    try:
+        model = load_version_dir(data_path)
+    except MlflowDdspError as exc:
+        if "mlflow.pyfunc.scoring_server.app" not in sys.modules:
+            raise
+        print(f"mlflow-ddsp: cannot serve this version: {one_line(str(exc))}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     guard_scoring_server()
     return model
 
