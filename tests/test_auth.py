@@ -7,9 +7,10 @@ status at the edge (``RegistryStore``) and reach the user as one line:
 
 * wrong or missing credentials: ``NotAuthenticatedError`` at the first request,
   before any data is loaded;
-* a user with READ on the registered model can list, verify and restore, but a
-  save, ``keep`` (EDIT), ``unkeep`` and ``gc`` deletions (MANAGE) are refused
-  naming the permission.
+* a user with READ on the registered model can list, verify, restore, convert
+  with ``infer`` and serve with ``mlflow-ddsp serve``, but a save, ``keep``
+  (EDIT), ``unkeep`` and ``gc`` deletions (MANAGE) are refused naming the
+  permission.
 """
 
 from __future__ import annotations
@@ -182,3 +183,45 @@ def test_keep_unkeep_and_gc_name_the_permission_they_need(team, auth_server, mod
     assert cli(auth_server.uri, "unkeep", model_name, str(rolling.version)).exit_code == 0
     assert cli(auth_server.uri, "gc", model_name).exit_code == 0
     assert orphan.model_id not in {m.model_id for m in store.queue_models(model_name, [experiment])}
+
+
+def test_a_reader_converts_with_infer_and_serves_a_version(auth_server, model_name, monkeypatch, tmp_path):
+    """READ on the registered model is enough for `infer` and `mlflow-ddsp serve` (download, verify, serve)."""
+    import json
+    import urllib.request
+
+    import numpy as np
+    import soundfile as sf
+
+    from mlflow_ddsp.config import parse_config
+    from mlflow_ddsp.local_server import LocalModelServer
+    from mlflow_ddsp.models import build_model_from_config
+    from mlflow_ddsp.serving.model_files import pyfunc_files
+
+    from test_serving import TINY, sung_tone
+
+    suffix = model_name[-6:]
+    writer = auth_server.create_user(monkeypatch, f"vwriter-{suffix}")
+    reader = auth_server.create_user(monkeypatch, f"vreader-{suffix}")
+    auth_server.login(monkeypatch, writer)
+    cfg = parse_config(TINY)
+    with CheckpointQueue(model_name, 10, 20, config=cfg.to_yaml(), tracking_uri=auth_server.uri,
+                         experiment=f"exp-{model_name}", extra_files=pyfunc_files()) as queue:  # fmt: skip
+        queue.save(10, build_model_from_config(cfg)).result()
+    auth_server.admin_client(monkeypatch).grant_user_permission(reader, "registered_model", model_name, "READ")
+
+    auth_server.login(monkeypatch, reader)
+    sf.write(tmp_path / "in.wav", sung_tone(1.0, 16000), 16000)
+    result = cli(auth_server.uri, "infer", "-m", f"models:/{model_name}@rolling", "-i", str(tmp_path / "in.wav"),
+                 "-o", str(tmp_path / "out.wav"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sf.info(str(tmp_path / "out.wav")).samplerate == 44100
+
+    with LocalModelServer(f"models:/{model_name}@rolling", auth_server.uri, tmp_path / "serve.log") as served:
+        body = {"dataframe_records": [{"samples": sung_tone(0.5, 16000).tolist(), "sample_rate": 16000}]}
+        request = urllib.request.Request(served.url + "/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.loads(response.read())
+    (prediction,) = answer["predictions"]
+    assert prediction["sample_rate"] == 44100 and np.isfinite(prediction["samples"]).all()
