@@ -4,7 +4,8 @@
 
 * ``embedded``: the embedded SQLite store (a fresh database in the test's tmp folder);
 * ``server``: a real ``mlflow server`` process (SQLite backend, proxied artifacts in a
-  tmp folder, 127.0.0.1, a free port) shared by the session;
+  tmp folder, 127.0.0.1, a free port) shared by the session (each pytest-xdist worker
+  is a session of its own, with its own servers);
 
 and, for tests marked ``@pytest.mark.stack`` (and ``stack_backend``, stack only), a
 team's stack, each a session-scoped ``mlflow server`` started on first use:

@@ -186,7 +186,11 @@ def test_keep_unkeep_and_gc_name_the_permission_they_need(team, auth_server, mod
 
 
 def test_a_reader_converts_with_infer_and_serves_a_version(auth_server, model_name, monkeypatch, tmp_path):
-    """READ on the registered model is enough for `infer` and `mlflow-ddsp serve` (download, verify, serve)."""
+    """READ is enough for `infer` and `mlflow-ddsp serve` (download, verify, serve).
+
+    READ is this server's default permission, so the reader holds READ on the experiment too; the
+    grant on the registered model is what a team would set, and no EDIT is needed anywhere.
+    """
     import json
     import urllib.request
 

@@ -177,29 +177,53 @@ def _positive_env(name: str, default, kind):
 def _load_pyfunc(data_path: str) -> DdspVoiceModel:
     """MLflow's entry point (``loader_module`` in the MLmodel).
 
+    When MLflow's scoring server (``mlflow models serve``) is starting with this
+    version, also guards its request handler (:func:`guard_scoring_server`).
+
     Raises:
         MlflowDdspError: the version cannot be served (changed bytes, bad config,
-            missing encoder weights, a device this machine lacks); except when the
-            scoring server of ``mlflow models serve`` is loading it at start-up
-            (its ``app`` module is being imported): there the reason is printed as
-            one line, ``mlflow-ddsp: cannot serve this version: ...``, and the process exits with
-            status 1 instead of uvicorn printing the traceback.
+            missing encoder weights, a device this machine lacks); except while the
+            scoring server is starting: there the reason is printed as one line,
+            ``mlflow-ddsp: cannot serve this version: ...``, and the process exits
+            with status 3, uvicorn's start-up failure, which also stops a
+            multi-worker server instead of restarting the worker in a loop.
     """
     import sys
 
+    starting = _scoring_server_starting()
     try:
         model = load_version_dir(data_path)
     except MlflowDdspError as exc:
-        if "mlflow.pyfunc.scoring_server.app" not in sys.modules:
+        if starting is None:
             raise
         print(f"mlflow-ddsp: cannot serve this version: {one_line(str(exc))}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
-    guard_scoring_server()
+        raise SystemExit(_UVICORN_STARTUP_FAILURE) from None
+    if starting is not None:
+        guard_scoring_server(starting)
     return model
+
+
+_UVICORN_STARTUP_FAILURE = 3  # uvicorn.config.STARTUP_FAILURE: its supervisor stops instead of restarting
+
+
+def _scoring_server_starting():
+    """MLflow's ``scoring_server`` module while its ``app`` module is being imported (the server is
+    loading its model), else None. Python lists a module in ``sys.modules`` before running it; ``app``
+    gets its ``app`` attribute only once the model has loaded."""
+    import sys
+
+    app_module = sys.modules.get("mlflow.pyfunc.scoring_server.app")
+    if app_module is None or hasattr(app_module, "app"):
+        return None
+    return sys.modules.get("mlflow.pyfunc.scoring_server")
 
 
 #: MLflow's rewrite of an error raised while predicting: the whole payload, then the reason.
 _PREDICT_ECHO = re.compile(r"^Failed to predict data '.*'\. \nError: ", re.DOTALL)
+#: MLflow's schema enforcement: ``Failed to enforce schema of data '<payload>' with schema '<schema>'. Error: <reason>``.
+_SCHEMA_ECHO = re.compile(r"^Failed to enforce schema of data '.*' with schema '.*'\. Error: ", re.DOTALL)
+#: A bytes repr inside a message (``UnicodeDecodeError('utf-8', b'<the body>', ...)``).
+_BYTES_REPR = re.compile(r"b'(?:[^'\\]|\\.)*'" + r'|b"(?:[^"\\]|\\.)*"')
 _MAX_REASON = 300  # characters of MLflow's own reason kept in the answer
 
 
@@ -209,42 +233,50 @@ def mlflow_request_reason(message: str) -> str:
     MLflow's scoring server words its request errors over several lines and repeats
     the request in them (``"Ensure that input is a valid JSON formatted string.
     Error: ...\nInput: \n<the whole body>"``, ``"Failed to predict data '<the whole
-    body>'. \nError: Failed to enforce schema ..."``): this keeps the reason's first
-    line, at most 300 characters.
+    body>'. \nError: Failed to enforce schema of data '<the data>' with schema
+    '...'. Error: <reason>"``, a ``UnicodeDecodeError`` holding the body's bytes):
+    this drops those echoes and keeps the first line of what is left, at most 300
+    characters.
     """
     reason = _PREDICT_ECHO.sub("", message, count=1).strip()
-    first = reason.splitlines()[0].strip() if reason else "the request was refused"
+    if _SCHEMA_ECHO.match(reason):
+        reason = "the request does not fit the model's input schema: " + _SCHEMA_ECHO.sub("", reason, count=1).strip()
+    reason = _BYTES_REPR.sub("b'...'", reason)
+    first = reason.splitlines()[0].strip() if reason else ""
+    first = first or "the request was refused"
     return first if len(first) <= _MAX_REASON else first[: _MAX_REASON - 3] + "..."
 
 
-def guard_scoring_server() -> None:
-    """Make the scoring server of this process answer every bad request with one line.
+def guard_scoring_server(scoring_server) -> None:
+    """Make MLflow's scoring server answer every bad request with one line (idempotent).
 
-    A no-op unless MLflow's scoring server (``mlflow models serve``) is running in
-    this process, i.e. ``mlflow.pyfunc.scoring_server`` is imported (its ``app``
-    module imports it before loading the model). Its ``/invocations`` route calls
-    the module's ``invocations(data, content_type, model, input_schema)`` by name
-    at request time (MLflow 3.x; pinned by a real-HTTP test in
-    ``tests/test_serving.py``); this wraps that function once so that
+    ``scoring_server`` is the ``mlflow.pyfunc.scoring_server`` module of a process
+    running it (``_load_pyfunc`` passes it while the server starts). Its
+    ``/invocations`` route calls the module's ``invocations(data, content_type,
+    model, input_schema)`` by name at request time (MLflow 3.x; pinned by a
+    real-HTTP test in ``tests/test_serving.py``); this wraps that function so that
 
     - a JSON body nested too deeply for Python's parser (``RecursionError``, which
-      MLflow lets through as HTTP 500) is a 400 naming the problem;
+      MLflow lets through as HTTP 500) and a request without a Content-Type (an
+      ``AttributeError`` there, also a 500) are 400s naming the problem;
     - MLflow's own request errors (not valid JSON, schema, unknown form) keep their
       status and lose the echoed payload and the extra lines (see
-      :func:`mlflow_request_reason`); ours (:func:`request_error`) pass unchanged.
+      :func:`mlflow_request_reason`); an unexpected error in ``predict`` (which
+      MLflow answers with its traceback attached) is logged with that traceback
+      on the server, and answered in one line; ours (:func:`request_error`) pass
+      unchanged.
     """
-    import sys
-
-    scoring_server = sys.modules.get("mlflow.pyfunc.scoring_server")
-    if scoring_server is None or getattr(scoring_server.invocations, "_mlflow_ddsp_guard", False):
+    if getattr(scoring_server.invocations, "_mlflow_ddsp_guard", False):
         return
     from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import ErrorCode
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
 
     invocations = scoring_server.invocations
 
     @functools.wraps(invocations)
     def guarded(data, content_type, model, input_schema):
+        if content_type is None:
+            raise request_error("the request has no Content-Type header; send Content-Type: application/json")
         try:
             return invocations(data, content_type, model, input_schema)
         except RecursionError:
@@ -253,7 +285,14 @@ def guard_scoring_server() -> None:
         except MlflowException as exc:
             if isinstance(exc, _request_error_class()):
                 raise
-            raise request_error(mlflow_request_reason(exc.message), error_code=ErrorCode.Value(exc.error_code)) from None
+            trace = exc.json_kwargs.get("stack_trace")
+            if trace:
+                log.error("mlflow-ddsp: a request failed in predict: %s\n%s", one_line(exc.message), trace)
+            try:
+                code = ErrorCode.Value(exc.error_code)
+            except ValueError:
+                code = INVALID_PARAMETER_VALUE
+            raise request_error(mlflow_request_reason(exc.message), error_code=code) from None
 
     guarded._mlflow_ddsp_guard = True
     scoring_server.invocations = guarded
