@@ -24,7 +24,7 @@ from mlflow_ddsp.features.encoders.fairseq_hubert import FairseqHubert, FairseqH
 from mlflow_ddsp.features.encoders.precision import (
     ENCODER_PRECISIONS,
     ChannelsLastConvStack,
-    FrozenConv1d,
+    FftConv1d,
     check_encoder_precision,
     quantize_fairseq_hubert_int8,
     resolve_encoder_precision,
@@ -116,23 +116,23 @@ def test_channels_last_conv_stack_folds_group_norm_exactly_also_with_conv_bias()
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_frozen_positional_conv_is_the_weight_normed_one():
+@pytest.mark.parametrize("kernel, groups, frames", [(16, 8, 50), (16, 8, 1), (128, 16, 306), (128, 16, 1500), (15, 4, 7)])
+def test_fft_positional_conv_is_the_weight_normed_one_to_fp32_rounding(kernel, groups, frames):
     from mlflow_ddsp.features.encoders.layers import WeightNormConv1d
 
     torch.manual_seed(0)
-    conv = WeightNormConv1d(64, 64, 16, groups=8)
+    conv = WeightNormConv1d(64, 64, kernel, groups=groups)
     with torch.no_grad():
-        conv.weight_g.mul_(torch.linspace(0.5, 2.0, 16))
+        conv.weight_g.mul_(torch.linspace(0.5, 2.0, kernel))
         conv.bias.normal_()
-    x = torch.randn(1, 64, 50)
+    x = torch.randn(2, 64, frames)
     with torch.no_grad():
-        expected = F.conv1d(x, conv.weight(), conv.bias, padding=8, groups=8)
-        torch.testing.assert_close(FrozenConv1d(conv)(x), expected, rtol=1e-6, atol=1e-6)
-        in_bf16 = FrozenConv1d(conv, torch.bfloat16)
-        assert in_bf16.weight.dtype == torch.bfloat16 and not list(in_bf16.parameters())
-        got = in_bf16(x)
-    assert got.dtype == torch.float32
-    assert _cosine(got.transpose(1, 2), expected.transpose(1, 2)).min() > 0.999
+        expected = F.conv1d(x, conv.weight(), conv.bias, padding=kernel // 2, groups=groups)
+        fast = FftConv1d(conv)
+        got = fast(x)
+    assert not list(fast.parameters()) and fast.n_fft >= 2 * kernel and fast.n_fft & (fast.n_fft - 1) == 0
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_gelu_is_the_fp32_gelu_rounded_which_the_conv_stack_relies_on():

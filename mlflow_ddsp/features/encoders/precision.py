@@ -21,8 +21,9 @@
   pauses, measured). ``post_extract_proj`` stays fp32 for the same reason
   (0.986 when quantized), and so do ``final_proj``, LayerNorms, softmax and the
   transformer's GELUs. The positional convolution's weight-normed kernel is
-  computed once and the convolution runs in bf16 (fp32 bias) on those CPUs
-  (:class:`FrozenConv1d`). CPU only.
+  computed once and the convolution runs as an fp32 FFT convolution
+  (:class:`FftConv1d`: exact to fp32 rounding, and faster than a bf16
+  convolution for its 128-tap kernel). CPU only.
 - ``auto``: ``int8`` on the CPU for encoders that have an int8 form (the fairseq
   HuBERT family: ``contentvec*``, ``hubertbase*``, ``hubertlarge1024l24``);
   ``fp32`` otherwise, including every GPU (the GPU path is unchanged).
@@ -49,7 +50,7 @@ __all__ = [
     "check_encoder_precision",
     "resolve_encoder_precision",
     "ChannelsLastConvStack",
-    "FrozenConv1d",
+    "FftConv1d",
     "fast_matmul_dtype",
     "quantize_fairseq_hubert_int8",
 ]
@@ -214,24 +215,53 @@ class ChannelsLastConvStack(nn.Module):
         return x.float().transpose(1, 2)
 
 
-class FrozenConv1d(nn.Module):
-    """A :class:`WeightNormConv1d` with its kernel computed once and stored in ``dtype``, for inference.
+class FftConv1d(nn.Module):
+    """A :class:`WeightNormConv1d` with its kernel frozen, run as an FFT convolution (overlap-save), for inference.
 
-    ``x [B, C_in, N]`` (fp32) -> fp32 ``[B, C_out, N + 2 * (k // 2) - k + 1]``: the
-    convolution runs in ``dtype`` (bf16: oneDNN's bf16 kernels, fp32 accumulation),
-    the bias is added in fp32. Holds buffers only (no parameters to train).
+    ``x [B, C, N]`` fp32 -> fp32 ``[B, C, N + 2 * pad - k + 1]``, the same as
+    ``F.conv1d(x, weight, bias, padding=pad, groups=G)`` to fp32 rounding (relative
+    error ~4e-7; the bf16 convolution this replaces was ~3e-3). Cross-correlation
+    is convolution with the flipped kernel; the padded input is cut into blocks of
+    ``n_fft`` samples overlapping by ``k - 1`` (overlap-save: each block yields
+    ``n_fft - k + 1`` valid outputs), and per group and frequency the
+    ``[C/G, C/G]`` complex kernel spectrum multiplies the blocks' spectra (one
+    batched complex matmul). ``n_fft`` is the smallest power of two >= ``2 k``.
+
+    For fairseq HuBERT's positional convolution (768 channels, 16 groups, k = 128)
+    that is ~2x fewer seconds than the bf16 convolution on 306 frames and ~5x on
+    1,500 frames (2-core AVX-512 CPU), for a cached spectrum of
+    ``C * C/G * (n_fft / 2 + 1)`` complex64 values (38 MB). Holds buffers only.
     """
 
-    def __init__(self, conv: WeightNormConv1d, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, conv: WeightNormConv1d) -> None:
         super().__init__()
-        self.padding, self.groups, self.dtype = conv.padding, conv.groups, dtype
         with torch.no_grad():
-            self.register_buffer("weight", conv.weight().detach().to(dtype).contiguous())
-            self.register_buffer("bias", conv.bias.detach().clone())
+            weight = conv.weight().detach().float()  # [C_out, C_in / G, k]
+        c_out, c_group, kernel = weight.shape
+        if c_out != c_group * conv.groups:
+            raise ValueError(f"FftConv1d needs C_in == C_out, got {c_group * conv.groups} -> {c_out}")
+        self.channels, self.groups, self.kernel, self.padding = c_out, conv.groups, kernel, int(conv.padding)
+        self.n_fft = 1 << (2 * kernel - 1).bit_length()
+        self.hop = self.n_fft - kernel + 1
+        spectrum = torch.fft.rfft(weight.flip(-1), n=self.n_fft)  # [C_out, C_in/G, F]
+        bins = spectrum.shape[-1]
+        spectrum = spectrum.view(self.groups, c_group, c_group, bins).permute(0, 3, 1, 2)  # [G, F, out, in]
+        self.register_buffer("spectrum", spectrum.reshape(self.groups * bins, c_group, c_group).contiguous())
+        self.register_buffer("bias", conv.bias.detach().float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.conv1d(x.to(self.dtype), self.weight, None, padding=self.padding, groups=self.groups)
-        return y.float() + self.bias[:, None]
+        b, c, n = x.shape
+        g, cg, bins = self.groups, self.channels // self.groups, self.n_fft // 2 + 1
+        out_len = n + 2 * self.padding - self.kernel + 1
+        blocks = -(-out_len // self.hop)
+        total = (blocks - 1) * self.hop + self.n_fft
+        x = F.pad(x.float(), (self.padding, total - n - self.padding))  # the conv's zero padding, then to whole blocks
+        spectra = torch.fft.rfft(x.unfold(-1, self.n_fft, self.hop), n=self.n_fft)  # [B, C, blocks, F]
+        spectra = spectra.view(b, g, cg, blocks, bins).permute(1, 4, 2, 0, 3).reshape(g * bins, cg, b * blocks)
+        y = torch.bmm(self.spectrum, spectra)  # [G * F, out, B * blocks]
+        y = y.view(g, bins, cg, b, blocks).permute(3, 0, 2, 4, 1).reshape(b, c, blocks, bins)
+        y = torch.fft.irfft(y, n=self.n_fft)[..., self.kernel - 1 :]  # the valid part of each block
+        return y.reshape(b, c, blocks * self.hop)[..., :out_len] + self.bias[:, None]
 
 
 def fast_matmul_dtype() -> torch.dtype:
@@ -250,7 +280,7 @@ def quantize_fairseq_hubert_int8(model: FairseqHubert, *, inplace: bool = False)
     fast = (model if inplace else copy.deepcopy(model)).cpu().eval()
     if fast_matmul_dtype() == torch.bfloat16:
         fast.feature_extractor = ChannelsLastConvStack(fast.feature_extractor, torch.bfloat16)
-        fast.encoder.pos_conv[0] = FrozenConv1d(fast.encoder.pos_conv[0], torch.bfloat16)
+    fast.encoder.pos_conv[0] = FftConv1d(fast.encoder.pos_conv[0])
     with warnings.catch_warnings():
         # torch.ao.quantization's eager API warns that it is deprecated in favour of
         # torchao; in torch 2.13 it is present and is what runs fbgemm's int8 kernels.
