@@ -25,6 +25,7 @@ from mlflow_ddsp.features.encoders.precision import (
     ENCODER_PRECISIONS,
     ChannelsLastConvStack,
     FftConv1d,
+    FusedQkvAttention,
     check_encoder_precision,
     quantize_fairseq_hubert_int8,
     resolve_encoder_precision,
@@ -89,6 +90,9 @@ def test_int8_units_match_fp32_within_the_guard(ckpts, name, style):
     # It is a different computation, not the same one under another name.
     assert not torch.equal(a, b)
     assert any(isinstance(m, DynamicInt8Linear) for m in fast.backbone.modules())
+    layers = fast.backbone.model.encoder.layers
+    assert all(isinstance(layer.self_attn, FusedQkvAttention) for layer in layers)
+    assert isinstance(layers[0].self_attn.out_proj, DynamicInt8Linear) and isinstance(layers[0].fc1, DynamicInt8Linear)
 
 
 @pytest.mark.parametrize("style", ["base", "large"])
@@ -133,6 +137,28 @@ def test_fft_positional_conv_is_the_weight_normed_one_to_fp32_rounding(kernel, g
     assert not list(fast.parameters()) and fast.n_fft >= 2 * kernel and fast.n_fft & (fast.n_fft - 1) == 0
     assert got.shape == expected.shape and got.dtype == torch.float32
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_qkv_attention_is_the_float_attention_within_int8_rounding():
+    from mlflow_ddsp.features.encoders.fairseq_hubert import _SelfAttention
+
+    torch.manual_seed(0)
+    attention = _SelfAttention(768, 12)
+    for linear in (attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj):
+        torch.nn.init.normal_(linear.weight, std=0.02)  # fairseq's init_bert_params
+        torch.nn.init.normal_(linear.bias, std=0.02)
+    with torch.no_grad():
+        attention.k_proj.weight.mul_(4.0)  # k's rows 4x larger: per-channel scales keep q's and v's resolution
+        fused = FusedQkvAttention(attention)
+        x = torch.randn(2, 80, 768)
+        expected, got = attention(x), fused(x)
+        # The stacked weight, dequantized, is q, k, v within half a step of each row's own scale.
+        stacked = torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight])
+        step = stacked.abs().amax(dim=1, keepdim=True) / 127
+        assert ((fused.qkv.weight().dequantize() - stacked).abs() <= step * 0.5 + 1e-7).all()
+    assert got.shape == expected.shape
+    assert _cosine(got, expected).min() > 0.99 and _cosine(got, expected).mean() > 0.999
+    assert not torch.equal(got, expected)
 
 
 def test_bf16_gelu_is_the_fp32_gelu_rounded_which_the_conv_stack_relies_on():
