@@ -229,9 +229,14 @@ def _final_state(uri: str, name: str) -> dict:
 
 
 def test_sigkill_after_a_checkpoint_then_resume_ends_bit_identical(demo_data, tmp_path, model_name):
-    """The CLI trainer killed after the checkpoint of step 5, started again, ends exactly where
-    an uninterrupted run of the same config ends: data order, crops, gains, model noise and
-    the random-scale loss all continue from the saved trainer state."""
+    """The CLI trainer killed once the checkpoint of step 5 is durable, started again, ends
+    exactly where an uninterrupted run of the same config ends: data order, crops, gains, model
+    noise and the random-scale loss all continue from the saved trainer state.
+
+    The kill lands when step 5 reaches the spool (``after_spool``, writer thread): the save of
+    step 10 waits for that write, so no later checkpoint can exist and the restart resumes from
+    step 5 on any machine. A kill in the committer thread (``after_alias@5``) would race training,
+    which may already have spooled step 10 and rightly resume from there."""
     import torch
 
     from mlflow_ddsp.corpus import list_audio
@@ -250,7 +255,7 @@ def test_sigkill_after_a_checkpoint_then_resume_ends_bit_identical(demo_data, tm
         return subprocess.run(cli, cwd=tmp_path / folder, env={**env, **extra}, capture_output=True, text=True, timeout=600)
 
     assert train("uninterrupted").returncode == 0
-    killed = train("resumed", crash="after_alias@5")
+    killed = train("resumed", crash="after_spool@5")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     again = train("resumed")
     assert again.returncode == 0, again.stderr[-2000:]
