@@ -337,14 +337,14 @@ class RegistryStore:
 
     # -- registered models ---------------------------------------------------
     def ensure_registered_model(self, name: str, description: str) -> None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.client.create_registered_model(name, description=description)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                with self._calling(f"create registered model {name!r}", needs=("USE", "the workspace (creating registered models)")):
-                    raise
+        """Create ``name`` unless it exists; one that vanishes while being created is created again."""
+        for _ in range(3):
+            if self.try_create_registered_model(name, {}, description) or self.registered_model_exists(name):
+                return
+        raise RegistryError(
+            f"could not create registered model {name!r}: it vanished three times while being created; "
+            "another process is deleting it"
+        )
 
     def registered_model_exists(self, name: str) -> bool:
         try:
@@ -362,14 +362,21 @@ class RegistryStore:
             self.client.set_registered_model_tag(name, key, value)
 
     def try_create_registered_model(self, name: str, tags: Mapping[str, str], description: str) -> bool:
-        """Create ``name`` atomically; False if it already exists (a unique-name mutex)."""
+        """Create ``name`` atomically; False if it already exists (a unique-name mutex).
+
+        Also False when the name existed but vanished before the server could say so:
+        MLflow's SQL store answers a duplicate insert by reading the existing model
+        back, and a concurrent rename or delete in between (the lease's takeover,
+        seen on PostgreSQL) turns that read into RESOURCE_DOES_NOT_EXIST. Nothing
+        was created; the caller reads the name again and decides.
+        """
         from mlflow.exceptions import MlflowException
 
         try:
             self.client.create_registered_model(name, tags=dict(tags), description=description)
             return True
         except MlflowException as exc:
-            if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+            if exc.error_code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 return False
             with self._calling(f"create registered model {name!r}", needs=("USE", "the workspace (creating registered models)")):
                 raise
