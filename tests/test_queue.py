@@ -216,6 +216,26 @@ def test_metrics_are_logged_on_the_run_and_linked_to_the_checkpoint(backend, mod
     assert client.get_metric_history(run.info.run_id, "checkpoint/blocking_seconds")[0].step == 10
 
 
+def test_a_save_dropped_from_the_spool_keeps_its_metrics_in_the_run(embedded, model_name):
+    """A rolling save superseded in the spool while the committer is busy is never registered,
+    but the validation loss that came with it stays in the run's history (the curve has no gap)."""
+    client = MlflowClient(embedded.uri, embedded.uri)
+    run = client.create_run(RegistryStore(embedded.uri).experiment_id(embedded.experiment))
+    model, _ = tiny_model()
+    with open_queue(embedded, model_name, interval_force_save=100, run_id=run.info.run_id) as queue:
+        uploads = _GatedUploads(queue.store)
+        first = queue.save(10, model, metrics={"validation/loss": 0.5})
+        assert uploads.entered.wait(timeout=60)  # the committer holds step 10
+        dropped = queue.save(20, model, metrics={"validation/loss": 0.4})
+        newest = queue.save(30, model, metrics={"validation/loss": 0.3})  # supersedes 20 in the spool
+        assert dropped.result(timeout=60) is None and queue.dropped_from_spool == 1
+        uploads.gate.set()
+        assert first.result().step == 10 and newest.result().step == 30
+    history = client.get_metric_history(run.info.run_id, "validation/loss")
+    assert sorted((m.step, m.value) for m in history) == [(10, 0.5), (20, 0.4), (30, 0.3)]
+    assert versions_by_step(RegistryStore(embedded.uri), model_name) == {30: "rolling"}
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

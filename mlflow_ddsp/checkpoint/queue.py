@@ -317,6 +317,7 @@ class CheckpointQueue:
         self._futures: dict[int, Future] = {}  # step -> what save() returned
         self._in_flight: int | None = None  # the step being committed
         self._after_commit: list = []  # steps 6-8 of a committed save not done yet (server went away)
+        self._superseded: list[SpooledSave] = []  # dropped from the spool; their metrics not logged yet
         self._failure: tuple[int | None, BaseException] | None = None  # surfaces at save/flush/close
         self._held = False  # a failure was raised: no retry until the next save, flush or close
         self._outage_since: float | None = None
@@ -386,7 +387,8 @@ class CheckpointQueue:
 
         Returns:
             A future for the registered version (None as its result if the save
-            was dropped from the spool for a newer one), or None if nothing was
+            was dropped from the spool for a newer one; its ``metrics`` are still
+            logged on the run, linked to no checkpoint), or None if nothing was
             saved (this step is saved already, or a rolling save was skipped as
             busy). A step whose version was registered but whose retention plan
             failed is not saved again: the plan is re-applied.
@@ -621,6 +623,7 @@ class CheckpointQueue:
             items = [SpoolItem(e.step, e.kind, e.metrics) for e in self._spooled.values()]
             dropped = [self._spooled.pop(s) for s in sorted(spool_drops(items, self.policy, in_flight=self._in_flight))]
             futures = [self._futures.pop(e.step, None) for e in dropped]
+            self._superseded += [e for e in dropped if e.run_id and e.metrics]
             self._held = False  # after a failure, the committer tries again with the newest spool
             self._cond.notify_all()
         for entry, future in zip(dropped, futures):
@@ -650,6 +653,7 @@ class CheckpointQueue:
             try:
                 if attempt:
                     check_reachable(self.store.tracking_uri)  # a cheap probe before MLflow's long retries
+                self._log_superseded()
                 if entry is not None:
                     version = self._commit(entry, self._crash_hook(entry.step))
                 else:
@@ -695,6 +699,20 @@ class CheckpointQueue:
             attempt = 0
             if future is not None and not future.done():
                 future.set_result(version if version is not None else self.last_version)
+
+    def _log_superseded(self) -> None:
+        """Log the metrics of saves dropped from the spool on their run, linked to no checkpoint:
+        the run's curves keep every validation point. Each is logged once, before the next
+        commit (so before the superseding save's own); a crash or a ``close`` that gives up
+        on an outage loses only these metric points, never a checkpoint."""
+        while True:
+            with self._cond:
+                if not self._superseded:
+                    return
+                entry = self._superseded[0]
+            self.store.log_metrics(entry.run_id, entry.metrics, entry.step)
+            with self._cond:
+                self._superseded.pop(0)
 
     def _has_work(self) -> bool:
         return bool(self._spooled or self._after_commit)
@@ -812,6 +830,8 @@ class CheckpointQueue:
         if not entries:
             return
         drops = spool_drops([SpoolItem(e.step, e.kind, e.metrics) for e in entries], self.policy)
+        with self._cond:  # logged by the first commit below
+            self._superseded += [e for e in entries if e.step in drops and e.run_id and e.metrics]
         for entry in entries:
             if entry.step in drops:
                 self.spool.remove(entry)
@@ -819,6 +839,7 @@ class CheckpointQueue:
         log.warning("%s: committing %s left by an earlier process", self.name, self.spool.describe(kept))
         for entry in kept:
             try:
+                self._log_superseded()
                 self._commit(entry, self._crash_hook(entry.step), dedupe=True)
                 self._finish_commit()
             except MlflowDdspError as exc:
