@@ -49,7 +49,7 @@ from mlflow_ddsp.features.encoders.layers import (
 )
 from mlflow_ddsp.state_dict import load_state_dict_checked
 
-__all__ = ["FairseqHubertConfig", "FairseqHubert", "init_bert_params_", "load_fairseq_hubert", "parse_conv_layers"]
+__all__ = ["FairseqHubertConfig", "FairseqHubert", "attend_heads", "init_bert_params_", "load_fairseq_hubert", "parse_conv_layers"]
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +199,19 @@ class _ConvFeatureExtractor(nn.Module):
         return x
 
 
+def attend_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """fairseq MultiheadAttention's core: projected ``q, k, v [B, N, D]`` -> ``[B, N, D]``
+    (``heads`` heads of ``D / heads``, before ``out_proj``). SDPA's default scale
+    ``1 / sqrt(D / H)`` is fairseq's q scaling."""
+    b, n, d = q.shape
+
+    def split(t: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> [B, H, N, D/H]
+        return t.view(b, n, heads, d // heads).transpose(1, 2)
+
+    y = F.scaled_dot_product_attention(split(q), split(k), split(v))
+    return y.transpose(1, 2).reshape(b, n, d)
+
+
 class _SelfAttention(nn.Module):
     """fairseq MultiheadAttention (self-attention, no bias_kv), ``[B, N, D] -> [B, N, D]``."""
 
@@ -211,16 +224,7 @@ class _SelfAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-
-        def split(t: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> [B, H, N, D/H]
-            return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
-
-        # SDPA's default scale 1/sqrt(D/H) is fairseq's q scaling.
-        y = F.scaled_dot_product_attention(
-            split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        )
-        return self.out_proj(y.transpose(1, 2).reshape(b, n, d))
+        return self.out_proj(attend_heads(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads))
 
 
 class _EncoderLayer(nn.Module):

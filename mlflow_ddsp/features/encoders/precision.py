@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlflow_ddsp.errors import ConfigError
-from mlflow_ddsp.features.encoders.fairseq_hubert import FairseqHubert
+from mlflow_ddsp.features.encoders.fairseq_hubert import FairseqHubert, attend_heads
 from mlflow_ddsp.features.encoders.layers import WeightNormConv1d
 
 __all__ = [
@@ -278,7 +278,7 @@ class FusedQkvAttention(nn.Module):
     quantized with one int8 scale per output channel (``per_channel_dynamic_qconfig``:
     the stacked rows keep the scales they would have alone, or finer ones).
     ``out_proj`` is kept as given (the caller quantizes it with the other Linears).
-    Same attention as fairseq's: SDPA's default scale ``1 / sqrt(D / H)``.
+    The attention itself is fairseq's (:func:`attend_heads`).
     """
 
     def __init__(self, attention: nn.Module) -> None:
@@ -294,10 +294,8 @@ class FusedQkvAttention(nn.Module):
         self.out_proj = attention.out_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # [B, H, N, D/H] each
-        y = F.scaled_dot_product_attention(q, k, v)
-        return self.out_proj(y.transpose(1, 2).reshape(b, n, d))
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # [B, N, D] each
+        return self.out_proj(attend_heads(q, k, v, self.heads))
 
 
 def fast_matmul_dtype() -> torch.dtype:
