@@ -339,7 +339,7 @@ class RegistryStore:
     def ensure_registered_model(self, name: str, description: str) -> None:
         """Create ``name`` unless it exists; one that vanishes while being created is created again."""
         for _ in range(3):
-            if self.try_create_registered_model(name, {}, description) or self.registered_model_exists(name):
+            if self._create_registered_model(name, {}, description) != "vanished":
                 return
         raise RegistryError(
             f"could not create registered model {name!r}: it vanished three times while being created; "
@@ -362,25 +362,30 @@ class RegistryStore:
             self.client.set_registered_model_tag(name, key, value)
 
     def try_create_registered_model(self, name: str, tags: Mapping[str, str], description: str) -> bool:
-        """Create ``name`` atomically; False if it already exists (a unique-name mutex).
+        """Create ``name`` atomically; False if it already exists (a unique-name mutex), or
+        existed and vanished meanwhile (see :meth:`_create_registered_model`)."""
+        return self._create_registered_model(name, tags, description) == "created"
 
-        Also False when the name existed but vanished before the server could say so:
-        MLflow's SQL store answers a duplicate insert by reading the existing model
-        back, and a concurrent rename or delete in between (the lease's takeover,
-        seen on PostgreSQL) turns that read into RESOURCE_DOES_NOT_EXIST. Nothing
-        was created; the caller reads the name again and decides.
+    def _create_registered_model(self, name: str, tags: Mapping[str, str], description: str) -> str:
+        """``"created"``, ``"exists"``, or ``"vanished"``: the name existed but was gone
+        before the server could say so. MLflow's SQL store answers a duplicate insert by
+        reading the existing model back, and a concurrent rename or delete in between
+        (the lease's takeover, seen on PostgreSQL) turns that read into
+        RESOURCE_DOES_NOT_EXIST. Nothing was created then; the caller decides again.
         """
         from mlflow.exceptions import MlflowException
 
         try:
             self.client.create_registered_model(name, tags=dict(tags), description=description)
-            return True
+            return "created"
         except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
-                return False
+            if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+                return "exists"
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return "vanished"
             with self._calling(f"create registered model {name!r}", needs=("USE", "the workspace (creating registered models)")):
                 raise
-        return False  # unreachable; keeps type checkers content
+        raise AssertionError("unreachable: _calling re-raises")
 
     def try_rename_registered_model(self, name: str, new_name: str) -> bool:
         """Rename atomically; False if ``name`` vanished first (someone else renamed it)."""
