@@ -623,7 +623,7 @@ class CheckpointQueue:
             items = [SpoolItem(e.step, e.kind, e.metrics) for e in self._spooled.values()]
             dropped = [self._spooled.pop(s) for s in sorted(spool_drops(items, self.policy, in_flight=self._in_flight))]
             futures = [self._futures.pop(e.step, None) for e in dropped]
-            self._superseded += [e for e in dropped if e.run_id and e.metrics]
+            self._supersede(dropped)
             self._held = False  # after a failure, the committer tries again with the newest spool
             self._cond.notify_all()
         for entry, future in zip(dropped, futures):
@@ -699,6 +699,10 @@ class CheckpointQueue:
             attempt = 0
             if future is not None and not future.done():
                 future.set_result(version if version is not None else self.last_version)
+
+    def _supersede(self, dropped: list[SpooledSave]) -> None:
+        """Hold the metrics of saves dropped from the spool for :meth:`_log_superseded` (under ``_cond``)."""
+        self._superseded += [e for e in dropped if e.run_id and e.metrics]
 
     def _log_superseded(self) -> None:
         """Log the metrics of saves dropped from the spool on their run, linked to no checkpoint:
@@ -831,7 +835,7 @@ class CheckpointQueue:
             return
         drops = spool_drops([SpoolItem(e.step, e.kind, e.metrics) for e in entries], self.policy)
         with self._cond:  # logged by the first commit below
-            self._superseded += [e for e in entries if e.step in drops and e.run_id and e.metrics]
+            self._supersede([e for e in entries if e.step in drops])
         for entry in entries:
             if entry.step in drops:
                 self.spool.remove(entry)
