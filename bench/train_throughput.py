@@ -13,6 +13,13 @@ Every ``--eval-every`` steps both models are scored, outside the timing, with on
 common loss: our fixed-scale spectral loss (FFT 480, 928, 1376, 1824) on the
 whole validation files, noise seeded alike.
 
+A third process, the probe, takes its turn after the two trainers: the same
+forward+loss+backward of our fresh model on one fixed batch every turn (no
+optimizer step, torch reseeded), so its end/start is the machine's own drift
+over the run; a trainer whose end/start differs from the probe's has slowed (or
+sped up) for reasons of its own. ``--no-probe`` leaves it out. Printed too are
+steps/s per ``--window``-step span over the whole run, for each process.
+
 Each side runs its own code: ours is the package's model, loss and optimizer
 (fused AdamW, :mod:`mlflow_ddsp.optimizer`), upstream its own ``ddsp/`` model, loss
 and ``torch.optim.AdamW`` as its ``train.py`` builds it.
@@ -320,6 +327,9 @@ def worker(name: str, workdir: Path, upstream_path: Path, steps: int, seed: int,
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
+    if name == "probe":
+        probe(cfg, threads, baton, steps, out)
+        return
     if name == "ours":
         from mlflow_ddsp.training.data import make_loaders
         from mlflow_ddsp.training.loop import TrainLoop
@@ -369,7 +379,37 @@ def worker(name: str, workdir: Path, upstream_path: Path, steps: int, seed: int,
                                "flush_denormal": _flushes_denormals()}))  # fmt: skip
 
 
-def side_by_side(upstream_path: Path, steps: int, seed: int, window: int, eval_every: int, threads: int | None) -> None:
+def probe(cfg, threads: int | None, baton: _PipeBaton, steps: int, out: Path) -> None:
+    """The same work every turn: forward, loss and backward of our fresh model on one fixed batch.
+
+    The weights never change (no optimizer step) and every turn reseeds torch, so
+    a change in its time over the run is the machine's, not training's.
+    """
+    from mlflow_ddsp.training.data import make_loaders
+    from mlflow_ddsp.training.session import training_threads
+
+    threads = threads or training_threads(cfg, torch.device("cpu"))
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model_from_config(cfg)
+    loss_fn = RandomScaleSpectralLoss(cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale)
+    batch = next(iter(make_loaders(cfg)[0]))
+    times = []
+    for step in range(1, steps + 1):
+        baton.wait("probe")
+        wall, cpu = time.perf_counter(), time.process_time()
+        torch.manual_seed(step % 2)  # the random-scale loss draws the same scales every other turn
+        model.zero_grad(set_to_none=True)
+        loss_fn(model(batch["units"].float(), batch["f0"], batch["volume"], batch["spk_id"], infer=False), batch["audio"]).backward()
+        times.append((time.perf_counter() - wall, time.process_time() - cpu))
+        baton.pass_on("probe", finished=step == steps)
+    out.write_text(json.dumps({"times": times, "evals": {}, "threads": torch.get_num_threads(),
+                               "flush_denormal": _flushes_denormals()}))  # fmt: skip
+
+
+def side_by_side(upstream_path: Path, steps: int, seed: int, window: int, eval_every: int, threads: int | None,
+                 with_probe: bool = True) -> None:
     """Prepare data and upstream, then run both trainers in their own processes, one step each in turn."""
     with tempfile.TemporaryDirectory(prefix="train-throughput-") as tmp:
         workdir = Path(tmp)
@@ -385,7 +425,8 @@ def side_by_side(upstream_path: Path, steps: int, seed: int, window: int, eval_e
         (workdir / "upstream.yaml").write_text(yaml.safe_dump(raw))
 
         procs, pipes, results = {}, {}, {}
-        for name in ("ours", "upstream"):
+        names = ["ours", "upstream"] + (["probe"] if with_probe else [])
+        for name in names:
             go_r, go_w = os.pipe()
             done_r, done_w = os.pipe()
             out = workdir / f"{name}.json"
@@ -398,7 +439,7 @@ def side_by_side(upstream_path: Path, steps: int, seed: int, window: int, eval_e
             pipes[name], results[name] = (go_w, done_r), out
         print(f"torch {torch.__version__}; seed {seed}, {steps} steps each, one step each in turn, each trainer "
               f"in its own process; upstream {upstream_path}", flush=True)  # fmt: skip
-        alive = ["ours", "upstream"]
+        alive = list(names)
         while alive:
             for name in list(alive):
                 go_w, done_r = pipes[name]
@@ -415,14 +456,14 @@ def side_by_side(upstream_path: Path, steps: int, seed: int, window: int, eval_e
             data = json.loads(out.read_text())
             sides[name] = _Side(name, None, steps, times=data["times"], evals={int(k): v for k, v in data["evals"].items()})
             print(f"{name}: {data['threads']} intra-op thread(s), flush_denormal {'on' if data['flush_denormal'] else 'off'}")
-        report(sides["ours"], sides["upstream"], window)
+        report(sides["ours"], sides["upstream"], window, sides.get("probe"))
 
 
 def _flushes_denormals() -> bool:
     return bool(torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item() == 0.0)
 
 
-def report(ours: _Side, upstream: _Side, window: int) -> None:
+def report(ours: _Side, upstream: _Side, window: int, probe: _Side | None = None) -> None:
     def rates(side: _Side, part: slice) -> tuple[float, float]:
         chunk = side.times[part]
         wall = sum(t for t, _ in chunk) / len(chunk)
@@ -433,15 +474,23 @@ def report(ours: _Side, upstream: _Side, window: int) -> None:
     print(f"\n{'':<10} {'steps/s start':>14} {'steps/s end':>12} {'end/start':>10} {'CPU ms/step start':>18} "
           f"{'end':>6} {'end/start':>10}")  # fmt: skip
     rows = {}
-    for side in (ours, upstream):
+    for side in (ours, upstream) + ((probe,) if probe else ()):
         (r0, c0), (r1, c1) = rates(side, first), rates(side, last)
         rows[side.name] = (r0, r1, c0, c1)
         print(f"{side.name:<10} {r0:>14.2f} {r1:>12.2f} {r1 / r0:>10.2f} {c0:>18.0f} {c1:>6.0f} {c1 / c0:>10.2f}")
+    print(f"\nsteps/s over the run, by {window}-step span (step 1 left out):")
+    for side in (ours, upstream) + ((probe,) if probe else ()):
+        spans = [side.times[i : i + window] for i in range(1, len(side.times), window)]
+        print(f"{side.name:<10} " + " ".join(f"{len(c) / sum(t for t, _ in c):5.2f}" for c in spans if c))
     o, u = rows["ours"], rows["upstream"]
     whole = {s.name: len(s.times) / sum(t for t, _ in s.times) for s in (ours, upstream)}
     print(f"{'ours/upstream':<10} {o[0] / u[0]:>14.2f} {o[1] / u[1]:>12.2f}   (whole run: {whole['ours']:.2f} vs "
           f"{whole['upstream']:.2f} steps/s = {whole['ours'] / whole['upstream']:.2f}x)")  # fmt: skip
-    print(f"(windows: steps 2-{1 + window} and the last {window}; wall steps/s, CPU ms/step of the whole process)")
+    print(f"(windows: steps 2-{1 + window} and the last {window}; wall steps/s, CPU ms/step of the whole process;\n"
+          f" step 1, in the whole run only: ours {ours.times[0][0]:.2f} s, upstream {upstream.times[0][0]:.2f} s)")
+    if probe:
+        print("(probe: the same forward+backward of a fixed model on a fixed batch every turn, in its own process;\n"
+              " its end/start is the machine's drift over the run)")
     print("\ncommon fixed-scale validation loss at equal steps:")
     print(f"{'step':>6} {'ours':>8} {'upstream':>9} {'ours-up':>8}")
     for step in sorted(set(ours.evals) & set(upstream.evals)):
@@ -459,7 +508,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads for both (default: ours its own train.num_threads rule, upstream torch's)")
     parser.add_argument("--model-only", action="store_true", help="bare training steps of the project configs")
-    parser.add_argument("--worker", choices=["ours", "upstream"], help=argparse.SUPPRESS)
+    parser.add_argument("--no-probe", action="store_true",
+                        help="leave out the constant-work probe process (it measures the machine's drift)")
+    parser.add_argument("--worker", choices=["ours", "upstream", "probe"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--fds", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -472,7 +523,7 @@ def main() -> None:
     elif args.upstream is None:
         parser.error("give --upstream PATH (a DDSP-SVC checkout), or --model-only")
     else:
-        side_by_side(args.upstream, args.steps, args.seed, args.window, args.eval_every, args.threads)
+        side_by_side(args.upstream, args.steps, args.seed, args.window, args.eval_every, args.threads, not args.no_probe)
 
 
 if __name__ == "__main__":
