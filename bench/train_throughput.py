@@ -69,6 +69,7 @@ from mlflow_ddsp.config import load_config
 from mlflow_ddsp.loss import FixedScaleSpectralLoss, RandomScaleSpectralLoss
 from mlflow_ddsp.models import build_model_from_config
 from mlflow_ddsp.optimizer import build_optimizer
+from mlflow_ddsp.subnormals import flushed_subnormals, subnormals_flushed
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"demo (tiny)": ROOT / "projects/demo/config.yaml", "default CombSubFast": ROOT / "projects/combsub/config.yaml"}
@@ -362,21 +363,25 @@ def worker(name: str, workdir: Path, upstream_path: Path, steps: int, seed: int,
     loader = _TurnTakingLoader(train_loader, side, baton, evaluate, eval_every)
     if threads_here:
         torch.set_num_threads(threads_here)
+    flushing = False
     try:
         if name == "ours":
-            TrainLoop(model=model, optimizer=optimizer, loss_fn=RandomScaleSpectralLoss(
-                cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale), validation_loss_fn=common,
-                train_loader=loader, valid_loader=valid_loader, checkpointer=_NoCheckpoints(),
-                tracker=_NoTracking(), device=torch.device("cpu"), interval_log=cfg.train.interval_log,
-                interval_val=10 * steps, epochs=cfg.train.epochs, max_steps=steps + 1,
-                progress=False).run(0)  # fmt: skip
+            with flushed_subnormals():  # as `mlflow-ddsp train` does on the CPU; upstream does not
+                flushing = subnormals_flushed()
+                TrainLoop(model=model, optimizer=optimizer, loss_fn=RandomScaleSpectralLoss(
+                    cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale), validation_loss_fn=common,
+                    train_loader=loader, valid_loader=valid_loader, checkpointer=_NoCheckpoints(),
+                    tracker=_NoTracking(), device=torch.device("cpu"), interval_log=cfg.train.interval_log,
+                    interval_val=10 * steps, epochs=cfg.train.epochs, max_steps=steps + 1,
+                    progress=False).run(0)  # fmt: skip
         else:
+            flushing = subnormals_flushed()  # torch's default: not flushed
             with contextlib.redirect_stdout(sys.stderr):
                 up.solver.train(args, 0, model, optimizer, up_loss, loader, up_valid)
     except _Done:
         pass
     out.write_text(json.dumps({"times": side.times, "evals": side.evals, "threads": torch.get_num_threads(),
-                               "flush_denormal": _flushes_denormals()}))  # fmt: skip
+                               "flush_subnormals": flushing}))  # fmt: skip
 
 
 def probe(cfg, threads: int | None, baton: _PipeBaton, steps: int, out: Path) -> None:
@@ -396,16 +401,19 @@ def probe(cfg, threads: int | None, baton: _PipeBaton, steps: int, out: Path) ->
     loss_fn = RandomScaleSpectralLoss(cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale)
     batch = next(iter(make_loaders(cfg)[0]))
     times = []
-    for step in range(1, steps + 1):
-        baton.wait("probe")
-        wall, cpu = time.perf_counter(), time.process_time()
-        torch.manual_seed(step % 2)  # the random-scale loss draws the same scales every other turn
-        model.zero_grad(set_to_none=True)
-        loss_fn(model(batch["units"].float(), batch["f0"], batch["volume"], batch["spk_id"], infer=False), batch["audio"]).backward()
-        times.append((time.perf_counter() - wall, time.process_time() - cpu))
-        baton.pass_on("probe", finished=step == steps)
+    with flushed_subnormals():  # as ours trains
+        flushing = subnormals_flushed()
+        for step in range(1, steps + 1):
+            baton.wait("probe")
+            wall, cpu = time.perf_counter(), time.process_time()
+            torch.manual_seed(step % 2)  # the random-scale loss draws the same scales every other turn
+            model.zero_grad(set_to_none=True)
+            prediction = model(batch["units"].float(), batch["f0"], batch["volume"], batch["spk_id"], infer=False)
+            loss_fn(prediction, batch["audio"]).backward()
+            times.append((time.perf_counter() - wall, time.process_time() - cpu))
+            baton.pass_on("probe", finished=step == steps)
     out.write_text(json.dumps({"times": times, "evals": {}, "threads": torch.get_num_threads(),
-                               "flush_denormal": _flushes_denormals()}))  # fmt: skip
+                               "flush_subnormals": flushing}))  # fmt: skip
 
 
 def side_by_side(upstream_path: Path, steps: int, seed: int, window: int, eval_every: int, threads: int | None,
@@ -455,12 +463,9 @@ def side_by_side(upstream_path: Path, steps: int, seed: int, window: int, eval_e
         for name, out in results.items():
             data = json.loads(out.read_text())
             sides[name] = _Side(name, None, steps, times=data["times"], evals={int(k): v for k, v in data["evals"].items()})
-            print(f"{name}: {data['threads']} intra-op thread(s), flush_denormal {'on' if data['flush_denormal'] else 'off'}")
+            flushed = "flushed on every thread" if data["flush_subnormals"] else "not flushed"
+            print(f"{name}: {data['threads']} intra-op thread(s), subnormals {flushed}")
         report(sides["ours"], sides["upstream"], window, sides.get("probe"))
-
-
-def _flushes_denormals() -> bool:
-    return bool(torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item() == 0.0)
 
 
 def report(ours: _Side, upstream: _Side, window: int, probe: _Side | None = None) -> None:

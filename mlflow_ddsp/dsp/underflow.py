@@ -9,7 +9,10 @@ computing them). DDSP-SVC trains such arguments: the Performer's key features
 log-gains of filter bins the model learns to silence. Flooring the argument at
 :data:`EXP_FLOOR` changes a result by less than 1.7e-38 (a gain of -760 dB) and
 zeroes its gradient there, where the true one is below 1.7e-38 times the incoming
-gradient: the same function to float rounding, at a steady speed.
+gradient: the same function to float rounding, at a steady speed. The floored results'
+products with numbers below 1 are subnormal in turn, a separate cost (in the
+matmuls, on Intel CPUs) that CPU training removes by flushing them to zero on
+every thread (:mod:`mlflow_ddsp.subnormals`).
 """
 
 from __future__ import annotations

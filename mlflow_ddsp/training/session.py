@@ -35,6 +35,7 @@ from ..loss import FixedScaleSpectralLoss, RandomScaleSpectralLoss
 from ..models import architecture, build_model_from_config
 from ..optimizer import build_optimizer
 from ..serving.model_files import pyfunc_files
+from ..subnormals import flushed_subnormals
 from .data import make_loaders
 from .distributed import DistributedContext, NullCheckpointer, NullTracker
 from .loop import TrainLoop
@@ -107,7 +108,8 @@ def train(
     check_spool_root(resolve_tracking_uri(tracking_uri))
     ctx = DistributedContext.from_environment()
     device = ctx.device(resolve_device(cfg.device))  # refuses a device this machine lacks
-    with intra_op_threads(training_threads(cfg, device)):
+    # threads first: the flush reaches the team torch has when it is entered
+    with intra_op_threads(training_threads(cfg, device)), flushed_subnormals(device.type == "cpu"):
         return _train(cfg, ctx, device, tracking_uri, takeover, init_from, progress, close_timeout)
 
 
