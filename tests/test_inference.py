@@ -9,6 +9,7 @@ tests check the pipeline around it rather than the untrained sound.
 from __future__ import annotations
 
 import dataclasses
+import platform
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from mlflow_ddsp.config import parse_config
 from mlflow_ddsp.errors import AudioError, ConfigError
 from mlflow_ddsp.inference import VoiceConverter, output_mask, parse_speaker_mix
 from mlflow_ddsp.models import build_model_from_config
+from mlflow_ddsp.subnormals import subnormals_flushed
 
 SR = 44100
 BLOCK = 512
@@ -128,6 +130,26 @@ def test_unvoiced_f0_is_raised_to_the_extractor_floor(converter, model):
     with Spy(model) as spy:
         converter.convert(pause(1.0), SR, seed=0)
     assert torch.all(spy.calls[0]["f0"] == converter.f0_range[0])
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.machine() != "x86_64", reason="FTZ/DAZ: Linux x86-64")
+def test_cpu_conversion_runs_with_subnormals_flushed_on_every_thread_and_restores_after(converter, model):
+    torch.full((1 << 20,), 1.0).mul_(2)  # this process's OpenMP workers exist before the conversion
+    assert not subnormals_flushed()
+    seen = []
+    forward = model.forward
+
+    def recording(*args, **kwargs):
+        seen.append(subnormals_flushed())
+        return forward(*args, **kwargs)
+
+    model.forward = recording
+    try:
+        converter.convert(sung(0.5), SR, seed=0)
+    finally:
+        del model.forward
+    assert seen == [True]  # a trained model's synthesis makes subnormals (mlflow_ddsp.subnormals)
+    assert not subnormals_flushed()
 
 
 # ---------------------------------------------------------------- speakers
