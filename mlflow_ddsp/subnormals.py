@@ -14,9 +14,12 @@ steps, ``aten::mm`` and ``aten::bmm`` 3.5-4.6x slower on the same shapes, while 
 fresh model's step stayed flat; the trained model's step with FTZ/DAZ cost what
 the fresh model's did. Upstream DDSP-SVC slows alike (it does not flush).
 
-Flushing changes a result only where a subnormal would have been read or made:
-by less than 1.2e-38 there, far below the rounding of the normal numbers beside
-it (``tests/test_subnormals.py`` checks that the training loss is unchanged).
+Flushing replaces a subnormal operand or result by zero, a change below 1.2e-38
+in that operation; what follows from it stays at that scale beside normal numbers
+(with most of the Performer's key features on the floor, a gradient element
+moved by at most ~1e-29 and the loss and weights not at all over 4 steps:
+``tests/test_subnormals.py``). A quotient of two subnormals becomes NaN; the
+model divides by none (the Performer's normaliser adds 1e-8, the loss 1e-7).
 
 MXCSR is per thread. ``torch.set_flush_denormal`` sets it on the calling thread
 only, and torch's OpenMP workers copy it from the thread that creates them when
@@ -24,14 +27,16 @@ they start, never again: set after the first parallel operator, it leaves the
 workers making subnormals. :func:`flushed_subnormals` therefore also runs glibc's
 ``fesetenv`` on every thread of the calling thread's OpenMP team, through
 libgomp's ``GOMP_parallel`` (the entry point an ``omp parallel`` region compiles
-to), on Linux x86-64 with the libgomp torch loaded. Elsewhere it sets the calling
-thread and threads created later; :func:`subnormals_flushed` says what holds.
+to) as libtorch itself binds it, on Linux x86-64 with torch's OpenMP backend.
+Elsewhere it sets the calling thread and threads created later;
+:func:`subnormals_flushed` says what holds.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
 from contextlib import contextmanager
 from functools import lru_cache
@@ -42,18 +47,24 @@ import torch
 __all__ = ["flushed_subnormals", "subnormals_flushed"]
 
 _FENV_BYTES = 64  # glibc's x86-64 fenv_t is 32 bytes (x87 environment + MXCSR); room to spare
-_PROBE_ELEMENTS = 1 << 20  # split across every intra-op thread (torch's grain is 32,768)
+_GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE: the elements one intra-op thread takes at least
 
 
 @contextmanager
 def flushed_subnormals(enabled: bool = True) -> Iterator[bool]:
     """Run the block with subnormal floats flushed to zero on this thread and torch's intra-op threads.
 
-    The previous floating-point environment is restored on the same threads on
-    exit, errors included. Cheap (one OpenMP region each way, ~20 us); it
-    computes nothing. Set the thread count (``torch.set_num_threads``) before
-    entering: a team grown inside the block may reuse idle workers that were not
-    in it when it was entered.
+    On exit, errors included, the calling thread's previous floating-point
+    environment is set again on it and on every thread of its team (torch's
+    workers share it unless someone set one thread alone). Cheap (one OpenMP
+    region each way, ~20 us); it computes nothing.
+
+    Set the thread count (``torch.set_num_threads``) before entering and keep it
+    inside: a team that grows inside may take idle workers that were not in it
+    when it was entered (they do not flush), and one that shrinks to one thread
+    leaves the others flushing after exit. Threads and processes started inside
+    keep flushing after exit (in training: the checkpoint writer's threads and
+    forked data-loader workers, which end with it).
 
     Args:
         enabled: False runs the block unchanged (the same call site either way).
@@ -70,7 +81,7 @@ def flushed_subnormals(enabled: bool = True) -> Iterator[bool]:
     saved = ctypes.create_string_buffer(_FENV_BYTES) if libm is not None else None
     if saved is not None:
         libm.fegetenv(saved)
-    was_flushing = _this_thread_flushes()
+    was_flushing = _this_thread_flushes() if saved is None else None
     supported = torch.set_flush_denormal(True)
     try:
         if supported:
@@ -87,10 +98,12 @@ def flushed_subnormals(enabled: bool = True) -> Iterator[bool]:
 def subnormals_flushed() -> bool:
     """Whether a product that underflows comes out as zero on every intra-op thread.
 
-    One parallel multiply of ``1e-30 * 1e-10`` (1e-40, subnormal) over 2**20
-    elements, which torch splits across all its intra-op threads.
+    One parallel multiply of ``1e-30 * 1e-10`` (1e-40, subnormal) with one of
+    torch's 32,768-element work units per intra-op thread, so every thread of the
+    team computes a part.
     """
-    product = torch.full((_PROBE_ELEMENTS,), 1e-30) * torch.full((_PROBE_ELEMENTS,), 1e-10)
+    n = _GRAIN_SIZE * max(1, torch.get_num_threads())
+    product = torch.full((n,), 1e-30) * torch.full((n,), 1e-10)
     return not bool(product.any())
 
 
@@ -123,22 +136,21 @@ def _libm():
 
 @lru_cache(maxsize=1)
 def _libgomp():
-    """The libgomp torch itself loaded (its OpenMP runtime, from /proc/self/maps); None if there is none."""
-    if _libm() is None or "OpenMP" not in torch.__config__.parallel_info():
+    """libtorch's OpenMP runtime, with ``GOMP_parallel`` as libtorch itself binds it; None if there is none.
+
+    ``dlsym`` on libtorch_cpu's handle searches that library and its dependencies,
+    so this is the runtime torch's pool runs on, whatever its file is called and
+    whichever other copies (scikit-learn ships one) the process has loaded.
+    """
+    if _libm() is None or "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
         return None
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
     try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "libgomp" in line and line.rstrip().endswith((".so.1", ".so"))}
-    except OSError:
+        lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)  # the copy already loaded; never a second one
+        lib.GOMP_parallel.restype = None
+        return lib
+    except (OSError, AttributeError):
         return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)  # the already-loaded copy: dlopen returns the same handle
-            lib.GOMP_parallel.restype = None
-            return lib
-        except (OSError, AttributeError):
-            continue
-    return None
 
 
 @lru_cache(maxsize=1)

@@ -134,8 +134,6 @@ def test_unvoiced_f0_is_raised_to_the_extractor_floor(converter, model):
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.machine() != "x86_64", reason="FTZ/DAZ: Linux x86-64")
 def test_cpu_conversion_runs_with_subnormals_flushed_on_every_thread_and_restores_after(converter, model):
-    torch.full((1 << 20,), 1.0).mul_(2)  # this process's OpenMP workers exist before the conversion
-    assert not subnormals_flushed()
     seen = []
     forward = model.forward
 
@@ -143,13 +141,18 @@ def test_cpu_conversion_runs_with_subnormals_flushed_on_every_thread_and_restore
         seen.append(subnormals_flushed())
         return forward(*args, **kwargs)
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
     model.forward = recording
     try:
+        torch.full((1 << 20,), 1.0).mul_(2)  # this process's second OpenMP worker exists before the conversion
+        assert not subnormals_flushed()
         converter.convert(sung(0.5), SR, seed=0)
+        assert seen == [True]  # a trained model's synthesis makes subnormals (mlflow_ddsp.subnormals)
+        assert not subnormals_flushed()
     finally:
         del model.forward
-    assert seen == [True]  # a trained model's synthesis makes subnormals (mlflow_ddsp.subnormals)
-    assert not subnormals_flushed()
+        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- speakers

@@ -35,7 +35,7 @@ from ..loss import FixedScaleSpectralLoss, RandomScaleSpectralLoss
 from ..models import architecture, build_model_from_config
 from ..optimizer import build_optimizer
 from ..serving.model_files import pyfunc_files
-from ..subnormals import flushed_subnormals
+from ..subnormals import flushed_subnormals, subnormals_flushed
 from .data import make_loaders
 from .distributed import DistributedContext, NullCheckpointer, NullTracker
 from .loop import TrainLoop
@@ -109,7 +109,11 @@ def train(
     ctx = DistributedContext.from_environment()
     device = ctx.device(resolve_device(cfg.device))  # refuses a device this machine lacks
     # threads first: the flush reaches the team torch has when it is entered
-    with intra_op_threads(training_threads(cfg, device)), flushed_subnormals(device.type == "cpu"):
+    with intra_op_threads(training_threads(cfg, device)), flushed_subnormals(device.type == "cpu") as flushing:
+        if flushing and not subnormals_flushed():
+            log.warning("subnormal floats are flushed on this thread only, not on torch's other compute threads "
+                        "(no OpenMP runtime found in libtorch); on Intel CPUs training may slow as the model "
+                        "trains: set train.num_threads: 1")  # fmt: skip
         return _train(cfg, ctx, device, tracking_uri, takeover, init_from, progress, close_timeout)
 
 
