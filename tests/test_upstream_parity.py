@@ -174,8 +174,11 @@ def test_upstream_checkpoint_loads_strictly_and_matches_output(model_type: str, 
     expected_sums = golden["checksums"][model_type]
     assert set(weights) == set(expected_sums)
     for key, (total, total_abs) in checksums(weights).items():
-        assert total == pytest.approx(expected_sums[key][0], rel=1e-9, abs=1e-9), f"recipe drifted at {key}"
-        assert total_abs == pytest.approx(expected_sums[key][1], rel=1e-9), f"recipe drifted at {key}"
+        # ``window`` is the model's own sqrt-Hann, kept from the template: its last bits
+        # follow the CPU's vector cos/sqrt (AVX-512 and AVX2 differ), so float32 rounding.
+        rel = 1e-6 if key.split(".")[-1] == "window" else 1e-9
+        assert total == pytest.approx(expected_sums[key][0], rel=rel, abs=1e-9), f"recipe drifted at {key}"
+        assert total_abs == pytest.approx(expected_sums[key][1], rel=rel), f"recipe drifted at {key}"
     path = tmp_path / "model_0.pt"
     torch.save({"global_step": 0, "model": weights}, path)
     checkpoint = torch.load(path, weights_only=True)
