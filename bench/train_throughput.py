@@ -69,7 +69,8 @@ from mlflow_ddsp.config import load_config
 from mlflow_ddsp.loss import FixedScaleSpectralLoss, RandomScaleSpectralLoss
 from mlflow_ddsp.models import build_model_from_config
 from mlflow_ddsp.optimizer import build_optimizer
-from mlflow_ddsp.subnormals import flushed_subnormals, subnormals_flushed
+from mlflow_ddsp.subnormals import subnormals_flushed
+from mlflow_ddsp.training.session import intra_op_threads, training_cpu_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"demo (tiny)": ROOT / "projects/demo/config.yaml", "default CombSubFast": ROOT / "projects/combsub/config.yaml"}
@@ -119,7 +120,7 @@ def model_only(steps: int) -> None:
     for label, path in CONFIGS.items():
         cfg = load_config(path)
         for device in devices:
-            with flushed_subnormals(device.type == "cpu"):  # as `mlflow-ddsp train` runs on the CPU
+            with training_cpu_settings(cfg, device):  # as `mlflow-ddsp train` runs
                 per_step, rate, audio_rate = measure(path, device, steps)
             shape = f"{cfg.train.batch_size}x{cfg.data.duration:g}s"
             print(f"{label:<22} {device.type:<6} {shape:>12} {per_step:>8.2f} {rate:>8.2f} {audio_rate:>10.1f}", flush=True)
@@ -323,28 +324,26 @@ def _overrides(workdir: Path, steps: int, seed: int) -> list[str]:
 def worker(name: str, workdir: Path, upstream_path: Path, steps: int, seed: int, eval_every: int,
            threads: int | None, go_fd: int, done_fd: int, out: Path) -> None:  # fmt: skip
     """One trainer in this process's main thread, stepping when the coordinator says so."""
-    cfg = load_config(DEMO, _overrides(workdir, steps, seed))
+    # ours and the probe take their threads from the config, as `mlflow-ddsp train` does
+    cfg = load_config(DEMO, _overrides(workdir, steps, seed) + ([f"train.num_threads={threads}"] if threads else []))
     common = FixedScaleSpectralLoss.from_range(cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale)
     baton = _PipeBaton(go_fd, done_fd)
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
     if name == "probe":
-        probe(cfg, threads, baton, steps, out)
+        probe(cfg, baton, steps, out)
         return
     if name == "ours":
         from mlflow_ddsp.training.data import make_loaders
         from mlflow_ddsp.training.loop import TrainLoop
-        from mlflow_ddsp.training.session import training_threads
 
-        threads_here = threads or training_threads(cfg, torch.device("cpu"))  # what `mlflow-ddsp train` uses
         model = build_model_from_config(cfg)
         optimizer = build_optimizer(model.parameters(), cfg.train.lr, cfg.train.weight_decay, torch.device("cpu"))
         train_loader, valid_loader = make_loaders(cfg)
     else:
         up = import_upstream(upstream_path, workdir / "upstream")
         args = up.utils.load_config(workdir / "upstream.yaml")
-        threads_here = threads  # upstream's train.py leaves torch's default
         model = up.vocoder.CombSubFast(sampling_rate=args.data.sampling_rate, block_size=args.data.block_size,
                                        n_unit=args.data.encoder_out_channels, n_spk=args.model.n_spk)  # fmt: skip
         optimizer = torch.optim.AdamW(model.parameters())
@@ -362,48 +361,42 @@ def worker(name: str, workdir: Path, upstream_path: Path, steps: int, seed: int,
         side.evals[step] = _common_loss(side.model, valid_batches, common, upstream=name == "upstream")
 
     loader = _TurnTakingLoader(train_loader, side, baton, evaluate, eval_every)
-    if threads_here:
-        torch.set_num_threads(threads_here)
-    flushing = False
-    try:
-        if name == "ours":
-            with flushed_subnormals():  # as `mlflow-ddsp train` does on the CPU; upstream does not
-                flushing = subnormals_flushed()
+    # ours as `mlflow-ddsp train` runs on the CPU; upstream as its train.py (torch's threads, no flushing)
+    cpu = training_cpu_settings(cfg, torch.device("cpu")) if name == "ours" else intra_op_threads(threads)
+    with cpu:
+        flushing, threads_used = subnormals_flushed(), torch.get_num_threads()
+        try:
+            if name == "ours":
                 TrainLoop(model=model, optimizer=optimizer, loss_fn=RandomScaleSpectralLoss(
                     cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale), validation_loss_fn=common,
                     train_loader=loader, valid_loader=valid_loader, checkpointer=_NoCheckpoints(),
                     tracker=_NoTracking(), device=torch.device("cpu"), interval_log=cfg.train.interval_log,
                     interval_val=10 * steps, epochs=cfg.train.epochs, max_steps=steps + 1,
                     progress=False).run(0)  # fmt: skip
-        else:
-            flushing = subnormals_flushed()  # torch's default: not flushed
-            with contextlib.redirect_stdout(sys.stderr):
-                up.solver.train(args, 0, model, optimizer, up_loss, loader, up_valid)
-    except _Done:
-        pass
-    out.write_text(json.dumps({"times": side.times, "evals": side.evals, "threads": torch.get_num_threads(),
+            else:
+                with contextlib.redirect_stdout(sys.stderr):
+                    up.solver.train(args, 0, model, optimizer, up_loss, loader, up_valid)
+        except _Done:
+            pass
+    out.write_text(json.dumps({"times": side.times, "evals": side.evals, "threads": threads_used,
                                "flush_subnormals": flushing}))  # fmt: skip
 
 
-def probe(cfg, threads: int | None, baton: _PipeBaton, steps: int, out: Path) -> None:
+def probe(cfg, baton: _PipeBaton, steps: int, out: Path) -> None:
     """The same work every turn: forward, loss and backward of our fresh model on one fixed batch.
 
     The weights never change (no optimizer step) and every turn reseeds torch, so
     a change in its time over the run is the machine's, not training's.
     """
     from mlflow_ddsp.training.data import make_loaders
-    from mlflow_ddsp.training.session import training_threads
 
-    threads = threads or training_threads(cfg, torch.device("cpu"))
-    if threads:
-        torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build_model_from_config(cfg)
     loss_fn = RandomScaleSpectralLoss(cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale)
     batch = next(iter(make_loaders(cfg)[0]))
     times = []
-    with flushed_subnormals():  # as ours trains
-        flushing = subnormals_flushed()
+    with training_cpu_settings(cfg, torch.device("cpu")):  # as ours trains
+        flushing, threads_used = subnormals_flushed(), torch.get_num_threads()
         for step in range(1, steps + 1):
             baton.wait("probe")
             wall, cpu = time.perf_counter(), time.process_time()
@@ -413,7 +406,7 @@ def probe(cfg, threads: int | None, baton: _PipeBaton, steps: int, out: Path) ->
             loss_fn(prediction, batch["audio"]).backward()
             times.append((time.perf_counter() - wall, time.process_time() - cpu))
             baton.pass_on("probe", finished=step == steps)
-    out.write_text(json.dumps({"times": times, "evals": {}, "threads": torch.get_num_threads(),
+    out.write_text(json.dumps({"times": times, "evals": {}, "threads": threads_used,
                                "flush_subnormals": flushing}))  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from mlflow_ddsp.errors import AudioError, ConfigError
 from mlflow_ddsp.inference import VoiceConverter, output_mask, parse_speaker_mix
 from mlflow_ddsp.models import build_model_from_config
 from mlflow_ddsp.subnormals import subnormals_flushed
+from mlflow_ddsp.training.session import intra_op_threads
 
 SR = 44100
 BLOCK = 512
@@ -141,18 +142,16 @@ def test_cpu_conversion_runs_with_subnormals_flushed_on_every_thread_and_restore
         seen.append(subnormals_flushed())
         return forward(*args, **kwargs)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
     model.forward = recording
     try:
-        torch.full((1 << 20,), 1.0).mul_(2)  # this process's second OpenMP worker exists before the conversion
-        assert not subnormals_flushed()
-        converter.convert(sung(0.5), SR, seed=0)
-        assert seen == [True]  # a trained model's synthesis makes subnormals (mlflow_ddsp.subnormals)
-        assert not subnormals_flushed()
+        with intra_op_threads(2):
+            torch.full((1 << 20,), 1.0).mul_(2)  # this process's second OpenMP worker exists before the conversion
+            assert not subnormals_flushed()
+            converter.convert(sung(0.5), SR, seed=0)
+            assert seen == [True]  # a trained model's synthesis makes subnormals (mlflow_ddsp.subnormals)
+            assert not subnormals_flushed()
     finally:
         del model.forward
-        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- speakers

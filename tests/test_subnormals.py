@@ -70,7 +70,7 @@ def test_cpu_training_runs_with_subnormals_flushed_on_every_thread_and_restores_
 ):
     from conftest import tiny_config
     from mlflow_ddsp.training.loop import TrainLoop
-    from mlflow_ddsp.training.session import train
+    from mlflow_ddsp.training.session import intra_op_threads, train
 
     seen = []
     run = TrainLoop.run
@@ -81,17 +81,13 @@ def test_cpu_training_runs_with_subnormals_flushed_on_every_thread_and_restores_
 
     monkeypatch.setattr(TrainLoop, "run", recording_run)
     config = tiny_config(demo_data, tmp_path / "c.yaml", model_name, max_steps=2, interval_val=2, num_threads=2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with intra_op_threads(2):
         torch.full((1 << 20,), 1.0).mul_(2)  # this process's second OpenMP worker exists before training starts
         assert not subnormals_flushed()
         result = train(config, tracking_uri=embedded.uri, progress=False)
         assert result.final_step == 2
         assert seen == [(2, True)]  # both threads of the training loop flush
         assert not subnormals_flushed()  # and the process is as it was
-    finally:
-        torch.set_num_threads(threads)
 
 
 @x86_linux
@@ -147,18 +143,13 @@ def test_training_warns_when_only_its_own_thread_can_flush(demo_data, embedded, 
                                                           caplog):  # fmt: skip
     import mlflow_ddsp.subnormals as subnormals
     from conftest import tiny_config
-    from mlflow_ddsp.training.session import train
+    from mlflow_ddsp.training.session import intra_op_threads, train
 
     monkeypatch.setattr(subnormals, "_libgomp", lambda: None)  # as with no OpenMP runtime found in libtorch
     config = tiny_config(demo_data, tmp_path / "c.yaml", model_name, max_steps=1, interval_val=1, num_threads=2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with intra_op_threads(2), caplog.at_level("WARNING", logger="mlflow_ddsp.training.session"):
         torch.full((1 << 20,), 1.0).mul_(2)  # the second OpenMP worker exists: the flush cannot reach it
-        with caplog.at_level("WARNING", logger="mlflow_ddsp.training.session"):
-            assert train(config, tracking_uri=embedded.uri, progress=False).final_step == 1
-    finally:
-        torch.set_num_threads(threads)
+        assert train(config, tracking_uri=embedded.uri, progress=False).final_step == 1
     warnings = [r.getMessage() for r in caplog.records if "subnormal" in r.getMessage()]
     assert warnings == [
         "subnormal floats are flushed on this thread only, not on torch's other compute threads (no OpenMP "

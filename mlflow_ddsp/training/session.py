@@ -42,7 +42,7 @@ from .loop import TrainLoop
 from .tracker import MlflowTracker
 from .trainer_state import TrainerState, seed_everything
 
-__all__ = ["TrainResult", "train", "training_threads", "intra_op_threads"]
+__all__ = ["TrainResult", "train", "training_cpu_settings", "training_threads", "intra_op_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +108,24 @@ def train(
     check_spool_root(resolve_tracking_uri(tracking_uri))
     ctx = DistributedContext.from_environment()
     device = ctx.device(resolve_device(cfg.device))  # refuses a device this machine lacks
-    # threads first: the flush reaches the team torch has when it is entered
+    with training_cpu_settings(cfg, device):
+        return _train(cfg, ctx, device, tracking_uri, takeover, init_from, progress, close_timeout)
+
+
+@contextmanager
+def training_cpu_settings(cfg: Config, device: torch.device) -> Iterator[None]:
+    """Run the block with the CPU settings training uses, then restore them; on other devices, none.
+
+    ``train.num_threads`` (:func:`training_threads`) first, then subnormal floats
+    flushed to zero (:mod:`mlflow_ddsp.subnormals`): the flush reaches the thread
+    team torch has when it is entered. Warns when only the calling thread flushes.
+    """
     with intra_op_threads(training_threads(cfg, device)), flushed_subnormals(device.type == "cpu") as flushing:
         if flushing and not subnormals_flushed():
             log.warning("subnormal floats are flushed on this thread only, not on torch's other compute threads "
                         "(no OpenMP runtime found in libtorch); on Intel CPUs training may slow as the model "
                         "trains: set train.num_threads: 1")  # fmt: skip
-        return _train(cfg, ctx, device, tracking_uri, takeover, init_from, progress, close_timeout)
+        yield
 
 
 def training_threads(cfg: Config, device: torch.device) -> int | None:
