@@ -39,6 +39,13 @@ CONFIG_KEYS = {
     "n_mag_harmonic": "model.n_mag_harmonic",
     "use_pitch_aug": "model.use_pitch_aug",
     "pcmer_norm": "model.pcmer_norm",
+    # the cascade models (RectifiedFlow 6.0/6.1, DiffusionFast 5.0)
+    "n_layers": "model.n_layers",
+    "n_chans": "model.n_chans",
+    "n_aux_layers": "model.n_aux_layers",
+    "n_aux_chans": "model.n_aux_chans",
+    "use_norm": "model.use_norm",
+    "use_attention": "model.use_attention",
 }
 
 
