@@ -45,7 +45,10 @@ __all__ = [
     "LossConfig",
     "EnvConfig",
     "TrainConfig",
+    "VocoderConfig",
+    "InferConfig",
     "MlflowConfig",
+    "MEL_MODEL_TYPES",
     "load_config",
     "parse_config",
     "parse_yaml_config",
@@ -76,6 +79,13 @@ LIMITS: dict[str, float] = {
     "model.n_mag_allpass": 4096,
     "model.n_mag_noise": 4096,
     "model.n_mag_harmonic": 4096,
+    "model.n_layers": 256,
+    "model.n_chans": 8192,
+    "model.n_aux_layers": 256,
+    "model.n_aux_chans": 8192,
+    "train.decay_step": 1 << 40,
+    "infer.infer_step": 10_000,
+    "infer.speedup": 1000,
     "loss.fft_max": 65_536,
     "loss.n_scale": 64,
     "train.batch_size": 65_536,
@@ -116,6 +126,16 @@ class ModelConfig:
     n_mag_harmonic: int = 512  # CombSub
     use_pitch_aug: bool = False
     pcmer_norm: bool = False
+    # RectifiedFlow (6.0, 6.1) and DiffusionFast (5.0): the mel decoder after the DDSP stage
+    n_layers: int = 6
+    n_chans: int = 512
+    t_start: float = 0.7  # RectifiedFlow: flow time where training and inference start, in [0, 1]
+    k_step_max: int = 100  # DiffusionFast: diffusion steps trained and allowed at inference, in [1, 1000]
+    # RectifiedFlow of 6.1 (upstream branch 6.1) only: any of these set makes the model 6.1's
+    n_aux_layers: int | None = None
+    n_aux_chans: int | None = None
+    use_norm: bool | None = None
+    use_attention: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +171,11 @@ class TrainConfig:
     best_mode: str = "min"  # ours: min | max, which value of best_metric is best
     lr: float = 0.0005
     weight_decay: float = 0.0
+    # RectifiedFlow / DiffusionFast (upstream's StepLR and loss weight): the lr is multiplied by
+    # gamma every decay_step steps (null: constant lr); total loss = lambda_ddsp * ddsp + flow loss
+    decay_step: int | None = None
+    gamma: float = 0.5
+    lambda_ddsp: float = 1.0
     save_opt: bool = False
     max_steps: int | None = None  # ours: stop at this global step
     seed: int = 0  # ours: seeds initialisation, data order and augmentation (exact resume needs one)
@@ -158,6 +183,27 @@ class TrainConfig:
     # default (one per core), fastest on idle cores. On cores shared with other work set 1: there
     # 2 threads cost 2.5-6x the CPU per step of 1 (see bench/train_throughput.py). Ignored on CUDA.
     num_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class VocoderConfig:
+    """The NSF-HiFiGAN vocoder of RectifiedFlow / DiffusionFast models (upstream's ``vocoder`` section).
+
+    ``ckpt`` is the weights file; its ``config.json`` must sit beside it. Training needs
+    only the config.json (the mel); validation audio and conversion need the weights.
+    """
+
+    type: str = "nsf-hifigan"  # or nsf-hifigan-log10
+    ckpt: str = "pretrain/nsf_hifigan/model"
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Upstream's ``infer`` section: the sampler of RectifiedFlow / DiffusionFast models."""
+
+    infer_step: int = 20  # RectifiedFlow: ODE steps from t_start to 1
+    method: str | None = None  # RectifiedFlow: euler | rk4; DiffusionFast: dpm-solver | ddim | pndm | unipc
+    speedup: int = 10  # DiffusionFast: k_step // speedup solver steps
 
 
 @dataclass(frozen=True)
@@ -176,15 +222,21 @@ SECTIONS: dict[str, type] = {
     "loss": LossConfig,
     "env": EnvConfig,
     "train": TrainConfig,
+    "vocoder": VocoderConfig,
+    "infer": InferConfig,
     "mlflow": MlflowConfig,
 }
 # Upstream sections for other trainers or inference-time add-ons: kept, not used.
-PASSTHROUGH_SECTIONS = ("enhancer", "vocoder", "infer")
-# Upstream keys of known sections that belong to other upstream trainers.
+PASSTHROUGH_SECTIONS = ("enhancer",)
+# Upstream keys of known sections that belong to other upstream trainers (3.0's Diffusion types).
 PASSTHROUGH_KEYS = {
-    "train": ("decay_step", "gamma", "lambda_ddsp"),
-    "model": ("k_step_max", "n_chans", "n_hidden", "n_layers", "t_start"),
+    "model": ("n_hidden",),
 }
+#: the model types whose target is a vocoder mel (upstream 5.0 / 6.x)
+MEL_MODEL_TYPES = ("RectifiedFlow", "DiffusionFast")
+VOCODER_TYPES = ("nsf-hifigan", "nsf-hifigan-log10")
+REFLOW_METHODS = ("euler", "rk4")
+DIFFUSION_METHODS = ("dpm-solver", "ddim", "pndm", "unipc")
 
 
 @dataclass(frozen=True)
@@ -194,6 +246,8 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     device: str = "auto"
     extra: Mapping[str, Any] = field(default_factory=dict)  # pass-through upstream keys
@@ -201,6 +255,33 @@ class Config:
     @property
     def registered_model(self) -> str:
         return self.mlflow.registered_model or Path(self.env.expdir.rstrip("/\\")).name or "ddsp-svc"
+
+    @property
+    def uses_mel(self) -> bool:
+        """The model trains on the vocoder's mel (RectifiedFlow, DiffusionFast), not on audio."""
+        return self.model.type in MEL_MODEL_TYPES
+
+    @property
+    def upstream_generation(self) -> str:
+        """Which upstream DDSP-SVC a model type is: ``"3.0"`` (pure DDSP), ``"5.0"``, ``"6.0"`` or ``"6.1"``.
+
+        6.1 keeps ``model.type: RectifiedFlow`` and is told apart by its keys
+        (``model.n_aux_layers``, ``n_aux_chans``, ``use_norm``, ``use_attention``).
+        """
+        if self.model.type == "DiffusionFast":
+            return "5.0"
+        if self.model.type == "RectifiedFlow":
+            m = self.model
+            six_one = (m.n_aux_layers, m.n_aux_chans, m.use_norm, m.use_attention)
+            return "6.1" if any(v is not None for v in six_one) else "6.0"
+        return "3.0"
+
+    @property
+    def infer_method(self) -> str:
+        """``infer.method``, or the model type's default (euler; dpm-solver)."""
+        if self.infer.method is not None:
+            return self.infer.method
+        return "dpm-solver" if self.model.type == "DiffusionFast" else "euler"
 
     @property
     def f0_extractor(self) -> str:
@@ -365,6 +446,7 @@ def _check_ranges(cfg: Config) -> None:
         check_device_syntax(cfg.device)
     except ConfigError:
         raise ConfigError(f"device={cfg.device!r} must be {DEVICE_CHOICES}") from None
+    _check_mel_model(cfg)
     if cfg.mlflow.audio_clips < 0:
         raise ConfigError(f"mlflow.audio_clips={cfg.mlflow.audio_clips} must be >= 0")
     for key, limit in LIMITS.items():
@@ -391,6 +473,35 @@ def _check_ranges(cfg: Config) -> None:
         validate_model_name(cfg.registered_model)
     except ConfigError as exc:
         raise ConfigError(f"mlflow.registered_model: {exc}") from exc
+
+
+def _check_mel_model(cfg: Config) -> None:
+    """Ranges of the RectifiedFlow / DiffusionFast keys (checked for every config: they are typed)."""
+    m, t, i = cfg.model, cfg.train, cfg.infer
+    if not 0.0 <= m.t_start <= 1.0:
+        raise ConfigError(f"model.t_start={m.t_start!r} must be in [0, 1] (upstream's default 0.7)")
+    if not 1 <= m.k_step_max <= 1000:
+        raise ConfigError(f"model.k_step_max={m.k_step_max!r} must be in [1, 1000] (the diffusion has 1000 steps)")
+    for key in ("n_layers", "n_chans", "n_aux_layers", "n_aux_chans"):
+        value = getattr(m, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"model.{key}={value!r} must be >= 1")
+    if t.decay_step is not None and t.decay_step < 1:
+        raise ConfigError(f"train.decay_step={t.decay_step!r} must be >= 1 (or null: a constant learning rate)")
+    if not 0.0 < t.gamma <= 1.0:
+        raise ConfigError(f"train.gamma={t.gamma!r} must be in (0, 1]")
+    if t.lambda_ddsp < 0:
+        raise ConfigError(f"train.lambda_ddsp={t.lambda_ddsp!r} must be >= 0")
+    if cfg.vocoder.type not in VOCODER_TYPES:
+        raise ConfigError(f"vocoder.type={cfg.vocoder.type!r} must be one of {', '.join(VOCODER_TYPES)}")
+    if i.infer_step < 1:
+        raise ConfigError(f"infer.infer_step={i.infer_step!r} must be >= 1")
+    if i.speedup < 1:
+        raise ConfigError(f"infer.speedup={i.speedup!r} must be >= 1")
+    if i.method is not None:
+        allowed = DIFFUSION_METHODS if m.type == "DiffusionFast" else REFLOW_METHODS
+        if m.type in MEL_MODEL_TYPES and i.method not in allowed:
+            raise ConfigError(f"infer.method={i.method!r} is not a {m.type} sampler; allowed: {', '.join(allowed)}")
 
 
 def parse_config(raw: Mapping[str, Any] | None) -> Config:

@@ -53,17 +53,20 @@ def changed(doc: dict, change: dict) -> dict:
 
 # ---------------------------------------------------------------- the one function
 
+CASCADES = ("RectifiedFlow", "DiffusionFast")  # upstream 6.0 and 5.0: a CombSubSuperFast DDSP stage + a mel decoder
+
 
 @pytest.mark.parametrize("model_type", sorted(MODEL_TYPES))
 def test_architecture_is_every_constructor_keyword(model_type):
     cfg = parse_config(changed(BASE, {"model": {"type": model_type, "win_length": 1024}}))
     arch = architecture(cfg)
-    keywords = [p for p in inspect.signature(MODEL_TYPES[model_type].__init__).parameters if p != "self"]
+    # out_dims (the cascade models' mel bins) is the vocoder's, not a config key
+    keywords = [p for p in inspect.signature(MODEL_TYPES[model_type].__init__).parameters if p not in ("self", "out_dims")]
     assert sorted(arch.params) == sorted(keywords)
     assert architecture_of(build_model_from_config(cfg)) == arch
     assert arch.settings["model.type"] == model_type and arch.settings["data.encoder_out_channels"] == 128
     # a key the type does not take (win_length outside CombSubSuperFast) is not part of it
-    assert ("model.win_length" in arch.settings) == (model_type == "CombSubSuperFast")
+    assert ("model.win_length" in arch.settings) == (model_type in ("CombSubSuperFast", *CASCADES))
 
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
@@ -84,8 +87,9 @@ def test_the_weights_reveal_their_shaping_keys(model_type):
     cfg = parse_config(changed(BASE, {"model": {"type": model_type, "n_spk": 3, "use_pitch_aug": True}}))
     found = architecture_in_weights(build_model_from_config(cfg).state_dict())
     settings = architecture(cfg).settings
-    expected_type = model_type if model_type in ("CombSubFast", "CombSubSuperFast") else "CombSub or Sins"
+    expected_type = model_type if model_type in ("CombSubFast", "CombSubSuperFast", *CASCADES) else "CombSub or Sins"
     assert found.pop("model.type") == expected_type
+    assert found.pop("upstream", None) == ("6.0" if model_type == "RectifiedFlow" else None)
     takes_aug = "model.use_pitch_aug" in settings
     assert found.pop("model.use_pitch_aug") is takes_aug
     assert found == {k: v for k, v in settings.items() if k in found}

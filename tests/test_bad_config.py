@@ -131,10 +131,10 @@ def test_utf16_config_with_a_byte_order_mark_loads(tmp_path):
 
 def test_a_few_aliases_still_load(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text("data:\n  f0_min: &low 65\ntrain:\n  lr: 0.001\ninfer:\n  floor: *low\n")
+    path.write_text("data:\n  f0_min: &low 65\ntrain:\n  lr: 0.001\nenhancer:\n  floor: *low\n")
     from mlflow_ddsp.config import load_config
 
-    assert load_config(path).extra["infer"] == {"floor": 65}
+    assert load_config(path).extra["enhancer"] == {"floor": 65}
 
 
 @pytest.mark.parametrize(("variable", "value", "expected"), [

@@ -45,7 +45,7 @@ def _inputs(batch: int = 2, frames: int = 10):
 
 
 def test_model_types_are_the_upstream_names() -> None:
-    assert set(MODEL_TYPES) == {"CombSub", "CombSubFast", "CombSubSuperFast", "Sins"}
+    assert set(MODEL_TYPES) == {"CombSub", "CombSubFast", "CombSubSuperFast", "Sins", "RectifiedFlow", "DiffusionFast"}
     assert all(cls.model_type == name for name, cls in MODEL_TYPES.items())
 
 
@@ -197,7 +197,7 @@ def test_hparams_rebuild_the_same_architecture(model_type: str) -> None:
 
 
 def test_unknown_model_type_names_key_value_and_allowed() -> None:
-    with pytest.raises(ConfigError, match=r"model\.type='CombSubUltra'.*CombSub, CombSubFast, CombSubSuperFast, Sins"):
+    with pytest.raises(ConfigError, match=r"model\.type='CombSubUltra'.*CombSub, CombSubFast, CombSubSuperFast, DiffusionFast, RectifiedFlow, Sins"):
         build_model("CombSubUltra", sampling_rate=SR, block_size=BLOCK)
 
 

@@ -35,6 +35,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import torch
+
 from mlflow_ddsp.errors import ConfigError
 from mlflow_ddsp.models.architecture import (
     MODEL_TYPES,
@@ -72,7 +74,7 @@ __all__ = [
 ]
 
 
-def build_model(model_type: str, **kwargs: Any) -> DDSPModel:
+def build_model(model_type: str, **kwargs: Any) -> torch.nn.Module:
     """Construct the model named by upstream's ``model.type``.
 
     Args:
@@ -87,7 +89,8 @@ def build_model(model_type: str, **kwargs: Any) -> DDSPModel:
         ConfigError: unknown ``model_type``, a keyword that model does not take,
             or an out-of-range value.
     """
-    cls = model_class(model_type)
+    cls = model_class(model_type, "6.1" if any(k in kwargs for k in ("n_aux_layers", "n_aux_chans", "use_norm",
+                                                                     "use_attention")) else None)  # fmt: skip
     if "encoder_out_channels" in kwargs:
         if "n_unit" in kwargs:
             raise ConfigError("give n_unit or encoder_out_channels, not both (they are the same setting)")
@@ -109,7 +112,7 @@ def build_model(model_type: str, **kwargs: Any) -> DDSPModel:
     return cls(**kwargs)
 
 
-def build_model_from_config(cfg: Any) -> DDSPModel:
+def build_model_from_config(cfg: Any) -> torch.nn.Module:
     """Build the model a :class:`mlflow_ddsp.config.Config` describes (its :func:`architecture`)."""
     arch = architecture(cfg)
     return build_model(arch.model_type, **arch.params)

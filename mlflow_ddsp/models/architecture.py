@@ -27,6 +27,9 @@ from mlflow_ddsp.errors import ArchitectureMismatchError, ConfigError
 from mlflow_ddsp.models.base import CONFIG_KEYS, DDSPModel
 from mlflow_ddsp.models.combsub import CombSub, CombSubFast
 from mlflow_ddsp.models.combsub_superfast import CombSubSuperFast
+from mlflow_ddsp.models.diffusion_svc import DiffusionUnit2WavFast
+from mlflow_ddsp.models.reflow_svc import ReflowUnit2Wav
+from mlflow_ddsp.models.reflow_svc61 import LynxReflowUnit2Wav, reflow_generation
 from mlflow_ddsp.models.sins import Sins
 
 __all__ = [
@@ -40,20 +43,31 @@ __all__ = [
     "model_class",
 ]
 
-#: upstream ``model.type`` name -> class
-MODEL_TYPES: dict[str, type[DDSPModel]] = {
+#: upstream ``model.type`` name -> class (RectifiedFlow: 6.0's; 6.1's is told apart by its keys)
+MODEL_TYPES: dict[str, type[torch.nn.Module]] = {
     "CombSub": CombSub,
     "CombSubFast": CombSubFast,
     "CombSubSuperFast": CombSubSuperFast,
     "Sins": Sins,
+    "RectifiedFlow": ReflowUnit2Wav,
+    "DiffusionFast": DiffusionUnit2WavFast,
 }
+#: the keys that make a RectifiedFlow upstream 6.1's (LYNXNet) instead of 6.0's, with 6.1's defaults
+REFLOW_61_KEYS: dict[str, Any] = {"n_aux_layers": 3, "n_aux_chans": 256, "use_norm": False, "use_attention": False}
+#: which upstream DDSP-SVC each model type (and RectifiedFlow generation) comes from
+UPSTREAM_VERSIONS = {"CombSub": "3.0", "CombSubFast": "3.0", "CombSubSuperFast": "5.0 (its DDSP stage)",
+                     "Sins": "3.0", "DiffusionFast": "5.0", "RectifiedFlow": "6.0 or 6.1"}  # fmt: skip
 
 # constructor keyword -> where its value sits in a Config (section, key)
 _CONFIG_FIELDS = {name: tuple(key.split(".", 1)) for name, key in CONFIG_KEYS.items()}
 
 
-def model_class(model_type: str) -> type[DDSPModel]:
+def model_class(model_type: str, generation: str | None = None) -> type[torch.nn.Module]:
     """The class upstream's ``model.type`` names.
+
+    Args:
+        generation: for ``RectifiedFlow``, ``"6.1"`` picks 6.1's LYNXNet model
+            (:class:`~mlflow_ddsp.models.reflow_svc61.LynxReflowUnit2Wav`); else 6.0's.
 
     Raises:
         ConfigError: an unknown type, naming the allowed ones.
@@ -63,11 +77,14 @@ def model_class(model_type: str) -> type[DDSPModel]:
         raise ConfigError(
             f"Invalid value for model.type={model_type!r}: must be one of {', '.join(sorted(MODEL_TYPES))}"
         )
+    if model_type == "RectifiedFlow" and generation == "6.1":
+        return LynxReflowUnit2Wav
     return cls
 
 
-def _constructor_keywords(cls: type[DDSPModel]) -> list[str]:
-    return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+def _constructor_keywords(cls: type[torch.nn.Module]) -> list[str]:
+    """The keywords that come from the config (``out_dims`` is the vocoder's 128 mel bins)."""
+    return [name for name in inspect.signature(cls.__init__).parameters if name != "self" and name in CONFIG_KEYS]
 
 
 @dataclass(frozen=True)
@@ -88,15 +105,34 @@ class Architecture:
         keys = sorted(self.params, key=lambda name: (not CONFIG_KEYS[name].startswith("model."), CONFIG_KEYS[name]))
         return {"model.type": self.model_type, **{CONFIG_KEYS[name]: self.params[name] for name in keys}}
 
+    @property
+    def generation(self) -> str:
+        """The upstream DDSP-SVC this architecture is (``"6.1"`` for a RectifiedFlow with 6.1's keys)."""
+        if self.model_type == "RectifiedFlow":
+            return "6.1" if "n_aux_layers" in self.params else "6.0"
+        return UPSTREAM_VERSIONS.get(self.model_type, "")
+
     def differences(self, other: Architecture) -> list[str]:
-        """Config keys whose values differ (keys only one of two model types has are implied by model.type)."""
+        """Config keys whose values differ.
+
+        Keys only one of two model types has are implied by model.type; within one type
+        (RectifiedFlow of 6.0 against 6.1) a key only one side has is a difference.
+        """
         mine, theirs = self.settings, other.settings
-        return [key for key in mine if key in theirs and mine[key] != theirs[key]]
+        keys = [key for key in mine if key in theirs and mine[key] != theirs[key]]
+        if self.model_type == other.model_type:
+            keys += [key for key in mine if key not in theirs] + [key for key in theirs if key not in mine]
+        return keys
 
     def describe(self, keys: list[str] | None = None) -> str:
-        """``model.type=CombSubFast, model.n_spk=2, ...`` (only ``keys`` when given)."""
+        """``model.type=CombSubFast, model.n_spk=2, ...`` (only ``keys`` when given; a key this
+        architecture lacks shows as ``unset``)."""
         settings = self.settings
-        return ", ".join(f"{key}={_show(settings[key])}" for key in (keys if keys is not None else settings))
+        shown = ", ".join(f"{key}={_show(settings[key]) if key in settings else 'unset'}"
+                          for key in (keys if keys is not None else settings))  # fmt: skip
+        if self.model_type == "RectifiedFlow" and keys is not None and any(k.startswith("model.n_aux") for k in keys):
+            shown += f" (upstream {self.generation})"
+        return shown
 
 
 def _show(value: Any) -> str:
@@ -115,17 +151,19 @@ def architecture(cfg: Any) -> Architecture:
     Raises:
         ConfigError: unknown ``model.type``.
     """
-    cls = model_class(cfg.model.type)
+    cls = model_class(cfg.model.type, cfg.upstream_generation)
     params = {}
     for name in _constructor_keywords(cls):
         section, key = _CONFIG_FIELDS[name]
         params[name] = getattr(getattr(cfg, section), key)
+        if params[name] is None and name in REFLOW_61_KEYS:
+            params[name] = REFLOW_61_KEYS[name]  # upstream 6.1 fills an absent one with its default
     return Architecture(cfg.model.type, params)
 
 
-def architecture_of(model: DDSPModel) -> Architecture:
+def architecture_of(model: torch.nn.Module) -> Architecture:
     """The architecture a built model has (from its constructor arguments)."""
-    return Architecture(model.model_type, model.hparams)
+    return Architecture(model.model_type, {k: v for k, v in model.hparams.items() if k in CONFIG_KEYS})
 
 
 def check_same_architecture(
@@ -179,6 +217,8 @@ def architecture_in_weights(state: Mapping[str, Any]) -> dict[str, Any]:
     Returns:
         config key -> value; empty for a state_dict that is not a DDSP-SVC model's.
     """
+    if isinstance(state, Mapping) and any(isinstance(k, str) and k.startswith("ddsp_model.") for k in state):
+        return _cascade_in_weights(state)
     if not isinstance(state, Mapping) or not torch.is_tensor(state.get("unit2ctrl.stack.0.weight")):
         return {}
     found: dict[str, Any] = {}
@@ -199,6 +239,21 @@ def architecture_in_weights(state: Mapping[str, Any]) -> dict[str, Any]:
         value = state.get(buffer)
         if torch.is_tensor(value) and value.numel() == 1:
             found[key] = int(value)
+    return found
+
+
+def _cascade_in_weights(state: Mapping[str, Any]) -> dict[str, Any]:
+    """What a cascade model's state_dict (``ddsp_model.*`` + ``reflow_model.*`` / ``diff_model.*``) reveals."""
+    stage = {k[len("ddsp_model."):]: v for k, v in state.items() if k.startswith("ddsp_model.")}
+    found = architecture_in_weights(stage)
+    found.pop("model.type", None)
+    if any(k.startswith("diff_model.") for k in state):
+        found["model.type"] = "DiffusionFast"
+    elif any(k.startswith("reflow_model.") for k in state):
+        found["model.type"] = "RectifiedFlow"
+        generation = reflow_generation(state)
+        if generation is not None:
+            found["upstream"] = generation
     return found
 
 
@@ -230,6 +285,14 @@ def check_weights_fit(
     """
     found = architecture_in_weights(state)
     settings = config.settings
+    generation = found.pop("upstream", None)
+    if generation is not None and config.model_type == "RectifiedFlow" and generation != config.generation:
+        keys = ", ".join(f"model.{k}" for k in REFLOW_61_KEYS)
+        raise ArchitectureMismatchError(
+            f"{source} holds weights of upstream {generation}'s RectifiedFlow; {config_is} describes "
+            f"{config.generation}'s ({keys} {'set' if config.generation == '6.1' else 'unset'}): 6.0 and 6.1 "
+            f"checkpoints do not load into each other; {advice}"
+        )
     differing = []
     for key, value in found.items():
         if key == "model.type" and value == " or ".join(_NO_WINDOW_TYPES):
