@@ -8,6 +8,17 @@
     <root>/units/<rel>.npy        content units                                    [n_frames, C]
     <root>/skip/<rel>             recordings moved aside: no voiced frame at all
 
+and, for models trained on the vocoder's mel (``model.type`` RectifiedFlow or
+DiffusionFast, upstream 5.0/6.x; ``M`` = the vocoder's ``num_mels``)::
+
+    <root>/mel/<rel>.npy          log-mel of the recording                         [n_frames - 1, M]
+    <root>/aug_mel/<rel>.npy      log-mel of the gained (and key-shifted) copy     [n_frames - 1, M]
+    <root>/aug_vol/<rel>.npy      RMS volume of the gained copy                    [n_frames]
+    <root>/aug_shift/<rel>.npy    the copy's key shift, semitones (0: none)        [1]
+
+Upstream keeps the key shifts of a folder in one ``pitch_aug_dict.npy``; here each
+recording has its own file, so a crash can never leave it out of step with the mels.
+
 ``<rel>`` keeps the file's extension (``a/b.wav`` -> ``units/a/b.wav.npy``).
 With ``model.n_spk > 1`` the speaker id is the number the top folder name starts
 with (``audio/2_alto/x.wav`` -> 2), as upstream reads it.
@@ -26,7 +37,10 @@ from .errors import ConfigError
 __all__ = [
     "AUDIO_DIR",
     "FEATURE_KINDS",
+    "MEL_FEATURE_KINDS",
+    "ALL_FEATURE_KINDS",
     "SKIP_DIR",
+    "feature_kinds",
     "list_audio",
     "feature_path",
     "speaker_id",
@@ -36,6 +50,14 @@ __all__ = [
 AUDIO_DIR = "audio"
 SKIP_DIR = "skip"
 FEATURE_KINDS = ("f0", "volume", "units")
+#: the extra outputs of mel models (upstream 5.0/6.x: ``mel``, ``aug_mel``, ``aug_vol``, the key shift)
+MEL_FEATURE_KINDS = ("mel", "aug_mel", "aug_vol", "aug_shift")
+ALL_FEATURE_KINDS = FEATURE_KINDS + MEL_FEATURE_KINDS
+
+
+def feature_kinds(uses_mel: bool) -> tuple[str, ...]:
+    """The feature kinds preprocess writes for a model: ``FEATURE_KINDS``, plus the mel ones."""
+    return ALL_FEATURE_KINDS if uses_mel else FEATURE_KINDS
 
 
 def list_audio(root: str | os.PathLike, extensions: Sequence[str]) -> list[str]:
@@ -50,8 +72,8 @@ def list_audio(root: str | os.PathLike, extensions: Sequence[str]) -> list[str]:
 
 
 def feature_path(root: str | os.PathLike, kind: str, rel: str) -> Path:
-    if kind not in FEATURE_KINDS:
-        raise ValueError(f"feature kind {kind!r} must be one of {FEATURE_KINDS}")
+    if kind not in ALL_FEATURE_KINDS:
+        raise ValueError(f"feature kind {kind!r} must be one of {ALL_FEATURE_KINDS}")
     return Path(root) / kind / f"{rel}.npy"
 
 

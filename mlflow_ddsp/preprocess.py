@@ -9,7 +9,23 @@ For each of ``data.train_path`` and ``data.valid_path`` (layout in
   between ``f0_min`` and ``f0_max``, unvoiced frames linearly interpolated;
 - ``<root>/units/<rel>.npy``   float32 ``[n_frames, C]``   content units of ``data.encoder``;
 
-with ``n_frames = n_samples // block_size + 1``. As upstream does, a recording in
+with ``n_frames = n_samples // block_size + 1``. Models trained on the vocoder's mel
+(``model.type`` RectifiedFlow or DiffusionFast, upstream 5.0/6.x ``preprocess.py``,
+branch master) also get
+
+- ``<root>/mel/<rel>.npy``       float32 ``[n_frames - 1, M]``  the vocoder's log-mel
+  (:meth:`mlflow_ddsp.vocoder.Vocoder.extract`) of the recording;
+- ``<root>/aug_mel/<rel>.npy``   float32 ``[n_frames - 1, M]``  the same of the recording
+  times ``10 ** u``, ``u ~ U(-1, min(1, log10(1 / peak)))``, key-shifted by ``k ~ U(-5, 5)``
+  semitones when ``model.use_pitch_aug`` (else ``k = 0``);
+- ``<root>/aug_vol/<rel>.npy``   float32 ``[n_frames]``         volume of the gained copy;
+- ``<root>/aug_shift/<rel>.npy`` float64 ``[1]``                ``k`` (upstream: ``pitch_aug_dict.npy``).
+
+``u`` and ``k`` are drawn from a generator seeded by ``(train.seed, rel)``, so the
+same data and config give the same bytes. The vocoder's ``config.json`` (beside
+``vocoder.ckpt``; its weights are not needed) must match ``data.sampling_rate``,
+``data.block_size`` and have 128 mel bins: otherwise preprocess refuses to start
+(upstream silently writes no mels). As upstream does, a recording in
 which no frame is voiced is moved to ``<root>/skip/<rel>``. Unlike upstream, an
 unreadable or empty recording does not stop the batch: it is reported by name and
 the others are processed.
@@ -17,11 +33,12 @@ the others are processed.
 Re-running is cheap. ``<root>/.mlflow_ddsp_preprocess.json`` records, for every
 finished recording, its size, mtime and sha256, the byte sizes of its three
 outputs, and (once for the folder) a digest of every setting that shapes the
-features. A recording is skipped when that digest is unchanged, its size and
+features (for mel models also the vocoder's config.json, ``use_pitch_aug`` and
+``train.seed``). A recording is skipped when that digest is unchanged, its size and
 mtime match (or, after a ``touch``/copy, its sha256 does) and its three outputs
 exist with the recorded sizes. Changing a feature setting recomputes everything.
 Each ``.npy`` is written to a temporary name and renamed into place, and a
-recording enters the manifest only after all three are in place, so a crash never
+recording enters the manifest only after all its outputs are in place, so a crash never
 leaves output that passes for finished; stale outputs of a recording are removed
 before it is recomputed, so the trainer never pairs new f0 with old units.
 
@@ -35,8 +52,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
+import random
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -50,16 +69,28 @@ import soundfile as sf
 
 from mlflow_ddsp.audio import load_audio
 from mlflow_ddsp.config import Config
-from mlflow_ddsp.corpus import AUDIO_DIR, FEATURE_KINDS, SKIP_DIR, feature_path, list_audio, speaker_id
+from mlflow_ddsp.corpus import (
+    ALL_FEATURE_KINDS,
+    AUDIO_DIR,
+    SKIP_DIR,
+    feature_kinds,
+    feature_path,
+    list_audio,
+    speaker_id,
+)
 from mlflow_ddsp.crops import check_crops
 from mlflow_ddsp.errors import AudioError, ConfigError, MlflowDdspError, one_line
+from mlflow_ddsp.vocoder.fit import MEL_BINS
 
 __all__ = [
     "FEATURE_FORMAT",
     "MANIFEST_NAME",
+    "MEL_BINS",
+    "MEL_FORMAT",
     "FeatureSettings",
     "PreprocessReport",
     "SplitReport",
+    "aug_rng",
     "default_workers",
     "failed_recordings",
     "preprocess",
@@ -71,6 +102,8 @@ MANIFEST_NAME = ".mlflow_ddsp_preprocess.json"
 LOCK_NAME = ".mlflow_ddsp_preprocess.lock"
 # Bump when extraction code changes what it writes: every folder is then recomputed.
 FEATURE_FORMAT = 1
+# The same for the mel outputs of mel models (kept apart so pure-DDSP folders keep their digest).
+MEL_FORMAT = 1
 _MANIFEST_VERSION = 1
 _TMP_SUFFIX = ".mlflow_ddsp-tmp"
 _MANIFEST_SAVE_EVERY = 5.0  # seconds; a crash costs at most this much recomputation
@@ -106,6 +139,24 @@ class FeatureSettings:
     # and then left out of the digest so that their folders keep theirs.
     f0_ckpt: str | None = None
     f0_ckpt_stat: tuple[int, int] | None = None
+    # Mel models only (None otherwise, and then left out of the digest): the vocoder's
+    # config.json (the keys it reads) as canonical JSON text, use_pitch_aug and train.seed (they decide the
+    # aug_* bytes). The weights path and vocoder type only say how to load it: not digested.
+    vocoder_config: str | None = None
+    use_pitch_aug: bool | None = None
+    aug_seed: int | None = None
+    mel_format: int | None = None
+    vocoder_ckpt: str | None = None
+    vocoder_type: str | None = None
+
+    @property
+    def uses_mel(self) -> bool:
+        return self.vocoder_config is not None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The feature kinds written for every recording."""
+        return feature_kinds(self.uses_mel)
 
     @classmethod
     def from_config(cls, cfg: Config) -> FeatureSettings:
@@ -132,6 +183,7 @@ class FeatureSettings:
             device=_encoder_device(cfg.device),
             f0_ckpt=f0_ckpt,
             f0_ckpt_stat=f0_stat,
+            **_mel_settings(cfg),
         )
 
     def describe(self) -> dict[str, Any]:
@@ -140,6 +192,12 @@ class FeatureSettings:
         del out["device"]
         if self.f0_ckpt is None:
             del out["f0_ckpt"], out["f0_ckpt_stat"]
+        del out["vocoder_ckpt"], out["vocoder_type"]
+        if self.vocoder_config is None:
+            for key in ("vocoder_config", "use_pitch_aug", "aug_seed", "mel_format"):
+                del out[key]
+        else:
+            out["vocoder_config"] = json.loads(self.vocoder_config)
         return out
 
     def digest(self) -> str:
@@ -155,6 +213,38 @@ def _file_and_stat(path_text: str | None) -> tuple[str | None, tuple[int, int] |
         st = path.stat()
         return str(path.resolve()), (st.st_size, st.st_mtime_ns)
     return str(path.resolve()), None
+
+
+def _mel_settings(cfg: Config) -> dict[str, Any]:
+    """The FeatureSettings fields of a mel model (none for pure DDSP), after checking its vocoder.
+
+    Reads only ``config.json`` beside ``vocoder.ckpt`` (upstream
+    ``nsf_hifigan/models.py`` ``load_config``, branch master); the weights are not needed.
+
+    Raises:
+        ConfigError: no readable config.json; its sampling rate or hop differs from
+            ``data.sampling_rate`` / ``data.block_size``; its ``num_mels`` is not 128.
+    """
+    if not cfg.uses_mel:
+        return {}
+    from mlflow_ddsp.vocoder.fit import open_vocoder
+
+    ckpt = Path(cfg.vocoder.ckpt).expanduser()
+    vocoder = open_vocoder(cfg)  # ConfigError (one line): no config.json, another rate, hop or mel size
+    return {
+        "vocoder_config": json.dumps(vocoder.config.to_dict(), sort_keys=True),
+        "use_pitch_aug": bool(cfg.model.use_pitch_aug),
+        "aug_seed": int(cfg.train.seed),
+        "mel_format": MEL_FORMAT,
+        "vocoder_ckpt": str(ckpt.resolve()),
+        "vocoder_type": cfg.vocoder.type,
+    }
+
+
+def aug_rng(seed: int, rel: str) -> random.Random:
+    """The generator of one recording's volume and key augmentation: a function of ``(seed, rel)``."""
+    digest = hashlib.sha256(f"{int(seed)}\0{rel}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
 
 
 def _encoder_device(device: str) -> str:
@@ -219,7 +309,7 @@ def _save_npy(path: Path, array: np.ndarray) -> int:
 
 
 def _remove_outputs(root: Path, rel: str) -> None:
-    for kind in FEATURE_KINDS:
+    for kind in ALL_FEATURE_KINDS:
         feature_path(root, kind, rel).unlink(missing_ok=True)
 
 
@@ -246,9 +336,15 @@ class _Extractor:
             out_channels=settings.encoder_out_channels,
             device=settings.device,
         )
+        self.vocoder = None
+        if settings.uses_mel:
+            from mlflow_ddsp.vocoder import load_vocoder
 
-    def features(self, audio: np.ndarray) -> dict[str, np.ndarray] | None:
-        """``{"f0": [n], "volume": [n], "units": [n, C]}`` float32, or None without a voiced frame."""
+            self.vocoder = load_vocoder(settings.vocoder_ckpt, settings.vocoder_type, device=settings.device)
+
+    def features(self, audio: np.ndarray, rel: str = "") -> dict[str, np.ndarray] | None:
+        """``{"f0": [n], "volume": [n], "units": [n, C]}`` float32 (plus the mel outputs of
+        a mel model, see the module docstring), or None without a voiced frame."""
         from mlflow_ddsp.features import extract_volume, frame_count
 
         s = self.settings
@@ -263,10 +359,44 @@ class _Extractor:
                 f"frame counts disagree: f0 {track.f0.shape}, volume {volume.shape}, units {units.shape}, "
                 f"expected {n} frames"
             )
-        return {
+        arrays = {
             "f0": track.f0.astype(np.float32),
             "volume": volume.astype(np.float32),
             "units": np.ascontiguousarray(units, dtype=np.float32),
+        }
+        if self.vocoder is not None:
+            arrays.update(self.mel_features(audio, rel))
+        return arrays
+
+    def mel_features(self, audio: np.ndarray, rel: str) -> dict[str, np.ndarray]:
+        """``mel``, ``aug_mel`` ``[frames, M]``, ``aug_vol`` ``[n]`` float32 and ``aug_shift`` ``[1]``
+        float64 of one recording (upstream ``preprocess.py``, branch master), the gain and
+        key shift drawn from :func:`aug_rng` ``(train.seed, rel)``."""
+        import torch
+
+        from mlflow_ddsp.features import extract_volume, frame_count
+
+        s = self.settings
+        assert self.vocoder is not None
+        x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).unsqueeze(0).to(s.device)  # [1, N]
+        with torch.no_grad():
+            mel = self.vocoder.extract(x, s.sampling_rate)[0]
+            peak = float(x.abs().max()) + 1e-5
+            rng = aug_rng(s.aug_seed or 0, rel)
+            log10_gain = rng.uniform(-1.0, min(1.0, math.log10(1.0 / peak)))
+            shift = rng.uniform(-5.0, 5.0) if s.use_pitch_aug else 0.0
+            gain = 10**log10_gain
+            aug_mel = self.vocoder.extract(x * gain, s.sampling_rate, keyshift=shift)[0]
+        aug_vol = extract_volume(audio * gain, s.block_size)
+        n = frame_count(audio.size, s.block_size)
+        for name, m in (("mel", mel), ("aug_mel", aug_mel)):
+            if m.dim() != 2 or m.shape[1] != MEL_BINS or not 0 < m.shape[0] <= n:
+                raise RuntimeError(f"{name} has shape {tuple(m.shape)}, expected [<= {n}, {MEL_BINS}]")
+        return {
+            "mel": np.ascontiguousarray(mel.float().cpu().numpy()),
+            "aug_mel": np.ascontiguousarray(aug_mel.float().cpu().numpy()),
+            "aug_vol": aug_vol.astype(np.float32),
+            "aug_shift": np.array([shift], dtype=np.float64),
         }
 
     def run(self, root: Path, rel: str) -> _Result:
@@ -274,7 +404,7 @@ class _Extractor:
         try:
             identity = _file_identity(path)
             audio = load_audio(path, self.settings.sampling_rate)
-            arrays = self.features(audio)
+            arrays = self.features(audio, rel)
         except AudioError as exc:
             _remove_outputs(root, rel)  # stale features of a file that no longer reads
             return _Result(rel, "failed", str(exc))
@@ -288,7 +418,7 @@ class _Extractor:
         _remove_outputs(root, rel)
         if arrays is None:
             return _Result(rel, "no_voice", f"{path}: no voiced frame", seconds=seconds)
-        outputs = {kind: _save_npy(feature_path(root, kind, rel), arrays[kind]) for kind in FEATURE_KINDS}
+        outputs = {kind: _save_npy(feature_path(root, kind, rel), arrays[kind]) for kind in self.settings.kinds}
         entry = {**identity, "n_frames": int(arrays["f0"].size), "outputs": outputs}
         return _Result(rel, "done", entry=entry, seconds=seconds)
 
@@ -361,7 +491,7 @@ class _Manifest:
             return False
         try:
             outputs = entry["outputs"]
-            for kind in FEATURE_KINDS:
+            for kind in self.settings.kinds:
                 if feature_path(self.root, kind, rel).stat().st_size != outputs[kind]:
                     return False  # missing, truncated or replaced
             st = (self.root / AUDIO_DIR / rel).stat()
@@ -441,7 +571,7 @@ def _folder_lock(root: Path) -> Iterator[None]:
 
 def _remove_temp_files(root: Path) -> None:
     """Delete temporary files a crashed run left in the feature folders."""
-    for kind in FEATURE_KINDS:
+    for kind in ALL_FEATURE_KINDS:
         folder = root / kind
         if folder.is_dir():
             for tmp in folder.rglob(f"*{_TMP_SUFFIX}"):
@@ -624,7 +754,8 @@ def preprocess(cfg: Config, *, workers: int | None = None, progress: bool = True
 
     Raises:
         ConfigError: a missing ``audio/`` folder, an unusable f0 extractor or
-            encoder setting (named by its key), or ``workers < 1``.
+            encoder setting (named by its key), ``workers < 1``, or (mel models) a
+            vocoder config.json that is missing or does not fit ``data.*``.
         MlflowDdspError: another preprocess holds the folder's lock.
     """
     from .progress import Progress

@@ -18,6 +18,24 @@
 
 Item shapes: ``audio [N]``, ``units [T, C]``, ``f0 [T, 1]``, ``volume [T, 1]``,
 ``spk_id [1]`` (long), with ``N = T * block_size``; a batch adds a leading ``B``.
+
+Models trained on the vocoder's mel (``cfg.uses_mel``: RectifiedFlow, DiffusionFast)
+follow upstream's ``reflow/data_loaders.py`` (branch master) instead:
+
+* An item is ``mel [T, M]``, ``units [T, C]``, ``f0 [T, 1]``, ``volume [T, 1]``,
+  ``spk_id [1]`` (long), ``aug_shift [1, 1]`` (float, semitones), ``name``; all
+  float tensors are float32. The mel has one frame fewer than the units (see
+  :mod:`mlflow_ddsp.preprocess`): every frame-rate array is cut to the shorter.
+* A training item takes the augmented copy with probability 0.5 (upstream's
+  ``random.choice([True, False])``, here from the item's own generator):
+  ``mel = aug_mel``, ``volume = aug_vol``, ``f0 * 2 ** (shift / 12)``,
+  ``aug_shift = shift``; otherwise ``aug_shift = 0``. There is no random gain (the
+  gained copy is the augmentation) and training items read no audio at all.
+* Validation items are whole recordings, never augmented, and also carry
+  ``audio [T * block_size]``: the ground truth to listen to.
+* ``cache_all_data`` keeps mel, aug_mel and units in memory (float16 with
+  ``cache_fp16``, training set only, as upstream); f0, volume, aug_vol and the key
+  shift are always in memory; the validation audio is cached as float32.
 """
 
 from __future__ import annotations
@@ -36,7 +54,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..audio import load_audio
 from ..config import Config
-from ..corpus import AUDIO_DIR, FEATURE_KINDS, feature_path, list_audio, speaker_id
+from ..corpus import AUDIO_DIR, FEATURE_KINDS, MEL_FEATURE_KINDS, feature_path, list_audio, speaker_id
 from ..crops import check_crops
 from ..errors import AudioError, ConfigError
 from ..preprocess import failed_recordings
@@ -55,6 +73,11 @@ class _Record:
     spk_id: torch.Tensor  # [1]
     audio: torch.Tensor | None = None  # [N] when cached
     units: torch.Tensor | None = None  # [T, C] when cached
+    # mel models only
+    aug_vol: torch.Tensor | None = None  # [T, 1]
+    aug_shift: float = 0.0  # semitones of the augmented copy
+    mel: torch.Tensor | None = None  # [T - 1, M] when cached
+    aug_mel: torch.Tensor | None = None  # [T - 1, M] when cached (training set)
 
 
 class AudioDataset(Dataset):
@@ -63,7 +86,8 @@ class AudioDataset(Dataset):
     Args:
         root: ``data.train_path`` or ``data.valid_path``.
         whole_audio: yield whole recordings (validation) instead of random crops.
-        augment: apply the random gain (training).
+        augment: apply the random gain (training); for mel models, use the augmented
+            copy half of the time.
         cache: keep audio and units in memory; default ``train.cache_all_data``.
         fp16: cache them as float16; default ``train.cache_fp16`` (:func:`make_loaders`
             passes False for the validation set, as upstream).
@@ -85,6 +109,7 @@ class AudioDataset(Dataset):
         self.crop_seconds = cfg.data.duration
         self.whole_audio = whole_audio
         self.augment = augment
+        self.uses_mel = cfg.uses_mel
         cache = cfg.train.cache_all_data if cache is None else cache
         fp16 = cfg.train.cache_fp16 if fp16 is None else fp16
         self.cache_dtype = torch.float16 if (cache and fp16) else torch.float32
@@ -95,6 +120,15 @@ class AudioDataset(Dataset):
                 "put your .wav files there (see data.train_path / data.valid_path)"
             )
         missing = [r for r in self.rels if not all(feature_path(self.root, k, r).is_file() for k in FEATURE_KINDS)]
+        if self.uses_mel and not missing:
+            no_mel = [
+                r for r in self.rels if not all(feature_path(self.root, k, r).is_file() for k in MEL_FEATURE_KINDS)
+            ]
+            if no_mel:
+                raise ConfigError(
+                    f"{len(no_mel)} recording(s) in {self.root / AUDIO_DIR} have no mel features (first: {no_mel[0]}), "
+                    f"which model.type {cfg.model.type} trains on; run `mlflow-ddsp preprocess -c CONFIG`"
+                )
         failed = failed_recordings(self.root)
         unusable = [r for r in missing if r in failed]
         if unusable:
@@ -136,9 +170,25 @@ class AudioDataset(Dataset):
             volume=volume,
             spk_id=torch.tensor([speaker_id(rel, n_spk)], dtype=torch.long),
         )
+        if self.uses_mel:
+            return self._load_mel(record, cache)
         if cache:
             record.audio = torch.from_numpy(load_audio(path, self.sampling_rate)).to(self.cache_dtype)
             record.units = torch.from_numpy(np.load(feature_path(self.root, "units", rel))).to(self.cache_dtype)
+        return record
+
+    def _load_mel(self, record: _Record, cache: bool) -> _Record:
+        rel = record.rel
+        record.aug_vol = torch.from_numpy(np.load(feature_path(self.root, "aug_vol", rel))).float().unsqueeze(-1)
+        record.aug_shift = float(np.load(feature_path(self.root, "aug_shift", rel)).reshape(-1)[0])
+        if cache:
+            record.units = torch.from_numpy(np.load(feature_path(self.root, "units", rel))).to(self.cache_dtype)
+            record.mel = torch.from_numpy(np.load(feature_path(self.root, "mel", rel))).to(self.cache_dtype)
+            if self.augment:
+                record.aug_mel = torch.from_numpy(np.load(feature_path(self.root, "aug_mel", rel))).to(self.cache_dtype)
+            if self.whole_audio:  # validation: the ground truth to listen to (training reads no audio)
+                path = self.root / AUDIO_DIR / rel
+                record.audio = torch.from_numpy(load_audio(path, self.sampling_rate)).to(self.cache_dtype)
         return record
 
     def __len__(self) -> int:
@@ -159,15 +209,61 @@ class AudioDataset(Dataset):
             record = self.records[index]
         return self._item(record, rng)
 
-    def _item(self, record: _Record, rng=random) -> dict[str, Any]:
-        frame_seconds = self.block / self.sampling_rate
+    def _crop(self, record: _Record, rng) -> tuple[int, int]:
+        """``(start_frame, n_frames)`` of an item: the whole recording or a random crop."""
         if self.whole_audio:
-            start_frame = 0
-            n_frames = record.f0.shape[0]
+            return 0, record.f0.shape[0]
+        frame_seconds = self.block / self.sampling_rate
+        start = rng.uniform(0, record.duration - self.crop_seconds - 0.1)
+        return int(start / frame_seconds), int(self.crop_seconds / frame_seconds)
+
+    def _frames(self, kind: str, record: _Record, cached: torch.Tensor | None, frames: slice) -> torch.Tensor:
+        """Rows ``frames`` of a frame-rate feature, from memory or read from its .npy, as float32."""
+        if cached is None:
+            cached = torch.from_numpy(np.load(feature_path(self.root, kind, record.rel), mmap_mode="r")[frames].copy())
         else:
-            start = rng.uniform(0, record.duration - self.crop_seconds - 0.1)
-            start_frame = int(start / frame_seconds)
-            n_frames = int(self.crop_seconds / frame_seconds)
+            cached = cached[frames]
+        return cached.float()
+
+    def _mel_item(self, record: _Record, rng=random) -> dict[str, Any]:
+        """An item of a mel model (upstream ``reflow/data_loaders.py`` ``get_data``, branch master)."""
+        start_frame, n_frames = self._crop(record, rng)
+        frames = slice(start_frame, start_frame + n_frames)
+        # Upstream draws the choice for every item and ignores it where augmentation is off.
+        augmented = rng.choice((True, False)) and self.augment
+        mel_kind = "aug_mel" if augmented else "mel"
+        mel = self._frames(mel_kind, record, record.aug_mel if augmented else record.mel, frames)
+        units = self._frames("units", record, record.units, frames)
+        shift = record.aug_shift if augmented else 0.0
+        f0 = record.f0[frames]
+        if augmented:
+            f0 = 2 ** (shift / 12) * f0
+        volume = (record.aug_vol if augmented else record.volume)[frames]
+        # The mel has one frame fewer than units, f0 and volume: cut all to the shortest.
+        t = min(mel.shape[0], units.shape[0], f0.shape[0], volume.shape[0])
+        item = {
+            "mel": mel[:t],
+            "units": units[:t],
+            "f0": f0[:t],
+            "volume": volume[:t],
+            "spk_id": record.spk_id,
+            "aug_shift": torch.tensor([[shift]], dtype=torch.float32),
+            "name": record.rel,
+        }
+        if self.whole_audio:
+            audio = record.audio
+            if audio is None:
+                audio = torch.from_numpy(load_audio(self.root / AUDIO_DIR / record.rel, self.sampling_rate))
+            audio = audio[start_frame * self.block : (start_frame + t) * self.block].float()
+            t = min(t, audio.shape[0] // self.block)
+            item = {k: (v[:t] if k in ("mel", "units", "f0", "volume") else v) for k, v in item.items()}
+            item["audio"] = audio[: t * self.block]
+        return item
+
+    def _item(self, record: _Record, rng=random) -> dict[str, Any]:
+        if self.uses_mel:
+            return self._mel_item(record, rng)
+        start_frame, n_frames = self._crop(record, rng)
         frames = slice(start_frame, start_frame + n_frames)
 
         audio = record.audio
