@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["log_spectrogram", "spectrogram_image"]
+__all__ = ["log_spectrogram", "spectrogram_image", "mel_image"]
 
 N_FFT = 2048
 HOP = 512
@@ -68,6 +68,36 @@ def spectrogram_image(
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("s", fontsize=8)
         ax.set_ylabel("kHz", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image
+
+
+def mel_image(panels: Sequence[tuple[str, np.ndarray]], *, title: str | None = None) -> np.ndarray:
+    """Render ``[(label, log-mel [T, M]), ...]`` side by side (natural-log mels, as the vocoder's).
+
+    The cascade models' validation picture (upstream's ``saver.log_spec``): target,
+    the DDSP stage and the final output, on one colour scale (ln 1e-5 .. ln 100).
+
+    Returns:
+        RGB image ``[H, W, 3]`` uint8.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False, dpi=80)
+    for ax, (label, mel) in zip(axes[0], panels):
+        ax.imshow(np.asarray(mel).T, origin="lower", aspect="auto", cmap="magma", vmin=-11.5, vmax=4.6)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("frame", fontsize=8)
+        ax.set_ylabel("mel bin", fontsize=8)
         ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=10)

@@ -26,6 +26,8 @@ __all__ = [
     "PARENT_STEP",
     "PARENT_MODEL",
     "PARENT_RUN",
+    "PRETRAINED_FILE",
+    "PRETRAINED_SHA256",
     "EXPERIMENT_IDS",
     "RETENTION",
     "OWN_ALIASES",
@@ -71,6 +73,8 @@ PARENT_VERSION = "mlflow_ddsp.parent.version"  # version training resumed/fine-t
 PARENT_STEP = "mlflow_ddsp.parent.step"
 PARENT_MODEL = "mlflow_ddsp.parent.model"  # registered model of the parent
 PARENT_RUN = "mlflow_ddsp.parent.run"  # the run that trained the parent (it outlives a deleted parent)
+PRETRAINED_FILE = "mlflow_ddsp.pretrained.file"  # --init-from a model_<N>.pt file: its path
+PRETRAINED_SHA256 = "mlflow_ddsp.pretrained.sha256"  # ... and the sha256 of its bytes
 METRIC_PREFIX = "mlflow_ddsp.metric."  # + metric name: the best metric's value at this checkpoint
 
 # --- set by people (or `mlflow-ddsp keep`) on any version ----------------------

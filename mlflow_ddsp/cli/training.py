@@ -14,8 +14,10 @@ from .options import set_option
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="DDSP-SVC config yaml (an upstream configs/*.yaml works unchanged).")  # fmt: skip
 @set_option
-@click.option("--init-from", metavar="MODEL_URI", default=None,
-              help="Start from this pinned version (models:/NAME/7) instead of resuming, e.g. to fine-tune.")  # fmt: skip
+@click.option("--init-from", metavar="MODEL_URI|FILE", default=None,
+              help="Start from this pinned version (models:/NAME/7), or an upstream checkpoint file such as a "
+              "pretrained model_0.pt (loaded non-strictly, as upstream does), instead of resuming; used only while "
+              "the registered model has no checkpoint of its own.")  # fmt: skip
 @click.option("--takeover", type=click.BOOL, is_flag=False, flag_value=True, default=False,
               help="Take the registered model's writer lease from a live process (also --takeover true|false).")  # fmt: skip
 @click.pass_context

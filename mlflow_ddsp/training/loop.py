@@ -25,6 +25,7 @@ from ..errors import MlflowDdspError
 from . import trainer_state as trainer
 from .data import EpochSampler
 from .media import validation_media
+from .objective import Objective, SpectralObjective
 
 __all__ = ["Checkpointer", "Tracker", "ValidationClip", "ValidationResult", "TrainingError", "TrainLoop"]
 
@@ -53,6 +54,7 @@ class ValidationClip:
     target: np.ndarray  # [N] float32
     prediction: np.ndarray  # [N] float32
     speaker: int = 1  # spk_id, 1-based
+    mels: list[tuple[str, np.ndarray]] | None = None  # cascade models: (label, mel [T, M]) panels to draw
 
 
 @dataclass
@@ -61,6 +63,12 @@ class ValidationResult:
     real_time_factor: float  # synthesis seconds per audio second
     sampling_rate: int = 44100  # Hz, of the clips
     clips: list[ValidationClip] = field(default_factory=list)  # every speaker's first clip, then more
+    terms: dict[str, float] = field(default_factory=dict)  # more validation metrics (ddsp_loss ...), means
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """``validation/loss`` and every term as ``validation/<term>``."""
+        return {"validation/loss": self.loss, **{f"validation/{k}": v for k, v in self.terms.items()}}
 
 
 @dataclass
@@ -74,8 +82,8 @@ class TrainLoop:
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # training (random scales)
-    validation_loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # fixed scales
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None  # training (random scales)
+    validation_loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None  # fixed scales
     train_loader: DataLoader
     valid_loader: DataLoader
     checkpointer: Checkpointer
@@ -93,6 +101,17 @@ class TrainLoop:
     # must agree on stopping (``agree`` maps this process's wish to the common one).
     is_main: bool = True
     agree: Callable[[bool], bool] = field(default=lambda wish: wish)
+    # What a step minimises and a validation measures; default: the spectral loss of
+    # loss_fn / validation_loss_fn (pure-DDSP models). Cascade models pass a MelObjective.
+    objective: Objective | None = None
+    # step (1-based) -> learning rate, set before each step (upstream's StepLR); None: constant
+    lr_at: Callable[[int], float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.objective is None:
+            if self.loss_fn is None or self.validation_loss_fn is None:
+                raise ValueError("TrainLoop needs an objective, or loss_fn and validation_loss_fn")
+            self.objective = SpectralObjective(self.loss_fn, self.validation_loss_fn)
 
     def run(self, start_step: int, resume: "trainer.TrainerState | None" = None) -> int:
         """Train from ``start_step``; return the last step trained (and saved).
@@ -133,7 +152,7 @@ class TrainLoop:
                         break
                     step += 1
                     batches += 1
-                    loss = self._train_step(batch, autocast, scaler, step)
+                    loss, terms = self._train_step(batch, autocast, scaler, step)
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch, refresh=False)
                         bar.update(1)
@@ -141,11 +160,15 @@ class TrainLoop:
                         now = time.perf_counter()
                         rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
                         last_log_time, last_log_step = now, step
-                        self.tracker.log_metrics({"train/loss": loss, "train/steps_per_second": rate}, step)
+                        metrics = {"train/loss": loss, **{f"train/{k}": v for k, v in terms.items()},
+                                   "train/steps_per_second": rate}  # fmt: skip
+                        if self.lr_at is not None:
+                            metrics["train/lr"] = self.optimizer.param_groups[0]["lr"]
+                        self.tracker.log_metrics(metrics, step)
                     if step % self.interval_val == 0 and self.is_main:
                         result = self.validate()
                         media = validation_media(result.clips, result.sampling_rate, step)  # rendered once
-                        self.checkpointer.save(step, self.model, self.optimizer, metrics={"validation/loss": result.loss},
+                        self.checkpointer.save(step, self.model, self.optimizer, metrics=result.metrics,
                                                trainer_state=state(), attachments=media)  # fmt: skip
                         saved_step = step
                         self.tracker.log_validation(result, step, media)
@@ -166,13 +189,15 @@ class TrainLoop:
         stop = self.agree(self.stop.is_set())  # a collective under DDP: every process calls it alike
         return stop or (self.max_steps is not None and step >= self.max_steps)
 
-    def _train_step(self, batch: dict, autocast, scaler, step: int) -> float:
-        units, f0, volume, spk_id, audio = (batch[k].to(self.device, non_blocking=True)
-                                            for k in ("units", "f0", "volume", "spk_id", "audio"))  # fmt: skip
+    def _train_step(self, batch: dict, autocast, scaler, step: int) -> tuple[float, dict[str, float]]:
+        """One optimiser step; returns the loss and its named terms (cascade models)."""
+        if self.lr_at is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_at(step)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast():
-            prediction = self.model(units.float(), f0, volume, spk_id, infer=False)
-            loss = self.loss_fn(prediction.float(), audio)
+            loss, terms = self.objective.training_loss(self.model, batch, self.device)
+        loss = loss.float()
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"the loss became {loss.item()} at step {step}; the last checkpoint is intact. "
@@ -185,7 +210,7 @@ class TrainLoop:
         else:
             loss.backward()
             self.optimizer.step()
-        return float(loss.detach())
+        return float(loss.detach()), {k: float(v) for k, v in terms.items()}
 
     @torch.no_grad()
     def validate(self) -> ValidationResult:
@@ -196,34 +221,32 @@ class TrainLoop:
         model = unwrap_model(self.model)
         model.eval()
         total, synth_seconds, audio_seconds, count = 0.0, 0.0, 0.0, 0
+        term_totals: dict[str, float] = {}
         # Every speaker's first clip (a multi-singer model is heard whole); more only
         # while there are fewer speakers than audio_clips.
         firsts: dict[int, list[ValidationClip]] = {}
         extras: list[ValidationClip] = []
         sampling_rate = getattr(model, "sampling_rate_hz", None) or 44100
         for batch in self.valid_loader:
-            units, f0, volume, spk_id, audio = (batch[k].to(self.device)
-                                                for k in ("units", "f0", "volume", "spk_id", "audio"))  # fmt: skip
-            started = time.perf_counter()
-            prediction = model(units.float(), f0, volume, spk_id)
-            synth_seconds += time.perf_counter() - started
-            n = min(prediction.shape[-1], audio.shape[-1])
-            prediction, audio = prediction[..., :n], audio[..., :n]
-            total += float(self.validation_loss_fn(prediction.float(), audio))
-            audio_seconds += n / sampling_rate
+            item = self.objective.validate_item(model, batch, self.device)
+            total += item.loss
+            for key, value in item.terms.items():
+                term_totals[key] = term_totals.get(key, 0.0) + value
+            synth_seconds += item.seconds
+            audio_seconds += item.target.shape[-1] / sampling_rate
             count += 1
-            speaker = int(spk_id.reshape(-1)[0])
+            speaker = int(batch["spk_id"].reshape(-1)[0])
             if self.audio_clips and (speaker not in firsts or len(extras) < self.audio_clips):
-                clip = ValidationClip(str(batch["name"][0]), audio[0].float().cpu().numpy(),
-                                      prediction[0].float().cpu().numpy(), speaker)  # fmt: skip
+                clip = ValidationClip(str(batch["name"][0]), item.target, item.prediction, speaker, item.mels)
                 (extras if speaker in firsts else firsts.setdefault(speaker, [])).append(clip)
         clips = [c for group in firsts.values() for c in group]
         clips += extras[: max(0, self.audio_clips - len(clips))]
         loss = total / max(count, 1)
         if not math.isfinite(loss):
             raise TrainingError(f"validation loss is {loss}; the last checkpoint is intact")
+        terms = {key: value / max(count, 1) for key, value in term_totals.items()}
         return ValidationResult(loss=loss, real_time_factor=synth_seconds / max(audio_seconds, 1e-9), clips=clips,
-                                sampling_rate=sampling_rate)  # fmt: skip
+                                sampling_rate=sampling_rate, terms=terms)  # fmt: skip
 
     def _mixed_precision(self):
         if self.device.type != "cuda" or self.amp_dtype == "fp32":

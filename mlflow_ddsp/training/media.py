@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ..audio import save_wav
-from ..plots import spectrogram_image
+from ..plots import mel_image, spectrogram_image
 
 __all__ = ["validation_media"]
 
@@ -21,7 +21,8 @@ def validation_media(clips, sampling_rate: int, step: int) -> dict[str, bytes]:
     """Files for the first clip of every speaker in ``clips`` (``ValidationClip``s).
 
     Returns:
-        ``validation_spk<k>.png`` (target | prediction | difference spectrogram)
+        ``validation_spk<k>.png`` (target | prediction | difference spectrogram; for the
+        cascade models target | DDSP stage | output mel)
         and ``validation_spk<k>_{gt,pred}.wav`` (16-bit PCM at ``sampling_rate`` Hz)
         -> their bytes.
     """
@@ -35,8 +36,12 @@ def validation_media(clips, sampling_rate: int, step: int) -> dict[str, bytes]:
                 continue
             seen.add(clip.speaker)
             stem = f"validation_spk{clip.speaker}"
-            image = spectrogram_image([("target", clip.target), ("prediction", clip.prediction)], sampling_rate,
-                                      title=f"speaker {clip.speaker}: {clip.name} at step {step}")  # fmt: skip
+            title = f"speaker {clip.speaker}: {clip.name} at step {step}"
+            if getattr(clip, "mels", None):  # cascade models: target | DDSP stage | output mels
+                image = mel_image(clip.mels, title=title)
+            else:
+                image = spectrogram_image([("target", clip.target), ("prediction", clip.prediction)], sampling_rate,
+                                          title=title)  # fmt: skip
             buffer = io.BytesIO()
             matplotlib.image.imsave(buffer, image, format="png")
             files[f"{stem}.png"] = buffer.getvalue()

@@ -16,6 +16,7 @@ import signal
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
@@ -36,9 +37,12 @@ from ..models import architecture, build_model_from_config
 from ..optimizer import build_optimizer
 from ..serving.model_files import pyfunc_files
 from ..subnormals import flushed_subnormals, subnormals_flushed
+from ..vocoder import open_vocoder
 from .data import make_loaders
 from .distributed import DistributedContext, NullCheckpointer, NullTracker
 from .loop import TrainLoop
+from .objective import MelObjective, step_lr
+from .pretrained import is_model_uri, load_pretrained, pretrained_file
 from .tracker import MlflowTracker
 from .trainer_state import TrainerState, seed_everything
 
@@ -100,8 +104,10 @@ def train(
         config: a yaml path (with ``overrides`` like ``train.lr=1e-4``) or a Config.
         tracking_uri: default ``MLFLOW_TRACKING_URI``, else the embedded store.
         takeover: take the registered model's writer lease from a live process.
-        init_from: start from this pinned version (``models:/NAME/7``) instead of
-            resuming from the rolling alias, e.g. to fine-tune.
+        init_from: start from this pinned version (``models:/NAME/7``), or an upstream
+            checkpoint file (``model_0.pt``, loaded non-strictly as upstream does: see
+            :mod:`mlflow_ddsp.training.pretrained`), instead of resuming from the rolling
+            alias, e.g. to fine-tune. Used only while the registered model has no checkpoint.
     """
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     close_timeout = resolve_close_timeout()  # the environment is refused before any work, as the config is
@@ -163,10 +169,12 @@ def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_
     # architecture (one config.yaml read) and a second writer are refused in a
     # second, leaving nothing behind.
     store = lease = None
+    if init_from is not None and not is_model_uri(init_from):
+        init_from = str(pretrained_file(init_from))  # a model_<N>.pt file (checked before any work)
     if ctx.is_main:
         store = RegistryStore(tracking_uri)
         reader = CheckpointReader(cfg.registered_model, cfg.mlflow.alias, store=store)
-        reader.check_architecture(architecture(cfg), source=init_from)
+        reader.check_architecture(architecture(cfg), source=init_from if init_from and is_model_uri(init_from) else None)
         lease = WriterLease(store, cfg.registered_model, takeover=takeover).acquire()
     ctx.start(device)
     try:
@@ -221,10 +229,9 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
             best_mode=cfg.train.best_mode,
             close_timeout=close_timeout,
         ) as queue:
-            start_step = queue.restore(model, optimizer, source=init_from)
-            origin = queue.restored_from
-            # The other ranks load exactly this version (the alias may move meanwhile).
-            ctx.broadcast(f"models:/{origin.name}/{origin.version}" if origin else None)
+            start_step, origin, loaded = _restore(cfg, queue, model, optimizer, init_from, tracker)
+            # The other ranks load exactly this version (the alias may move meanwhile), or file.
+            ctx.broadcast(loaded)
             tracker.log_tags(queue.parent_tags())  # the run records what it resumed from
             if origin is not None and origin.name == cfg.registered_model:
                 log.info("resuming %s from step %d (v%d)", cfg.registered_model, start_step, origin.version)
@@ -248,11 +255,37 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
             store.end_run(run_id, status)
 
 
+def _restore(cfg, queue, model, optimizer, init_from, tracker):
+    """Load the resume point; returns ``(start_step, registry origin or None, what was loaded)``.
+
+    What was loaded is ``models:/NAME/VERSION``, a file path or None (nothing): the
+    other ranks load the same. ``init_from`` a file: upstream's ``model_0.pt``
+    (loaded only while the registered model has no checkpoint of its own; the run
+    gets tags naming the file and its sha256).
+    """
+    if init_from is not None and not is_model_uri(init_from):
+        own = queue.reader.candidates()
+        if not own:
+            step, digest = load_pretrained(Path(init_from), model, cfg)
+            tracker.log_tags({T.PRETRAINED_FILE: init_from, T.PRETRAINED_SHA256: digest.sha256})
+            log.info("starting %s from %s (step %d, sha256 %s...)", cfg.registered_model, init_from, step,
+                     digest.sha256[:12])  # fmt: skip
+            return step, None, init_from
+        log.warning("%s already has checkpoints: resuming from %s, not from the starting point %s "
+                    "(used only while it has none)", cfg.registered_model, own[0].label, init_from)  # fmt: skip
+        init_from = None
+    step = queue.restore(model, optimizer, source=init_from)
+    origin = queue.restored_from
+    return step, origin, f"models:/{origin.name}/{origin.version}" if origin else None
+
+
 def _train_other_rank(cfg, ctx, model, optimizer, loaders, device, tracking_uri) -> TrainResult:
     """Ranks > 0: load rank 0's resume point read-only, train, log and save nothing."""
     source = ctx.broadcast(None)
     start_step, resume = 0, None
-    if source is not None:
+    if source is not None and not is_model_uri(source):
+        start_step, _ = load_pretrained(Path(source), model, cfg)
+    elif source is not None:
         restored = CheckpointReader(cfg.registered_model, cfg.mlflow.alias, tracking_uri=tracking_uri).fetch(source)
         load_into(restored, model, optimizer)
         start_step = restored.step
@@ -276,20 +309,45 @@ def _prepare(cfg: Config, ctx: DistributedContext, model, optimizer, device) -> 
     from torch.nn.parallel import DistributedDataParallel
 
     # CombSubSuperFast has parameters its forward never uses (upstream's, kept for checkpoints).
+    # CombSubSuperFast (also the DDSP stage of the cascade models) has parameters its forward
+    # never uses (upstream's, kept for checkpoints).
     return DistributedDataParallel(
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=cfg.model.type == "CombSubSuperFast",
+        find_unused_parameters=cfg.model.type == "CombSubSuperFast" or cfg.uses_mel,
     )
+
+
+def mel_objective(cfg: Config, device: torch.device) -> MelObjective:
+    """The objective of a cascade model (RectifiedFlow, DiffusionFast): its vocoder's mel, upstream's terms.
+
+    Only the vocoder's ``config.json`` is read here; its weights are loaded at the
+    first validation that finds them (without them validation audio is the DDSP stage's).
+
+    Raises:
+        ConfigError: no config.json beside ``vocoder.ckpt``, or a vocoder whose sampling rate,
+            hop or mel bins do not fit the data config (one line, both values named).
+    """
+    vocoder = open_vocoder(cfg, device=str(device))
+    if cfg.model.type == "DiffusionFast":
+        return MelObjective(vocoder, cfg.train.lambda_ddsp, "diff_loss", {"k_step": cfg.model.k_step_max},
+                            {"infer_speedup": cfg.infer.speedup, "method": cfg.infer_method,
+                             "k_step": cfg.model.k_step_max})  # fmt: skip
+    return MelObjective(vocoder, cfg.train.lambda_ddsp, "reflow_loss", {"t_start": cfg.model.t_start},
+                        {"infer_step": cfg.infer.infer_step, "method": cfg.infer_method,
+                         "t_start": cfg.model.t_start})  # fmt: skip
 
 
 def _make_loop(cfg, ctx, model, optimizer, loaders, device, *, checkpointer, tracker, progress) -> TrainLoop:
     train_loader, valid_loader = loaders
+    cascade = cfg.uses_mel
     return TrainLoop(
         model=model,
         optimizer=optimizer,
-        loss_fn=RandomScaleSpectralLoss(cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale).to(device),
-        validation_loss_fn=_validation_loss(cfg).to(device),
+        loss_fn=None if cascade else RandomScaleSpectralLoss(cfg.loss.fft_min, cfg.loss.fft_max, cfg.loss.n_scale).to(device),
+        validation_loss_fn=None if cascade else _validation_loss(cfg).to(device),
+        objective=mel_objective(cfg, device) if cascade else None,
+        lr_at=step_lr(cfg.train.lr, cfg.train.gamma, cfg.train.decay_step),
         train_loader=train_loader,
         valid_loader=valid_loader,
         checkpointer=checkpointer,
