@@ -28,6 +28,19 @@ log = logging.getLogger("mlflow_ddsp")
 @click.option("--encoder-precision", type=click.Choice(["auto", "fp32", "int8"], case_sensitive=False), default="auto",
               show_default=True, help="Content encoder: auto = int8 on the CPU for ContentVec/HuBERT (fp32 on GPUs), "
               "fp32, or int8 (CPU only).")  # fmt: skip
+@click.option("--formant-shift", type=float, default=0.0, show_default=True,
+              help="Formant (timbre) shift in semitones, for models trained with model.use_pitch_aug (upstream's -fk).")  # fmt: skip
+@click.option("--method", default=None, metavar="NAME",
+              help="RectifiedFlow: euler or rk4; DiffusionFast: dpm-solver, ddim, pndm or unipc. Default: infer.method.")  # fmt: skip
+@click.option("--infer-step", type=int, default=None, help="RectifiedFlow: sampling steps (default infer.infer_step).")
+@click.option("--t-start", type=float, default=None,
+              help="RectifiedFlow: flow time to start from, raised to at least model.t_start (default it).")  # fmt: skip
+@click.option("--k-step", type=int, default=None, help="DiffusionFast: diffusion steps, at most model.k_step_max (default it).")
+@click.option("--speedup", type=int, default=None, help="DiffusionFast: k_step // speedup solver steps (default infer.speedup).")
+@click.option("--vocoder-ckpt", default=None, metavar="PATH",
+              help="RectifiedFlow / DiffusionFast: NSF-HiFiGAN weights on this machine, config.json beside it "
+              "(overrides vocoder.ckpt).")  # fmt: skip
+@click.option("--seed", type=int, default=None, help="Seed the synthesiser's noise (the same seed, the same output).")
 @click.pass_context
 def infer(
     ctx: click.Context,
@@ -42,8 +55,16 @@ def infer(
     encoder_ckpt: str | None,
     device: str,
     encoder_precision: str,
+    formant_shift: float,
+    method: str | None,
+    infer_step: int | None,
+    t_start: float | None,
+    k_step: int | None,
+    speedup: int | None,
+    vocoder_ckpt: str | None,
+    seed: int | None,
 ) -> None:
-    """Convert a singing voice with a registered checkpoint (upstream's main.py).
+    """Convert a singing voice with a registered checkpoint (upstream's main.py, main_reflow.py, main_diff.py).
 
     Resolves MODEL_URI to a concrete version, downloads it and checks its
     sha256, then converts IN.wav: f0 shifted by KEY semitones, long inputs split
@@ -56,7 +77,7 @@ def infer(
     from ..checkpoint.reader import CheckpointReader, parse_model_uri
     from ..destinations import check_output_file
     from ..device import resolve_device
-    from ..inference import VoiceConverter, parse_speaker_mix
+    from ..inference import Sampler, VoiceConverter, parse_speaker_mix
     from ..progress import Progress
 
     torch_device = resolve_device(device, setting="--device")  # refuse before downloading anything
@@ -69,8 +90,11 @@ def infer(
     converter = VoiceConverter.from_checkpoint(
         restored.checkpoint, restored.config_yaml, device=torch_device, encoder_ckpt=encoder_ckpt,
         encoder_precision=encoder_precision, encoder_precision_key="--encoder-precision",
-        source=f"checkpoint {label}",
+        source=f"checkpoint {label}", vocoder_ckpt=vocoder_ckpt,
     )  # fmt: skip
+    sampler = Sampler(method=method, infer_step=infer_step, t_start=t_start, k_step=k_step, speedup=speedup)
+    if converter.vocoder is not None:
+        sampler.keywords(converter.cfg)  # a bad option in one line before the audio is read
     rate = converter.sample_rate
     audio = load_audio(input_path, rate)
     bar: Progress | None = None
@@ -85,7 +109,7 @@ def infer(
     try:
         result = converter.convert(
             audio, rate, key=key, spk_id=spk_id, spk_mix=mix, f0_extractor=f0_extractor,
-            threshold_db=threshold, progress=progress,
+            threshold_db=threshold, progress=progress, formant_shift=formant_shift, sampler=sampler, seed=seed,
         )  # fmt: skip
     finally:
         if bar is not None:

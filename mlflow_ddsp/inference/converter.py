@@ -34,6 +34,7 @@ them, and on Intel CPUs they cost (a 600-step demo model: 88 -> 77 ms per 10 s).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -69,6 +70,7 @@ from mlflow_ddsp.models import (
 )
 from mlflow_ddsp.state_dict import load_state_dict_checked
 from mlflow_ddsp.subnormals import flushed_subnormals
+from mlflow_ddsp.vocoder import Vocoder, open_vocoder
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ __all__ = [
     "MASK_DILATION_FRAMES",
     "output_mask",
     "parse_speaker_mix",
+    "Sampler",
+    "open_conversion_vocoder",
 ]
 
 #: upstream ``main.py``'s ``-fmin`` / ``-fmax`` defaults (Hz)
@@ -113,6 +117,88 @@ def output_mask(volume: np.ndarray, threshold_db: float, block_size: int) -> np.
     nxt = np.append(dilated[1:], dilated[-1])
     ramp = np.arange(block_size, dtype=np.float32) / block_size
     return (dilated[:, None] * (1 - ramp) + nxt[:, None] * ramp).reshape(-1)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How a cascade model (RectifiedFlow, DiffusionFast) turns its DDSP mel into the final mel.
+
+    Every field None takes the config's value (``infer.*``, ``model.t_start``,
+    ``model.k_step_max``), as upstream's ``main_reflow.py`` / ``main_diff.py`` do with ``auto``.
+
+    Attributes:
+        method: RectifiedFlow ``euler`` | ``rk4``; DiffusionFast ``dpm-solver`` | ``ddim`` | ``pndm`` | ``unipc``.
+        infer_step: RectifiedFlow: ODE steps from ``t_start`` to 1 (1..1000).
+        t_start: RectifiedFlow: flow time to start at, raised to at least ``model.t_start``
+            (upstream: the model was not trained below it); 1 returns the DDSP mel.
+        k_step: DiffusionFast: diffusion steps to run, 1..``model.k_step_max``.
+        speedup: DiffusionFast: ``k_step // speedup`` solver steps (>= 1).
+    """
+
+    method: str | None = None
+    infer_step: int | None = None
+    t_start: float | None = None
+    k_step: int | None = None
+    speedup: int | None = None
+
+    def keywords(self, cfg: Config) -> dict[str, Any]:
+        """The model's sampling keywords for ``cfg``'s model type.
+
+        Raises:
+            ConfigError: a method the model type lacks, or a value out of range (named).
+        """
+        from mlflow_ddsp.config import DIFFUSION_METHODS, REFLOW_METHODS
+
+        diffusion = cfg.model.type == "DiffusionFast"
+        method = self.method or cfg.infer_method
+        allowed = DIFFUSION_METHODS if diffusion else REFLOW_METHODS
+        if method not in allowed:
+            raise ConfigError(f"method={method!r} is not a {cfg.model.type} sampler; allowed: {', '.join(allowed)}")
+        if diffusion:
+            k_step = cfg.model.k_step_max if self.k_step is None else _whole("k_step", self.k_step)
+            if not 1 <= k_step <= cfg.model.k_step_max:
+                raise ConfigError(f"k_step={k_step} must be in 1..{cfg.model.k_step_max} (model.k_step_max: "
+                                  "the model was trained for no more)")  # fmt: skip
+            speedup = cfg.infer.speedup if self.speedup is None else _whole("speedup", self.speedup)
+            if not 1 <= speedup <= 1000:
+                raise ConfigError(f"speedup={speedup} must be in 1..1000")
+            if method in ("dpm-solver", "unipc") and k_step // speedup < 2:
+                raise ConfigError(f"method={method} needs at least 2 solver steps: k_step // speedup = "
+                                  f"{k_step} // {speedup} = {k_step // speedup}; lower speedup or raise k_step")  # fmt: skip
+            return {"infer_speedup": speedup, "method": method, "k_step": k_step}
+        steps = cfg.infer.infer_step if self.infer_step is None else _whole("infer_step", self.infer_step)
+        if not 1 <= steps <= 1000:
+            raise ConfigError(f"infer_step={steps} must be in 1..1000")
+        t_start = cfg.model.t_start if self.t_start is None else float(self.t_start)
+        if not (math.isfinite(t_start) and 0.0 <= t_start <= 1.0):
+            raise ConfigError(f"t_start={self.t_start!r} must be in [0, 1]")
+        return {"infer_step": steps, "method": method, "t_start": max(t_start, cfg.model.t_start)}
+
+
+def _whole(name: str, value: Any) -> int:
+    if isinstance(value, bool) or float(value) != int(value):
+        raise ConfigError(f"{name}={value!r} must be a whole number")
+    return int(value)
+
+
+def open_conversion_vocoder(cfg: Config, path: str | None = None, device: str | torch.device = "cpu") -> Vocoder:
+    """The NSF-HiFiGAN vocoder a cascade model converts with, its weights present.
+
+    Args:
+        path: the weights file; overrides ``vocoder.ckpt`` (a path on the training machine).
+
+    Raises:
+        ConfigError: no ``config.json`` or no weights file there, in one line saying which
+            file to provide; a vocoder that does not fit the data config.
+    """
+    vocoder = open_vocoder(cfg, path, device=str(device))
+    if not vocoder.has_weights:
+        raise ConfigError(
+            f"this {cfg.model.type} model renders audio with the NSF-HiFiGAN vocoder, but its weights file "
+            f"{vocoder.path} is not on this machine: put openvpi's release file 'model' there (its config.json "
+            "is beside it), or name it with --vocoder-ckpt / MLFLOW_DDSP_VOCODER_CKPT"
+        )
+    return vocoder
 
 
 def parse_speaker_mix(text: str) -> dict[int, float]:
@@ -216,6 +302,7 @@ class VoiceConverter:
         slicer: SlicerSettings = DEFAULT_SLICER,
         encoder_precision: str = "auto",
         encoder_precision_key: str = "encoder_precision",
+        vocoder: Vocoder | None = None,
     ) -> None:
         hp = model.hparams
         check_same_architecture(
@@ -246,6 +333,11 @@ class VoiceConverter:
                 f"model takes data.encoder_out_channels={hp['n_unit']}; use the encoder the model was trained with"
             )
         self.units_encoder = units_encoder
+        # Cascade models (RectifiedFlow, DiffusionFast) render their mel through the vocoder.
+        self.vocoder: Vocoder | None = None
+        if cfg.uses_mel:
+            self.vocoder = (vocoder or open_conversion_vocoder(cfg, device=self.device)).to(self.device)
+            Sampler().keywords(cfg)  # the config's own sampler settings are usable
         self._f0_extractors: dict[str, F0Extractor] = {}
         self.default_f0_extractor = cfg.f0_extractor
         try:
@@ -271,6 +363,7 @@ class VoiceConverter:
         encoder_precision: str = "auto",
         encoder_precision_key: str = "encoder_precision",
         source: str = "the checkpoint",
+        vocoder_ckpt: str | None = None,
         **kwargs: Any,
     ) -> VoiceConverter:
         """Rebuild the model an upstream-format checkpoint holds.
@@ -285,6 +378,8 @@ class VoiceConverter:
             encoder_precision_key: how errors name that setting (a CLI flag, an
                 environment variable).
             source: what the checkpoint is, for messages (``"checkpoint voice v3 (step 4000)"``).
+            vocoder_ckpt: the NSF-HiFiGAN weights file of a cascade model; overrides
+                ``vocoder.ckpt``.
             **kwargs: passed to the constructor (``f0_range``, ``slicer``).
 
         Raises:
@@ -302,6 +397,8 @@ class VoiceConverter:
         model = build_model_from_config(cfg)
         load_state_dict_checked(model, state, source=source, hint="its weights do not match its own config.yaml")
         device = torch.device(device)
+        if cfg.uses_mel and "vocoder" not in kwargs:  # before the encoder: the cheaper refusal first
+            kwargs["vocoder"] = open_conversion_vocoder(cfg, vocoder_ckpt, device)
         encoder = load_units_encoder(
             cfg.data.encoder,
             encoder_ckpt or cfg.data.encoder_ckpt,
@@ -397,6 +494,8 @@ class VoiceConverter:
         threshold_db: float = -60.0,
         progress: Progress | None = None,
         seed: int | None = None,
+        formant_shift: float = 0.0,
+        sampler: Sampler | None = None,
     ) -> Conversion:
         """Convert and report segments and per-stage timings (see the module doc).
 
@@ -412,6 +511,11 @@ class VoiceConverter:
             threshold_db: output is muted where the input volume stays below this.
             progress: called as ``progress(done, total)`` over segments, starting at 0.
             seed: seed for the synthesiser's noise source; None draws from torch's global RNG.
+                Cascade models draw as upstream does, from torch's global RNG: a seed
+                reseeds it for this call and restores it after.
+            formant_shift: semitones fed to the model's key-shift embedding (``use_pitch_aug``
+                models; upstream's ``formant_shift_key``), within +-36.
+            sampler: a cascade model's sampler settings (default: its config's).
 
         Raises:
             AudioError: empty, non-mono or non-finite audio, or a bad sample rate.
@@ -427,6 +531,10 @@ class VoiceConverter:
         if not (math.isfinite(threshold_db) and low <= threshold_db <= high):
             raise ConfigError(f"threshold={threshold_db!r} dB must be between {low:g} and {high:g}")
         spk_id, mix = self._speaker(spk_id, spk_mix)
+        formant_shift = float(formant_shift)
+        if not (math.isfinite(formant_shift) and abs(formant_shift) <= MAX_KEY_SEMITONES):
+            raise ConfigError(f"formant_shift={formant_shift!r} semitones must be within +-{MAX_KEY_SEMITONES:g}")
+        sampling = (sampler or Sampler()).keywords(self.cfg) if self.vocoder is not None else None
         extractor = self._f0(f0_extractor)
         sr, block = self.sample_rate, self.block_size
         timings = dict.fromkeys(("resample", "f0", "volume", "units", "synthesis", "join"), 0.0)
@@ -450,13 +558,19 @@ class VoiceConverter:
         timings["volume"], clock = now - clock, now
 
         generator = None
-        if seed is not None:
+        if seed is not None and self.vocoder is None:
             generator = torch.Generator(device=self.device).manual_seed(int(seed))
         pieces: list[tuple[int, np.ndarray]] = []
         if progress is not None:
             progress(0, len(segments))
+        reseeded = contextlib.nullcontext()
+        if seed is not None and self.vocoder is not None:
+            reseeded = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
         # Subnormals flushed on the CPU: a trained model makes them (see mlflow_ddsp.subnormals).
-        with flushed_subnormals(self.device.type == "cpu"), torch.inference_mode():
+        with flushed_subnormals(self.device.type == "cpu"), torch.inference_mode(), reseeded:
+            if seed is not None and self.vocoder is not None:
+                torch.manual_seed(int(seed))
+            shift_t = torch.full((1, 1, 1), formant_shift, device=self.device)
             f0_t = torch.from_numpy(f0.astype(np.float32)).to(self.device)[None, :, None]
             volume_t = torch.from_numpy(volume).to(self.device)[None, :, None]
             for done, (start, end) in enumerate(segments, 1):
@@ -467,14 +581,20 @@ class VoiceConverter:
                 now = time.perf_counter()
                 timings["units"], clock = timings["units"] + now - clock, now
                 n = units.shape[1]  # end - start + 1: one frame into the next segment
-                out = self.model(
-                    units.to(self.device),
-                    f0_t[:, start : start + n],
-                    volume_t[:, start : start + n],
-                    spk_id=spk_id,
-                    spk_mix_dict=mix,
-                    generator=generator,
-                )[0]
+                if self.vocoder is not None:  # upstream main_reflow.py / main_diff.py
+                    out = self.model(units.to(self.device), f0_t[:, start : start + n], volume_t[:, start : start + n],
+                                     spk_id=spk_id, spk_mix_dict=mix, aug_shift=shift_t, vocoder=self.vocoder,
+                                     infer=True, return_wav=True, **sampling)[0]  # fmt: skip
+                else:
+                    out = self.model(
+                        units.to(self.device),
+                        f0_t[:, start : start + n],
+                        volume_t[:, start : start + n],
+                        spk_id=spk_id,
+                        spk_mix_dict=mix,
+                        aug_shift=shift_t if formant_shift and self.model.hparams.get("use_pitch_aug") else None,
+                        generator=generator,
+                    )[0]
                 piece = out.float().cpu().numpy() * mask[start * block : (start + n) * block]
                 pieces.append((start * block, piece))
                 now = time.perf_counter()

@@ -59,6 +59,8 @@ class ConversionParams:
     spk_mix: dict[int, float] | None = None
     f0_extractor: str | None = None
     threshold_db: float = -60.0
+    formant_shift: float = 0.0  # semitones into the key-shift embedding (use_pitch_aug models)
+    sampler: Any = None  # inference.Sampler of a cascade model (None: the config's)
 
 
 def model_signature():
@@ -80,6 +82,13 @@ def model_signature():
                 ParamSpec("spk_mix", "string", ""),  # "1:0.5,2:0.5" overrides spk_id
                 ParamSpec("f0_extractor", "string", ""),  # "" = the model's own
                 ParamSpec("threshold", "double", -60.0),  # dB: quieter input is silenced
+                ParamSpec("formant_shift", "double", 0.0),  # semitones (use_pitch_aug models)
+                # RectifiedFlow / DiffusionFast samplers; 0, -1 or "" = the version's config
+                ParamSpec("method", "string", ""),  # euler | rk4; dpm-solver | ddim | pndm | unipc
+                ParamSpec("infer_step", "long", 0),
+                ParamSpec("t_start", "double", -1.0),
+                ParamSpec("k_step", "long", 0),
+                ParamSpec("speedup", "long", 0),
             ]
         ),
     )
@@ -218,13 +227,28 @@ def _speaker_mix(text: str) -> dict[int, float] | None:
 
 
 def parse_params(params: Mapping[str, Any] | None) -> ConversionParams:
+    from ..inference import Sampler
+
     params = dict(params or {})
+
+    def unset_if(name: str, unset: Any, kind):
+        value = params.get(name)
+        return None if value is None or value == unset or value == "" else kind(value)
+
     return ConversionParams(
         key=float(params.get("key", 0.0)),
         spk_id=int(params.get("spk_id", 1)),
         spk_mix=_speaker_mix(str(params.get("spk_mix", "") or "")),
         f0_extractor=str(params.get("f0_extractor") or "") or None,
         threshold_db=float(params.get("threshold", -60.0)),
+        formant_shift=float(params.get("formant_shift", 0.0)),
+        sampler=Sampler(
+            method=unset_if("method", "", str),
+            infer_step=unset_if("infer_step", 0, int),
+            t_start=unset_if("t_start", -1.0, float),
+            k_step=unset_if("k_step", 0, int),
+            speedup=unset_if("speedup", 0, int),
+        ),
     )
 
 

@@ -14,6 +14,8 @@ Environment, read at load time:
                               beyond them gets 503 at once instead of queueing past the timeout
                               and multiplying memory (a 120 s clip needs ~0.5 GB while converting)
     MLFLOW_DDSP_ENCODER_CKPT  content-encoder weights, if not at the config's data.encoder_ckpt
+    MLFLOW_DDSP_VOCODER_CKPT  NSF-HiFiGAN weights of a RectifiedFlow / DiffusionFast version, if not at
+                              the config's vocoder.ckpt (its config.json beside it)
     MLFLOW_DDSP_DEVICE        cpu (default), auto, cuda, cuda:N or mps; a device this machine
                               lacks is refused (DeviceError) before anything is loaded
     MLFLOW_DDSP_ENCODER_PRECISION  auto (default: int8 content encoder on the CPU where
@@ -89,6 +91,8 @@ class DdspVoiceModel:
                     spk_mix=options.spk_mix,
                     f0_extractor=options.f0_extractor,
                     threshold_db=options.threshold_db,
+                    formant_shift=options.formant_shift,
+                    sampler=options.sampler,
                 )
                 results.append(encode_result(audio, self.sampling_rate, request.as_wav))
             return results
@@ -152,6 +156,7 @@ def load_version_dir(path: str | os.PathLike, *, device: str | None = None) -> D
         encoder_precision=os.environ.get("MLFLOW_DDSP_ENCODER_PRECISION") or "auto",
         encoder_precision_key="MLFLOW_DDSP_ENCODER_PRECISION",
         source=f"model at {root}",
+        vocoder_ckpt=os.environ.get("MLFLOW_DDSP_VOCODER_CKPT") or None,
     )
     sha256 = manifest.files[manifest.checkpoint_file].sha256
     log.warning("mlflow-ddsp: serving %s step %d (checkpoint sha256 %s...)", cfg.model.type, manifest.step, sha256[:12])
