@@ -106,7 +106,8 @@ def test_upstream_config_preprocess_train_infer_and_serve(workspace, tmp_path, g
     metrics = store.client.get_run(run_id).data.metrics
     flow_term = "diff_loss" if generation == "5.0" else "reflow_loss"
     for key in ("train/loss", "train/ddsp_loss", f"train/{flow_term}", "train/lr", "validation/loss",
-                "validation/ddsp_loss", f"validation/{flow_term}", "validation/mel_mse"):  # fmt: skip
+                "validation/ddsp_loss", f"validation/{flow_term}", "validation/mel_mse", "validation/mel_snr",
+                "validation/mel_psnr", "validation/mel_si_snr"):  # fmt: skip
         assert np.isfinite(metrics[key]), key
 
     clip = next((workspace / "data" / "val" / "audio").rglob("*.wav"))

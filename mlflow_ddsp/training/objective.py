@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Objective", "ValidationItem", "SpectralObjective", "MelObjective", "step_lr"]
+__all__ = ["Objective", "ValidationItem", "SpectralObjective", "MelObjective", "mel_scores", "step_lr"]
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +152,8 @@ class MelObjective:
             ddsp_loss, flow_loss = model(units, f0, volume, spk_id, vocoder=self.vocoder, gt_spec=mel, infer=False,
                                          **self.train_kwargs)  # fmt: skip
         frames = min(output.shape[1], mel.shape[1])
-        terms = {
-            "ddsp_loss": float(ddsp_loss),
-            self.flow_term: float(flow_loss),
-            "mel_mse": float(torch.mean((output[:, :frames] - mel[:, :frames]) ** 2)),
-        }
+        terms = {"ddsp_loss": float(ddsp_loss), self.flow_term: float(flow_loss),
+                 **mel_scores(mel[:, :frames], output[:, :frames])}  # fmt: skip
         panels = [(name, m[0, :frames].float().cpu().numpy()) for name, m in
                   (("target", mel), ("DDSP stage", ddsp_mel), ("output", output))]  # fmt: skip
         return ValidationItem(
@@ -167,6 +164,30 @@ class MelObjective:
             seconds=seconds,
             mels=panels,
         )
+
+
+def mel_scores(target: Tensor, prediction: Tensor) -> dict[str, float]:
+    """How close a sampled mel is to the recording's: upstream 6.0's validation scores.
+
+    Upstream ``reflow/solver.py`` (``calculate_mel_snr``, ``calculate_mel_psnr``,
+    ``calculate_mel_si_snr``), on natural-log mels ``[B, T, M]``:
+
+    * ``mel_mse``: mean of ``(prediction - target)^2``;
+    * ``mel_snr``: ``10 log10(mean(target^2) / var(target - prediction))`` dB;
+    * ``mel_psnr``: ``10 log10(max(target)^2 / mse)`` dB;
+    * ``mel_si_snr``: the SNR of ``s * prediction`` with ``s = <target, prediction> / <target, target>``.
+    """
+    target, prediction = target.double(), prediction.double()
+    error = target - prediction
+    mse = torch.mean(error**2)
+    power = torch.mean(target**2)
+    scaled = torch.sum(target * prediction) / torch.sum(target**2) * prediction
+    return {
+        "mel_mse": float(mse),
+        "mel_snr": float(10 * torch.log10(power / torch.var(error))),
+        "mel_psnr": float(10 * torch.log10(torch.max(target) ** 2 / mse)),
+        "mel_si_snr": float(10 * torch.log10(power / torch.var(target - scaled))),
+    }
 
 
 def step_lr(lr: float, gamma: float, decay_step: int | None) -> Callable[[int], float] | None:
