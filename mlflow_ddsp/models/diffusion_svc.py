@@ -18,13 +18,12 @@ CombSubSuperFast keys) and ``diff_model.*`` (:class:`GaussianDiffusion` buffers 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import ClassVar
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from mlflow_ddsp.errors import ConfigError
-from mlflow_ddsp.models.base import check_bool, check_int
+from mlflow_ddsp.models.cascade import CascadeModel, MelVocoder, check_decoder_size
 from mlflow_ddsp.models.combsub_superfast import CombSubSuperFast
 from mlflow_ddsp.models.gaussian_diffusion import GaussianDiffusion
 from mlflow_ddsp.models.naive_v2_diff import NaiveV2Diff
@@ -32,23 +31,11 @@ from mlflow_ddsp.models.naive_v2_diff import NaiveV2Diff
 __all__ = ["MelVocoder", "DiffusionUnit2WavFast"]
 
 
-class MelVocoder(Protocol):
-    """What the model needs from a vocoder (the vocoder package's, or a test stand-in)."""
-
-    def extract(self, audio: Tensor, sample_rate: int = 0, keyshift: float = 0) -> Tensor:
-        """``[B, N]`` audio -> ``[B, frames, M]`` log-mel."""
-        ...
-
-    def infer(self, mel: Tensor, f0: Tensor) -> Tensor:
-        """``[B, frames, M]`` mel and ``[B, frames, 1]`` f0 (Hz) -> ``[B, samples]`` audio."""
-        ...
-
-
-class DiffusionUnit2WavFast(nn.Module):
+class DiffusionUnit2WavFast(CascadeModel):
     """DDSP-SVC 5.0 cascade: CombSubSuperFast + Gaussian diffusion refining its mel."""
 
-    model_type = "DiffusionFast"
-    upstream_version = "5.0"
+    model_type: ClassVar[str] = "DiffusionFast"
+    upstream_version: ClassVar[str] = "5.0"
 
     def __init__(
         self,
@@ -73,69 +60,22 @@ class DiffusionUnit2WavFast(nn.Module):
             use_pitch_aug: key-shift embedding (``model.use_pitch_aug``).
             out_dims: mel bins ``M`` (the vocoder's ``num_mels``).
             n_layers: denoiser layers (``model.n_layers``).
-            n_chans: denoiser width (``model.n_chans``).
+            n_chans: denoiser width (``model.n_chans``), even and >= 4.
 
         Raises:
             ConfigError: a value is out of range (the message names the config key).
         """
         super().__init__()
-        check_int("model.n_layers", n_layers, 1)
-        check_int("model.n_chans", n_chans, 4)
-        if n_chans % 2:
-            # the sinusoidal step embedding is half sines, half cosines
-            raise ConfigError(f"Invalid value for model.n_chans={n_chans}: must be even")
-        check_int("out_dims", out_dims, 1)
-        check_bool("use_pitch_aug", use_pitch_aug)
+        check_decoder_size(n_layers, n_chans, out_dims, use_pitch_aug)
         # CombSubSuperFast checks sampling_rate, block_size, win_length, n_unit and n_spk
-        self.ddsp_model = CombSubSuperFast(
-            sampling_rate=sampling_rate,
-            block_size=block_size,
-            win_length=win_length,
-            n_unit=n_unit,
-            n_spk=n_spk,
-            use_pitch_aug=use_pitch_aug,
-        )
-        denoiser = NaiveV2Diff(
-            mel_channels=out_dims, dim=n_chans, num_layers=n_layers, condition_dim=out_dims, use_mlp=False
-        )
+        stage = CombSubSuperFast(sampling_rate=sampling_rate, block_size=block_size, win_length=win_length,
+                                 n_unit=n_unit, n_spk=n_spk, use_pitch_aug=use_pitch_aug)  # fmt: skip
+        self._record(stage, sampling_rate=sampling_rate, block_size=block_size, win_length=win_length, n_unit=n_unit,
+                     n_spk=n_spk, use_pitch_aug=use_pitch_aug, out_dims=out_dims, n_layers=n_layers,
+                     n_chans=n_chans)  # fmt: skip
+        denoiser = NaiveV2Diff(mel_channels=out_dims, dim=n_chans, num_layers=n_layers, condition_dim=out_dims,
+                               use_mlp=False)  # fmt: skip
         self.diff_model = GaussianDiffusion(denoiser, out_dims=out_dims)
-        self.sampling_rate_hz = sampling_rate
-        self.block = block_size
-        self.out_dims = out_dims
-        self._hparams: dict[str, Any] = {
-            "sampling_rate": sampling_rate,
-            "block_size": block_size,
-            "win_length": win_length,
-            "n_unit": n_unit,
-            "n_spk": n_spk,
-            "use_pitch_aug": use_pitch_aug,
-            "out_dims": out_dims,
-            "n_layers": n_layers,
-            "n_chans": n_chans,
-        }
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        """The constructor keyword arguments: ``type(self)(**model.hparams)`` rebuilds it."""
-        return dict(self._hparams)
-
-    def ddsp_stage(
-        self,
-        units: Tensor,
-        f0: Tensor,
-        volume: Tensor,
-        spk_id: Tensor | int | None = None,
-        spk_mix_dict: Mapping[int, float] | None = None,
-        aug_shift: Tensor | None = None,
-        infer: bool = True,
-    ) -> tuple[Tensor, Tensor]:
-        """The DDSP synthesiser: ``(ddsp_wav [B, T*block], hidden [B, T, 256])``.
-
-        Inputs as :meth:`forward`. Draws the excitation noise from the global RNG
-        exactly as upstream's ``ddsp_model(...)`` call does.
-        """
-        out = self.ddsp_model.synthesize(units, f0, volume, spk_id, spk_mix_dict, aug_shift=aug_shift, infer=infer)
-        return out.audio, out.hidden
 
     def forward(
         self,
@@ -184,30 +124,23 @@ class DiffusionUnit2WavFast(nn.Module):
             or audio ``[B, samples]`` with ``return_wav``.
 
         Raises:
-            ValueError: a needed vocoder or ``gt_spec`` is missing, ``k_step`` is None at
+            ValueError: a needed vocoder or ``gt_spec`` is missing (see
+                :meth:`~mlflow_ddsp.models.cascade.CascadeModel._ddsp_mel`), ``k_step`` is None at
                 inference, or a sampler argument is invalid (see :class:`GaussianDiffusion`).
         """
-        if not infer and (vocoder is None or gt_spec is None):
-            raise ValueError("training (infer=False) needs both a vocoder (to take the DDSP mel) and gt_spec")
         if infer and k_step is None:
             raise ValueError(
                 "k_step is required for inference: the shallow-diffusion depth, at most model.k_step_max "
                 "(upstream main_diff.py passes model.k_step_max when none is asked for)"
             )
-        if infer and return_wav and vocoder is None:
-            raise ValueError("return_wav=True needs a vocoder")
-        ddsp_wav, _ = self.ddsp_stage(units, f0, volume, spk_id, spk_mix_dict, aug_shift, infer)
-        ddsp_mel = vocoder.extract(ddsp_wav) if vocoder is not None else None
+        ddsp_mel = self._ddsp_mel(units, f0, volume, spk_id, spk_mix_dict, aug_shift, vocoder, gt_spec, infer,
+                                  return_wav)  # fmt: skip
 
         if not infer:
             ddsp_loss = F.mse_loss(ddsp_mel, gt_spec)
             diff_loss = self.diff_model(ddsp_mel, gt_spec=gt_spec, k_step=k_step, infer=False)
             return ddsp_loss, diff_loss
 
-        if ddsp_mel is None:
-            if gt_spec is None:
-                raise ValueError("inference needs a vocoder to take the DDSP mel, or gt_spec to stand in for it")
-            ddsp_mel = gt_spec
         if k_step > 0:
             mel = self.diff_model(
                 ddsp_mel,

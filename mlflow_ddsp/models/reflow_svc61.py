@@ -24,14 +24,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-
-from mlflow_ddsp.errors import ConfigError
-from mlflow_ddsp.models.base import check_int
+from mlflow_ddsp.models.cascade import MelVocoder, ReflowCascade, check_decoder_size
 from mlflow_ddsp.models.combsub_superfast61 import CombSubSuperFast61
 from mlflow_ddsp.models.lynxnet import LYNXNet
 from mlflow_ddsp.models.rectified_flow import RectifiedFlow
@@ -76,23 +71,12 @@ def reflow_generation(state_dict: Mapping[str, Any]) -> str | None:
     return None
 
 
-class MelVocoder(Protocol):
-    """The vocoder interface this model calls (NSF-HiFiGAN or a stand-in)."""
-
-    def extract(self, audio: Tensor, sample_rate: int = 0, keyshift: float = 0) -> Tensor:
-        """``[B, N]`` audio -> ``[B, frames, M]`` log-mel."""
-        ...
-
-    def infer(self, mel: Tensor, f0: Tensor) -> Tensor:
-        """``[B, frames, M]`` log-mel and ``[B, frames, 1]`` f0 (Hz) -> ``[B, samples]`` audio."""
-        ...
-
-
-class LynxReflowUnit2Wav(nn.Module):
+class LynxReflowUnit2Wav(ReflowCascade):
     """Units, f0 and volume -> DDSP audio -> its mel refined by a LYNXNet rectified flow (6.1)."""
 
     model_type: ClassVar[str] = "RectifiedFlow"
     upstream_version: ClassVar[str] = "6.1"
+    zero_loss_from_t1: ClassVar[bool] = True  # upstream 6.1 returns a zero flow loss for t_start >= 1
 
     def __init__(
         self,
@@ -131,28 +115,9 @@ class LynxReflowUnit2Wav(nn.Module):
             ConfigError: a value is out of range (the message names the config key).
         """
         super().__init__()
-        check_int("out_dims", out_dims, 1)
-        check_int("n_layers", n_layers, 1)
-        check_int("n_chans", n_chans, 4)
-        if n_chans % 2:
-            raise ConfigError(f"Invalid value for model.n_chans={n_chans}: must be even (sinusoidal step embedding)")
-        self._hparams: dict[str, Any] = {
-            "sampling_rate": sampling_rate,
-            "block_size": block_size,
-            "win_length": win_length,
-            "n_unit": n_unit,
-            "n_spk": n_spk,
-            "use_pitch_aug": use_pitch_aug,
-            "out_dims": out_dims,
-            "n_layers": n_layers,
-            "n_chans": n_chans,
-            "n_aux_layers": n_aux_layers,
-            "n_aux_chans": n_aux_chans,
-            "use_norm": use_norm,
-            "use_attention": use_attention,
-        }
+        check_decoder_size(n_layers, n_chans, out_dims, use_pitch_aug)
         # validates sampling_rate, block_size, win_length, n_unit, n_spk and the 6.1 keys
-        self.ddsp_model = CombSubSuperFast61(
+        stage = CombSubSuperFast61(
             sampling_rate=sampling_rate,
             block_size=block_size,
             win_length=win_length,
@@ -164,110 +129,11 @@ class LynxReflowUnit2Wav(nn.Module):
             use_attention=use_attention,
             use_pitch_aug=use_pitch_aug,
         )
+        self._record(stage, sampling_rate=sampling_rate, block_size=block_size, win_length=win_length, n_unit=n_unit,
+                     n_spk=n_spk, use_pitch_aug=use_pitch_aug, out_dims=out_dims, n_layers=n_layers, n_chans=n_chans,
+                     n_aux_layers=n_aux_layers, n_aux_chans=n_aux_chans, use_norm=use_norm,
+                     use_attention=use_attention)  # fmt: skip
         self.reflow_model = RectifiedFlow(
             LYNXNet(in_dims=out_dims, dim_cond=out_dims, n_layers=n_layers, n_chans=n_chans), out_dims=out_dims
         )
-        self.sampling_rate_hz = sampling_rate
-        self.block = block_size
-        self.out_dims = out_dims
 
-    @property
-    def hparams(self) -> dict[str, Any]:
-        """The constructor keyword arguments that rebuild this architecture."""
-        return dict(self._hparams)
-
-    def ddsp_stage(
-        self,
-        units: Tensor,
-        f0: Tensor,
-        volume: Tensor,
-        spk_id: Tensor | int | None = None,
-        spk_mix_dict: Mapping[int, float] | None = None,
-        aug_shift: Tensor | None = None,
-        infer: bool = True,
-    ) -> tuple[Tensor, Tensor]:
-        """The DDSP synthesiser alone (one ``randn`` noise draw from the global RNG, as upstream).
-
-        Args:
-            units: ``[B, T, n_unit]``.
-            f0: ``[B, T, 1]`` Hz.
-            volume: ``[B, T, 1]`` RMS.
-            spk_id: 1-based speaker id (int, ``[B]`` or ``[B, 1]``); needed when n_spk > 1.
-            spk_mix_dict: ``{1-based speaker id: weight}``, overrides ``spk_id``.
-            aug_shift: ``[B, 1, 1]`` key shift in semitones.
-            infer: passed on (no effect on this synthesiser).
-
-        Returns:
-            ``(ddsp_wav [B, T * block_size], hidden [B, T, n_aux_chans])``.
-        """
-        out = self.ddsp_model.synthesize(units, f0, volume, spk_id, spk_mix_dict, aug_shift=aug_shift, infer=infer)
-        return out.audio, out.hidden
-
-    def forward(
-        self,
-        units: Tensor,
-        f0: Tensor,
-        volume: Tensor,
-        spk_id: Tensor | int | None = None,
-        spk_mix_dict: Mapping[int, float] | None = None,
-        aug_shift: Tensor | None = None,
-        vocoder: MelVocoder | None = None,
-        gt_spec: Tensor | None = None,
-        infer: bool = True,
-        return_wav: bool = False,
-        infer_step: int = 10,
-        method: str = "euler",
-        t_start: float = 0.0,
-        silence_front: float = 0,
-        use_tqdm: bool = False,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """Training losses, or the refined mel / audio (upstream 6.1 ``Unit2Wav.forward``).
-
-        Args:
-            units, f0, volume, spk_id, spk_mix_dict, aug_shift: as :meth:`ddsp_stage`.
-            vocoder: supplies ``extract`` (the DDSP mel) and, with ``return_wav``, ``infer``.
-            gt_spec: ``[B, T', M]`` target log-mel (training); at inference without a
-                vocoder it stands in for the DDSP mel.
-            infer: False for training.
-            return_wav: return ``vocoder.infer(mel, f0[:, -T':])`` instead of the mel.
-            infer_step: flow steps (``infer.infer_step``).
-            method: ``"euler"`` or ``"rk4"`` (``infer.method``).
-            t_start: flow start time (``model.t_start``); at >= 1 the flow is skipped.
-            silence_front: seconds of leading audio left out of the DDSP mel (whole frames).
-            use_tqdm: accepted for upstream's call form; no progress bar is shown.
-
-        Returns:
-            Training: ``(ddsp_loss, reflow_loss)`` scalars; with ``t_start >= 1`` the
-            reflow loss is a zero of ``ddsp_loss``'s dtype and device (upstream:
-            ``torch.tensor(0)``, an int64 CPU tensor). Inference: mel ``[B, T', M]``,
-            or audio ``[B, samples]`` with ``return_wav``.
-
-        Raises:
-            ValueError: training without ``vocoder`` or ``gt_spec``; inference with
-                neither a vocoder nor ``gt_spec``; ``return_wav`` without a vocoder.
-        """
-        if not infer and (vocoder is None or gt_spec is None):
-            raise ValueError("training (infer=False) needs a vocoder (for the DDSP mel) and gt_spec [B, T, M]")
-        if infer and vocoder is None and (return_wav or gt_spec is None):
-            raise ValueError("inference needs a vocoder (for the DDSP mel and for return_wav), or gt_spec as the mel")
-        ddsp_wav, _ = self.ddsp_stage(units, f0, volume, spk_id, spk_mix_dict, aug_shift, infer=infer)
-        start_frame = int(silence_front * self.sampling_rate_hz / self.block)
-        ddsp_mel = vocoder.extract(ddsp_wav[:, start_frame * self.block :]) if vocoder is not None else gt_spec
-
-        if not infer:
-            ddsp_loss = F.mse_loss(ddsp_mel, gt_spec)
-            if t_start < 1.0:
-                reflow_loss = self.reflow_model(ddsp_mel, gt_spec=gt_spec, infer=False, t_start=t_start)
-            else:
-                reflow_loss = torch.zeros((), dtype=ddsp_loss.dtype, device=ddsp_loss.device)
-            return ddsp_loss, reflow_loss
-
-        if t_start < 1.0:
-            mel = self.reflow_model(
-                ddsp_mel, gt_spec=ddsp_mel, infer=True, infer_step=infer_step, method=method, t_start=t_start
-            )
-        else:
-            mel = ddsp_mel
-        if return_wav:
-            return vocoder.infer(mel, f0[:, -mel.shape[1] :])
-        return mel
