@@ -60,11 +60,16 @@ def compare_versions(
     experiment: str = DEFAULT_EXPERIMENT,
     log_to_mlflow: bool = True,
     device: str = "cpu",
+    vocoder_ckpt: str | None = None,
+    seed: int | None = 0,
 ) -> CompareResult:
     """Convert ``clip`` with each version of ``name``; write the audio and one spectrogram image.
 
     Every version is resolved and the output folder checked before the first
     conversion, so a missing version costs no work and leaves no partial output.
+    Every version converts with the same ``seed`` (the synthesiser's and the
+    sampler's noise), so what differs is the model; ``vocoder_ckpt`` is the
+    NSF-HiFiGAN weights file of RectifiedFlow / DiffusionFast versions on this machine.
 
     Raises:
         DeviceError: ``device`` is not available here (before anything is fetched).
@@ -92,11 +97,12 @@ def compare_versions(
         restored = reader.fetch(number)  # verified; an explicit version is never substituted
         cfg = parse_config(yaml.safe_load(restored.config_yaml))
         source = f"checkpoint {restored.version.label}"
-        converter = VoiceConverter.from_checkpoint(restored.checkpoint, cfg, device=torch_device, source=source)
+        converter = VoiceConverter.from_checkpoint(restored.checkpoint, cfg, device=torch_device, source=source,
+                                                   vocoder_ckpt=vocoder_ckpt)  # fmt: skip
         rate = cfg.data.sampling_rate
         if not panels:
             panels.append(("input", load_audio(clip, rate)))
-        converted[number] = converter.convert(load_audio(clip, rate), rate, key=key, spk_id=spk_id)
+        converted[number] = converter.convert(load_audio(clip, rate), rate, key=key, spk_id=spk_id, seed=seed)
         steps[number] = restored.step
         metrics = reader.store.logged_model_metrics(restored.version.model_id) if restored.version.model_id else {}
         result.table.append({"version": number, "step": restored.step, "validation/loss": metrics.get("validation/loss"),

@@ -129,9 +129,14 @@ def test_upstream_config_preprocess_train_infer_and_serve(workspace, tmp_path, g
     assert bad.exit_code != 0 and "is not a" in bad.output and "sampler; allowed" in bad.output
     assert not (tmp_path / "x.wav").exists()
 
+    version = store.alias_version(name, "rolling")
+    compared = cli(uri, "compare", name, str(version - 1), str(version), "-i", str(clip), "-o", str(tmp_path / "cmp"),
+                   "--no-log")  # fmt: skip
+    assert compared.exit_code == 0, compared.output
+    assert (tmp_path / "cmp" / f"{clip.stem}_v{version}.wav").is_file()
+
     from mlflow_ddsp.local_server import LocalModelServer
 
-    version = store.alias_version(name, "rolling")
     with LocalModelServer(f"models:/{name}/{version}", uri, tmp_path / "serve.log") as server:
         tone, sr = sf.read(clip, dtype="float32")
         buffer = io.BytesIO()

@@ -184,9 +184,12 @@ def serve(ctx: click.Context, model_uri: str, host: str, port: int, timeout: int
 @click.option("--spk-id", type=int, default=1, show_default=True, help="Target speaker id.")
 @click.option("--no-log", is_flag=True, help="Do not log the comparison as an MLflow run.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N or mps.")
+@click.option("--vocoder-ckpt", default=None, metavar="PATH",
+              help="RectifiedFlow / DiffusionFast: NSF-HiFiGAN weights on this machine (overrides vocoder.ckpt).")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed, the same for every version.")
 @click.pass_context
 def compare(ctx: click.Context, name: str, versions: tuple[int, ...], clip: str, out_dir: str, key: float,
-            spk_id: int, no_log: bool, device: str) -> None:  # fmt: skip
+            spk_id: int, no_log: bool, device: str, vocoder_ckpt: str | None, seed: int) -> None:  # fmt: skip
     """Convert one clip with VERSIONS of NAME and compare them side by side.
 
     Writes <clip>_v<N>.wav per version, <clip>_compare.png (the input's and
@@ -197,7 +200,8 @@ def compare(ctx: click.Context, name: str, versions: tuple[int, ...], clip: str,
     from ..compare import compare_versions
 
     result = compare_versions(name, versions, clip, out_dir, key=key, spk_id=spk_id,
-                              tracking_uri=ctx.obj["tracking_uri"], log_to_mlflow=not no_log, device=device)  # fmt: skip
+                              tracking_uri=ctx.obj["tracking_uri"], log_to_mlflow=not no_log, device=device,
+                              vocoder_ckpt=vocoder_ckpt, seed=seed)  # fmt: skip
     for number, path in result.outputs.items():
         click.echo(f"v{number}: {path}")
     click.echo(f"spectrograms: {result.image}")
