@@ -57,6 +57,10 @@ def workspace(tmp_path_factory) -> Path:
     write_vocoder_config(root / "voc", config)
     torch.manual_seed(0)
     torch.save({"generator": NsfHifiGanGenerator(config).state_dict()}, root / "voc" / "model")
+    # The features every template shares (same vocoder, use_pitch_aug and seed): the tests that
+    # preprocess again find them done; the others can run alone.
+    prep = cli("sqlite:///:memory:", "preprocess", "-c", str(ROOT / TEMPLATES["6.0"]), *overrides(root, "prep", "6.0"))
+    assert prep.exit_code == 0, prep.output
     return root
 
 
@@ -95,6 +99,7 @@ def test_upstream_config_preprocess_train_infer_and_serve(workspace, tmp_path, g
     sets = overrides(workspace, name, generation)
     prep = cli(uri, "preprocess", "-c", config, *sets)
     assert prep.exit_code == 0, prep.output
+    assert "0 processed, 4 already done" in prep.output  # the workspace's features fit every template
     assert (workspace / "data" / "train" / "mel").is_dir()
     trained = cli(uri, "train", "-c", config, *sets)
     assert trained.exit_code == 0, trained.output
@@ -164,10 +169,15 @@ def test_training_without_vocoder_weights_validates_with_the_ddsp_stage(workspac
     said = [r.getMessage() for r in caplog.records if "no vocoder weights" in r.getMessage()]
     assert len(said) == 1 and str(tmp_path / "voc" / "model") in said[0]
     assert kept(uri, "noweights") == {4: "force_saved", 6: "rolling"}
-    converted = cli(uri, "infer", "-m", "models:/noweights@rolling", "-i",
-                    str(next((workspace / "data" / "val" / "audio").rglob("*.wav"))), "-o", str(tmp_path / "o.wav"))
+    clip = str(next((workspace / "data" / "val" / "audio").rglob("*.wav")))
+    converted = cli(uri, "infer", "-m", "models:/noweights@rolling", "-i", clip, "-o", str(tmp_path / "o.wav"))
     assert converted.exit_code != 0 and "NSF-HiFiGAN" in converted.output and "--vocoder-ckpt" in converted.output
     assert not (tmp_path / "o.wav").exists()
+    # the weights on this machine, named by the environment (as a serving box would)
+    monkeypatch.setenv("MLFLOW_DDSP_VOCODER_CKPT", str(workspace / "voc" / "model"))
+    converted = cli(uri, "infer", "-m", "models:/noweights@rolling", "-i", clip, "-o", str(tmp_path / "o.wav"))
+    assert converted.exit_code == 0, converted.output
+    assert (tmp_path / "o.wav").is_file()
 
 
 def test_a_vocoder_of_another_rate_is_refused_before_any_work(workspace, tmp_path, monkeypatch):
@@ -176,9 +186,15 @@ def test_a_vocoder_of_another_rate_is_refused_before_any_work(workspace, tmp_pat
     config = json.loads((workspace / "voc" / "config.json").read_text())
     (tmp_path / "voc" / "config.json").write_text(json.dumps({**config, "sampling_rate": 24000}))
     sets = overrides(workspace, "otherrate", "6.0", vocoder=tmp_path / "voc" / "model")
-    result = cli(f"sqlite:///{tmp_path / 'mlflow.db'}", "train", "-c", str(ROOT / TEMPLATES["6.0"]), *sets)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = cli(uri, "train", "-c", str(ROOT / TEMPLATES["6.0"]), *sets)
     assert result.exit_code != 0
     assert "sampling_rate=24000" in result.output and "data.sampling_rate=44100" in result.output
+    # refused before a run or a registered model exists
+    if (tmp_path / "mlflow.db").exists():
+        store = RegistryStore(uri)
+        assert store.client.search_registered_models() == []
+        assert store.client.search_runs([e.experiment_id for e in store.client.search_experiments()]) == []
 
 
 def _final_state(uri: str, name: str) -> dict:

@@ -390,7 +390,7 @@ def test_cli_infer_writes_the_converted_wav(registered, tmp_path):
     line = result.stdout.strip()
     assert "\n" not in line
     assert f"{name} v1 (step 10)" in line and "1.50 s in, 1.50 s out at 44100 Hz" in line
-    assert line.endswith("x faster than real time")
+    assert line.endswith(("x faster than real time", "x slower than real time"))
 
 
 @pytest.mark.parametrize(

@@ -119,8 +119,15 @@ def infer(
     seconds_in, seconds_out = audio.shape[0] / rate, result.shape[0] / rate
     click.echo(
         f"{output_path}: {label}, {seconds_in:.2f} s in, {seconds_out:.2f} s out "
-        f"at {rate} Hz, converted in {wall:.2f} s = {seconds_in / max(wall, 1e-9):.1f}x faster than real time"
+        f"at {rate} Hz, converted in {wall:.2f} s = {_speed(seconds_in / max(wall, 1e-9))}"
     )
+
+
+def _speed(ratio: float) -> str:
+    """``12.3x faster than real time``, or ``4.2x slower than real time`` below 1."""
+    if ratio >= 1:
+        return f"{ratio:.1f}x faster than real time"
+    return f"{1 / max(ratio, 1e-9):.1f}x slower than real time"
 
 
 @main.command()

@@ -46,6 +46,9 @@ def train(ctx: click.Context, config_path: str, overrides: tuple[str, ...], init
 def summary(result) -> str:
     """The last line of `train`: what was trained, and where its checkpoints are."""
     trained = f"trained {result.registered_model} from step {result.start_step} to {result.final_step} (run {result.run_id})"
+    if result.final_step == result.start_step and not result.stopped_by:
+        trained = (f"no step trained: {result.registered_model} is at step {result.start_step}, at or past "
+                   f"train.max_steps (run {result.run_id}); raise it with --set train.max_steps=N")  # fmt: skip
     if result.left_in_spool:  # the server did not answer at the end: they are not in the registry yet
         return (f"{trained}; not committed yet: {result.left_in_spool} (the tracking server did not answer); "
                 "the next `mlflow-ddsp train` of this model on this machine commits them first")  # fmt: skip

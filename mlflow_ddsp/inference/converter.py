@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -150,6 +151,13 @@ class Sampler:
         from mlflow_ddsp.config import DIFFUSION_METHODS, REFLOW_METHODS
 
         diffusion = cfg.model.type == "DiffusionFast"
+        foreign = ("infer_step", "t_start") if diffusion else ("k_step", "speedup")
+        given = [name for name in foreign if getattr(self, name) is not None]
+        if given:
+            owner = "RectifiedFlow" if diffusion else "DiffusionFast"
+            raise ConfigError(f"{', '.join(given)} apply to {owner} models; this is a {cfg.model.type} "
+                              f"(upstream {cfg.upstream_generation}), whose options are "
+                              f"{'method, k_step, speedup' if diffusion else 'method, infer_step, t_start'}")  # fmt: skip
         method = self.method or cfg.infer_method
         allowed = DIFFUSION_METHODS if diffusion else REFLOW_METHODS
         if method not in allowed:
@@ -186,12 +194,13 @@ def open_conversion_vocoder(cfg: Config, path: str | None = None, device: str | 
 
     Args:
         path: the weights file; overrides ``vocoder.ckpt`` (a path on the training machine).
+            Default: ``MLFLOW_DDSP_VOCODER_CKPT`` when set, else ``vocoder.ckpt``.
 
     Raises:
         ConfigError: no ``config.json`` or no weights file there, in one line saying which
             file to provide; a vocoder that does not fit the data config.
     """
-    vocoder = open_vocoder(cfg, path, device=str(device))
+    vocoder = open_vocoder(cfg, path or os.environ.get("MLFLOW_DDSP_VOCODER_CKPT") or None, device=str(device))
     if not vocoder.has_weights:
         raise ConfigError(
             f"this {cfg.model.type} model renders audio with the NSF-HiFiGAN vocoder, but its weights file "
@@ -535,6 +544,12 @@ class VoiceConverter:
         if not (math.isfinite(formant_shift) and abs(formant_shift) <= MAX_KEY_SEMITONES):
             raise ConfigError(f"formant_shift={formant_shift!r} semitones must be within +-{MAX_KEY_SEMITONES:g}")
         sampling = (sampler or Sampler()).keywords(self.cfg) if self.vocoder is not None else None
+        if sampling is None and sampler is not None and sampler != Sampler():
+            raise ConfigError(f"method, infer_step, t_start, k_step and speedup apply to RectifiedFlow and "
+                              f"DiffusionFast models; this is a {self.cfg.model.type}")  # fmt: skip
+        if formant_shift and not self.model.hparams.get("use_pitch_aug"):
+            log.warning("formant shift %g ignored: this model was trained without model.use_pitch_aug, so it has "
+                        "no key-shift input", formant_shift)  # fmt: skip
         extractor = self._f0(f0_extractor)
         sr, block = self.sample_rate, self.block_size
         timings = dict.fromkeys(("resample", "f0", "volume", "units", "synthesis", "join"), 0.0)

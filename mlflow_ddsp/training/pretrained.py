@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..models import architecture, check_weights_fit
 from ..state_dict import compare_state_dict, load_state_dict_checked
 
-__all__ = ["is_model_uri", "pretrained_file", "load_pretrained"]
+__all__ = ["is_model_uri", "pretrained_file", "check_pretrained", "load_pretrained"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,25 @@ def pretrained_file(source: str) -> Path:
     return path
 
 
+def check_pretrained(path: Path, cfg: Any) -> dict[str, Any]:
+    """Read ``path`` and refuse it when its tensors reveal another architecture than ``cfg``'s.
+
+    Done before a run or a lease exists, so a wrong file leaves nothing behind.
+
+    Returns:
+        The checkpoint payload.
+
+    Raises:
+        CheckpointIntegrityError: not a plain torch checkpoint with a ``model`` state_dict.
+        ArchitectureMismatchError: its tensors reveal other config keys (named), or it is
+            another upstream generation's RectifiedFlow.
+    """
+    payload = load_checkpoint(path)
+    check_weights_fit(payload["model"], architecture(cfg), source=str(path), config_is="this config",
+                      advice="use the config the pretrained model was trained with")  # fmt: skip
+    return payload
+
+
 def load_pretrained(path: Path, model: torch.nn.Module, cfg: Any) -> tuple[int, str]:
     """Load ``path``'s weights into ``model`` as upstream loads a pretrained ``model_<N>.pt``.
 
@@ -68,10 +87,7 @@ def load_pretrained(path: Path, model: torch.nn.Module, cfg: Any) -> tuple[int, 
         ArchitectureMismatchError: its tensors reveal other config keys (named).
         StateDictMismatchError: a key whose shape does not fit (named with both shapes).
     """
-    payload = load_checkpoint(path)
-    state = payload["model"]
-    check_weights_fit(state, architecture(cfg), source=str(path), config_is="this config",
-                      advice="use the config the pretrained model was trained with")  # fmt: skip
+    state = check_pretrained(path, cfg)["model"]
     diff = compare_state_dict(model, state)
     load_state_dict_checked(model, state, strict=False, source=str(path),
                             hint="the pretrained model does not fit this config")  # fmt: skip

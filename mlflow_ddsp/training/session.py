@@ -42,7 +42,7 @@ from .data import make_loaders
 from .distributed import DistributedContext, NullCheckpointer, NullTracker
 from .loop import TrainLoop
 from .objective import MelObjective, step_lr
-from .pretrained import is_model_uri, load_pretrained, pretrained_file
+from .pretrained import check_pretrained, is_model_uri, load_pretrained, pretrained_file
 from .tracker import MlflowTracker
 from .trainer_state import TrainerState, seed_everything
 
@@ -169,8 +169,11 @@ def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_
     # architecture (one config.yaml read) and a second writer are refused in a
     # second, leaving nothing behind.
     store = lease = None
+    if cfg.uses_mel:
+        open_vocoder(cfg)  # a missing or unfit vocoder config.json is refused before a run exists
     if init_from is not None and not is_model_uri(init_from):
         init_from = str(pretrained_file(init_from))  # a model_<N>.pt file (checked before any work)
+        check_pretrained(Path(init_from), cfg)
     if ctx.is_main:
         store = RegistryStore(tracking_uri)
         reader = CheckpointReader(cfg.registered_model, cfg.mlflow.alias, store=store)
