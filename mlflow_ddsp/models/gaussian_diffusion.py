@@ -177,7 +177,9 @@ class GaussianDiffusion(nn.Module):
     ``denoise_fn(x [B, 1, M, T], step [B], cond [B, M_cond, T]) -> [B, 1, M, T]``
     (:class:`~mlflow_ddsp.models.naive_v2_diff.NaiveV2Diff` in 5.0); ``step`` is an
     integer tensor for DDPM/DDIM/PNDM and training, a float tensor (fractional
-    steps) for DPM-Solver and UniPC, as upstream.
+    steps) for DPM-Solver and UniPC, as upstream. When sampling, a denoiser with a
+    ``prepare(cond)`` method gets ``prepare(cond)`` in place of ``cond`` at every step
+    (computed once per sampling call; must give the same outputs).
 
     State dict: ``denoise_fn.*`` plus the float32 buffers ``betas``,
     ``alphas_cumprod``, ``alphas_cumprod_prev``, ``sqrt_alphas_cumprod``,
@@ -340,6 +342,10 @@ class GaussianDiffusion(nn.Module):
             x = self.q_sample(x_start, torch.tensor([depth - 1], device=condition.device).long())
 
         with torch.no_grad():
+            # the condition is the same at every step: a denoiser with ``prepare`` projects it once
+            prepare = getattr(self.denoise_fn, "prepare", None)
+            if callable(prepare):
+                cond = prepare(cond)
             if not solver:
                 x = self._ddpm(x, cond, depth)
             elif method == "dpm-solver":

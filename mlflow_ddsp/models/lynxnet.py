@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlflow_ddsp.models.naive_v2_diff import SinusoidalStepEmbedding
+from mlflow_ddsp.models.naive_v2_diff import PreparedCondition, SinusoidalStepEmbedding
 
 __all__ = ["SwiGLU", "GatedConvModule", "LYNXNetResidualLayer", "LYNXNet"]
 
@@ -113,18 +113,22 @@ class LYNXNetResidualLayer(nn.Module):
         self.conditioner_projection = nn.Conv1d(dim_cond, dim, 1)
         self.convmodule = GatedConvModule(dim, expansion_factor, kernel_size, use_norm=True)
 
-    def forward(self, x: Tensor, condition: Tensor, step_embedding: Tensor) -> Tensor:
+    def forward(self, x: Tensor, condition: Tensor, step_embedding: Tensor, projected: bool = False) -> Tensor:
         """
         Args:
             x: ``[B, D, T]``.
-            condition: ``[B, C, T]``.
+            condition: ``[B, C, T]``, or ``[B, D, T]`` already through ``conditioner_projection``
+                when ``projected``.
             step_embedding: ``[B, D, 1]``.
+            projected: ``condition`` is already projected.
 
         Returns:
             ``[B, D, T]``.
         """
         residual = x.transpose(1, 2)
-        h = x + self.diffusion_projection(step_embedding) + self.conditioner_projection(condition)
+        if not projected:
+            condition = self.conditioner_projection(condition)
+        h = x + self.diffusion_projection(step_embedding) + condition
         h = self.convmodule(h.transpose(1, 2)) + residual  # [B, T, D]
         return h.transpose(1, 2)
 
@@ -186,12 +190,21 @@ class LYNXNet(nn.Module):
         # a fresh network predicts a constant (upstream zero-initialises the weight, not the bias)
         nn.init.zeros_(self.output_projection.weight)
 
-    def forward(self, spec: Tensor, diffusion_step: Tensor, cond: Tensor) -> Tensor:
+    def prepare(self, cond: Tensor) -> PreparedCondition:
+        """Project ``cond [B, C, T]`` once for many calls with the same condition (ODE steps).
+
+        Returns every layer's ``conditioner_projection(cond)`` (``[B, D, T]`` each) as a
+        :class:`~mlflow_ddsp.models.naive_v2_diff.PreparedCondition`, to pass as ``cond`` to
+        :meth:`forward`: the same result as passing ``cond`` itself.
+        """
+        return PreparedCondition(tuple(layer.conditioner_projection(cond) for layer in self.residual_layers))
+
+    def forward(self, spec: Tensor, diffusion_step: Tensor, cond: Tensor | PreparedCondition) -> Tensor:
         """
         Args:
             spec: ``[B, 1, M, T]`` (or ``[B, M, T]``) normalised mel on the flow path.
             diffusion_step: ``[B]`` float, ``1000 * t``.
-            cond: ``[B, C, T]`` condition.
+            cond: ``[B, C, T]`` condition, or :meth:`prepare` of it.
 
         Returns:
             Same layout as ``spec``: the predicted velocity ``[B, 1, M, T]`` (or ``[B, M, T]``).
@@ -205,8 +218,12 @@ class LYNXNet(nn.Module):
             raise ValueError(f"spec must be [B, 1, M, T] or [B, M, T]; got {tuple(spec.shape)}")
         x = F.gelu(self.input_projection(x))
         step_embedding = self.diffusion_embedding(diffusion_step).unsqueeze(-1)
-        for layer in self.residual_layers:
-            x = layer(x, cond, step_embedding)
+        if isinstance(cond, PreparedCondition):
+            for layer, projected in zip(self.residual_layers, cond.layers):
+                x = layer(x, projected, step_embedding, projected=True)
+        else:
+            for layer in self.residual_layers:
+                x = layer(x, cond, step_embedding)
         x = self.norm(x.transpose(1, 2)).transpose(1, 2)
         x = self.output_projection(x)
         return x[:, None] if four_dim else x

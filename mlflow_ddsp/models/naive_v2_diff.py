@@ -13,6 +13,11 @@ Data flow, ``B`` batch, ``M`` mel bins, ``D`` width, ``T`` frames::
     each layer: x = x + conv_module(x + step_proj(emb) + cond_proj(cond))
     out  = output_projection(x)                             # [B, M, T], zero-initialised weight
 
+Computed time-major inside (``[B, T, D]``, the 1x1 convolutions as ``F.linear``):
+the same sums as upstream's channels-first convolutions to float rounding. For
+many calls with one condition (sampling steps), :meth:`NaiveV2Diff.prepare`
+projects it for every layer once; pass its result as ``cond``.
+
 Attribute names are upstream's state_dict keys (``input_projection``,
 ``diffusion_embedding.{1,3}``, ``residual_layers.<i>.{conformer.net.{2,4,6},
 norm, diffusion_step_projection, condition_projection}``, ``output_projection``);
@@ -23,6 +28,7 @@ for an attention branch the conv-only layers lack) but is part of the checkpoint
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +36,7 @@ from torch import Tensor, nn
 
 from mlflow_ddsp.models.pcmer import ConformerConvModule
 
-__all__ = ["SinusoidalStepEmbedding", "NaiveV2DiffLayer", "NaiveV2Diff"]
+__all__ = ["SinusoidalStepEmbedding", "NaiveV2DiffLayer", "NaiveV2Diff", "PreparedCondition"]
 
 
 class SinusoidalStepEmbedding(nn.Module):
@@ -56,10 +62,17 @@ class SinusoidalStepEmbedding(nn.Module):
         return torch.cat((angles.sin(), angles.cos()), dim=-1)
 
 
+def _pointwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """A 1x1 ``Conv1d`` applied to time-major ``x [B, T, C_in]`` -> ``[B, T, C_out]`` (as ``F.linear``)."""
+    return F.linear(x, conv.weight.squeeze(-1), conv.bias)
+
+
 class NaiveV2DiffLayer(nn.Module):
     """One residual block: add step and condition projections, then a Conformer conv module.
 
-    ``x [B, D, T] -> x + conv_module(x + step_proj(emb) + cond_proj(cond))``.
+    ``x -> x + conv_module(x + step_proj(emb) + cond_proj(cond))``, computed time-major
+    (``[B, T, D]``: the 1x1 projections as ``F.linear``, no transposes), in upstream's
+    summation order.
     """
 
     def __init__(self, dim: int, condition_dim: int, expansion_factor: int = 2, kernel_size: int = 31) -> None:
@@ -71,18 +84,32 @@ class NaiveV2DiffLayer(nn.Module):
         self.diffusion_step_projection = nn.Conv1d(dim, dim, 1)
         self.condition_projection = nn.Conv1d(condition_dim, dim, 1)
 
-    def forward(self, x: Tensor, condition: Tensor, step_embedding: Tensor) -> Tensor:
+    def project_condition(self, condition: Tensor) -> Tensor:
+        """``cond_proj``: time-major condition ``[B, T, C]`` -> ``[B, T, D]``."""
+        return _pointwise(self.condition_projection, condition)
+
+    def forward(self, x: Tensor, condition: Tensor, step_embedding: Tensor, projected: bool = False) -> Tensor:
         """
         Args:
-            x: ``[B, D, T]``.
-            condition: ``[B, C, T]``.
-            step_embedding: ``[B, D, 1]``.
+            x: ``[B, T, D]``.
+            condition: ``[B, T, C]``, or ``[B, T, D]`` already through :meth:`project_condition`
+                when ``projected``.
+            step_embedding: ``[B, D]``.
+            projected: ``condition`` is already projected.
 
         Returns:
-            ``[B, D, T]``.
+            ``[B, T, D]``.
         """
-        h = x + self.diffusion_step_projection(step_embedding) + self.condition_projection(condition)
-        return (x.transpose(1, 2) + self.conformer(h.transpose(1, 2))).transpose(1, 2)
+        if not projected:
+            condition = self.project_condition(condition)
+        step = _pointwise(self.diffusion_step_projection, step_embedding)[:, None, :]
+        return x + self.conformer(x + step + condition)
+
+
+class PreparedCondition(NamedTuple):
+    """A condition projected by :meth:`NaiveV2Diff.prepare`: ``layers[i]`` is layer ``i``'s ``[B, T, D]``."""
+
+    layers: tuple[Tensor, ...]
 
 
 class NaiveV2Diff(nn.Module):
@@ -162,12 +189,21 @@ class NaiveV2Diff(nn.Module):
         # a fresh network predicts zero (upstream zero-initialises the last weight, not its bias)
         nn.init.zeros_(final.weight)
 
-    def forward(self, spec: Tensor, diffusion_step: Tensor, cond: Tensor) -> Tensor:
+    def prepare(self, cond: Tensor) -> PreparedCondition:
+        """Project ``cond [B, C, T]`` once for many calls with the same condition (ODE / sampler steps).
+
+        Returns a :class:`PreparedCondition` (every layer's condition projection, ``[B, T, D]``
+        each) to pass as ``cond`` to :meth:`forward`: the same result as passing ``cond`` itself.
+        """
+        condition = self.conditioner_projection(cond).transpose(1, 2)  # [B, T, C]
+        return PreparedCondition(tuple(layer.project_condition(condition) for layer in self.residual_layers))
+
+    def forward(self, spec: Tensor, diffusion_step: Tensor, cond: Tensor | PreparedCondition) -> Tensor:
         """
         Args:
             spec: ``[B, 1, M, T]`` (or ``[B, M, T]``) noisy normalised mel.
             diffusion_step: ``[B]`` float: ``1000 * t`` for the flow, the step index for diffusion.
-            cond: ``[B, C, T]`` condition.
+            cond: ``[B, C, T]`` condition, or :meth:`prepare` of it.
 
         Returns:
             Same layout as ``spec``: ``[B, 1, M, T]`` (or ``[B, M, T]``).
@@ -179,10 +215,18 @@ class NaiveV2Diff(nn.Module):
         x = spec[:, 0] if four_dim else spec
         if x.dim() != 3:
             raise ValueError(f"spec must be [B, 1, M, T] or [B, M, T]; got {tuple(spec.shape)}")
-        x = F.gelu(self.input_projection(x))
-        step_embedding = self.diffusion_embedding(diffusion_step).unsqueeze(-1)
-        condition = self.conditioner_projection(cond)
-        for layer in self.residual_layers:
-            x = layer(x, condition, step_embedding)
-        x = self.output_projection(x)
+        # time-major inside: [B, T, D] (the 1x1 convolutions as F.linear), upstream's sums
+        x = F.gelu(_pointwise(self.input_projection, x.transpose(1, 2)))
+        step_embedding = self.diffusion_embedding(diffusion_step)  # [B, D]
+        if isinstance(cond, PreparedCondition):
+            for layer, projected in zip(self.residual_layers, cond.layers):
+                x = layer(x, projected, step_embedding, projected=True)
+        else:
+            condition = self.conditioner_projection(cond).transpose(1, 2)  # [B, T, C]
+            for layer in self.residual_layers:
+                x = layer(x, condition, step_embedding)
+        if isinstance(self.output_projection, nn.Conv1d):
+            x = _pointwise(self.output_projection, x).transpose(1, 2)  # [B, M, T]
+        else:
+            x = self.output_projection(x.transpose(1, 2))
         return x[:, None] if four_dim else x

@@ -50,7 +50,9 @@ class RectifiedFlow(nn.Module):
     """Rectified-flow wrapper around a velocity network.
 
     ``velocity_fn(x [B, 1, M, T], step [B] = 1000 t, cond [B, M_cond, T]) -> [B, 1, M, T]``
-    (:class:`~mlflow_ddsp.models.naive_v2_diff.NaiveV2Diff` in 6.0).
+    (:class:`~mlflow_ddsp.models.naive_v2_diff.NaiveV2Diff` in 6.0). At inference, a net
+    with a ``prepare(cond)`` method gets ``prepare(cond)`` in place of ``cond`` at every step
+    (computed once per sampling call; must give the same velocities).
     """
 
     def __init__(self, velocity_fn: nn.Module, out_dims: int = 128, spec_min: float = -12.0, spec_max: float = 2.0):
@@ -172,6 +174,9 @@ class RectifiedFlow(nn.Module):
         t = torch.full((batch,), t_start, device=device)  # float32, accumulated as upstream
         dt = (1.0 - t_start) / infer_step
         step = self.euler_step if method == "euler" else self.rk4_step
+        # the condition is the same at every step: a velocity net with ``prepare`` projects it once
+        prepare = getattr(self.velocity_fn, "prepare", None)
+        step_cond = prepare(cond) if callable(prepare) else cond
         for _ in range(infer_step):
-            x, t = step(x, t, dt, cond)
+            x, t = step(x, t, dt, step_cond)
         return self.denorm_spec(x.squeeze(1).transpose(1, 2))

@@ -297,25 +297,36 @@ class _WeightNormed(nn.Module):
         # g = ||v|| over all but dim 0, so the initial kernel equals v
         self.weight_g = nn.Parameter(torch.norm_except_dim(v, 2, 0))
         self.weight_v = nn.Parameter(v)
-        self._cached: tuple[tuple, Tensor] | None = None
+        self._cached: dict[bool, tuple[tuple, Tensor]] = {}
 
     def weight(self) -> Tensor:
         """The folded kernel ``g * v / ||v||`` (what upstream's ``remove_weight_norm`` stores)."""
         return torch._weight_norm(self.weight_v, self.weight_g, 0)
 
-    def folded_weight(self) -> Tensor:
-        """:meth:`weight`, cached while autograd is off and the parameters are unchanged."""
+    def _kernel(self, rows: bool) -> Tensor:
+        weight = self.weight()
+        # [*, *, k] -> [*, *, 1, k] channels-last: the 2-D kernel for a [B, C, 1, N] channels-last signal
+        return weight.unsqueeze(2).contiguous(memory_format=torch.channels_last) if rows else weight
+
+    def folded_weight(self, rows: bool = False) -> Tensor:
+        """:meth:`weight` (``rows``: as a ``[*, *, 1, k]`` channels-last 2-D kernel), cached while
+        autograd is off and the parameters are unchanged."""
         g, v = self.weight_g, self.weight_v
         if torch.is_grad_enabled() or g.is_inference() or v.is_inference():  # inference tensors: no version counter
-            return self.weight()
+            return self._kernel(rows)
         key = (id(g), id(v), g._version, v._version, g.data_ptr(), v.data_ptr(), v.dtype, v.device)
-        if self._cached is None or self._cached[0] != key:
-            self._cached = (key, self.weight())
-        return self._cached[1]
+        cached = self._cached.get(rows)
+        if cached is None or cached[0] != key:
+            cached = self._cached[rows] = (key, self._kernel(rows))
+        return cached[1]
 
 
 class WeightNormConv1d(_WeightNormed):
-    """Weight-normalised ``Conv1d`` (stride 1): ``[B, C_in, N] -> [B, C_out, N + 2p - d(k-1)]``."""
+    """Weight-normalised ``Conv1d`` (stride 1): ``[B, C_in, N] -> [B, C_out, N + 2p - d(k-1)]``.
+
+    Also takes the signal as ``[B, C_in, 1, N]`` (channels-last, as the generator runs it) and
+    then returns ``[B, C_out, 1, N']`` channels-last: the same convolution as a ``(1, k)`` conv2d.
+    """
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, padding: int = 0,
@@ -326,13 +337,17 @@ class WeightNormConv1d(_WeightNormed):
         self.padding = padding
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4:
+            return F.conv2d(x, self.folded_weight(rows=True), self.bias, padding=(0, self.padding),
+                            dilation=(1, self.dilation))  # fmt: skip
         return F.conv1d(x, self.folded_weight(), self.bias, padding=self.padding, dilation=self.dilation)
 
 
 class WeightNormConvTranspose1d(_WeightNormed):
     """Weight-normalised ``ConvTranspose1d`` (weight ``[C_in, C_out, k]``, norm over dims 1, 2).
 
-    ``[B, C_in, N] -> [B, C_out, (N - 1) * stride - 2 * padding + k]``.
+    ``[B, C_in, N] -> [B, C_out, (N - 1) * stride - 2 * padding + k]``; a ``[B, C_in, 1, N]``
+    channels-last input gives ``[B, C_out, 1, N']`` channels-last (see :class:`WeightNormConv1d`).
     """
 
     def __init__(
@@ -344,6 +359,9 @@ class WeightNormConvTranspose1d(_WeightNormed):
         self.padding = padding
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4:
+            return F.conv_transpose2d(x, self.folded_weight(rows=True), self.bias, stride=(1, self.stride),
+                                      padding=(0, self.padding))  # fmt: skip
         return F.conv_transpose1d(x, self.folded_weight(), self.bias, stride=self.stride, padding=self.padding)
 
 
@@ -355,7 +373,8 @@ def _same_padding(kernel_size: int, dilation: int) -> int:
 class ResBlock1(nn.Module):
     """HiFiGAN residual block "1": per dilation ``d``, ``x += conv_k1(lrelu(conv_kd(lrelu(x))))``.
 
-    ``[B, C, N] -> [B, C, N]``; keys ``convs1.{j}`` (dilated) and ``convs2.{j}`` (dilation 1).
+    ``[B, C, N] -> [B, C, N]`` (or channels-last ``[B, C, 1, N]`` -> the same); keys ``convs1.{j}``
+    (dilated) and ``convs2.{j}`` (dilation 1).
     """
 
     def __init__(self, channels: int, kernel_size: int, dilations: Sequence[int]) -> None:
@@ -371,15 +390,16 @@ class ResBlock1(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        activate = F.leaky_relu if torch.is_grad_enabled() else F.leaky_relu_  # in place: a fresh conv output
         for dilated, plain in zip(self.convs1, self.convs2):
-            x = plain(F.leaky_relu(dilated(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE)) + x
+            x = plain(activate(dilated(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE)).add_(x)
         return x
 
 
 class ResBlock2(nn.Module):
     """HiFiGAN residual block "2": per dilation ``d`` (first two), ``x += conv_kd(lrelu(x))``.
 
-    ``[B, C, N] -> [B, C, N]``; keys ``convs.{j}``.
+    ``[B, C, N] -> [B, C, N]`` (or channels-last ``[B, C, 1, N]`` -> the same); keys ``convs.{j}``.
     """
 
     def __init__(self, channels: int, kernel_size: int, dilations: Sequence[int]) -> None:
@@ -391,7 +411,7 @@ class ResBlock2(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for conv in self.convs:
-            x = conv(F.leaky_relu(x, LRELU_SLOPE)) + x
+            x = conv(F.leaky_relu(x, LRELU_SLOPE)).add_(x)
         return x
 
 
@@ -474,6 +494,18 @@ class SourceModuleHnNSF(nn.Module):
 # --------------------------------------------------------------------------- generator
 
 
+def _source_conv(conv: nn.Conv1d, source: Tensor) -> Tensor:
+    """A one-channel ``Conv1d`` over ``source [B, N]`` as a matmul of its strided windows: ``[B, L, C_out]``.
+
+    The same sums as ``conv(source[:, None]).transpose(1, 2)`` (to float rounding), and time-major,
+    which is the memory order of the generator's channels-last signal; oneDNN is slow on a
+    one-channel input (about 0.3 s per call at 10 s of 44.1 kHz audio).
+    """
+    (kernel,), (stride,), (padding,) = conv.kernel_size, conv.stride, conv.padding
+    windows = F.pad(source, (padding, padding)).unfold(-1, kernel, stride)  # [B, L, k]
+    return F.linear(windows, conv.weight[:, 0], conv.bias)
+
+
 class NsfHifiGanGenerator(nn.Module):
     """The NSF-HiFiGAN generator (upstream ``nsf_hifigan/models.py`` ``Generator``, master).
 
@@ -524,17 +556,22 @@ class NsfHifiGanGenerator(nn.Module):
         Returns:
             ``[B, 1, T * prod(upsample_rates)]`` audio in (-1, 1).
         """
-        source = self.m_source(f0, self.upp, generator).transpose(1, 2)  # [B, 1, N]
-        x = self.conv_pre(mel)
+        # Every convolution runs as a (1, k) conv2d on a [B, C, 1, N] channels-last signal: oneDNN's
+        # fastest layout for these, and kept from layer to layer (no reorder between the ~100 convs);
+        # the same sums as upstream's conv1d to float rounding.
+        rows = torch.channels_last
+        source = self.m_source(f0, self.upp, generator)[..., 0]  # [B, N]
+        x = self.conv_pre(mel.unsqueeze(2).contiguous(memory_format=rows))
         for i, (up, noise_conv) in enumerate(zip(self.ups, self.noise_convs)):
-            x = up(F.leaky_relu(x, LRELU_SLOPE)) + noise_conv(source)
+            x = up(F.leaky_relu(x, LRELU_SLOPE))
+            x = x.add_(_source_conv(noise_conv, source).transpose(1, 2).unsqueeze(2))
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
             total = blocks[0](x)
             for block in blocks[1:]:
-                total = total + block(x)
-            x = total / self.num_kernels
+                total = total.add_(block(x))
+            x = total.div_(self.num_kernels)
         x = self.conv_post(F.leaky_relu(x))  # torch's default slope 0.01 here, as upstream
-        return torch.tanh(x)
+        return torch.tanh(x).squeeze(2)
 
 
 # --------------------------------------------------------------------------- vocoder
