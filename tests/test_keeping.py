@@ -86,11 +86,13 @@ def test_a_version_a_person_promoted_or_kept_survives_and_is_retired_once_releas
 
 
 @pytest.mark.stack("postgres")
-def test_gc_never_deletes_a_protected_version(backend, model_name):
+@pytest.mark.parametrize("value", ["true", "yes", "On"])
+def test_gc_never_deletes_a_protected_version(backend, model_name, value):
+    """Whatever yes-word a person types into the tag in the UI (issue: `yes` was ignored and the version lost)."""
     model = model_and_step()
     with open_queue(backend, model_name) as queue:
         kept = queue.save(10, model).result()
-        queue.store.set_version_tag(model_name, kept.version, T.KEEP, "true")
+        queue.store.set_version_tag(model_name, kept.version, T.KEEP, value)
         queue.save(20, model).result()
     assert cli(backend, "gc", model_name).output.strip() == f"{model_name}: nothing to do"
     assert versions_by_step(RegistryStore(backend.uri), model_name) == {10: "rolling", 20: "rolling"}

@@ -19,7 +19,7 @@ def version(number: int, step: int, kind: str = R, ours: bool = True, loss: floa
     if loss is not None:
         tags[T.metric_tag("validation/loss")] = repr(loss)
     if keep:
-        tags[T.KEEP] = "true"
+        tags[T.KEEP] = keep if isinstance(keep, str) else "true"
     return CheckpointVersion("voice", number, f"models:/m-{number:04d}", "run", 0, tags)
 
 
@@ -241,3 +241,27 @@ def test_a_rolling_alias_someone_else_set_is_never_taken_over():
 def test_the_spool_keeps_what_retention_would_keep(saves, policy, in_flight, dropped):
     items = [SpoolItem(s[0], s[1], {"loss": s[2]} if len(s) > 2 else {}) for s in saves]
     assert spool_drops(items, RetentionPolicy(10, 30, **policy), in_flight=in_flight) == dropped
+
+
+# -- what people type into the keep tag ------------------------------------------------
+@pytest.mark.parametrize(("value", "kept"), [
+    ("true", True), ("TRUE", True), ("yes", True), ("Yes", True), ("1", True), ("on", True), (" y ", True),
+    ("false", False), ("no", False), ("0", False), ("OFF", False), ("", False),
+    ("maybe", True), ("ja", True), ("keep", True),  # not a no: a person set it to keep, so it keeps
+])  # fmt: skip
+def test_the_keep_tag_accepts_what_people_type(value, kept, caplog):
+    from mlflow_ddsp.checkpoint import retention
+
+    retention._SAID_UNCLEAR.clear()
+    with caplog.at_level("WARNING"):
+        p = plan([version(1, 30, keep=value), version(2, 40), version(3, 50)], aliases={"rolling": 2})
+    assert (1 in deleted(p)) is not kept
+    unclear = value.strip().lower() not in {"true", "yes", "y", "1", "on", "false", "no", "n", "0", "off", ""}
+    said = [r.getMessage() for r in caplog.records if "not a yes or no" in r.getMessage()]
+    assert len(said) == (1 if unclear else 0)
+    if unclear:
+        assert f"{value!r} on v1" in said[0]
+        with caplog.at_level("WARNING"):
+            caplog.clear()
+            plan([version(1, 30, keep=value), version(2, 40), version(3, 50)], aliases={"rolling": 2})
+        assert not [r for r in caplog.records if "not a yes or no" in r.getMessage()]  # said once

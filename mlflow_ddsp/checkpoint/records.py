@@ -9,7 +9,12 @@ from typing import Mapping
 
 from .. import tags as T
 
-__all__ = ["CheckpointVersion", "QueueModel", "Integrity"]
+#: values of the keep tag that keep a version (any case); any other value but KEEP_NO keeps it too
+KEEP_YES = frozenset({"true", "yes", "y", "1", "on"})
+#: values that do not (the tag removed or set to one of these)
+KEEP_NO = frozenset({"", "false", "no", "n", "0", "off"})
+
+__all__ = ["CheckpointVersion", "QueueModel", "Integrity", "KEEP_YES", "KEEP_NO"]
 
 
 class Integrity(enum.Enum):
@@ -71,8 +76,22 @@ class CheckpointVersion:
 
     @property
     def keep(self) -> bool:
-        """A person asked to keep this version (tag ``mlflow_ddsp.keep=true``)."""
-        return self.tags.get(T.KEEP, "").strip().lower() == "true"
+        """A person asked to keep this version (tag ``mlflow_ddsp.keep``).
+
+        ``true``, ``yes``, ``1``, ``on`` (any case) keep it; so does any value that is not
+        clearly a no (``false``, ``no``, ``0``, ``off``, empty): a person who set the tag
+        meant something, and a version kept by mistake costs disk, one deleted by mistake
+        is lost (:attr:`keep_value_unclear` lets the planner say so).
+        """
+        return self.tags.get(T.KEEP, "").strip().lower() not in KEEP_NO
+
+    @property
+    def keep_value_unclear(self) -> str | None:
+        """The keep tag's value when it is neither a yes nor a no word (it still keeps the version)."""
+        value = self.tags.get(T.KEEP)
+        if value is None or value.strip().lower() in KEEP_NO | KEEP_YES:
+            return None
+        return value
 
     def metric(self, name: str) -> float | None:
         """The value of metric ``name`` recorded on this version, if finite."""

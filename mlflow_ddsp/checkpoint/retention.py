@@ -36,6 +36,7 @@ retire anyway once the newer spooled saves are committed.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -43,6 +44,9 @@ from typing import Callable, Mapping, Sequence
 from .. import tags as T
 from .policy import BEST_ALIAS, RetentionPolicy
 from .records import CheckpointVersion, Integrity, QueueModel
+
+log = logging.getLogger(__name__)
+_SAID_UNCLEAR: set[tuple[int, str]] = set()  # (version, keep tag value) already warned about
 
 __all__ = [
     "RegistrySnapshot",
@@ -207,6 +211,12 @@ def plan_retention(
         if v is not None:
             reasons.setdefault(v.version, []).append(why)
 
+    unclear = [(v.version, v.keep_value_unclear) for v in snapshot.versions
+               if v.keep_value_unclear is not None and (v.version, v.keep_value_unclear) not in _SAID_UNCLEAR]  # fmt: skip
+    _SAID_UNCLEAR.update(unclear)  # once per process: the plan runs at every save
+    if unclear:
+        log.warning("%s=%s: not a yes or no (true/yes/1/on or false/no/0/off); kept, as a keep tag is meant to keep",
+                    T.KEEP, ", ".join(f"{value!r} on v{n}" for n, value in unclear))  # fmt: skip
     protected = {}
     for v in snapshot.versions:
         by = protection(v, snapshot.aliases_of(v.version), own)
