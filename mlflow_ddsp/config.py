@@ -263,7 +263,7 @@ class Config:
 
     @property
     def upstream_generation(self) -> str:
-        """Which upstream DDSP-SVC a model type is: ``"3.0"`` (pure DDSP), ``"5.0"``, ``"6.0"`` or ``"6.1"``.
+        """Which upstream DDSP-SVC a cascade model is: ``"5.0"``, ``"6.0"`` or ``"6.1"``; ``"ddsp"`` for the pure-DDSP types.
 
         6.1 keeps ``model.type: RectifiedFlow`` and is told apart by its keys
         (``model.n_aux_layers``, ``n_aux_chans``, ``use_norm``, ``use_attention``).
@@ -274,7 +274,7 @@ class Config:
             m = self.model
             six_one = (m.n_aux_layers, m.n_aux_chans, m.use_norm, m.use_attention)
             return "6.1" if any(v is not None for v in six_one) else "6.0"
-        return "3.0"
+        return "ddsp"
 
     @property
     def infer_method(self) -> str:

@@ -55,8 +55,8 @@ MODEL_TYPES: dict[str, type[torch.nn.Module]] = {
 #: the keys that make a RectifiedFlow upstream 6.1's (LYNXNet) instead of 6.0's, with 6.1's defaults
 REFLOW_61_KEYS: dict[str, Any] = {"n_aux_layers": 3, "n_aux_chans": 256, "use_norm": False, "use_attention": False}
 #: which upstream DDSP-SVC each model type (and RectifiedFlow generation) comes from
-UPSTREAM_VERSIONS = {"CombSub": "3.0", "CombSubFast": "3.0", "CombSubSuperFast": "5.0 (its DDSP stage)",
-                     "Sins": "3.0", "DiffusionFast": "5.0", "RectifiedFlow": "6.0 or 6.1"}  # fmt: skip
+UPSTREAM_VERSIONS = {"CombSub": "ddsp", "CombSubFast": "ddsp", "CombSubSuperFast": "ddsp", "Sins": "ddsp",
+                     "DiffusionFast": "5.0", "RectifiedFlow": "6.0 or 6.1"}  # fmt: skip
 
 # constructor keyword -> where its value sits in a Config (section, key)
 _CONFIG_FIELDS = {name: tuple(key.split(".", 1)) for name, key in CONFIG_KEYS.items()}
