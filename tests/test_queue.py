@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from mlflow_ddsp import CheckpointQueue
 from mlflow_ddsp.checkpoint import RegistryStore, load_checkpoint
 from mlflow_ddsp.checkpoint.files import Manifest
-from mlflow_ddsp.errors import CheckpointSaveError, ConfigError, TrackingServerUnreachable
+from mlflow_ddsp.errors import CheckpointIntegrityError, CheckpointSaveError, ConfigError, TrackingServerUnreachable
 from mlflow_ddsp.local_server import free_port
 from mlflow_ddsp import tags as T
 
@@ -117,6 +117,8 @@ def corrupt(path: Path) -> None:
 
 
 def test_start_finds_a_corrupt_rolling_version_and_falls_back(backend, model_name, caplog):
+    """Issue 20: the start finds it and stops, deleting nothing; falling back (and deleting the
+    corrupt version) takes a person's `gc --forget-missing`."""
     model, _ = tiny_model()
     with open_queue(backend, model_name) as queue:
         forced = queue.save(20, model).result()
@@ -124,11 +126,19 @@ def test_start_finds_a_corrupt_rolling_version_and_falls_back(backend, model_nam
         rolling = queue.save(30, model).result()
         corrupt(artifact_folder(backend, queue.store, rolling) / "model_30.pt")
 
+    with pytest.raises(CheckpointIntegrityError) as refused:
+        open_queue(backend, model_name)
+    assert "model_30.pt is" in str(refused.value) and "sha256" in str(refused.value)  # the start's check names the file
+    assert versions_by_step(RegistryStore(backend.uri), model_name) == {20: "force_saved", 30: "rolling"}
+    from click.testing import CliRunner
+    from mlflow_ddsp.cli import main
+
+    repair = CliRunner().invoke(main, ["--tracking-uri", backend.uri, "gc", model_name, "--forget-missing"])
+    assert repair.exit_code == 0, repair.output
     fresh, _ = tiny_model(seed=5)
     with caplog.at_level(logging.WARNING, logger="mlflow_ddsp"), open_queue(backend, model_name) as queue:
         assert queue.restore(fresh) == 20
         store = queue.store
-    assert "model_30.pt is" in caplog.text and "sha256" in caplog.text  # the start's byte check names the file
     assert store.alias_version(model_name, "rolling") == forced.version
     assert versions_by_step(store, model_name) == {20: "force_saved"}
     assert_invariants(store, backend, model_name)

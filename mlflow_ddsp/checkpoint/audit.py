@@ -84,6 +84,10 @@ def audit_queue(
         integrity, why = results.get(v.version, (None, None))
         if integrity not in (None, Integrity.INTACT):
             problems.append(why or f"{v.label}: {integrity.value}")
+        if integrity is Integrity.AUXILIARY:
+            # Shown as a mismatch (verify reports every changed byte); the plan above still
+            # keeps and resumes from it like an intact version (issue 20).
+            integrity = Integrity.DAMAGED
         audits.append(
             VersionAudit(
                 v, snapshot.aliases_of(v.version), integrity, why,

@@ -40,6 +40,8 @@ __all__ = [
     "sha256_file",
     "write_checkpoint",
     "verify_files",
+    "FileDifference",
+    "compare_files",
     "load_checkpoint",
 ]
 
@@ -71,6 +73,19 @@ class Manifest:
     @property
     def checkpoint_file(self) -> str:
         return checkpoint_filename(self.step)
+
+    @property
+    def essential_files(self) -> frozenset[str]:
+        """The files a version's fate depends on: the weights and the config that rebuilds the model.
+
+        Issue 20 ("Nothing lost"): a changed byte in any other file (validation
+        PNG/WAV, ``MLmodel``, requirements/conda/python_env files, ``trainer_state.pt``)
+        never decides whether a checkpoint is kept or resumed from. ``trainer_state.pt``
+        is not essential: the weights and optimizer are in ``model_<N>.pt`` (upstream
+        resumes from that file alone); the trainer state only makes a resume bit-exact,
+        and a changed one is not loaded.
+        """
+        return frozenset({self.checkpoint_file, CONFIG_FILE})
 
     def to_json(self) -> bytes:
         doc = {
@@ -190,6 +205,37 @@ def verify_files(directory: str | os.PathLike, manifest: Manifest, *, label: str
                 f"{label}: {name} is {actual.size} bytes with sha256 {actual.sha256[:12]}..., "
                 f"expected {expected.size} bytes with sha256 {expected.sha256[:12]}..."
             )
+
+
+@dataclass(frozen=True)
+class FileDifference:
+    """One file of a version that is not as its manifest records it."""
+
+    name: str
+    expected: FileDigest
+    found: FileDigest | None  # None: the file is not there
+
+    def describe(self, *, full: bool = True) -> str:
+        """``model_30.pt is 1234 bytes with sha256 <found>, expected 1234 bytes with sha256 <expected>``."""
+        if self.found is None:
+            return f"{self.name} is missing"
+        cut = (lambda d: d) if full else (lambda d: d[:12] + "...")
+        return (
+            f"{self.name} is {self.found.size} bytes with sha256 {cut(self.found.sha256)}, "
+            f"expected {self.expected.size} bytes with sha256 {cut(self.expected.sha256)}"
+        )
+
+
+def compare_files(directory: str | os.PathLike, manifest: Manifest) -> list[FileDifference]:
+    """Every manifest file that is missing from ``directory`` or differs, in manifest order."""
+    root = Path(directory)
+    out = []
+    for name, expected in manifest.files.items():
+        path = root / name
+        found = sha256_file(path) if path.is_file() else None
+        if found != expected:
+            out.append(FileDifference(name, expected, found))
+    return out
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import logging
 from typing import Callable
 
 from .. import tags as T
-from ..errors import ArtifactStoreUnavailable, CheckpointNotFoundError, ConfigError
+from ..errors import ArtifactStoreUnavailable, CheckpointIntegrityError, CheckpointNotFoundError, ConfigError
 from .names import validate_alias
 from .policy import BEST_ALIAS, DEFAULT_ALIAS, RetentionPolicy
 from .records import CheckpointVersion, Integrity
@@ -219,6 +219,46 @@ def _unavailable(store: RegistryStore, name: str, snapshot: RegistrySnapshot) ->
     )
 
 
+def _refused_for_damage(
+    snapshot: RegistrySnapshot, plan: RetentionPlan, alias: str, damaged: dict[int, str]
+) -> list[CheckpointVersion]:
+    """The versions ``plan`` would give up only because a check found an essential file changed.
+
+    Issue 20 ("Nothing lost"): a failed check is not evidence enough to delete a
+    checkpoint, nor to resume silently from an older one. A checked version is
+    given up when the plan deletes it (it was checked because a rule would keep
+    it if intact: newest or best), or when it is the newest and the rolling alias
+    moves off it. ``gc --forget-missing`` applies such a plan: a person's decision.
+    """
+    if not damaged:
+        return []
+    out = [v for v in plan.delete_versions if v.version in damaged]
+    ours = sorted((v for v in snapshot.versions if v.is_queue_version), key=CheckpointVersion.newness, reverse=True)
+    newest = ours[0] if ours else None
+    moves = dict(plan.alias_moves)
+    if (
+        newest is not None
+        and newest.version in damaged
+        and snapshot.aliases.get(alias) == newest.version
+        and alias in moves
+        and newest not in out
+    ):
+        out.insert(0, newest)
+    return out
+
+
+def _damaged(name: str, refused: list[CheckpointVersion], damaged: dict[int, str]) -> CheckpointIntegrityError:
+    """One line: which file of which version differs (both sha256), nothing changed, and the repairs."""
+    first = refused[0]
+    more = f" ({len(refused) - 1} more version(s) too: `mlflow-ddsp verify {name}`)" if len(refused) > 1 else ""
+    return CheckpointIntegrityError(
+        f"{damaged[first.version]}{more}; nothing was deleted or moved: put the registered file back (e.g. from "
+        f"a backup; the sha256 must match) and start again, or, if it is lost for good, "
+        f"`mlflow-ddsp gc {name} --forget-missing` gives that version up (a rolling one is deleted, a "
+        f"force-saved or protected one kept) and training resumes from the newest intact checkpoint"
+    )
+
+
 def collect(
     store: RegistryStore,
     name: str,
@@ -234,8 +274,15 @@ def collect(
     (:meth:`RegistryStore.check`) until an intact one is found, for the alias
     and for ``best``. Without ``policy``/``alias``, the ones the queue recorded.
 
+    A version whose essential file (``model_<N>.pt``, ``config.yaml``) differs is
+    never deleted, nor left behind by the rolling alias, because of that check
+    alone (issue 20): unless ``forget_missing``, nothing is changed and one line
+    names the file, both sha256 and the repairs. Auxiliary files never count.
+
     Raises:
         ArtifactStoreUnavailable: every version's files are missing; nothing was changed.
+        CheckpointIntegrityError: the plan would give up a version because its
+            essential file differs; nothing was changed.
         RegistryError: the registry or the store cannot be read; nothing was changed.
     """
     recorded_alias, recorded = recorded_policy(store, name, alias)
@@ -243,11 +290,14 @@ def collect(
     snapshot = take_snapshot(store, name)
 
     findings: list[str] = []
+    damaged: dict[int, str] = {}  # version -> why, for versions whose essential files differ
 
     def check(version: CheckpointVersion) -> Integrity:
         state, why = store.check(version)
         if why:
             findings.append(why)
+        if state is Integrity.DAMAGED:
+            damaged[version.version] = why or f"{version.label}: damaged"
         return state
 
     plan = plan_retention(snapshot, policy, alias, check, forget_missing=forget_missing)
@@ -258,6 +308,10 @@ def collect(
         )
     if plan.store_unavailable:
         raise _unavailable(store, name, snapshot)
+    if not forget_missing:
+        refused = _refused_for_damage(snapshot, plan, alias, damaged)
+        if refused:
+            raise _damaged(name, refused, damaged)
     for why in findings:
         log.warning("%s", why)
     if not dry_run:

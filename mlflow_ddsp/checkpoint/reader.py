@@ -26,7 +26,7 @@ from .files import CONFIG_FILE, TRAINER_STATE_FILE, load_checkpoint
 from .names import validate_alias
 from .policy import DEFAULT_ALIAS
 from .records import CheckpointVersion
-from .registry import RegistryStore
+from .registry import RegistryStore, auxiliary_note
 
 __all__ = [
     "CheckpointReader",
@@ -294,13 +294,33 @@ class CheckpointReader:
         return restored.step
 
     def _fetch_one(self, version: CheckpointVersion) -> RestoredCheckpoint:
+        """Download and check ``version``: its essential files must match, others only are reported.
+
+        Issue 20 ("Nothing lost"): training resumes from a version whose weights and
+        config are as registered even when an auxiliary file (validation media,
+        ``MLmodel``, ``trainer_state.pt``...) differs; one line names that file. A
+        changed ``trainer_state.pt`` is not loaded (the resume is then not bit-exact).
+        Serving does not come here: it checks every byte (``fetch_verified``).
+
+        Raises:
+            CheckpointIntegrityError: an essential file or the manifest differs.
+            CheckpointNotFoundError: an essential file or the manifest is gone.
+        """
         with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-restore-") as tmp:
-            manifest = self.store.fetch_verified(version, tmp)
+            manifest, differences = self.store.inspect(version, tmp)
+            essential = [d for d in differences if d.name in manifest.essential_files]
+            if any(d.found is None for d in essential):
+                raise CheckpointNotFoundError(f"{version.label}: " + "; ".join(d.describe() for d in essential))
+            if essential:
+                raise CheckpointIntegrityError(f"{version.label}: " + "; ".join(d.describe() for d in essential))
+            if differences:
+                log.warning("%s", auxiliary_note(version, differences))
+            changed = {d.name for d in differences}
             checkpoint = load_checkpoint(Path(tmp) / manifest.checkpoint_file)
             config_path = Path(tmp) / CONFIG_FILE
             config_yaml = config_path.read_bytes() if config_path.exists() else b""
             trainer_state = None
-            if TRAINER_STATE_FILE in manifest.files:
+            if TRAINER_STATE_FILE in manifest.files and TRAINER_STATE_FILE not in changed:
                 trainer_state = torch.load(Path(tmp) / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
         return RestoredCheckpoint(
             version=version, checkpoint=checkpoint, config_yaml=config_yaml, trainer_state=trainer_state

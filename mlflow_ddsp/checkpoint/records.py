@@ -20,11 +20,24 @@ __all__ = ["CheckpointVersion", "QueueModel", "Integrity", "KEEP_YES", "KEEP_NO"
 class Integrity(enum.Enum):
     """What a check of a version's files found. One meaning everywhere (reconcile, gc,
     restore, verify): a version is intact when its ``manifest.json`` has the sha256
-    recorded at registration and every file it lists has its recorded sha256."""
+    recorded at registration and every file it lists has its recorded sha256.
+
+    Only the essential files (``model_<N>.pt``, ``config.yaml``:
+    :attr:`~mlflow_ddsp.checkpoint.files.Manifest.essential_files`) decide a
+    checkpoint's fate (issue 20, "Nothing lost"): a version whose only differences
+    are auxiliary files is ``AUXILIARY``, as usable as an intact one for keeping and
+    resuming; ``verify`` still reports it and serving still refuses it.
+    """
 
     INTACT = "intact"
     MISSING = "missing"  # no file of the version is in the store (deleted, or the store is not mounted)
-    DAMAGED = "damaged"  # some files are there but not as registered (changed, truncated, partly gone)
+    DAMAGED = "damaged"  # an essential file, or the manifest, is not as registered (changed, truncated, gone)
+    AUXILIARY = "auxiliary"  # checkpoint and config as registered; an auxiliary file differs or is gone
+
+    @property
+    def usable(self) -> bool:
+        """The checkpoint can be kept and resumed from: its weights and config are as registered."""
+        return self in (Integrity.INTACT, Integrity.AUXILIARY)
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -37,6 +37,15 @@ from ..tracking import (
 from .files import MANIFEST_FILE, Manifest
 from .records import CheckpointVersion, Integrity, QueueModel
 
+
+def auxiliary_note(version: CheckpointVersion, differences: Sequence) -> str:
+    """One line: which auxiliary files of ``version`` differ, and that its checkpoint is intact."""
+    return (
+        f"{version.label}: its checkpoint and config are intact, but "
+        + "; ".join(d.describe() for d in differences)
+        + " (an auxiliary file: the version is kept and resumed from; serving refuses it while that file differs)"
+    )
+
 __all__ = ["RegistryStore", "LoggedModelRef"]
 
 _PAGE = 1000
@@ -715,12 +724,15 @@ class RegistryStore:
         return self.get_files(version.model_id)
 
     def check(self, version: CheckpointVersion) -> tuple[Integrity, str | None]:
-        """Download ``version`` and check every byte (see :meth:`fetch_verified`).
+        """Download ``version`` and check every byte (see :meth:`inspect`).
 
         Returns:
             ``(INTACT, None)``; ``(MISSING, why)`` when the store holds no file of
-            it (deleted, or the store is not mounted); ``(DAMAGED, why)`` when
-            some files are there but not as registered, or its LoggedModel is gone.
+            it (deleted, or the store is not mounted); ``(DAMAGED, why)`` when an
+            essential file (``model_<N>.pt``, ``config.yaml``) or the manifest is not
+            as registered, or its LoggedModel is gone; ``(AUXILIARY, why)`` when only
+            other files differ (issue 20: those never decide a checkpoint's fate).
+            ``why`` is one line naming the file and, where it is there, both sha256.
         Raises:
             RegistryError: the store cannot be read (unreachable, no permission):
                 nothing can be concluded.
@@ -729,7 +741,7 @@ class RegistryStore:
 
         with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-check-") as tmp:
             try:
-                self.fetch_verified(version, tmp)
+                manifest, differences = self.inspect(version, tmp)
             except CheckpointIntegrityError as exc:
                 return Integrity.DAMAGED, str(exc)
             except CheckpointNotFoundError as exc:
@@ -740,7 +752,50 @@ class RegistryStore:
                 except CheckpointNotFoundError:
                     return Integrity.DAMAGED, f"{version.label}: its LoggedModel {version.model_id} is gone"
                 return (Integrity.DAMAGED if listed else Integrity.MISSING), f"{version.label}: {exc}"
+        essential = [d for d in differences if d.name in manifest.essential_files]
+        if essential:
+            return Integrity.DAMAGED, f"{version.label}: " + "; ".join(d.describe() for d in essential)
+        if differences:
+            return Integrity.AUXILIARY, auxiliary_note(version, differences)
         return Integrity.INTACT, None
+
+    def inspect(self, version: CheckpointVersion, dst: str | os.PathLike) -> tuple[Manifest, list]:
+        """Download the files of ``version`` that are there into ``dst``; list those that differ.
+
+        The manifest must match the sha256 recorded before its upload; every file it
+        lists is then compared with it, a missing one included. Unlike
+        :meth:`fetch_verified` (serving, export: every byte must match) nothing is
+        raised for a file that differs: the caller decides (issue 20: only the
+        essential files decide a checkpoint's fate).
+
+        Returns:
+            The manifest and a list of :class:`~mlflow_ddsp.checkpoint.files.FileDifference`.
+        Raises:
+            CheckpointNotFoundError: the manifest (or the LoggedModel) is gone.
+            CheckpointIntegrityError: the manifest changed since registration.
+        """
+        from .files import compare_files, sha256_file
+
+        try:
+            files = self.files_of(version)
+            listed = self.list_sizes(files)
+            manifest = self.read_manifest(files, dst, listed)
+        except CheckpointNotFoundError as exc:
+            message = str(exc)
+            raise CheckpointNotFoundError(message if message.startswith(version.label) else f"{version.label}: {message}") from exc
+        digest = sha256_file(Path(dst) / MANIFEST_FILE)
+        expected = version.manifest_sha256 or files.tags.get(T.MANIFEST_SHA256)
+        if digest.sha256 != expected:
+            raise CheckpointIntegrityError(
+                f"{version.label}: manifest.json is {digest.size} bytes with sha256 {digest.sha256}, "
+                f"expected sha256 {expected} (recorded at registration)"
+            )
+        present = [n for n in manifest.files if n in listed]
+        try:
+            self.download(files, present, dst, listed)
+        except CheckpointNotFoundError:
+            pass  # gone between the listing and the download: compare_files names it
+        return manifest, compare_files(dst, manifest)
 
     def fetch_verified(self, version: CheckpointVersion, dst: str | os.PathLike) -> Manifest:
         """Download every file of ``version`` into ``dst`` and check it against its tags.

@@ -23,7 +23,11 @@ What is preserved (a version may have several reasons):
 * versions the queue did not write are never touched.
 
 Evidence rules (absence of evidence is not damage): a version is judged only
-by a check that ran (``Integrity``); versions not checked count as intact. When
+by a check that ran (``Integrity``); versions not checked count as intact, and so
+do versions whose only changed files are auxiliary (``Integrity.AUXILIARY``:
+validation media, ``MLmodel``...; issue 20). A plan may retire a DAMAGED version;
+``gc.collect`` applies such a plan only under ``--forget-missing`` and otherwise
+stops, naming the file (a failed check alone never deletes a checkpoint). When
 every checked queue version is MISSING (the store is empty, e.g. not mounted
 yet), the plan deletes nothing and says so (``store_unavailable``). A crash can
 also leave LoggedModels that no version uses (unfinished uploads, or the files
@@ -189,7 +193,7 @@ def plan_retention(
             checked[v.version] = integrity(v)
         return checked[v.version]
 
-    newest = next((v for v in ours if state(v) is Integrity.INTACT), None)
+    newest = next((v for v in ours if state(v).usable), None)
     if newest is None and ours and not forget_missing and all(checked[v.version] is Integrity.MISSING for v in ours):
         # Absence of evidence is not damage: an empty or unmounted store deletes nothing.
         return RetentionPlan(alias_targets={}, store_unavailable=True)
@@ -201,9 +205,9 @@ def plan_retention(
             (v for v in ours if v.metric(policy.best_metric) is not None and checked.get(v.version) is not Integrity.DAMAGED),
             key=lambda v: (sign * v.metric(policy.best_metric), v.step, v.version),
         )
-        best = next((v for v in ranked if state(v) is Integrity.INTACT), None)
+        best = next((v for v in ranked if state(v).usable), None)
 
-    bad = {n for n, s in checked.items() if s is not Integrity.INTACT}
+    bad = {n for n, s in checked.items() if not s.usable}
     usable = [v for v in ours if v.version not in bad]
     reasons: dict[int, list[str]] = {}
 

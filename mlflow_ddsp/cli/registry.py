@@ -130,7 +130,9 @@ def verify(ctx: click.Context, name: str, alias: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Print what would be removed; change nothing.")
 @click.option("--takeover", is_flag=True, help="Take the writer lease even from a live training process.")
 @click.option("--forget-missing", is_flag=True,
-              help="When no version has any file left (they were deleted, not just unmounted), remove the versions.")  # fmt: skip
+              help="Give up versions whose files are gone (deleted, not just unmounted: removed, force-saved ones "
+              "too) or whose checkpoint or config.yaml changed (rolling ones removed, force-saved ones kept); "
+              "protected versions always stay, and the alias moves to the newest intact version.")  # fmt: skip
 @click.pass_context
 def gc(ctx: click.Context, name: str, alias: str | None, dry_run: bool, takeover: bool, forget_missing: bool) -> None:
     """Repair queue NAME after crashes and free checkpoint bytes no rule keeps.
