@@ -57,8 +57,8 @@ def workspace(tmp_path_factory) -> Path:
     write_vocoder_config(root / "voc", config)
     torch.manual_seed(0)
     torch.save({"generator": NsfHifiGanGenerator(config).state_dict()}, root / "voc" / "model")
-    # The features every template shares (same vocoder, use_pitch_aug and seed): the tests that
-    # preprocess again find them done; the others can run alone.
+    # The features every template shares (same vocoder, use_pitch_aug and seed), so that a test that
+    # does not preprocess can run alone.
     prep = cli("sqlite:///:memory:", "preprocess", "-c", str(ROOT / TEMPLATES["6.0"]), *overrides(root, "prep", "6.0"))
     assert prep.exit_code == 0, prep.output
     return root
@@ -99,7 +99,6 @@ def test_upstream_config_preprocess_train_infer_and_serve(workspace, tmp_path, g
     sets = overrides(workspace, name, generation)
     prep = cli(uri, "preprocess", "-c", config, *sets)
     assert prep.exit_code == 0, prep.output
-    assert "0 processed, 4 already done" in prep.output  # the workspace's features fit every template
     assert (workspace / "data" / "train" / "mel").is_dir()
     trained = cli(uri, "train", "-c", config, *sets)
     assert trained.exit_code == 0, trained.output

@@ -87,7 +87,8 @@ def load_pretrained(path: Path, model: torch.nn.Module, cfg: Any) -> tuple[int, 
         ArchitectureMismatchError: its tensors reveal other config keys (named).
         StateDictMismatchError: a key whose shape does not fit (named with both shapes).
     """
-    state = check_pretrained(path, cfg)["model"]
+    payload = check_pretrained(path, cfg)
+    state = payload["model"]
     diff = compare_state_dict(model, state)
     load_state_dict_checked(model, state, strict=False, source=str(path),
                             hint="the pretrained model does not fit this config")  # fmt: skip
