@@ -290,3 +290,16 @@ def demo_data(tmp_path_factory) -> Path:
     make_demo_dataset(root, seconds_per_speaker=8, progress=False)
     preprocess(load_config(tiny_config(root, root / "config.yaml", "prep")), workers=1, progress=False)
     return root
+
+
+def rolling_checkpoint(uri: str, name: str) -> dict:
+    """The checkpoint payload the rolling alias of ``name`` points to, downloaded and sha256-verified."""
+    import tempfile
+
+    from mlflow_ddsp.checkpoint import RegistryStore, load_checkpoint
+
+    store = RegistryStore(uri)
+    version = store.get_version(name, store.alias_version(name, "rolling"))
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = store.fetch_verified(version, tmp)
+        return load_checkpoint(Path(tmp) / manifest.checkpoint_file)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import rolling_checkpoint
 import soundfile as sf
 import torch
 from click.testing import CliRunner
@@ -196,18 +197,6 @@ def test_a_vocoder_of_another_rate_is_refused_before_any_work(workspace, tmp_pat
         assert store.client.search_runs([e.experiment_id for e in store.client.search_experiments()]) == []
 
 
-def _final_state(uri: str, name: str) -> dict:
-    import tempfile
-
-    from mlflow_ddsp.checkpoint import load_checkpoint
-
-    store = RegistryStore(uri)
-    version = store.get_version(name, store.alias_version(name, "rolling"))
-    with tempfile.TemporaryDirectory() as tmp:
-        manifest = store.fetch_verified(version, tmp)
-        return load_checkpoint(Path(tmp) / manifest.checkpoint_file)
-
-
 def test_a_killed_reflow_training_resumes_bit_identical(workspace, tmp_path):
     """SIGKILLed once the checkpoint of step 3 is in the spool, started again: the same weights,
     optimizer moments and step as an uninterrupted run (data order, mel augmentation choice,
@@ -232,8 +221,8 @@ def test_a_killed_reflow_training_resumes_bit_identical(workspace, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"trained {name} from step 3 to 7" in again.stdout
 
-    a = _final_state(f"sqlite:///{tmp_path / 'uninterrupted' / 'mlflow.db'}", name)
-    b = _final_state(f"sqlite:///{tmp_path / 'resumed' / 'mlflow.db'}", name)
+    a = rolling_checkpoint(f"sqlite:///{tmp_path / 'uninterrupted' / 'mlflow.db'}", name)
+    b = rolling_checkpoint(f"sqlite:///{tmp_path / 'resumed' / 'mlflow.db'}", name)
     assert a["global_step"] == b["global_step"] == 7
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:

@@ -19,7 +19,7 @@ from mlflow_ddsp.checkpoint import RegistryStore
 from mlflow_ddsp.cli import main
 from mlflow_ddsp import tags as T
 
-from conftest import tiny_config
+from conftest import rolling_checkpoint, tiny_config
 from registry_checks import versions_by_step
 
 pytestmark = pytest.mark.slow
@@ -216,18 +216,6 @@ def test_a_second_writer_is_refused_before_data_loading_and_leaves_no_run(embedd
     assert client.get_experiment_by_name(f"exp-{model_name}") is None  # no run, not even its experiment
 
 
-def _final_state(uri: str, name: str) -> dict:
-    import tempfile
-
-    from mlflow_ddsp.checkpoint import load_checkpoint
-
-    store = RegistryStore(uri)
-    version = store.get_version(name, store.alias_version(name, "rolling"))
-    with tempfile.TemporaryDirectory() as tmp:
-        manifest = store.fetch_verified(version, tmp)
-        return load_checkpoint(Path(tmp) / manifest.checkpoint_file)
-
-
 def test_sigkill_after_a_checkpoint_then_resume_ends_bit_identical(demo_data, tmp_path, model_name):
     """The CLI trainer killed once the checkpoint of step 5 is durable, started again, ends
     exactly where an uninterrupted run of the same config ends: data order, crops, gains, model
@@ -261,8 +249,8 @@ def test_sigkill_after_a_checkpoint_then_resume_ends_bit_identical(demo_data, tm
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"trained {model_name} from step 5 to 12" in again.stdout
 
-    a = _final_state(f"sqlite:///{tmp_path / 'uninterrupted' / 'mlflow.db'}", model_name)
-    b = _final_state(f"sqlite:///{tmp_path / 'resumed' / 'mlflow.db'}", model_name)
+    a = rolling_checkpoint(f"sqlite:///{tmp_path / 'uninterrupted' / 'mlflow.db'}", model_name)
+    b = rolling_checkpoint(f"sqlite:///{tmp_path / 'resumed' / 'mlflow.db'}", model_name)
     assert a["global_step"] == b["global_step"] == 12
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:

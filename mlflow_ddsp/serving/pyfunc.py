@@ -155,8 +155,7 @@ def load_version_dir(path: str | os.PathLike, *, device: str | None = None) -> D
         encoder_ckpt=os.environ.get("MLFLOW_DDSP_ENCODER_CKPT") or None,
         encoder_precision=os.environ.get("MLFLOW_DDSP_ENCODER_PRECISION") or "auto",
         encoder_precision_key="MLFLOW_DDSP_ENCODER_PRECISION",
-        source=f"model at {root}",
-        vocoder_ckpt=os.environ.get("MLFLOW_DDSP_VOCODER_CKPT") or None,
+        source=f"model at {root}",  # the vocoder's weights: MLFLOW_DDSP_VOCODER_CKPT, read by the converter
     )
     sha256 = manifest.files[manifest.checkpoint_file].sha256
     log.warning("mlflow-ddsp: serving %s step %d (checkpoint sha256 %s...)", cfg.model.type, manifest.step, sha256[:12])
