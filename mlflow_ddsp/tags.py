@@ -17,6 +17,7 @@ __all__ = [
     "SIZE",
     "MANIFEST_SHA256",
     "CHECKPOINT_FILE",
+    "WRITER",
     "MLFLOW_MODEL_VERSIONS",
     "KEEP",
     "METRIC_PREFIX",
@@ -70,6 +71,7 @@ MANIFEST_SHA256 = "mlflow_ddsp.manifest_sha256"  # sha256 of manifest.json (cove
 CHECKPOINT_FILE = "mlflow_ddsp.checkpoint_file"  # "model_<step>.pt"
 MLFLOW_MODEL_VERSIONS = "mlflow.modelVersions"  # MLflow's own: JSON [{name, version}] -> the UI's link
 PARENT_VERSION = "mlflow_ddsp.parent.version"  # version training resumed/fine-tuned from
+WRITER = "mlflow_ddsp.writer"  # the writer lease's owner id of the training that made it (stale spools: issue 20)
 PARENT_STEP = "mlflow_ddsp.parent.step"
 PARENT_MODEL = "mlflow_ddsp.parent.model"  # registered model of the parent
 PARENT_RUN = "mlflow_ddsp.parent.run"  # the run that trained the parent (it outlives a deleted parent)

@@ -20,7 +20,12 @@ check that the next start (spool upload, then reconcile: ``retention.py``,
        spool     rename it to the spool's entry step-<s>: DURABLE ON THIS MACHINE
                  (``spool.py``); retention drops spooled rolling saves that a newer
                  one supersedes (``retention.spool_drops``)        -> after_spool
-    2. create    a LoggedModel (PENDING) tagged queue/step/kind, the manifest's
+       lineage   an entry whose writer was replaced (another writer registered a
+                 version after the entry's base_version: ``spool.py``) is set aside,
+                 never registered: a stale step never becomes the newest, nor deletes
+                 anything (issue 20); this writer's own such entry means it lost the
+                 lease: it sets its whole spool aside and stops (LeaseLostError)
+    2. create    a LoggedModel (PENDING) tagged queue/step/kind/writer, the manifest's
                  sha256 (the integrity record), lineage and parent      -> after_create
     3. upload    checkpoint and config                                  -> mid_upload
                  then the manifest, last                                -> after_upload
@@ -80,6 +85,7 @@ import yaml
 from .. import tags as T
 from ..errors import (
     CheckpointIntegrityError,
+    CheckpointNotFoundError,
     CheckpointSaveError,
     ConfigError,
     LeaseLostError,
@@ -302,6 +308,8 @@ class CheckpointQueue:
             lease = WriterLease(self.store, self.name, ttl=lease_ttl, takeover=takeover)
             lease.acquire()
         self._lease = lease
+        self._writer_id = lease.owner  # recorded with each save: which lineage made it (spool.py)
+        self._known_version = 0  # the newest version number this writer knows (its saves' base)
         self._closed = False
         self._staging = StagingBuffer()
         self._writer = ThreadPoolExecutor(
@@ -339,6 +347,7 @@ class CheckpointQueue:
             self.spool = Spool(self.store.tracking_uri, self.name, spool_dir)
             self._commit_left_spool()
             self.last_reconcile = collect(self.store, self.name, self.alias, self.policy)
+            self._known_version = max((v.version for v in self.store.list_versions(self.name)), default=0)
             for line in self.last_reconcile.describe():
                 log.warning("%s: repaired at start: %s", self.name, line)
         except BaseException:
@@ -609,7 +618,8 @@ class CheckpointQueue:
             entry = self.spool.write(
                 step, kind, payload, self._config_yaml, {**self._extra_files, **attachments}, trainer_state,
                 metrics=metrics, blocked_seconds=blocked, run_id=self.run_id, experiment_id=self.experiment_id,
-                files_tags={**self._lineage, **self.parent_tags()}, after_write=lambda: reached("after_write"),
+                files_tags={**self._lineage, **self.parent_tags()}, writer=self._writer_id,
+                base_version=self._known_version, after_write=lambda: reached("after_write"),
             )  # fmt: skip
         except BaseException as exc:
             with self._cond:
@@ -679,6 +689,8 @@ class CheckpointQueue:
                     self._cond.wait_for(lambda: self._stopping, timeout=delay)
                 continue
             except BaseException as exc:  # noqa: BLE001 - handed to the caller at save/flush/close
+                if isinstance(exc, LeaseLostError):
+                    self._set_aside_own(exc)
                 with self._cond:
                     self._in_flight = None
                     self._failure = (step, exc)
@@ -730,26 +742,34 @@ class CheckpointQueue:
         tags: Mapping[str, str] | None = None,
         spooled: bool = True,
         dedupe: bool = False,
-    ) -> CheckpointVersion:
-        """Steps 2-6 for one entry; queues steps 6 (link) to 8 in ``_after_commit``."""
+    ) -> CheckpointVersion | None:
+        """Steps 2-6 for one entry; queues steps 6 (link) to 8 in ``_after_commit``.
+
+        Returns None for an entry of a replaced lineage, set aside instead (:meth:`_stale`).
+        """
         started = time.perf_counter()
         store, step, kind = self.store, entry.step, entry.kind
         # A step tried before (in this process, or by the process that spooled it) may
         # have reached the commit point already: never register it twice.
         dedupe = dedupe or step in self._attempted or entry.written_by != os.getpid()
         self._attempted.add(step)
+        versions = self.store.list_versions(self.name) if dedupe or spooled else []
         if dedupe:
-            done = self._registered(entry)
+            done = self._registered(entry, versions)
             if done is not None:
                 log.warning("%s: step %d of the spool is registered already (v%s): not committed twice",
                             self.name, step, done.version)  # fmt: skip
                 self._committed(entry, done, spooled)
                 return done
+        if spooled:
+            replaced = self._replaced_by(entry, versions)
+            if replaced is not None:
+                return self._stale(entry, replaced)
         files = store.create_files(
             entry.experiment_id,
             name=logged_model_name(self.name, step),
             run_id=entry.run_id,
-            tags={**entry.files_tags, **self._identity_tags(step, kind, entry.manifest, entry.manifest_digest)},
+            tags={**entry.files_tags, **self._identity_tags(step, kind, entry.manifest, entry.manifest_digest, entry.writer)},
         )
         reached("after_create")
         manifest = entry.manifest
@@ -802,6 +822,7 @@ class CheckpointQueue:
         """After the commit point: remember the version, take the entry out of the spool."""
         with self._cond:
             self.last_version = version
+            self._known_version = max(self._known_version, version.version)
             self._committed_step, self._settled = entry.step, False
             self._after_commit = [lambda: self._settle(self._crash_hook(entry.step))]
             if spooled:
@@ -821,9 +842,71 @@ class CheckpointQueue:
                 if self._after_commit and self._after_commit[0] is task:
                     self._after_commit.pop(0)
 
-    def _registered(self, entry: SpooledSave) -> CheckpointVersion | None:
+    def _replaced_by(self, entry: SpooledSave, versions: list[CheckpointVersion]) -> CheckpointVersion | None:
+        """The newest version another writer registered after ``entry``'s writer last knew
+        the registry (``entry.base_version``), if any: then ``entry`` is of a replaced lineage.
+
+        "Newest" means the newest of the committed lineage (issue 20): a version number
+        alone would make a stale step the newest. Entries written before the record
+        existed (no base) are committed as before.
+        """
+        if entry.base_version is None or not entry.writer:
+            return None
+        later = sorted((v for v in versions if v.is_queue_version and v.version > entry.base_version),
+                       key=CheckpointVersion.newness, reverse=True)  # fmt: skip
+        for v in later:
+            try:
+                writer = self.store.get_files(v.model_id).tags.get(T.WRITER)
+            except CheckpointNotFoundError:  # its files' record is gone: not known to be this lineage's
+                writer = None
+            if writer != entry.writer:
+                return v
+        return None
+
+    def _stale(self, entry: SpooledSave, replaced: CheckpointVersion) -> None:  # -> _commit's None
+        """An entry of a replaced lineage: never registered (it would become the newest and
+        retire what the other writer committed). This writer's own: it lost the lease."""
+        if entry.writer == self._writer_id:
+            self._lease.check()  # says who took over, if the lease says so
+            raise LeaseLostError(
+                f"{replaced.label} was registered by another writer after this one's last commit "
+                f"(v{entry.base_version}); this process stopped writing checkpoints"
+            )
+        with self._cond:
+            self._spooled.pop(entry.step, None)
+        aside = self.spool.set_aside(entry)
+        log.warning(
+            "%s: step %d in the spool was written by a training that another one replaced (it has "
+            "committed %s since), so it is not committed and deletes nothing: set aside in %s (to keep it, "
+            "import it into another registered model: `mlflow-ddsp import %s --name %s-step-%d`; or delete it)",
+            self.name, entry.step, replaced.label, aside, aside, self.name, entry.step,
+        )  # fmt: skip
+        return None
+
+    def _set_aside_own(self, why: BaseException) -> None:
+        """A fenced writer's uncommitted saves leave the spool: no later start commits them."""
+        with self._cond:
+            entries = sorted(self._spooled.values(), key=lambda e: e.step)
+            self._spooled.clear()
+        if not entries:
+            return
+        places = []
+        for entry in entries:
+            try:
+                places.append(str(self.spool.set_aside(entry)))
+            except OSError:  # already set aside (or committed) by the process that replaced this one
+                continue
+        if places:
+            log.error(
+                "%s: %s; its uncommitted step%s %s %s set aside in %s, not committed (to keep one, import it "
+                "into another registered model: `mlflow-ddsp import FOLDER --name OTHER`; or delete them)", self.name, one_line(why),
+                "s" if len(entries) > 1 else "", ", ".join(str(e.step) for e in entries),
+                "were" if len(entries) > 1 else "was", ", ".join(places),
+            )  # fmt: skip
+
+    def _registered(self, entry: SpooledSave, versions: list[CheckpointVersion]) -> CheckpointVersion | None:
         """The version of this queue holding exactly ``entry``'s checkpoint, if any."""
-        for v in self.store.list_versions(self.name):
+        for v in versions:
             if v.is_queue_version and v.step == entry.step and v.sha256 == entry.checkpoint.sha256:
                 return v
         return None
@@ -880,10 +963,13 @@ class CheckpointQueue:
             tags[T.metric_tag(best)] = repr(float(metrics[best]))
         return tags
 
-    def _identity_tags(self, step: int, kind: str, manifest: Manifest, manifest_digest: FileDigest) -> dict[str, str]:
+    def _identity_tags(
+        self, step: int, kind: str, manifest: Manifest, manifest_digest: FileDigest, writer: str | None = None
+    ) -> dict[str, str]:
         """The LoggedModel's tags saying who wrote it and its integrity record."""
         return {
             T.QUEUE: self.name,
+            T.WRITER: writer or self._writer_id,
             T.STEP: str(step),
             T.KIND: kind,
             T.CHECKPOINT_FILE: manifest.checkpoint_file,

@@ -14,7 +14,18 @@ Layout (one folder per tracking store and registered model)::
         step-000000004000/          one entry: the version's files, then
             model_4000.pt ...        spool.json (what the commit needs besides the files)
         .writing-<pid>-step-...     an entry being written (removed if its process is gone)
-        .damaged-step-...           an entry that failed its sha256 check (kept for a person to look at)
+        .damaged-step-...           an entry that failed its checks (kept for a person to look at)
+        .set-aside-step-...         an entry of a replaced writer (kept for a person; see below)
+
+Each entry records who wrote it (``writer``: the writer lease's owner id) and the
+newest version of the registered model that writer knew (``base_version``). The
+queue commits an entry only if no other writer has registered a version since
+(``queue.py``): otherwise the entry belongs to a lineage that was replaced (a
+``--takeover``, or a lease that expired during an outage while another machine
+trained on) and it is set aside here instead, so a stale step never becomes the
+newest checkpoint and never causes a deletion (issue 20). An entry's record
+(``spool.json``) must agree with its folder name, its manifest and, when checked,
+the checkpoint's own ``global_step``; one that does not is treated as damaged.
 
 Commit order of one entry, so that a crash at any point leaves either a
 complete entry or none:
@@ -44,7 +55,9 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import quote, urlparse
 
-from ..errors import CheckpointIntegrityError, ConfigError
+import torch
+
+from ..errors import CheckpointIntegrityError, ConfigError, one_line
 from ..tracking import embedded_store_folder
 from .files import MANIFEST_FILE, FileDigest, Manifest, sha256_file, verify_files, write_checkpoint
 from .lease import pid_running
@@ -123,6 +136,8 @@ class SpooledSave:
     experiment_id: str = ""
     files_tags: dict[str, str] = field(default_factory=dict)
     written_by: int = 0  # pid
+    writer: str = ""  # the writer lease's owner id ("" in entries written before issue 20)
+    base_version: int | None = None  # the newest version that writer knew when it wrote the entry
 
     @property
     def checkpoint(self):
@@ -138,7 +153,22 @@ class SpooledSave:
             "blocked_seconds": self.blocked_seconds, "run_id": self.run_id, "experiment_id": self.experiment_id,
             "files_tags": self.files_tags, "manifest_sha256": self.manifest_digest.sha256,
             "manifest_size": self.manifest_digest.size, "written_by": self.written_by,
+            "writer": self.writer, "base_version": self.base_version,
         }, indent=2).encode()  # fmt: skip
+
+
+def _check_global_step(entry: SpooledSave) -> None:
+    """The checkpoint's own ``global_step`` must be the entry's step (read memory-mapped: cheap)."""
+    path = entry.folder / entry.manifest.checkpoint_file
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a damaged entry
+        raise CheckpointIntegrityError(f"spooled checkpoint {path} cannot be read: {one_line(exc)}") from exc
+    step = payload.get("global_step") if isinstance(payload, dict) else None
+    if step is not None and int(step) != entry.step:
+        raise CheckpointIntegrityError(
+            f"spooled checkpoint {path} holds global_step {int(step)}, its record says step {entry.step}"
+        )
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -212,10 +242,13 @@ class Spool:
         run_id: str | None,
         experiment_id: str,
         files_tags: Mapping[str, str],
+        writer: str = "",
+        base_version: int | None = None,
         after_write=lambda: None,
     ) -> SpooledSave:
         """Write one entry (steps 1-2 of the module's commit order); an older entry of
-        the same step is replaced. ``after_write`` runs between write and rename."""
+        the same step is replaced. ``after_write`` runs between write and rename.
+        ``writer``/``base_version``: see the module docstring."""
         tmp = self.folder / f".writing-{os.getpid()}-step-{step:012d}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(mode=0o700)
@@ -225,7 +258,8 @@ class Spool:
                 step=step, kind=kind, folder=self.folder / f"step-{step:012d}", manifest=manifest,
                 manifest_digest=digest, metrics={k: float(v) for k, v in metrics.items()},
                 blocked_seconds=float(blocked_seconds), run_id=run_id, experiment_id=str(experiment_id),
-                files_tags=dict(files_tags), written_by=os.getpid(),
+                files_tags=dict(files_tags), written_by=os.getpid(), writer=str(writer),
+                base_version=None if base_version is None else int(base_version),
             )  # fmt: skip
             (tmp / SPOOL_FILE).write_bytes(entry.to_json())
             _fsync_tree(tmp)
@@ -244,8 +278,9 @@ class Spool:
         """The complete entries, oldest step first.
 
         Args:
-            verify: check each file's sha256 against the entry's manifest; an
-                entry that fails is renamed ``.damaged-...`` (kept, logged).
+            verify: check each file's sha256 against the entry's manifest and the
+                checkpoint's own ``global_step`` against the record; an entry that
+                fails is renamed ``.damaged-...`` (kept, logged).
         Also removes ``.writing-`` folders of processes that are gone (incomplete).
         """
         out = []
@@ -263,6 +298,7 @@ class Spool:
                     verify_files(path, entry.manifest, label=f"spooled checkpoint {path}")
                     if sha256_file(path / MANIFEST_FILE) != entry.manifest_digest:
                         raise CheckpointIntegrityError(f"spooled checkpoint {path}: {MANIFEST_FILE} changed")
+                    _check_global_step(entry)
             except (CheckpointIntegrityError, OSError, ValueError, KeyError, TypeError) as exc:
                 aside = self.folder / f".damaged-{path.name}-{int(time.time())}"
                 os.rename(path, aside)
@@ -277,14 +313,32 @@ class Spool:
         if doc.get("format") != _FORMAT:
             raise ValueError(f"{path / SPOOL_FILE}: unknown format {doc.get('format')!r}")
         manifest = Manifest.from_json((path / MANIFEST_FILE).read_bytes(), source=str(path / MANIFEST_FILE))
+        # The record, the folder and the manifest must name one step (a bit flip or an edit
+        # in spool.json must never register model_30.pt as step 999999).
+        named = int(_ENTRY.match(path.name).group(1))
+        if not int(doc["step"]) == named == manifest.step:
+            raise CheckpointIntegrityError(
+                f"spooled checkpoint {path}: {SPOOL_FILE} says step {doc['step']}, the folder step {named}, "
+                f"{MANIFEST_FILE} step {manifest.step}"
+            )
+        base = doc.get("base_version")
         return SpooledSave(
             step=int(doc["step"]), kind=str(doc["kind"]), folder=path, manifest=manifest,
             manifest_digest=FileDigest(str(doc["manifest_sha256"]), int(doc["manifest_size"])),
             metrics={str(k): float(v) for k, v in doc["metrics"].items()},
             blocked_seconds=float(doc["blocked_seconds"]), run_id=doc["run_id"],
             experiment_id=str(doc["experiment_id"]), files_tags={str(k): str(v) for k, v in doc["files_tags"].items()},
-            written_by=int(doc.get("written_by", 0)),
+            written_by=int(doc.get("written_by", 0)), writer=str(doc.get("writer") or ""),
+            base_version=None if base is None else int(base),
         )  # fmt: skip
+
+    def set_aside(self, entry: SpooledSave) -> Path:
+        """Move an entry out of the way of every later commit (a replaced writer's save),
+        keeping its files for a person; returns where it went."""
+        aside = self.folder / f".set-aside-{entry.folder.name}-{int(time.time())}"
+        os.rename(entry.folder, aside)
+        _fsync_dir(self.folder)
+        return aside
 
     # -- removing -----------------------------------------------------------
     def remove(self, entry: SpooledSave) -> None:
