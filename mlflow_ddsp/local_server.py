@@ -219,7 +219,7 @@ def _wait_until_answers(
                 pass
         time.sleep(0.2)  # polling interval for a condition we check, not a guess
     stop()
-    raise TrackingServerUnreachable(f"{url} did not answer within {timeout:.0f} s; log: {log_path}")
+    raise TrackingServerUnreachable(f"{url} did not answer within {timeout:.0f} s; log: {log_path}\n{_log_tail(log_path)}")
 
 
 def _stop(process: subprocess.Popen | None, grace: float = 15.0) -> None:

@@ -120,10 +120,98 @@ def fresh_embedded(template: Path, root: Path, experiment: str) -> "Backend":
     return Backend("embedded", f"sqlite:///{root}/mlflow.db", root / "mlartifacts", experiment)
 
 
+TIMEOUT_SCALE_ENV = "MLFLOW_DDSP_TEST_TIMEOUT_SCALE"
+
+
+def scaled_timeout(seconds: float) -> float:
+    """A test's bound on a wait (a subprocess, a server's start), times ``MLFLOW_DDSP_TEST_TIMEOUT_SCALE``.
+
+    The bounds are generous for this project's 2-core machine; on a slower or loaded
+    one (load ~35), ``MLFLOW_DDSP_TEST_TIMEOUT_SCALE=3`` gives every such wait 3x longer
+    instead of turning the suite red. Bounds never synchronize anything: a test waits
+    for an event and the bound only says when to give up.
+    """
+    raw = os.environ.get(TIMEOUT_SCALE_ENV, "1")
+    try:
+        scale = float(raw)
+    except ValueError:
+        raise pytest.UsageError(f"{TIMEOUT_SCALE_ENV}={raw!r} must be a number (e.g. 3)") from None
+    if not scale > 0:
+        raise pytest.UsageError(f"{TIMEOUT_SCALE_ENV}={raw!r} must be > 0")
+    return seconds * scale
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """pytest-timeout's per-test bound (``timeout`` in pyproject.toml) scales too, unless given explicitly."""
+    if config.getoption("timeout", None) is None and not os.environ.get("PYTEST_TIMEOUT"):
+        config.option.timeout = scaled_timeout(float(config.getini("timeout") or 600))
+
+
+#: how long a session server may take to answer /health (it takes 10-35 s on an idle 2-core machine)
+SERVER_START_BOUND = 240.0
+
+
+class SessionService:
+    """A server shared by a session (an xdist worker), started by the first test that needs it.
+
+    A start that does not answer within its bound is retried once (a fresh folder and
+    port); if that fails too, the test that asked fails with both logs' tails. The next
+    test that needs the server tries again, once more: one slow start under load fails
+    the tests that met it, not every test of the worker. After two failed rounds the
+    remaining tests fail at once with the same message instead of waiting again.
+    """
+
+    def __init__(self, what: str, start):
+        self.what, self._start = what, start
+        self._value = None
+        self._failures: list[str] = []
+
+    def get(self):
+        if self._value is not None:
+            return self._value
+        if len(self._failures) >= 2:
+            pytest.fail(f"{self.what} did not start in this session (twice): {self._failures[-1]}", pytrace=False)
+        errors = []
+        for attempt in (1, 2):
+            try:
+                self._value = self._start(attempt)
+                return self._value
+            except Exception as exc:  # noqa: BLE001 - reported below; the message holds the log's tail
+                errors.append(f"attempt {attempt}: {exc}")
+        self._failures.append(" | ".join(errors))
+        pytest.fail(f"{self.what} did not start: {self._failures[-1]}", pytrace=False)
+
+    def close(self) -> None:
+        if self._value is not None:
+            self._value.stop()
+            self._value = None
+
+
+def _start_server(root: Path, **kwargs) -> LocalServer:
+    server = LocalServer(root, startup_timeout=scaled_timeout(SERVER_START_BOUND), **kwargs)
+    return server.start()
+
+
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    with LocalServer(tmp_path_factory.mktemp("mlflow-server")) as server:
-        yield server
+def _services():
+    services: dict[str, SessionService] = {}
+    yield services
+    for service in services.values():
+        service.close()
+
+
+def _service(services, name: str, start) -> SessionService:
+    if name not in services:
+        services[name] = SessionService(name, start)
+    return services[name]
+
+
+@pytest.fixture
+def mlflow_server(_services, tmp_path_factory):
+    """The session's SQLite-backed ``mlflow server`` (see :class:`SessionService`)."""
+    start = lambda attempt: _start_server(tmp_path_factory.mktemp(f"mlflow-server-{attempt}-"))  # noqa: E731
+    return _service(_services, "the session's mlflow server", start).get()
 
 
 @pytest.fixture(scope="session")
@@ -148,25 +236,31 @@ def object_store(tmp_path_factory):
         yield store
 
 
-@pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory, postgres_cluster):
-    uri = postgres_cluster.create_database("mlflow")
-    with LocalServer(tmp_path_factory.mktemp("mlflow-postgres"), backend_store_uri=uri) as server:
-        yield server
+@pytest.fixture
+def postgres_server(_services, tmp_path_factory, postgres_cluster):
+    def start(attempt):
+        uri = postgres_cluster.create_database(f"mlflow{attempt}")
+        return _start_server(tmp_path_factory.mktemp(f"mlflow-postgres-{attempt}-"), backend_store_uri=uri)
+
+    return _service(_services, "the session's PostgreSQL-backed mlflow server", start).get()
 
 
-@pytest.fixture(scope="session")
-def s3_proxied_server(tmp_path_factory, object_store):
-    with LocalServer(tmp_path_factory.mktemp("mlflow-s3-proxied"), artifacts_destination=f"s3://{BUCKET}/proxied",
-                     env=object_store.env) as server:  # fmt: skip
-        yield server
+@pytest.fixture
+def s3_proxied_server(_services, tmp_path_factory, object_store):
+    def start(attempt):
+        return _start_server(tmp_path_factory.mktemp(f"mlflow-s3-proxied-{attempt}-"),
+                             artifacts_destination=f"s3://{BUCKET}/proxied", env=object_store.env)  # fmt: skip
+
+    return _service(_services, "the session's S3-proxied mlflow server", start).get()
 
 
-@pytest.fixture(scope="session")
-def s3_direct_server(tmp_path_factory, object_store):
-    with LocalServer(tmp_path_factory.mktemp("mlflow-s3-direct"), default_artifact_root=f"s3://{BUCKET}/direct",
-                     env=object_store.env) as server:  # fmt: skip
-        yield server
+@pytest.fixture
+def s3_direct_server(_services, tmp_path_factory, object_store):
+    def start(attempt):
+        return _start_server(tmp_path_factory.mktemp(f"mlflow-s3-direct-{attempt}-"),
+                             default_artifact_root=f"s3://{BUCKET}/direct", env=object_store.env)  # fmt: skip
+
+    return _service(_services, "the session's S3-direct mlflow server", start).get()
 
 
 @dataclass(frozen=True)
