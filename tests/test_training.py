@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from mlflow_ddsp.checkpoint import RegistryStore
 from mlflow_ddsp.cli import main
 from mlflow_ddsp import tags as T
 
-from conftest import rolling_checkpoint, tiny_config
+from conftest import rolling_checkpoint, scaled_timeout, tiny_config
 from registry_checks import versions_by_step
 
 pytestmark = pytest.mark.slow
@@ -156,6 +157,43 @@ def test_sigterm_saves_the_current_step_and_a_rerun_resumes_there(demo_data, emb
     assert f"resuming {model_name} from step {stopped_at}" in rerun.stderr
     assert f"from step {stopped_at} to {target}" in rerun.stdout
     assert store.get_version(model_name, store.alias_version(model_name, "rolling")).step == target
+
+
+@pytest.mark.server
+def test_a_second_ctrl_c_aborts_at_once_saving_nothing_more_and_says_so(demo_data, mlflow_server, tmp_path, model_name):
+    """Issue 23, point 5: the first Ctrl-C says "Ctrl-C again to abort without saving"; the second does.
+
+    The server hangs (SIGSTOP) before the first Ctrl-C, so the save it triggers cannot be
+    committed: a process that waited for it (MLflow's retries, then the 60 s close
+    timeout) would not end within the bound."""
+    config = tiny_config(demo_data, tmp_path / "tiny.yaml", model_name, max_steps=100000, interval_log=1)
+    command = [sys.executable, "-m", "mlflow_ddsp", "--tracking-uri", mlflow_server.uri, "train", "-c", str(config)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    store = RegistryStore(mlflow_server.uri)
+    paused = False
+    try:
+        _read_until(proc, "step 4: validation loss")
+        mlflow_server.pause()
+        paused = True
+        proc.send_signal(signal.SIGINT)
+        _read_until(proc, "Ctrl-C again to abort without saving")
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=scaled_timeout(120))
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if paused:
+            mlflow_server.resume()
+    assert proc.returncode == 130, stderr[-3000:]
+    line = next((l for l in stderr.splitlines() if "second Ctrl-C" in l), None)
+    assert line is not None and "aborted without saving" in line, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert took < scaled_timeout(15), f"the abort took {took:.1f} s"
+    # What the aborted process had written to its spool stays there, uncommitted, for the next start.
+    spooled = {int(p.name.split("-")[1]) for p in (tmp_path / "state").rglob("step-*") if p.is_dir()}
+    assert not spooled & set(versions_by_step(store, model_name)), "the aborted process committed its last save"
 
 
 def test_config_errors_and_missing_features_are_one_line(demo_data, embedded, tmp_path):

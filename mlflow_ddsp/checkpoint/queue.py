@@ -559,12 +559,37 @@ class CheckpointQueue:
         if error is not None:
             raise error
 
+    def abort(self) -> list[SpooledSave]:
+        """Stop at once, waiting for nothing (a second Ctrl-C); returns what stays in the spool.
+
+        Nothing more is written or committed by this process: a save being written to the
+        spool is left unfinished (its temporary folder is removed by the next start), one
+        being committed stops where the process exits (a crash the commit order is designed
+        for), and complete entries in the spool are committed by the next start. The lease
+        is left to expire (stale at once for the next start on this machine). No server call.
+        """
+        with self._cond:
+            self._stopping = True
+            left = sorted(self._spooled.values(), key=lambda e: e.step)
+            self._cond.notify_all()
+        self._closed = True
+        self._writer.shutdown(wait=False, cancel_futures=True)
+        self._lease.abandon()
+        self.left_in_spool = left
+        return left
+
     def __enter__(self) -> "CheckpointQueue":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.abort()  # the person wants out now: nothing is waited for
+        elif exc_type is None:
+            try:
+                self.close()
+            except KeyboardInterrupt:
+                self.abort()
+                raise
         else:
             self._close_quietly()  # do not mask the exception already propagating
 

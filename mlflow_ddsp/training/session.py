@@ -62,28 +62,53 @@ class TrainResult:
     left_in_spool: str = ""  # e.g. "2 checkpoints (steps 90, 100; 88.2 MB) in /path": not committed yet
 
 
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[dict]:
-    """First Ctrl-C / SIGTERM: finish the step, save, exit. A second Ctrl-C: abort at once."""
-    received: dict = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield received  # signal handlers can only be installed from the main thread
-        return
+class _StopOnSignals:
+    """First Ctrl-C / SIGTERM: finish the step, save, exit. A second Ctrl-C: abort at once.
 
-    def handler(signum, frame):
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        received["signal"] = signal.Signals(signum).name
-        log.warning("%s received: saving a checkpoint of the current step, then stopping "
-                    "(Ctrl-C again to abort without saving)", received["signal"])  # fmt: skip
-        stop.set()
+    Installed when the training loop starts and kept until the run has ended, so a
+    second Ctrl-C also cuts short the wait for the last save's commit (the checkpoint
+    queue's ``abort``: nothing more is saved; what is already in the local spool is
+    committed by the next start). Handlers can only be installed from the main thread;
+    elsewhere this does nothing.
+    """
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for s, h in previous.items():
+    def __init__(self) -> None:
+        self.signal: str | None = None  # "SIGINT" / "SIGTERM" once received
+        self.aborted = False  # a second Ctrl-C
+        self._stop: threading.Event | None = None
+        self._previous: dict = {}
+
+    def install(self, stop: threading.Event) -> None:
+        self._stop = stop
+        if threading.current_thread() is threading.main_thread() and not self._previous:
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore(self) -> None:
+        for s, h in self._previous.items():
             signal.signal(s, h)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self._stop.is_set() and signum == signal.SIGINT:
+            self.aborted = True
+            log.warning("second Ctrl-C: aborted without saving more (what is already in the local spool is "
+                        "committed by the next start)")  # fmt: skip
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        log.warning("%s received: saving a checkpoint of the current step, then stopping "
+                    "(Ctrl-C again to abort without saving)", self.signal)  # fmt: skip
+        self._stop.set()
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[_StopOnSignals]:
+    """:class:`_StopOnSignals` for one block."""
+    signals = _StopOnSignals()
+    signals.install(stop)
+    try:
+        yield signals
+    finally:
+        signals.restore()
 
 
 def train(
@@ -210,6 +235,7 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
     run_id, own_run = _open_run(store, cfg)
     status = "FAILED"
     tracker = None
+    signals = _StopOnSignals()
     try:
         tracker = MlflowTracker(store, run_id, cfg.data.sampling_rate)
         tracker.log_config(cfg)
@@ -246,16 +272,23 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
             # model's version starts its data and random numbers afresh.
             own = origin is not None and origin.name == cfg.registered_model
             resume = TrainerState.from_payload(queue.restored_trainer_state) if own else None
-            with _stop_on_signals(loop.stop) as received:
-                final_step = loop.run(start_step, resume)
-        status = "KILLED" if received["signal"] else "FINISHED"
+            signals.install(loop.stop)  # until the run has ended: a second Ctrl-C cuts every wait short
+            final_step = loop.run(start_step, resume)
+        status = "KILLED" if signals.signal else "FINISHED"
         left = queue.spool.describe(queue.left_in_spool) if queue.left_in_spool else ""
-        return TrainResult(run_id, cfg.registered_model, start_step, final_step, received["signal"], left_in_spool=left)
+        return TrainResult(run_id, cfg.registered_model, start_step, final_step, signals.signal, left_in_spool=left)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
-        if tracker is not None:  # delivers what the loop logged (bounded wait in an outage), ends the run
-            tracker.finish(status if own_run else None, close_timeout)
-        elif own_run:
-            store.end_run(run_id, status)
+        try:
+            wait = min(close_timeout, 1.0) if signals.aborted else close_timeout
+            if tracker is not None:  # delivers what the loop logged (bounded wait in an outage), ends the run
+                tracker.finish(status if own_run else None, wait)
+            elif own_run and not signals.aborted:
+                store.end_run(run_id, status)
+        finally:
+            signals.restore()
 
 
 def _restore(cfg, queue, model, optimizer, init_from, tracker):
@@ -297,9 +330,9 @@ def _train_other_rank(cfg, ctx, model, optimizer, loaders, device, tracking_uri)
             resume = state.position_only()  # this rank's data position; its RNGs stay its own
     loop = _make_loop(cfg, ctx, _prepare(cfg, ctx, model, optimizer, device), optimizer, loaders, device,
                       checkpointer=NullCheckpointer(), tracker=NullTracker(), progress=False)  # fmt: skip
-    with _stop_on_signals(loop.stop) as received:
+    with _stop_on_signals(loop.stop) as signals:
         final_step = loop.run(start_step, resume)
-    return TrainResult("", cfg.registered_model, start_step, final_step, received["signal"], is_main=False)
+    return TrainResult("", cfg.registered_model, start_step, final_step, signals.signal, is_main=False)
 
 
 def _prepare(cfg: Config, ctx: DistributedContext, model, optimizer, device) -> torch.nn.Module:
