@@ -7,8 +7,14 @@ from it); a name refused for an MLflow rule must really be refused by MLflow.
 
 from __future__ import annotations
 
+import errno
+import os
+import uuid
+from urllib.parse import quote
+
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 from mlflow import MlflowClient
@@ -16,28 +22,45 @@ from mlflow.exceptions import MlflowException
 from mlflow_ddsp import CheckpointQueue
 from mlflow_ddsp.checkpoint import RegistryStore
 from mlflow_ddsp.checkpoint.lease import lease_model_name
-from mlflow_ddsp.checkpoint.names import logged_model_name, validate_experiment_name, validate_model_name
+from mlflow_ddsp.checkpoint.names import (
+    logged_model_name,
+    serving_folder_name,
+    spool_folder_name,
+    validate_experiment_name,
+    validate_model_name,
+)
 from mlflow_ddsp.cli import main
 from mlflow_ddsp.config import load_config
 from mlflow_ddsp.errors import ConfigError
 
+from conftest import tiny_config
 from registry_checks import versions_by_step
 
-ACCEPTED = ["voice", "my.voice", "my voice", "v1.2-final_3", "50%-wet", "ünïcödé", "a" * 200]
+CJK = "声"  # 3 bytes of UTF-8, 9 percent-encoded: DDSP-SVC's users name voices in Chinese
+
+ACCEPTED = ["voice", "my.voice", "my voice", "v1.2-final_3", "50%-wet", "ünïcödé", "a" * 200, CJK * 20, CJK * 28,
+            "é" * 42]
 # Refused because MLflow refuses them (registered model or LoggedModel rules) ...
 REFUSED_BY_MLFLOW = ["a/b", "a:b", "..", "."]
 # ... or because they would break models:/ URIs and search filters, or exceed the database column.
-REFUSED_BY_US = ["voice.writer-lease", "x.writer-lease.retired-0a1b", "a@b", "it's", 'q"', "back`tick", "back\\slash", " voice", "", "a" * 201, "tab\tname"]
+REFUSED_BY_US = ["voice.writer-lease", "x.writer-lease.retired-0a1b", "voice.writer-lease-0a1b2c3d", "a@b", "it's", 'q"', "back`tick", "back\\slash", " voice", "", "a" * 201, "tab\tname",
+                 CJK * 29, CJK * 30, "é" * 43, "é" * 200, "a b" * 65]
 
 
 @pytest.mark.parametrize("name", ACCEPTED)
-def test_accepted_names_work_for_everything_mlflow_does_with_them(embedded, name):
+def test_accepted_names_work_for_everything_mlflow_does_with_them(embedded, name, tmp_path):
     assert validate_model_name(name) == name
     client = MlflowClient(embedded.uri, embedded.uri)
     client.create_registered_model(name)
-    client.create_registered_model(lease_model_name(name) + ".retired-0123456789abcdef")  # the longest we derive
+    client.create_registered_model(lease_model_name(name))
+    client.create_registered_model(f"{name}.writer-lease-0a1b2c3d.retired-0123456789abcdef")  # the longest we derive
     experiment = client.create_experiment("names")
     client.create_logged_model(experiment, name=logged_model_name(name, 123456789))
+    client.create_logged_model(experiment, name=logged_model_name(name, 2**63 - 1))  # the longest step
+    client.create_run(experiment, run_name=f"compare-{name}")  # runs.name is VARCHAR(250)
+    # The folders named from it, on this file system: the spool's, and the longest serving folder.
+    (tmp_path / spool_folder_name(name)).mkdir()
+    (tmp_path / serving_folder_name(name, 2**31 - 1, 4194304)).mkdir()
 
 
 @pytest.mark.parametrize("name", REFUSED_BY_MLFLOW)
@@ -102,3 +125,69 @@ def test_import_with_a_refused_name_leaves_nothing_behind(backend, tmp_path):
     assert result.exit_code == 1 and result.output.startswith("error: registered_model='a/b'")
     assert result.output.count("\n") == 1
     assert MlflowClient(backend.uri, backend.uri).search_registered_models("name = 'a/b'") == []
+
+
+@pytest.mark.parametrize("name, encoded", [(CJK * 30, 270), ("é" * 200, 1200), (CJK * 29, 261)])
+def test_a_name_too_long_for_its_spool_folder_names_its_bytes_and_the_limit(name, encoded, tmp_path):
+    """Issue 20, point 11: 30 CJK characters passed, then the spool folder could not be made."""
+    assert len(quote(name, safe="")) == encoded  # what the spool names its folder
+    with pytest.raises(OSError) as too_long:  # the file system's own limit, not ours
+        (tmp_path / quote(name, safe="")).mkdir()
+    assert too_long.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(ConfigError) as info:
+        validate_model_name(name)
+    text = str(info.value)
+    assert f"{encoded} bytes" in text and "at most 255" in text and "\n" not in text, text
+    assert os.environ.get("MLFLOW_DDSP_SPOOL_DIR") is None and "MLFLOW_DDSP_SPOOL_DIR" not in text
+
+
+def test_the_longest_accepted_names_of_each_script_fit_every_derived_form(tmp_path):
+    """At the boundary: the longest accepted name of 1-, 2-, 3- and 4-byte characters fits, one more does not."""
+    for char in ("a", "é", CJK, "🎤"):
+        n = 1
+        while True:
+            try:
+                validate_model_name(char * (n + 1))
+            except ConfigError:
+                break
+            n += 1
+        longest = char * n
+        (tmp_path / spool_folder_name(longest)).mkdir()
+        (tmp_path / serving_folder_name(longest, 2**31 - 1, 4194304)).mkdir()
+        assert len(spool_folder_name(char * (n + 1)).encode()) > 255 or n + 1 > 200
+
+
+def _train_cli(backend, demo_data, tmp_path, name: str):
+    path = tiny_config(demo_data, tmp_path / "config.yaml", "cjk", max_steps=4)
+    doc = yaml.safe_load(path.read_text())
+    doc["mlflow"].update(registered_model=name, experiment=backend.experiment)
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    return CliRunner().invoke(main, ["--tracking-uri", backend.uri, "train", "-c", str(path)])
+
+
+def test_train_with_a_name_too_long_for_its_spool_is_refused_before_any_work(backend, demo_data, tmp_path):
+    """One line, exit 1, and nothing left: no registered model (nor lease), no run, no experiment."""
+    name = CJK * 30
+    result = _train_cli(backend, demo_data, tmp_path, name)
+    assert result.exit_code == 1, result.output
+    text = result.output.strip()
+    assert text.startswith("error: mlflow.registered_model: ") and "\n" not in text, result.output
+    assert "270 bytes" in text and "at most 255" in text, text
+    client = MlflowClient(backend.uri, backend.uri)
+    assert [m.name for m in client.search_registered_models() if m.name.startswith(name)] == []  # nor its lease
+    assert client.get_experiment_by_name(backend.experiment) is None  # no run could exist
+
+
+@pytest.mark.slow
+def test_a_name_of_20_cjk_characters_trains_through_the_spool(backend, demo_data, tmp_path):
+    name = CJK * 14 + uuid.uuid4().hex[:6]  # 20 characters (174 bytes percent-encoded); unique on a shared server
+    result = _train_cli(backend, demo_data, tmp_path, name)
+    assert result.exit_code == 0, result.output
+    assert versions_by_step(RegistryStore(backend.uri), name) == {4: "rolling"}
+    from mlflow_ddsp.checkpoint.spool import Spool
+
+    spool = Spool(backend.uri, name, create=False)
+    assert spool.folder.name == spool_folder_name(name) and spool.folder.is_dir()  # every save went through it
+    assert not any(p.name.startswith("step-") for p in spool.folder.iterdir())  # and was committed
+    listed = CliRunner().invoke(main, ["--tracking-uri", backend.uri, "versions", name])
+    assert listed.exit_code == 0 and "rolling" in listed.output, listed.output

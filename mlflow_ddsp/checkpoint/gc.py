@@ -272,7 +272,10 @@ def collect(
 
     The newest versions are downloaded and checked byte for byte
     (:meth:`RegistryStore.check`) until an intact one is found, for the alias
-    and for ``best``. Without ``policy``/``alias``, the ones the queue recorded.
+    and for ``best``; with ``forget_missing`` every queue version is checked
+    (issue 20: stopping at the first intact one left older versions whose files
+    are gone in the registry, and ``verify`` failing, for ever). Without
+    ``policy``/``alias``, the ones the queue recorded.
 
     A version whose essential file (``model_<N>.pt``, ``config.yaml``) differs is
     never deleted, nor left behind by the rolling alias, because of that check

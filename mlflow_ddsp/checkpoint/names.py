@@ -1,18 +1,34 @@
 """MLflow's naming rules for every name the queue uses or derives. Pure logic, no I/O.
 
 Validated before any work starts (config loading, queue construction, import),
-so that a name MLflow would refuse never costs a training run: a registered
-model name must survive ``models:/NAME/7`` URIs, search filters and its writer
-lease ``NAME.writer-lease``; the LoggedModel holding a checkpoint's files is
-named from it, under MLflow's stricter LoggedModel rule (no ``/ : . % " '``,
-``mlflow/utils/validation.py::_validate_logged_model_name``); experiment names
-and aliases follow ``_validate_experiment_name`` and ``_validate_model_alias_name``.
-``tests/test_names.py`` checks these rules against a real MLflow store.
+so that a name MLflow or the file system would refuse never costs a training
+run: a registered model name must survive ``models:/NAME/7`` URIs, search
+filters and every name derived from it (:func:`derived_names`):
+
+* its writer lease ``NAME.writer-lease`` (or ``NAME.writer-lease-<8 hex>``) and
+  the retired lease ``NAME.writer-lease-<8 hex>.retired-<16 characters>``
+  (``checkpoint/lease.py``): registered model names, ``VARCHAR(256)`` in
+  MLflow's database (characters; PostgreSQL enforces it); so no name of ours
+  may contain ``.writer-lease``;
+* the LoggedModel holding a checkpoint's files, ``<NAME>-step-<step>``, under
+  MLflow's stricter LoggedModel rule (no ``/ : . % " '``,
+  ``mlflow/utils/validation.py::_validate_logged_model_name``; ``VARCHAR(500)``);
+* the runs ``train-NAME`` and ``compare-NAME`` (``runs.name`` is ``VARCHAR(250)``);
+* folders on this machine: the checkpoint spool's ``quote(NAME, safe="")``
+  (:func:`spool_folder_name`; each UTF-8 byte outside ``A-Za-z0-9_.-~`` takes 3
+  bytes, so 30 Chinese characters are 270 bytes) and ``serve``'s
+  ``NAME-v<version>-<pid>``: at most 255 bytes each (NAME_MAX of ext4, xfs,
+  btrfs, tmpfs, APFS).
+
+Experiment names and aliases follow ``_validate_experiment_name`` and
+``_validate_model_alias_name``. ``tests/test_names.py`` checks these rules
+against a real MLflow store and this file system.
 """
 
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 from ..errors import ConfigError
 
@@ -22,12 +38,30 @@ __all__ = [
     "validate_alias",
     "validate_experiment_name",
     "logged_model_name",
+    "spool_folder_name",
+    "serving_folder_name",
+    "derived_names",
+    "NAME_MAX",
 ]
 
 # MLflow stores registered model names as VARCHAR(256) (enforced by PostgreSQL);
-# the lease adds ".writer-lease.retired-<12 hex>" (35 characters) to ours.
+# the lease adds ".writer-lease-<8 hex>.retired-<16 characters>" (47 characters) to ours.
 MAX_MODEL_NAME_LENGTH = 200
 MAX_EXPERIMENT_NAME_LENGTH = 500  # mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH
+NAME_MAX = 255  # bytes in one file or folder name (ext4, xfs, btrfs, tmpfs, APFS)
+
+# MLflow's database columns (mlflow/store/*/dbmodels/models.py), in characters.
+_REGISTERED_MODEL_COLUMN = 256  # registered_models.name
+_LOGGED_MODEL_COLUMN = 500  # logged_models.name
+_RUN_NAME_COLUMN = 250  # runs.name
+# The longest of each derived form: the lease's retired name ends in up to 16
+# characters of its holder (checkpoint/lease.py), a step has at most 19 digits
+# (int64), a served version 10, a pid 7 (Linux's pid_max is at most 4194304).
+_RETIRED_LEASE_SUFFIX = ".writer-lease-" + "x" * 8 + ".retired-" + "x" * 16
+_LONGEST_STEP = 2**63 - 1
+_LONGEST_VERSION = 2**31 - 1
+_LONGEST_PID = 4194304
+_RUN_PREFIXES = ("train-", "compare-")
 
 # MLflow refuses '/' and ':' in registered model names; '@' would make
 # models:/NAME@alias ambiguous, and quotes/backslashes break search filters.
@@ -56,17 +90,47 @@ def validate_model_name(name: object) -> str:
         )
     if name in (".", "..") or any(ord(c) < 32 for c in name):
         raise ConfigError(f"registered_model={name!r} is not a usable name; use letters, digits, spaces and . _ -")
-    if name.endswith(".writer-lease") or ".writer-lease.retired-" in name:
+    if ".writer-lease" in name:
         raise ConfigError(
-            f"registered_model={name!r} ends like the writer lease of another model (NAME.writer-lease); "
-            "choose a name without '.writer-lease'"
+            f"registered_model={name!r} looks like the writer lease of another model (NAME.writer-lease, "
+            "NAME.writer-lease-<hex>, ...retired-...); choose a name without '.writer-lease'"
         )
     if len(name) > MAX_MODEL_NAME_LENGTH:
         raise ConfigError(
             f"registered_model={name[:40]!r}... is {len(name)} characters long; at most "
             f"{MAX_MODEL_NAME_LENGTH} are allowed (MLflow stores names in 256 characters)"
         )
+    shown = repr(name) if len(name) <= 40 else f"{name[:40]!r}..."
+    size = f"{len(name)} characters, {len(name.encode())} bytes in UTF-8"
+    for what, derived, limit, unit in derived_names(name):
+        length = len(derived.encode()) if unit == "bytes" else len(derived)
+        if length > limit:
+            hint = "shorten it"
+            if derived == spool_folder_name(name):
+                hint += (f" (each UTF-8 byte outside A-Z a-z 0-9 _ . - ~ takes 3 bytes there, so a name of "
+                         f"Chinese characters may have at most {limit // 9})")  # fmt: skip
+            raise ConfigError(f"registered_model={shown} ({size}) is {length} {unit} as {what}; at most {limit} "
+                              f"{unit} are allowed: {hint}")  # fmt: skip
     return name
+
+
+def derived_names(name: str) -> list[tuple[str, str, int, str]]:
+    """Every name derived from registered model ``name``, at its longest: ``(what, derived, limit, unit)``.
+
+    ``unit`` is ``"characters"`` (MLflow's database columns) or ``"bytes"``
+    (file and folder names, NAME_MAX). The source of each rule is in the module docstring.
+    """
+    forms = [
+        ("its retired writer lease's registered model name", name + _RETIRED_LEASE_SUFFIX,
+         _REGISTERED_MODEL_COLUMN, "characters"),
+        ("a checkpoint's LoggedModel name", _logged_model_name(name, _LONGEST_STEP), _LOGGED_MODEL_COLUMN,
+         "characters"),
+        *((f"the run name {prefix}NAME", prefix + name, _RUN_NAME_COLUMN, "characters") for prefix in _RUN_PREFIXES),
+        ("its checkpoint spool's folder name", spool_folder_name(name), NAME_MAX, "bytes"),
+        ("the folder name `serve` copies a version into", serving_folder_name(name, _LONGEST_VERSION, _LONGEST_PID),
+         NAME_MAX, "bytes"),
+    ]  # fmt: skip
+    return forms
 
 
 def validate_alias(alias: object) -> str:
@@ -102,4 +166,22 @@ def logged_model_name(registered_model: str, step: int) -> str:
     Characters MLflow refuses in LoggedModel names become ``-``:
     ``my.voice`` at step 10 -> ``my-voice-step-10``.
     """
-    return f"{_LOGGED_MODEL_FORBIDDEN.sub('-', validate_model_name(registered_model))}-step-{int(step)}"
+    return _logged_model_name(validate_model_name(registered_model), step)
+
+
+def _logged_model_name(registered_model: str, step: int) -> str:
+    return f"{_LOGGED_MODEL_FORBIDDEN.sub('-', registered_model)}-step-{int(step)}"
+
+
+def spool_folder_name(registered_model: str) -> str:
+    """The folder of ``registered_model``'s checkpoint spool: the name percent-encoded (UTF-8, nothing kept).
+
+    ``voice`` -> ``voice``; ``my voice`` -> ``my%20voice``; one CJK character
+    (3 UTF-8 bytes) -> 9 characters.
+    """
+    return quote(registered_model, safe="")
+
+
+def serving_folder_name(registered_model: str, version: int, pid: int) -> str:
+    """The folder ``mlflow-ddsp serve`` copies a version into: ``<name>-v<version>-<pid>``."""
+    return f"{registered_model}-v{int(version)}-{int(pid)}"

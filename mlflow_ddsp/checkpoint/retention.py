@@ -100,6 +100,7 @@ class RetentionPlan:
     alias_taken: bool = False  # the rolling alias is a person's (set by someone else): nothing is changed
     descriptions: tuple[tuple[CheckpointVersion, str], ...] = ()  # one-line descriptions to bring up to date
     own_aliases: frozenset[str] = frozenset()  # the aliases the queue had set before this plan
+    given_up: Mapping[int, str] = field(default_factory=dict)  # forget_missing: version -> why its check failed
 
     @property
     def is_empty(self) -> bool:
@@ -112,7 +113,11 @@ class RetentionPlan:
         lines = []
         for alias, target in self.alias_moves:
             lines.append(f"point alias '{alias}' at {target.label}" if target else f"remove alias '{alias}'")
-        lines += [f"delete rolling version {v.label}" for v in self.delete_versions]
+        lines += [
+            f"delete {v.kind or 'unknown-kind'} version {v.label}"
+            + (f": {self.given_up[v.version]}" if v.version in self.given_up else "")
+            for v in self.delete_versions
+        ]
         lines += [
             f"delete orphaned checkpoint files {m.model_id} ({m.status.lower()}, step {m.step})"
             for m in self.delete_models
@@ -166,7 +171,10 @@ def plan_retention(
         policy: keep_last and best_metric/best_mode (kinds come from version tags).
         alias: the queue's rolling alias.
         integrity: checks one version; called lazily, newest first for the
-            rolling alias and best first for ``best``, only as far as needed.
+            rolling alias and best first for ``best``, only as far as needed;
+            with ``forget_missing``, once for every queue version (issue 20: a
+            lazy check stopped at the first intact version and never found the
+            older ones whose files are gone).
         forget_missing: the files of MISSING versions are really gone (``gc
             --forget-missing``): such versions are deleted, force-saved ones too;
             only protected ones stay (a person's alias or keep tag).
@@ -193,6 +201,9 @@ def plan_retention(
             checked[v.version] = integrity(v)
         return checked[v.version]
 
+    if forget_missing:  # a person's repair: every version is judged, not only the newest few
+        for v in ours:
+            state(v)
     newest = next((v for v in ours if state(v).usable), None)
     if newest is None and ours and not forget_missing and all(checked[v.version] is Integrity.MISSING for v in ours):
         # Absence of evidence is not damage: an empty or unmounted store deletes nothing.
@@ -249,9 +260,15 @@ def plan_retention(
         if snapshot.aliases.get(a) != (t.version if t is not None else None)
     )
     delete = tuple(v for v in ours if v.kind == T.KIND_ROLLING and v.version not in reasons)
+    given_up: dict[int, str] = {}
     if forget_missing:
         gone = {n for n, s in checked.items() if s is Integrity.MISSING}
         delete += tuple(v for v in ours if v.version in gone and v.version not in protected and v not in delete)
+        for n, s in checked.items():
+            if s is Integrity.MISSING:
+                given_up[n] = "its files are gone"
+            elif s is Integrity.DAMAGED:
+                given_up[n] = "its checkpoint or config.yaml differs from its registration"
     damaged = tuple(v for v in ours if v.version in bad and v.version in reasons and v not in delete)
 
     # Files no version uses: unfinished uploads, or a deletion a crash cut short.
@@ -259,7 +276,8 @@ def plan_retention(
     orphans = tuple(m for m in snapshot.queue_models if m.model_id not in referenced)
     descriptions = []
     for v in ours:
-        if v.version in reasons and _OUR_DESCRIPTION.match(v.description or ""):
+        # Not of a version this plan deletes (forget_missing gives up force-saved ones too).
+        if v.version in reasons and v not in delete and _OUR_DESCRIPTION.match(v.description or ""):
             text = describe_version(v, reasons[v.version], policy.best_metric)
             if text != v.description:
                 descriptions.append((v, text))
@@ -273,6 +291,7 @@ def plan_retention(
         kept={n: tuple(r) for n, r in reasons.items()},
         protected=protected,
         damaged_kept=damaged,
+        given_up=given_up,
     )
 
 

@@ -53,7 +53,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import quote, urlparse
+from urllib.parse import urlparse
 
 import torch
 
@@ -61,6 +61,7 @@ from ..errors import CheckpointIntegrityError, ConfigError, one_line
 from ..tracking import embedded_store_folder
 from .files import MANIFEST_FILE, FileDigest, Manifest, sha256_file, verify_files, write_checkpoint
 from .lease import pid_running
+from .names import spool_folder_name
 
 __all__ = ["SPOOL_ENV", "SpooledSave", "Spool", "spool_root", "check_spool_root"]
 
@@ -205,7 +206,7 @@ class Spool:
         self.tracking_uri = tracking_uri
         self.name = name
         base = Path(root) if root is not None else spool_root(tracking_uri)
-        self.folder = base / _store_key(tracking_uri) / quote(name, safe="")
+        self.folder = base / _store_key(tracking_uri) / spool_folder_name(name)  # validated by names.py
         if create:
             try:
                 self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -77,6 +77,7 @@ def infer(
     from ..checkpoint.reader import CheckpointReader, parse_model_uri
     from ..destinations import check_output_file
     from ..device import resolve_device
+    from ..errors import ConfigError
     from ..inference import Sampler, VoiceConverter, parse_speaker_mix
     from ..progress import Progress
 
@@ -115,7 +116,10 @@ def infer(
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - started
-    save_wav(output_path, result, rate)
+    try:
+        save_wav(output_path, result, rate)
+    except OSError as exc:  # checked before converting; the file system may have changed since
+        raise ConfigError(f"-o/--output {output_path} cannot be written: {exc.strerror or exc}") from exc
     seconds_in, seconds_out = audio.shape[0] / rate, result.shape[0] / rate
     click.echo(
         f"{output_path}: {label}, {seconds_in:.2f} s in, {seconds_out:.2f} s out "
@@ -136,7 +140,10 @@ def _speed(ratio: float) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("-p", "--port", type=int, default=5001, show_default=True)
 @click.option("-t", "--timeout", type=click.IntRange(min=1), default=60, show_default=True,
-              help="Seconds a request may take (MLflow's scoring-server timeout); raise it with MLFLOW_DDSP_MAX_SECONDS.")  # fmt: skip
+              envvar="MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT",
+              help="Seconds a request may take (MLflow's scoring-server timeout, also "
+                   "$MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT); a request past it gets 504 and its conversion stops. "
+                   "Raise it with MLFLOW_DDSP_MAX_SECONDS.")  # fmt: skip
 @click.option("-w", "--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Server processes, each with its own copy of the model (memory x N).")  # fmt: skip
 @click.option("--device", envvar="MLFLOW_DDSP_DEVICE", default="cpu", show_default=True,
@@ -154,8 +161,11 @@ def serve(ctx: click.Context, model_uri: str, host: str, port: int, timeout: int
     Limits, which must fit together: MLFLOW_DDSP_MAX_SECONDS (default 120) per
     clip, converted within --timeout (default 60 s; a full-size encoder on 2 CPU
     cores converts ~19x faster than real time); MLFLOW_DDSP_MAX_CONCURRENT
-    (default 1) conversions per worker, further requests get 503 at once. For
-    longer clips raise both, e.g. MLFLOW_DDSP_MAX_SECONDS=600 with --timeout 180.
+    (default 1) conversions per worker, further requests get 503 at once. Per
+    request: MLFLOW_DDSP_MAX_REQUEST_SECONDS over all rows, MLFLOW_DDSP_MAX_ROWS
+    (16), MLFLOW_DDSP_MAX_DECODED_MB, checked from the audio headers before
+    decoding (400); f0 extractors a request may name: MLFLOW_DDSP_F0_EXTRACTORS.
+    For longer clips raise both, e.g. MLFLOW_DDSP_MAX_SECONDS=600 with --timeout 180.
     """
     import os
 
@@ -204,8 +214,15 @@ def compare(ctx: click.Context, name: str, versions: tuple[int, ...], clip: str,
     validation loss and checkpoint size per version) into the output folder,
     prints the table, and logs them as a `compare-NAME` run in MLflow.
     """
-    from ..compare import compare_versions
+    from pathlib import Path
 
+    from ..compare import compare_versions
+    from ..destinations import check_output_dir
+
+    # Before any download: the folder, and every file compare writes into it (each replaced if it exists).
+    stem = Path(clip).stem
+    written = [f"{stem}_v{number}.wav" for number in versions] + [f"{stem}_compare.png", f"{stem}_compare.tsv"]
+    check_output_dir(out_dir, "-o/--output", files=written)
     result = compare_versions(name, versions, clip, out_dir, key=key, spk_id=spk_id,
                               tracking_uri=ctx.obj["tracking_uri"], log_to_mlflow=not no_log, device=device,
                               vocoder_ckpt=vocoder_ckpt, seed=seed)  # fmt: skip

@@ -70,9 +70,11 @@ def demo(ctx: click.Context, workdir: str, config_path: str, max_steps: int | No
     versions and how to open the MLflow UI. A few minutes on 2 CPU cores.
     """
     from ..demo import run_demo, ui_hint
+    from ..destinations import check_output_dir
     from ..tracking import resolve_tracking_uri
     from .registry import versions
 
+    check_output_dir(workdir, "--workdir")  # before synthesizing, preprocessing or training anything
     cfg, result = run_demo(workdir, config_path, max_steps=max_steps, tracking_uri=ctx.obj["tracking_uri"])
     click.echo(f"\ntrained {result.registered_model} to step {result.final_step} (run {result.run_id})\n")
     ctx.invoke(versions, name=result.registered_model, alias=cfg.mlflow.alias, as_json=False, no_verify=False)

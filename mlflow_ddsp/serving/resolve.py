@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..checkpoint import CheckpointReader
 from ..checkpoint.lease import pid_running
+from ..checkpoint.names import serving_folder_name
 from ..checkpoint.reader import parse_model_uri
 from ..checkpoint.records import CheckpointVersion
 from ..errors import CheckpointIntegrityError, CheckpointNotFoundError
@@ -98,7 +99,7 @@ def serving_folder(name: str, version: int) -> Path:
         pid = old.name.rpartition("-")[2]
         if pid.isdigit() and not pid_running(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
-    folder = parent / f"{name}-v{version}-{os.getpid()}"
+    folder = parent / serving_folder_name(name, version, os.getpid())  # its length is validated by names.py
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(mode=0o700)
     return folder
