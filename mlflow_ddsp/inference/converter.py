@@ -27,7 +27,7 @@ upstream does (``{1: 0.5, 2: 0.5}`` is an even blend).
 Shapes: audio in ``[N]`` float32 at ``sample_rate``; audio out ``[T]`` float32 at
 ``data.sampling_rate`` with ``T = round(N * data.sampling_rate / sample_rate)``.
 
-On the CPU, units and synthesis run with subnormal floats flushed to zero on
+On the CPU, f0 networks, units and synthesis run with subnormal floats flushed to zero on
 every thread (:mod:`mlflow_ddsp.subnormals`): a trained model's synthesis makes
 them, and on Intel CPUs they cost (a 600-step demo model: 88 -> 77 ms per 10 s).
 """
@@ -505,6 +505,7 @@ class VoiceConverter:
         seed: int | None = None,
         formant_shift: float = 0.0,
         sampler: Sampler | None = None,
+        interrupt: Callable[[str], Any] | None = None,
     ) -> Conversion:
         """Convert and report segments and per-stage timings (see the module doc).
 
@@ -525,6 +526,11 @@ class VoiceConverter:
             formant_shift: semitones fed to the model's key-shift embedding (``use_pitch_aug``
                 models; upstream's ``formant_shift_key``), within +-36.
             sampler: a cascade model's sampler settings (default: its config's).
+            interrupt: called as ``interrupt(stage)`` before each stage starts (``resample``,
+                ``f0``, ``volume``, ``segment i/n`` for each segment's units and synthesis,
+                ``join``), after the arguments are checked; an exception it raises stops the
+                conversion there and propagates (the server's request deadline, see
+                :mod:`mlflow_ddsp.serving.pyfunc`). A stage itself is not interrupted.
 
         Raises:
             AudioError: empty, non-mono or non-finite audio, or a bad sample rate.
@@ -554,6 +560,8 @@ class VoiceConverter:
         sr, block = self.sample_rate, self.block_size
         timings = dict.fromkeys(("resample", "f0", "volume", "units", "synthesis", "join"), 0.0)
 
+        stage = interrupt or (lambda name: None)
+        stage("resample")
         clock = time.perf_counter()
         wav = resample(audio, sample_rate, sr)
         if wav.size == 0:
@@ -562,9 +570,14 @@ class VoiceConverter:
         timings["resample"], clock = now - clock, now
 
         # Whole-clip features, as upstream: f0 trackers need context beyond segment edges.
-        f0 = np.maximum(extractor.extract(wav).f0, extractor.f0_min) * 2 ** (key / 12)
+        stage("f0")
+        clock = time.perf_counter()
+        with flushed_subnormals(self.device.type == "cpu"):  # f0 networks (fcpe, rmvpe, crepe) compute with torch
+            f0 = np.maximum(extractor.extract(wav).f0, extractor.f0_min) * 2 ** (key / 12)
         now = time.perf_counter()
         timings["f0"], clock = now - clock, now
+        stage("volume")
+        clock = time.perf_counter()
         volume = extract_volume(wav, block)
         mask = output_mask(volume, threshold_db, block)
         # A clip shorter than one block has no whole frame to slice: one segment.
@@ -589,6 +602,8 @@ class VoiceConverter:
             f0_t = torch.from_numpy(f0.astype(np.float32)).to(self.device)[None, :, None]
             volume_t = torch.from_numpy(volume).to(self.device)[None, :, None]
             for done, (start, end) in enumerate(segments, 1):
+                stage(f"segment {done}/{len(segments)}")
+                clock = time.perf_counter()
                 # The last segment also takes the final partial block (upstream drops
                 # it): same frame count, real samples instead of padding in the last frame.
                 stop = wav.size if done == len(segments) else end * block
@@ -616,6 +631,8 @@ class VoiceConverter:
                 timings["synthesis"], clock = timings["synthesis"] + now - clock, now
                 if progress is not None:
                     progress(done, len(segments))
+        stage("join")
+        clock = time.perf_counter()
         joined = join_segments(pieces)[: wav.size]
         timings["join"] = time.perf_counter() - clock
         return Conversion(audio=joined, sample_rate=sr, segments=segments, timings=timings)

@@ -8,8 +8,20 @@ arbitrarily. ``mlflow-ddsp verify`` additionally checks the manifest against
 the sha256 recorded in the registry.
 
 Environment, read at load time:
-    MLFLOW_DDSP_MAX_SECONDS   longest accepted input (default 120: converts within MLflow's
+    MLFLOW_DDSP_MAX_SECONDS   longest accepted input row (default 120: converts within MLflow's
                               60 s request timeout on a 2-core CPU with a full-size encoder)
+    MLFLOW_DDSP_MAX_REQUEST_SECONDS  seconds over all rows of one request (default: the value of
+                              MLFLOW_DDSP_MAX_SECONDS, for the same reason: the timeout is per request)
+    MLFLOW_DDSP_MAX_ROWS      rows per request (default 16)
+    MLFLOW_DDSP_MAX_DECODED_MB  MB (10^6 bytes) one request's audio may decode to, float32 samples x
+                              channels at each file's own rate (default 1.536 MB per second of
+                              MLFLOW_DDSP_MAX_REQUEST_SECONDS, 184 MB for 120 s: every second as
+                              8-channel 48 kHz or mono 384 kHz audio)
+    MLFLOW_DDSP_F0_EXTRACTORS  the f0 extractors a request may name in its ``f0_extractor`` param,
+                              comma-separated (default parselmouth,dio,harvest,fcpe,rmvpe: at most
+                              ~0.16 s of work per second of audio on 2 cores; crepe-tiny takes ~0.3 s
+                              and full crepe ~11 s, so a 120 s clip would hold the slot for 38 s or
+                              20 minutes); the version's own extractor is always used and allowed
     MLFLOW_DDSP_MAX_CONCURRENT conversions at once per server process (default 1); a request
                               beyond them gets 503 at once instead of queueing past the timeout
                               and multiplying memory (a 120 s clip needs ~0.5 GB while converting)
@@ -20,15 +32,32 @@ Environment, read at load time:
                               lacks is refused (DeviceError) before anything is loaded
     MLFLOW_DDSP_ENCODER_PRECISION  auto (default: int8 content encoder on the CPU where
                               it has that form, fp32 otherwise), fp32 or int8
+
+Budgets (see :mod:`.payload`): every request is checked against its rows, seconds per row,
+seconds over all rows and decoded bytes from the audio headers before any row is decoded;
+a violation is a one-line 400 naming the value, the limit and the variable. A RectifiedFlow /
+DiffusionFast request whose sampler params (``method``, ``infer_step``, ``k_step``,
+``speedup``) need more network evaluations per frame than the version's own settings has its
+seconds counted that many times over (``infer_step=80`` with ``rk4`` on a version of 20 euler
+steps: 16x). ``t_start`` does not change the count.
+
+Timeout: MLflow's scoring server answers 504 when a request takes longer than
+``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT`` seconds (``mlflow models serve -t``, ``mlflow-ddsp
+serve --timeout``; default 60), but the thread computing it runs on. Served, a request's work
+is stopped at the same deadline, counted from when the scoring server's handler starts on it:
+checked before each row and each stage of a conversion (resample, f0, volume, each segment),
+so it frees its slot at most one stage later instead of finishing a conversion nobody receives.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import os
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +66,105 @@ import yaml
 from ..checkpoint.files import MANIFEST_FILE, Manifest, load_checkpoint, verify_files
 from ..config import parse_config
 from ..errors import AudioError, ConfigError, MlflowDdspError, one_line
-from .payload import DEFAULT_MAX_SECONDS, PayloadError, encode_result, parse_params, parse_rows
+from .payload import (
+    DEFAULT_MAX_ROWS,
+    DEFAULT_MAX_SECONDS,
+    PayloadError,
+    RequestLimits,
+    encode_result,
+    parse_params,
+    parse_rows,
+)
 
-__all__ = ["DdspVoiceModel", "guard_scoring_server", "load_version_dir", "mlflow_request_reason", "request_error"]
+__all__ = [
+    "DdspVoiceModel",
+    "REQUEST_F0_EXTRACTORS",
+    "guard_scoring_server",
+    "load_version_dir",
+    "mlflow_request_reason",
+    "request_error",
+    "request_f0_extractors_from_env",
+    "request_limits_from_env",
+    "sampler_cost",
+    "sampler_evaluations",
+]
 
 log = logging.getLogger(__name__)
+
+#: f0 extractors a request may name by default: at most ~0.16 s of work per second of audio on a
+#: 2-core CPU (bench/f0_accuracy.py: parselmouth 0.003, dio 0.012, fcpe 0.019, harvest 0.157; rmvpe
+#: ~0.06 measured with random weights), so 120 s of audio still converts within 60 s. Left out:
+#: crepe-tiny (~0.32 s per second: 38 s for 120 s) and crepe (~11 s per second: 20 minutes).
+REQUEST_F0_EXTRACTORS: tuple[str, ...] = ("parselmouth", "dio", "harvest", "fcpe", "rmvpe")
+
+#: When the scoring server's handler started on the request being served in this thread
+#: (time.monotonic(); set by guard_scoring_server's wrapper, which runs in the request's thread).
+_REQUEST_STARTED: contextvars.ContextVar[float | None] = contextvars.ContextVar("mlflow_ddsp_request_started",
+                                                                              default=None)  # fmt: skip
+
+
+class _DeadlinePassed(MlflowDdspError, TimeoutError):
+    """The scoring server's request timeout passed: the request's answer (504) is already sent."""
+
+
+def sampler_evaluations(keywords: dict[str, Any] | None) -> int:
+    """Network evaluations per frame of a cascade model's sampler (``Sampler.keywords(cfg)``):
+    RectifiedFlow ``infer_step`` (x4 for ``rk4``; 0 when ``t_start >= 1``); DiffusionFast
+    ``k_step // speedup`` (+1 for ``pndm``'s first, two-call step; ``k_step`` for DDPM,
+    ``speedup == 1``). None (not a cascade model): 0."""
+    if not keywords:
+        return 0
+    if "k_step" in keywords:
+        k_step, speedup = int(keywords["k_step"]), int(keywords["infer_speedup"])
+        return k_step if speedup == 1 else k_step // speedup + (keywords["method"] == "pndm")
+    if float(keywords["t_start"]) >= 1.0:
+        return 0
+    return int(keywords["infer_step"]) * (4 if keywords["method"] == "rk4" else 1)
+
+
+def sampler_cost(sampler, cfg) -> tuple[float, str]:
+    """How many times a request's sampler works as hard as the version's own settings (>= 1),
+    and the reason in words, for a cascade model's ``cfg``; ``(1.0, "")`` for other models.
+
+    Raises:
+        ConfigError: a sampler setting the model refuses (see ``Sampler.keywords``).
+    """
+    from ..inference import Sampler
+
+    if not getattr(cfg, "uses_mel", False) or sampler is None or sampler == Sampler():
+        return 1.0, ""
+    asked, own = sampler.keywords(cfg), Sampler().keywords(cfg)
+    n_asked, n_own = sampler_evaluations(asked), sampler_evaluations(own)
+    if n_asked <= max(n_own, 1):
+        return 1.0, ""
+    shown = ", ".join(f"{'speedup' if k == 'infer_speedup' else k}={v}" for k, v in asked.items())  # request params
+    return n_asked / max(n_own, 1), (f"{shown}: {n_asked} network evaluations per frame against the version's "
+                                      f"own {n_own}")  # fmt: skip
 
 
 class DdspVoiceModel:
     """A loaded checkpoint version that converts request rows (see :mod:`payload`)."""
 
     def __init__(self, converter, *, step: int, sha256: str, max_seconds: float = DEFAULT_MAX_SECONDS,
-                 max_concurrent: int = 1):  # fmt: skip
+                 max_concurrent: int = 1, limits: RequestLimits | None = None,
+                 f0_extractors: tuple[str, ...] = REQUEST_F0_EXTRACTORS,
+                 request_timeout: float | None = None):  # fmt: skip
+        """
+        Args:
+            max_seconds: seconds per row when ``limits`` is not given.
+            limits: the request budgets (:class:`~.payload.RequestLimits`).
+            f0_extractors: the extractors a request may name (the version's own is always allowed).
+            request_timeout: seconds after which the scoring server has answered 504 and the
+                request's work stops (None: no deadline, as in ``load_model(...).predict``).
+        """
         self.converter = converter
         self.step = step
         self.sha256 = sha256
-        self.max_seconds = max_seconds
+        self.limits = limits or RequestLimits(max_seconds=max_seconds)
+        self.max_seconds = self.limits.max_seconds
         self.max_concurrent = max_concurrent
+        self.f0_extractors = tuple(f0_extractors)
+        self.request_timeout = request_timeout
         self._slots = threading.BoundedSemaphore(max_concurrent)
 
     @property
@@ -66,23 +177,65 @@ class DdspVoiceModel:
         ``max_concurrent`` conversions at once, an HTTP 503 at once."""
         from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
+        from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED
+
+        deadline = None
+        if self.request_timeout is not None:
+            deadline = (_REQUEST_STARTED.get() or time.monotonic()) + self.request_timeout
         if not self._slots.acquire(blocking=False):  # -> HTTP 503: retry later, nothing queued
             raise request_error(
                 f"busy: {self.max_concurrent} conversion(s) already running (MLFLOW_DDSP_MAX_CONCURRENT); retry later",
                 error_code=TEMPORARILY_UNAVAILABLE,
             )
         try:
-            return self._predict(model_input, params)
+            return self._predict(model_input, params, deadline)
+        except _DeadlinePassed as exc:
+            log.warning("mlflow-ddsp: %s", exc)
+            raise request_error(str(exc), error_code=DEADLINE_EXCEEDED) from None  # -> 504, as the server's
         finally:
             self._slots.release()
 
-    def _predict(self, model_input: Any, params: dict[str, Any] | None) -> list[dict[str, Any]]:
+    def _check_f0_extractor(self, name: str | None) -> None:
+        from ..features import F0_EXTRACTORS
+
+        if name is None:
+            return
+        key = name.lower()
+        own = getattr(self.converter, "default_f0_extractor", None)
+        if key in self.f0_extractors or key == own:
+            return
+        allowed = ", ".join(dict.fromkeys([*self.f0_extractors, *([own] if own else [])]))
+        why = "too slow for this server's request budget" if key in F0_EXTRACTORS else "unknown"
+        raise PayloadError(f"f0_extractor={name!r} is {why}; requests may name {allowed} "
+                           "(MLFLOW_DDSP_F0_EXTRACTORS, set by the server's operator)")  # fmt: skip
+
+    def _predict(self, model_input: Any, params: dict[str, Any] | None, deadline: float | None) -> list[dict[str, Any]]:
+        where = {"row": 0, "rows": 0}
+
+        def check(stage: str) -> None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _DeadlinePassed(
+                    f"request stopped at the scoring server's {self.request_timeout:g} s timeout "
+                    f"(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT; it answered 504) before {stage} of row "
+                    f"{where['row']} of {where['rows']}; its conversion slot is free again"
+                )
+
         try:
             rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
-            requests = parse_rows(rows, max_seconds=self.max_seconds)
             options = parse_params(params)
+            self._check_f0_extractor(options.f0_extractor)
+            cost, cost_reason = sampler_cost(options.sampler, getattr(self.converter, "cfg", None))
+            where["rows"] = len(rows)
+
+            def decoding(row: int) -> None:
+                where["row"] = row
+                check("decoding")
+
+            requests = parse_rows(rows, limits=self.limits, cost=cost, cost_reason=cost_reason, check=decoding)
             results = []
-            for request in requests:
+            for row, request in enumerate(requests):
+                where["row"] = row
+                check("converting")
                 audio = self.converter.convert(
                     request.audio,
                     request.sample_rate,
@@ -93,9 +246,13 @@ class DdspVoiceModel:
                     threshold_db=options.threshold_db,
                     formant_shift=options.formant_shift,
                     sampler=options.sampler,
+                    **({"interrupt": check} if deadline is not None else {}),
                 )
+                check("encoding the answer")
                 results.append(encode_result(audio, self.sampling_rate, request.as_wav))
             return results
+        except _DeadlinePassed:
+            raise
         except (PayloadError, AudioError, ConfigError, ValueError) as exc:
             # -> HTTP 400 with the one-line message; the server keeps serving.
             raise request_error(str(exc)) from exc
@@ -159,10 +316,44 @@ def load_version_dir(path: str | os.PathLike, *, device: str | None = None) -> D
     )
     sha256 = manifest.files[manifest.checkpoint_file].sha256
     log.warning("mlflow-ddsp: serving %s step %d (checkpoint sha256 %s...)", cfg.model.type, manifest.step, sha256[:12])
-    max_seconds = _positive_env("MLFLOW_DDSP_MAX_SECONDS", DEFAULT_MAX_SECONDS, float)
     max_concurrent = _positive_env("MLFLOW_DDSP_MAX_CONCURRENT", 1, int)
-    return DdspVoiceModel(converter, step=manifest.step, sha256=sha256, max_seconds=max_seconds,
-                          max_concurrent=max_concurrent)  # fmt: skip
+    return DdspVoiceModel(converter, step=manifest.step, sha256=sha256, limits=request_limits_from_env(),
+                          max_concurrent=max_concurrent, f0_extractors=request_f0_extractors_from_env())  # fmt: skip
+
+
+def request_limits_from_env() -> RequestLimits:
+    """The request budgets from ``MLFLOW_DDSP_MAX_SECONDS``, ``MLFLOW_DDSP_MAX_REQUEST_SECONDS``,
+    ``MLFLOW_DDSP_MAX_ROWS`` and ``MLFLOW_DDSP_MAX_DECODED_MB`` (see the module doc).
+
+    Raises:
+        ConfigError: a value that is not a positive number (rows: a positive whole number), named.
+    """
+    max_seconds = _positive_env("MLFLOW_DDSP_MAX_SECONDS", DEFAULT_MAX_SECONDS, float)
+    return RequestLimits(
+        max_seconds=max_seconds,
+        max_request_seconds=_positive_env("MLFLOW_DDSP_MAX_REQUEST_SECONDS", max_seconds, float),
+        max_rows=_positive_env("MLFLOW_DDSP_MAX_ROWS", DEFAULT_MAX_ROWS, int),
+        max_decoded_mb=_positive_env("MLFLOW_DDSP_MAX_DECODED_MB", None, float),  # None: by the seconds
+    )
+
+
+def request_f0_extractors_from_env() -> tuple[str, ...]:
+    """``MLFLOW_DDSP_F0_EXTRACTORS`` (comma-separated names), default :data:`REQUEST_F0_EXTRACTORS`.
+
+    Raises:
+        ConfigError: an empty list or a name that is not an f0 extractor, naming the allowed ones.
+    """
+    from ..features import F0_EXTRACTORS
+
+    text = os.environ.get("MLFLOW_DDSP_F0_EXTRACTORS")
+    if text is None or not text.strip():
+        return REQUEST_F0_EXTRACTORS
+    names = tuple(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in F0_EXTRACTORS]
+    if unknown or not names:
+        raise ConfigError(f"MLFLOW_DDSP_F0_EXTRACTORS={text!r}: {', '.join(map(repr, unknown)) or 'no name'} "
+                          f"is not an f0 extractor; name some of {', '.join(F0_EXTRACTORS)}, comma-separated")  # fmt: skip
+    return names
 
 
 def _positive_env(name: str, default, kind):
@@ -203,6 +394,10 @@ def _load_pyfunc(data_path: str) -> DdspVoiceModel:
         print(f"mlflow-ddsp: cannot serve this version: {one_line(str(exc))}", file=sys.stderr, flush=True)
         raise SystemExit(_UVICORN_STARTUP_FAILURE) from None
     if starting is not None:
+        from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
+
+        # The scoring server's own setting, read as its timeout middleware reads it.
+        model.request_timeout = float(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())
         guard_scoring_server(starting)
     return model
 
@@ -279,6 +474,13 @@ def guard_scoring_server(scoring_server) -> None:
 
     @functools.wraps(invocations)
     def guarded(data, content_type, model, input_schema):
+        started = _REQUEST_STARTED.set(time.monotonic())  # the request deadline's origin (DdspVoiceModel)
+        try:
+            return _guarded(data, content_type, model, input_schema)
+        finally:
+            _REQUEST_STARTED.reset(started)
+
+    def _guarded(data, content_type, model, input_schema):
         if content_type is None:
             raise request_error("the request has no Content-Type header; send Content-Type: application/json")
         try:
