@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import rolling_checkpoint
+from conftest import rolling_checkpoint, scaled_timeout
 import soundfile as sf
 import torch
 from click.testing import CliRunner
@@ -142,7 +142,8 @@ def test_upstream_config_preprocess_train_infer_and_serve(workspace, tmp_path, g
 
     from mlflow_ddsp.local_server import LocalModelServer
 
-    with LocalModelServer(f"models:/{name}/{version}", uri, tmp_path / "serve.log") as server:
+    with LocalModelServer(f"models:/{name}/{version}", uri, tmp_path / "serve.log",
+                          startup_timeout=scaled_timeout(180)) as server:
         tone, sr = sf.read(clip, dtype="float32")
         buffer = io.BytesIO()
         sf.write(buffer, tone, sr, format="WAV", subtype="PCM_16")
@@ -150,7 +151,7 @@ def test_upstream_config_preprocess_train_infer_and_serve(workspace, tmp_path, g
                 "params": {"method": method, "formant_shift": 1.0}}  # fmt: skip
         request = urllib.request.Request(server.url + "/invocations", data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(request, timeout=300) as response:
+        with urllib.request.urlopen(request, timeout=scaled_timeout(300)) as response:
             (prediction,) = json.loads(response.read())["predictions"]
     served, served_rate = sf.read(io.BytesIO(base64.b64decode(prediction["audio_base64"])))
     assert served_rate == 44100 and abs(len(served) - len(audio)) <= 1 and np.abs(served).max() > 1e-4
@@ -211,7 +212,7 @@ def test_a_killed_reflow_training_resumes_bit_identical(workspace, tmp_path):
         (tmp_path / folder).mkdir(exist_ok=True)
         extra = {"MLFLOW_DDSP_CRASH_AT": crash} if crash else {}
         return subprocess.run(command, cwd=tmp_path / folder, env={**env, **extra}, capture_output=True, text=True,
-                              timeout=900)  # fmt: skip
+                              timeout=scaled_timeout(900))  # fmt: skip
 
     first = train("uninterrupted")
     assert first.returncode == 0, first.stderr[-2000:]

@@ -34,7 +34,7 @@ from mlflow_ddsp.checkpoint.faults import CRASH_ENV, CRASH_POINTS
 from mlflow_ddsp.checkpoint.lease import lease_model_name
 
 import tiny_trainer
-from conftest import Backend, fresh_embedded
+from conftest import Backend, fresh_embedded, scaled_timeout
 from registry_checks import assert_invariants, versions_by_step
 
 pytestmark = pytest.mark.slow
@@ -59,7 +59,7 @@ def run_trainer(backend: Backend, name: str, steps: int, crash: str, *options: s
     env = {**os.environ, CRASH_ENV: crash}
     proc = subprocess.run(
         [sys.executable, str(TRAINER), "train", backend.uri, name, backend.experiment, str(steps), *options],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True, text=True, env=env, timeout=scaled_timeout(300),
     )  # fmt: skip
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return proc, events

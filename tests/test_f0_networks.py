@@ -33,6 +33,8 @@ from mlflow_ddsp.features import get_f0_extractor
 from mlflow_ddsp.features.f0 import masked_mean_pool, median_pool, onto_frame_grid
 from mlflow_ddsp.features.pitch_libraries import INSTALL_HINT, import_pitch_library
 
+from conftest import scaled_timeout
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SR, HOP = 44100, 512
@@ -193,7 +195,7 @@ def test_onto_frame_grid_is_upstreams_rule():
 def _run(code: str, pythonpath: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath + [REPO]))
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=REPO)  # fmt: skip
+                          timeout=scaled_timeout(300), cwd=REPO)  # fmt: skip
 
 
 _IMPORT_AND_RUN = """

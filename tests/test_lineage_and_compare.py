@@ -21,7 +21,7 @@ from mlflow_ddsp.cli import main
 from mlflow_ddsp import tags as T
 from mlflow_ddsp.tracking import prepare_store
 
-from conftest import tiny_config
+from conftest import scaled_timeout, tiny_config
 from registry_checks import assert_invariants, versions_by_step
 
 pytestmark = pytest.mark.slow
@@ -112,7 +112,7 @@ def test_mlflow_run_main_entry_point_runs_the_demo(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local",
          "-P", f"workdir={tmp_path / 'demo'}", "-P", "max_steps=60"],
-        capture_output=True, text=True, timeout=900, env=env, cwd=ROOT,
+        capture_output=True, text=True, timeout=scaled_timeout(900), env=env, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trained demo-voice to step 60" in proc.stdout

@@ -22,6 +22,8 @@ from mlflow_ddsp import tags as T
 
 from registry_checks import assert_invariants, versions_by_step
 
+from conftest import scaled_timeout
+
 
 def tiny_model(seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(seed)
@@ -235,10 +237,10 @@ def test_a_save_dropped_from_the_spool_keeps_its_metrics_in_the_run(embedded, mo
     with open_queue(embedded, model_name, interval_force_save=100, run_id=run.info.run_id) as queue:
         uploads = _GatedUploads(queue.store)
         first = queue.save(10, model, metrics={"validation/loss": 0.5})
-        assert uploads.entered.wait(timeout=60)  # the committer holds step 10
+        assert uploads.entered.wait(timeout=scaled_timeout(60))  # the committer holds step 10
         dropped = queue.save(20, model, metrics={"validation/loss": 0.4})
         newest = queue.save(30, model, metrics={"validation/loss": 0.3})  # supersedes 20 in the spool
-        assert dropped.result(timeout=60) is None and queue.dropped_from_spool == 1
+        assert dropped.result(timeout=scaled_timeout(60)) is None and queue.dropped_from_spool == 1
         uploads.gate.set()
         assert first.result().step == 10 and newest.result().step == 30
     history = client.get_metric_history(run.info.run_id, "validation/loss")
@@ -309,7 +311,7 @@ class _GatedUploads:
 
         def gated(*args, **kwargs):
             self.entered.set()
-            assert self.gate.wait(timeout=60), "test never released the gate"
+            assert self.gate.wait(timeout=scaled_timeout(60)), "test never released the gate"
             return real(*args, **kwargs)
 
         store.create_files = gated
@@ -321,7 +323,7 @@ def test_save_returns_after_staging_and_snapshots_the_state(embedded, model_name
         uploads = _GatedUploads(queue.store)
         before = {k: v.clone() for k, v in model.state_dict().items()}
         future = queue.save(10, model)
-        assert uploads.entered.wait(timeout=60)
+        assert uploads.entered.wait(timeout=scaled_timeout(60))
         assert not future.done()  # save() returned while the commit is still pending
         train_a_bit(model, optimizer)  # training goes on, mutating parameters in place
         uploads.gate.set()
@@ -339,14 +341,14 @@ def test_when_busy_skip_drops_rolling_saves_but_never_a_force_save(embedded, mod
     with open_queue(embedded, model_name, interval_force_save=30, when_busy="skip") as queue:
         uploads = _GatedUploads(queue.store)
         first = queue.save(10, model)
-        assert uploads.entered.wait(timeout=60)
+        assert uploads.entered.wait(timeout=scaled_timeout(60))
         assert queue.save(20, model) is None  # rolling, busy: skipped
         assert queue.skipped_saves == 1
         results = {}
         force = threading.Thread(target=lambda: results.update(f=queue.save(30, model)))
         force.start()  # a force-save waits for the busy worker instead
         uploads.gate.set()
-        force.join(timeout=120)
+        force.join(timeout=scaled_timeout(120))
         assert not force.is_alive()
         assert first.result().step == 10
         assert results["f"].result().kind == "force_saved"

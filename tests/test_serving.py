@@ -27,6 +27,8 @@ from mlflow_ddsp.models import build_model_from_config
 from mlflow_ddsp.serving.model_files import pyfunc_files
 from mlflow_ddsp.serving.resolve import load_model
 
+from conftest import scaled_timeout
+
 pytestmark = pytest.mark.slow
 
 TINY = {
@@ -110,7 +112,7 @@ def post(url: str, body: str | dict) -> tuple[int, dict]:
     request = urllib.request.Request(url + "/invocations", data=data.encode(),
                                      headers={"Content-Type": "application/json"})  # fmt: skip
     try:
-        with urllib.request.urlopen(request, timeout=300) as response:
+        with urllib.request.urlopen(request, timeout=scaled_timeout(300)) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
@@ -121,7 +123,7 @@ def served(registered, tmp_path_factory):
     """A real `mlflow models serve` process for the version, on 127.0.0.1."""
     backend, version = registered
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with LocalModelServer(f"models:/singer/{version.version}", backend.uri, log,
+    with LocalModelServer(f"models:/singer/{version.version}", backend.uri, log, startup_timeout=scaled_timeout(180),
                           env={"MLFLOW_DDSP_MAX_SECONDS": "5"}) as server:  # fmt: skip
         yield server.url
 
@@ -268,7 +270,7 @@ def test_plain_mlflow_models_serve_refuses_changed_bytes_in_one_line_of_ours(tam
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
     result = subprocess.run([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/tampered/{version.version}",
                              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(free_port()), "-w", str(workers)],
-                            env=env, capture_output=True, text=True, timeout=240)  # fmt: skip
+                            env=env, capture_output=True, text=True, timeout=scaled_timeout(240))  # fmt: skip
     # One worker: uvicorn exits 3 and MLflow's CLI fails. Two: uvicorn's supervisor stops its workers
     # and itself, and exits 0 (its own choice); with any other status it would restart them forever.
     assert result.returncode != 0 if workers == 1 else "Stopping parent process" in result.stderr, result.stderr

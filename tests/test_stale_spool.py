@@ -25,6 +25,8 @@ from mlflow_ddsp.errors import LeaseLostError
 
 from registry_checks import versions_by_step
 
+from conftest import scaled_timeout
+
 
 def _queue(backend, name, **kwargs) -> CheckpointQueue:
     # interval_force_save=100: every save below is rolling, so a stale one could delete the newer one
@@ -49,7 +51,7 @@ def _leave_in_spool(queue: CheckpointQueue, step: int, model, monkeypatch) -> No
     monkeypatch.setenv(FAIL_ENV, f"after_create@{step}")
     future = queue.save(step, model)
     with pytest.raises(Exception, match="injected failure"):
-        future.result(timeout=120)
+        future.result(timeout=scaled_timeout(120))
     monkeypatch.delenv(FAIL_ENV)
 
 
@@ -57,7 +59,7 @@ def _leave_in_spool(queue: CheckpointQueue, step: int, model, monkeypatch) -> No
 def test_a_dead_writers_spool_never_replaces_what_another_machine_committed_since(backend, model_name, tmp_path, monkeypatch, caplog):
     store = RegistryStore(backend.uri)
     first = _queue(backend, model_name)
-    first.save(10, _model(1)).result(timeout=120)
+    first.save(10, _model(1)).result(timeout=scaled_timeout(120))
     _leave_in_spool(first, 20, _model(2), monkeypatch)
     folder = first.spool.folder
     first._lease.abandon()  # the process dies here: its lease is left, stale at once for this machine
@@ -67,7 +69,7 @@ def test_a_dead_writers_spool_never_replaces_what_another_machine_committed_sinc
     # Another machine (its own spool) resumes from step 10 and trains on to step 30.
     with _queue(backend, model_name, spool_dir=tmp_path / "other-machine", takeover=True) as other:
         assert other.restore(_model(3)) == 10
-        other.save(30, _model(4)).result(timeout=120)
+        other.save(30, _model(4)).result(timeout=scaled_timeout(120))
     assert versions_by_step(store, model_name) == {30: "rolling"}
 
     # The first machine starts again: its step 20 is older than the lineage's step 30.
@@ -85,14 +87,14 @@ def test_a_dead_writers_spool_never_replaces_what_another_machine_committed_sinc
 def test_a_fenced_writer_sets_its_spool_aside_and_the_next_start_keeps_the_new_writers_step(backend, model_name, monkeypatch, caplog):
     store = RegistryStore(backend.uri)
     fenced = _queue(backend, model_name)
-    fenced.save(10, _model(1)).result(timeout=120)
+    fenced.save(10, _model(1)).result(timeout=scaled_timeout(120))
     with _queue(backend, model_name, takeover=True) as new:  # same machine, same spool folder
         assert new.restore(_model(2)) == 10
-        new.save(30, _model(3)).result(timeout=120)
+        new.save(30, _model(3)).result(timeout=scaled_timeout(120))
         # The fenced writer does not know yet; its next save goes to the shared spool.
         future = fenced.save(20, _model(4))
         with pytest.raises(LeaseLostError):
-            future.result(timeout=120)
+            future.result(timeout=scaled_timeout(120))
         folder = new.spool.folder
         assert _entries(folder) == [], "the fenced writer left its step 20 for the next start to commit"
         assert len(_set_aside(folder)) == 1
@@ -107,7 +109,7 @@ def test_the_spool_of_a_writer_nobody_replaced_is_still_committed(backend, model
     """The normal recovery holds: a dead writer's newest save is the lineage's newest."""
     store = RegistryStore(backend.uri)
     first = _queue(backend, model_name)
-    first.save(10, _model(1)).result(timeout=120)
+    first.save(10, _model(1)).result(timeout=scaled_timeout(120))
     _leave_in_spool(first, 20, _model(2), monkeypatch)
     first._lease.abandon()
     first._closed = True
@@ -120,7 +122,7 @@ def test_the_spool_of_a_writer_nobody_replaced_is_still_committed(backend, model
 def test_a_spool_record_that_disagrees_with_its_checkpoint_is_set_aside_not_committed(embedded, model_name, monkeypatch, caplog, tamper):
     store = RegistryStore(embedded.uri)
     first = _queue(embedded, model_name)
-    first.save(10, _model(1)).result(timeout=120)
+    first.save(10, _model(1)).result(timeout=scaled_timeout(120))
     _leave_in_spool(first, 20, _model(2), monkeypatch)
     first._lease.abandon()
     first._closed = True

@@ -16,7 +16,7 @@ import torch
 from mlflow_ddsp import CheckpointQueue
 from mlflow_ddsp.checkpoint import RegistryStore, load_checkpoint
 
-from conftest import server_of
+from conftest import scaled_timeout, server_of
 from test_lease import Holder
 from registry_checks import versions_by_step
 
@@ -37,7 +37,7 @@ def test_two_writers_on_postgres_each_keep_exactly_their_own_versions(request, m
                 queue.save(step, model).result()
                 assert other.wait_for("saved") == {"event": "saved", "step": step}
         other.send("quit")
-        assert other.proc.wait(timeout=60) == 0
+        assert other.proc.wait(timeout=scaled_timeout(60)) == 0
     finally:
         other.stop()
     store = RegistryStore(backend.uri)
