@@ -355,6 +355,23 @@ def test_when_busy_skip_drops_rolling_saves_but_never_a_force_save(embedded, mod
     assert versions_by_step(RegistryStore(embedded.uri), model_name) == {30: "force_saved"}
 
 
+def test_a_skipped_save_keeps_its_metrics_in_the_run(embedded, model_name):
+    """when_busy="skip" skips the checkpoint, not the validation point: the curve has no gap (issue 22)."""
+    client = MlflowClient(embedded.uri, embedded.uri)
+    run = client.create_run(RegistryStore(embedded.uri).experiment_id(embedded.experiment))
+    model, _ = tiny_model()
+    with open_queue(embedded, model_name, interval_force_save=100, when_busy="skip", run_id=run.info.run_id) as queue:
+        uploads = _GatedUploads(queue.store)
+        first = queue.save(10, model, metrics={"validation/loss": 0.5})
+        assert uploads.entered.wait(timeout=scaled_timeout(60))
+        assert queue.save(20, model, metrics={"validation/loss": 0.4}) is None  # skipped: busy
+        uploads.gate.set()
+        assert first.result().step == 10
+    history = client.get_metric_history(run.info.run_id, "validation/loss")
+    assert sorted((m.step, m.value) for m in history) == [(10, 0.5), (20, 0.4)]
+    assert versions_by_step(RegistryStore(embedded.uri), model_name) == {10: "rolling"}
+
+
 # -- the local spool -----------------------------------------------------------------------------
 def test_the_spool_of_an_embedded_store_lies_beside_its_database_and_is_empty_after_commits(embedded, model_name):
     model, _ = tiny_model()

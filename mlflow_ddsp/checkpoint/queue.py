@@ -325,7 +325,8 @@ class CheckpointQueue:
         self._futures: dict[int, Future] = {}  # step -> what save() returned
         self._in_flight: int | None = None  # the step being committed
         self._after_commit: list = []  # steps 6-8 of a committed save not done yet (server went away)
-        self._superseded: list[SpooledSave] = []  # dropped from the spool; their metrics not logged yet
+        # (run id, metrics, step) of saves dropped from the spool or skipped as busy: not logged yet
+        self._superseded: list[tuple[str, dict[str, float], int]] = []
         self._failure: tuple[int | None, BaseException] | None = None  # surfaces at save/flush/close
         self._held = False  # a failure was raised: no retry until the next save, flush or close
         self._outage_since: float | None = None
@@ -415,6 +416,10 @@ class CheckpointQueue:
         if self.when_busy == "skip" and kind == T.KIND_ROLLING and self._busy():
             self.skipped_saves += 1
             log.info("checkpoint at step %d skipped: an earlier save is not committed yet", step)
+            if self.run_id and metrics:  # the checkpoint is skipped, not the validation point
+                with self._cond:
+                    self._superseded.append((self.run_id, {k: float(v) for k, v in metrics.items()}, step))
+                    self._cond.notify_all()
             return None
         self._wait_written()
         with self._cond:
@@ -681,7 +686,7 @@ class CheckpointQueue:
                 if self._stopping:
                     return
                 entry = None
-                if not self._after_commit:
+                if not self._after_commit and self._spooled:
                     entry = min(self._spooled.values(), key=lambda e: e.step)
                     self._in_flight = entry.step
                 step = entry.step if entry is not None else self._committed_step
@@ -739,24 +744,24 @@ class CheckpointQueue:
 
     def _supersede(self, dropped: list[SpooledSave]) -> None:
         """Hold the metrics of saves dropped from the spool for :meth:`_log_superseded` (under ``_cond``)."""
-        self._superseded += [e for e in dropped if e.run_id and e.metrics]
+        self._superseded += [(e.run_id, e.metrics, e.step) for e in dropped if e.run_id and e.metrics]
 
     def _log_superseded(self) -> None:
-        """Log the metrics of saves dropped from the spool on their run, linked to no checkpoint:
-        the run's curves keep every validation point. Each is logged once, before the next
-        commit (so before the superseding save's own); a crash or a ``close`` that gives up
-        on an outage loses only these metric points, never a checkpoint."""
+        """Log the metrics of saves dropped from the spool or skipped as busy on their run,
+        linked to no checkpoint: the run's curves keep every validation point. Each is logged
+        once, before the next commit (so before the superseding save's own); a crash or a
+        ``close`` that gives up on an outage loses only these metric points, never a checkpoint."""
         while True:
             with self._cond:
                 if not self._superseded:
                     return
-                entry = self._superseded[0]
-            self.store.log_metrics(entry.run_id, entry.metrics, entry.step)
+                run_id, metrics, step = self._superseded[0]
+            self.store.log_metrics(run_id, metrics, step)
             with self._cond:
                 self._superseded.pop(0)
 
     def _has_work(self) -> bool:
-        return bool(self._spooled or self._after_commit)
+        return bool(self._spooled or self._after_commit or self._superseded)
 
     def _commit(
         self,
