@@ -32,6 +32,8 @@ __all__ = [
     "EXPERIMENT_IDS",
     "RETENTION",
     "OWN_ALIASES",
+    "LEASE_MODEL",
+    "LEASE_HOLDER",
     "CONFIG_DIGEST",
     "DATASET_DIGEST",
     "DATASET_FILES",
@@ -118,6 +120,9 @@ LEASE_HOST = "mlflow_ddsp.lease.host"
 LEASE_PID = "mlflow_ddsp.lease.pid"
 LEASE_PROCESS = "mlflow_ddsp.lease.process"  # boot id + process start time: survives pid reuse
 LEASE_PID_NAMESPACE = "mlflow_ddsp.lease.pid_namespace"  # e.g. "pid:[4026531836]": pids compare only within one
+# The writer lease's binding (EDIT on the registered model needed to write either; see checkpoint/lease.py):
+LEASE_MODEL = "mlflow_ddsp.lease_model"  # the lease model in use; absent: NAME.writer-lease
+LEASE_HOLDER = "mlflow_ddsp.lease_holder"  # "<owner id> <lease model's creation time, ms>"; absent: none
 LEASE_HEARTBEAT = "mlflow_ddsp.lease.heartbeat"  # unix seconds of the last renewal
 LEASE_TTL = "mlflow_ddsp.lease.ttl"  # seconds without a heartbeat before the lease is stale
 LEASE_TAKEOVER = "mlflow_ddsp.lease.takeover"  # "true" when the ticket took over a live lease

@@ -71,13 +71,22 @@ def test_second_writer_fails_fast_naming_the_holder(backend, model_name):
     open_queue(backend, model_name).close()  # free again once the first writer closed
 
 
+def plant_lease(store: RegistryStore, name: str, tags: dict[str, str]) -> None:
+    """The lease model of a holder that crashed after recording itself on ``name`` (what a real holder does)."""
+    store.ensure_registered_model(name, "planted lease")
+    lock = lease_model_name(name)
+    assert store.try_create_registered_model(lock, tags, "planted")
+    _, created = store.registered_model_created(lock)
+    store.set_registered_model_tag(name, T.LEASE_HOLDER, f"{tags[T.LEASE_OWNER]} {created}")
+
+
 def plant_stale_lease(store: RegistryStore, name: str, owner: str = "crashed-long-ago") -> None:
     """A lease of another machine whose heartbeat stopped long ago: anyone may take it over."""
     tags = {
         T.LEASE_MARKER: T.LEASE_MARKER_VALUE, T.LEASE_OWNER: owner, T.LEASE_HOST: "gpu-box-7",
         T.LEASE_PID: "4242", T.LEASE_HEARTBEAT: f"{time.time() - 3600:.3f}", T.LEASE_TTL: "60",
     }  # fmt: skip
-    assert store.try_create_registered_model(lease_model_name(name), tags, "planted")
+    plant_lease(store, name, tags)
 
 
 def lease_models(backend, name: str) -> list[str]:
@@ -123,19 +132,22 @@ def test_concurrent_acquires_have_exactly_one_winner(backend, model_name, stale_
         assert lease_models(backend, model_name) == []  # no tombstone left behind
 
 
-def test_a_model_that_is_not_our_lease_is_refused_and_never_touched(backend, model_name):
+def test_a_model_that_is_not_our_lease_is_never_touched_the_lease_moves(backend, model_name, caplog):
+    """Issue 20 point 4: a model at the lease's name no longer blocks the queue (it used to be refused)."""
     from mlflow import MlflowClient
+
+    from mlflow_ddsp.checkpoint.lease import bound_lease_model
 
     store = RegistryStore(backend.uri)
     someone = lease_model_name(model_name)
     store.ensure_registered_model(someone, "a person's own model that happens to have this name")
     store.set_registered_model_tag(someone, T.LEASE_HEARTBEAT, "0")  # even one that looks stale
     for takeover in (False, True):
-        with pytest.raises(LeaseHeldError) as info:
-            open_queue(backend, model_name, takeover=takeover)
-        message = str(info.value)
-        assert "\n" not in message and "is not an mlflow-ddsp writer lease" in message and someone in message
+        with caplog.at_level(logging.WARNING, logger="mlflow_ddsp"), open_queue(backend, model_name, takeover=takeover):
+            assert bound_lease_model(store, model_name).startswith(someone + "-")
+    assert "is not an mlflow-ddsp writer lease" in caplog.text and "left untouched" in caplog.text
     assert MlflowClient(backend.uri, backend.uri).get_registered_model(someone).description.startswith("a person's")
+    assert store.registered_model_tags(someone) == {T.LEASE_HEARTBEAT: "0"}
     assert lease_models(backend, model_name) == [someone]
 
 
@@ -190,7 +202,7 @@ def test_lease_from_another_machine_is_respected_until_its_ttl(embedded, model_n
             T.LEASE_PROCESS: "another-boot:1", T.LEASE_HEARTBEAT: f"{time.time() - heartbeat_age:.3f}",
             T.LEASE_TTL: "60",
         }  # fmt: skip
-        assert store.try_create_registered_model(lease_model_name(model_name), tags, "planted")
+        plant_lease(store, model_name, tags)
 
     plant(heartbeat_age=5)
     with pytest.raises(LeaseHeldError, match=r"gpu-box-7 pid 4242 \(last heartbeat \d+ s ago\)") as info:
@@ -237,7 +249,7 @@ def test_a_dead_pid_counts_only_within_the_same_pid_namespace(backend, model_nam
         T.LEASE_HEARTBEAT: f"{time.time():.3f}", T.LEASE_TTL: "600",
         T.LEASE_PID_NAMESPACE: _pid_namespace() if namespace == "same" else namespace,
     }  # fmt: skip
-    assert store.try_create_registered_model(lease_model_name(model_name), tags, "planted")
+    plant_lease(store, model_name, tags)
     if taken_at_once:
         open_queue(backend, model_name).close()
     else:

@@ -1,13 +1,33 @@
 """One writer per registered model: a lease held in the model registry itself.
 
 MLflow has no compare-and-set, but registered model names are unique and a
-rename is atomic. The lease for ``voice`` is a registered model named
-``voice.writer-lease`` whose tags name the holder:
+rename is atomic. The lease for ``voice`` is a registered model (the *lease
+model*, ``voice.writer-lease`` unless moved) whose tags name the holder.
 
-* acquire: create it. If it exists and its holder is alive, fail fast
-  (``LeaseHeldError``) unless told to take over. A registered model of that
-  name without our marker tag (``mlflow_ddsp.lease``) is someone's model, never
-  a lease: it is refused, never renamed or deleted;
+Anyone who may create registered models (on a basic-auth server: every user,
+with the default READ permission) could create that name first, so the lease
+model counts only through a *binding* on ``voice`` itself, whose tags only a
+user with EDIT on ``voice`` can write:
+
+* ``mlflow_ddsp.lease_model``: the name of the lease model in use
+  (``voice.writer-lease`` or ``voice.writer-lease-<8 hex>``; absent: the former);
+* ``mlflow_ddsp.lease_holder``: ``"<owner id> <creation time>"`` of the lease model
+  the holder created, written by the holder right after creating it and removed
+  at release. The creation time (ms) is the server's, so a model created by
+  anyone else never matches, whatever tags it copies.
+
+A lease model is *recorded* when its owner tag and creation time match the
+record. One not yet recorded but created less than ``_RECORD_GRACE`` seconds ago
+is a holder starting up: we wait for its record (it follows its creation by one
+request) until the grace ends. Any other model at that name (no marker tag,
+never recorded, or a lease of another user that we may not rename: HTTP 403) is
+never renamed, retagged or deleted by us: the lease *moves* to a fresh name
+(``mlflow_ddsp.lease_model`` set to ``voice.writer-lease-<random>``), which needs
+EDIT on ``voice``; a user without it is refused in one line and leaves nothing.
+
+* acquire: create the bound lease model, record it, and check the binding still
+  names it. If it exists and is recorded and its holder is alive, fail fast
+  (``LeaseHeldError``) unless told to take over;
 * take over (a stale holder, or ``takeover=True``): rename the old lease to a
   name derived from its holder (``.retired-<owner>``; of several processes
   taking over one holder only one rename succeeds), check that what was renamed
@@ -15,23 +35,34 @@ rename is atomic. The lease for ``voice`` is a registered model named
   lease stays as a tombstone while we hold the lease and is deleted at release. If another process took over in
   between, what was renamed is that process's live lease: it is renamed back
   and the attempt starts again (the live holder sees its lease missing only for
-  that moment, and confirms a loss only after reading again);
-* hold: a heartbeat thread renews a timestamp tag; before every alias move the
-  queue calls :meth:`WriterLease.check`, so a process whose lease was taken
-  over stops writing (``LeaseLostError``) instead of fighting the new holder;
-* release: delete it.
+  that moment, and confirms a loss only after reading again). Where the rename
+  is refused (another user's lease, HTTP 403), the lease moves instead;
+* hold: a heartbeat thread renews a timestamp tag (and rewrites our record if a
+  racing starter overwrote it); before every alias move the queue calls
+  :meth:`WriterLease.check`, valid while the binding names our lease model and
+  that model is ours, so a process whose lease was taken over or moved away
+  stops writing (``LeaseLostError``) instead of fighting the new holder;
+* release: remove the record, then delete the lease model.
 
 A holder is stale when its heartbeat is older than its ttl, or at once when it
 ran on this machine, in this PID namespace, and its process is gone (a crash,
 SIGKILL): a crashed training run restarts without waiting. Containers sharing a
 host name (host networking) have their own PID namespaces; where the namespace
 cannot be compared, the holder is treated as another machine's (ttl).
+
+Names: the longest lease name derived is ``NAME.writer-lease-<8 hex>.retired-<16>``
+(47 characters more than NAME). Two processes moving the lease at the same
+instant both write the binding; the one whose write came first is fenced at its
+first :meth:`~WriterLease.check` (before any alias move), so at most one writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import secrets
 import socket
 import threading
 import time
@@ -40,17 +71,30 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .. import tags as T
-from ..errors import CheckpointNotFoundError, LeaseHeldError, LeaseLostError, MlflowDdspError
+from ..errors import (
+    CheckpointNotFoundError,
+    LeaseHeldError,
+    LeaseLostError,
+    MlflowDdspError,
+    PermissionDeniedError,
+)
 from .registry import RegistryStore
 
-__all__ = ["WriterLease", "LeaseHolder", "lease_model_name", "DEFAULT_LEASE_TTL"]
+__all__ = ["WriterLease", "LeaseHolder", "lease_model_name", "bound_lease_model", "DEFAULT_LEASE_TTL"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_TTL = 120.0
 _SUFFIX = ".writer-lease"
-_ACQUIRE_ATTEMPTS = 5
+_ACQUIRE_ATTEMPTS = 6
 _LOSS_CONFIRMATIONS = (0.2, 0.5, 1.0)  # seconds between re-reads before a missing lease counts as lost
+# A lease model nobody recorded yet counts as a holder starting up for this long after
+# its creation (the server's clock). A starting holder records itself one request
+# after creating it, so 30 s covers a very slow server; it also bounds how long a
+# squatted name delays a start before the lease moves. Clocks are assumed within a
+# few seconds of the server's (NTP): a client ahead by s shortens the grace by s.
+_RECORD_GRACE = 30.0
+_RECORD_POLL_MAX = 2.0  # seconds between re-reads while waiting for a record
 
 
 def _safe(owner: str) -> str:
@@ -58,7 +102,33 @@ def _safe(owner: str) -> str:
 
 
 def lease_model_name(name: str) -> str:
+    """The default lease model of registered model ``name`` (``NAME.writer-lease``)."""
     return name + _SUFFIX
+
+
+def _bound(name: str, tags: Mapping[str, str]) -> str | None:
+    """The lease model ``name``'s tags bind, or None when the tag names none of ours."""
+    value = tags.get(T.LEASE_MODEL)
+    if value is None:
+        return lease_model_name(name)
+    return value if re.fullmatch(re.escape(lease_model_name(name)) + r"(-[0-9a-f]{8})?", value) else None
+
+
+def bound_lease_model(store: RegistryStore, name: str) -> str:
+    """The lease model registered model ``name`` uses now (``NAME.writer-lease`` unless moved).
+
+    For commands that report on the lease; a binding tag that names no lease model
+    of ``name`` is reported as the tag's value.
+    """
+    try:
+        tags = store.registered_model_tags(name)
+    except CheckpointNotFoundError:
+        return lease_model_name(name)
+    return _bound(name, tags) or tags.get(T.LEASE_MODEL, lease_model_name(name))
+
+
+def _record(owner: str, created_ms: int) -> str:
+    return f"{owner} {created_ms}"
 
 
 def _boot_id() -> str:
@@ -168,21 +238,29 @@ class WriterLease:
 
     Args:
         store: registry access.
-        name: the registered model the lease protects.
+        name: the registered model the lease protects (created, with ``description``, if absent:
+            the lease is bound to it by its tags).
         ttl: seconds without a heartbeat after which another machine may take over.
         takeover: take the lease even from a live holder (it is fenced off at its
             next alias move).
+        description: the registered model's description, if the lease has to create it.
+
+    Raises (acquire): LeaseHeldError naming a live holder; PermissionDeniedError (one
+    line) for a user without EDIT on ``name``, leaving nothing behind.
     """
 
-    def __init__(self, store: RegistryStore, name: str, *, ttl: float = DEFAULT_LEASE_TTL, takeover: bool = False):
+    def __init__(self, store: RegistryStore, name: str, *, ttl: float = DEFAULT_LEASE_TTL, takeover: bool = False,
+                 description: str | None = None):  # fmt: skip
         if ttl <= 0:
             raise ValueError(f"lease ttl={ttl!r} must be > 0 seconds")
         self.store = store
         self.name = name
-        self.lock_name = lease_model_name(name)
+        self.lock_name = lease_model_name(name)  # the lease model we hold (set by acquire)
         self.ttl = float(ttl)
         self.takeover = takeover
         self.owner = uuid.uuid4().hex
+        self._model_description = description
+        self._record: str | None = None  # the binding's holder record of our lease model
         self._tombstone: str | None = None  # the lease we took over, renamed; deleted at release
         self._held = False
         self._lost: str | None = None
@@ -200,21 +278,49 @@ class WriterLease:
             return self._acquire()
         except BaseException:
             if self._tombstone is not None:  # we renamed a stale lease but lost the create
-                self.store.delete_registered_model(self._tombstone)
-                self._tombstone = None
+                self._delete_tombstone()
             raise
 
     def _acquire(self) -> "WriterLease":
+        if not self.store.registered_model_exists(self.name):
+            self.store.ensure_registered_model(
+                self.name, self._model_description or f"DDSP-SVC checkpoints kept by mlflow-ddsp ({self.name})."
+            )
         for _ in range(_ACQUIRE_ATTEMPTS):
-            if self.store.try_create_registered_model(self.lock_name, self._tags(), self._description()):
-                self._held = True
-                self._start_heartbeat()
-                return self
+            name_tags = self.store.registered_model_tags(self.name)
+            lock = _bound(self.name, name_tags)
+            if lock is None:
+                self._move(name_tags, str(name_tags.get(T.LEASE_MODEL)), "the tag names no lease model of it")
+                continue
+            if self.store.try_create_registered_model(lock, self._tags(), self._description()):
+                if self._settle(lock):
+                    return self
+                continue
             try:
-                tags = self.store.registered_model_tags(self.lock_name)
+                tags, created = self.store.registered_model_created(lock)
             except CheckpointNotFoundError:
                 continue  # released between our create and our read: try again
-            self._refuse_foreign(self.lock_name, tags)
+            verdict = self._judge(lock, tags, created, name_tags)
+            if verdict in ("foreign", "unrecorded"):
+                # Confirm with fresh reads: SQLite answers a read of a model renamed or deleted
+                # meanwhile with its row but no tags (two SELECTs), which must not move the lease.
+                try:
+                    again, created_again = self.store.registered_model_created(lock)
+                except CheckpointNotFoundError:
+                    continue
+                name_again = self.store.registered_model_tags(self.name)
+                if created_again != created or _bound(self.name, name_again) != lock:
+                    continue
+                tags, name_tags = again, name_again
+                verdict = self._judge(lock, tags, created, name_tags, wait=False)
+            if verdict == "changed":
+                continue
+            if verdict == "foreign":
+                self._move(name_tags, lock, f"it is not an mlflow-ddsp writer lease (no {T.LEASE_MARKER} tag)")
+                continue
+            if verdict == "unrecorded":
+                self._move(name_tags, lock, "no holder recorded it on the registered model: not a lease of ours")
+                continue
             holder = LeaseHolder.from_tags(tags)
             now = time.time()
             stale = holder.is_stale(now)
@@ -230,22 +336,29 @@ class WriterLease:
             # The renamed lease stays as a tombstone while the winner holds the
             # lease, so a process that read the old holder late cannot rename the
             # winner's lease to that name either.
-            retired = f"{self.lock_name}.retired-{_safe(holder.owner) or uuid.uuid4().hex[:12]}"
-            if not self.store.try_rename_registered_model(self.lock_name, retired):
+            retired = f"{lock}.retired-{_safe(holder.owner) or uuid.uuid4().hex[:12]}"
+            try:
+                renamed_ok = self.store.try_rename_registered_model(lock, retired)
+            except PermissionDeniedError:
+                # Another user's lease: renaming needs EDIT on it. Ours is the registered model.
+                self._move(name_tags, lock, f"the {reason} lease of {holder.describe(now)} was created by another "
+                                            "user, so it cannot be renamed")  # fmt: skip
+                continue
+            if not renamed_ok:
                 continue
             # Between our read and our rename another process may have taken over:
             # then we renamed its live lease. Put it back and start again.
             renamed = self.store.registered_model_tags(retired)
             if renamed.get(T.LEASE_MARKER) != T.LEASE_MARKER_VALUE or renamed.get(T.LEASE_OWNER) != holder.owner:
-                if not self.store.try_rename_registered_model(retired, self.lock_name):
+                if not self.store.try_rename_registered_model(retired, lock):
                     log.error("could not put back the writer lease of %r renamed to %r", self.name, retired)
                 continue
             log.warning("taking over the %s writer lease of %r from %s", reason, self.name, holder.describe(now))
             older = renamed.get(T.LEASE_TOMBSTONE)
-            if older and older.startswith(self.lock_name + ".retired-"):
-                self.store.delete_registered_model(older)  # the tombstone the old holder kept
+            if older and older.startswith(lock + ".retired-"):
+                self._delete_quietly(older)  # the tombstone the old holder kept
             if self._tombstone is not None:
-                self.store.delete_registered_model(self._tombstone)  # an earlier attempt's
+                self._delete_tombstone()  # an earlier attempt's
             self._tombstone = retired
         raise LeaseHeldError(
             f"could not acquire the writer lease of {self.name!r} after {_ACQUIRE_ATTEMPTS} attempts: "
@@ -253,23 +366,37 @@ class WriterLease:
         )
 
     def check(self) -> None:
-        """Raise LeaseLostError unless this process still holds the lease."""
+        """Raise LeaseLostError unless this process still holds the lease.
+
+        Valid while the registered model's binding names our lease model and that
+        model is the one we created (owner id and creation time).
+        """
         if not self._held:
             raise LeaseLostError(f"the writer lease of {self.name!r} is not held by this process")
         if self._lost is None:
-            self._lost = self._why_lost()
+            self._lost = self._inspect()[0]
         if self._lost is not None:
             raise LeaseLostError(self._lost)
 
     def release(self) -> None:
-        """Stop the heartbeat and delete the lease if it is still ours."""
+        """Stop the heartbeat; remove our record and delete our lease model if the lease is still ours.
+
+        A lease moved away by another process leaves the binding alone; our own lease
+        model, which nobody uses any more, is deleted.
+        """
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
-        if self._held and self._why_lost() is None:
-            self.store.delete_registered_model(self.lock_name)
-            if self._tombstone is not None:
-                self.store.delete_registered_model(self._tombstone)
+        if self._held:
+            lost, name_tags = self._inspect()
+            if lost is None:
+                self.store.delete_registered_model_tag(self.name, T.LEASE_HOLDER)
+                self.store.delete_registered_model(self.lock_name)
+                self._delete_tombstone()
+            elif name_tags is not None and _bound(self.name, name_tags) != self.lock_name:
+                if self._is_mine(self.lock_name):
+                    self.store.delete_registered_model(self.lock_name)
+                self._delete_tombstone()
         self._held = False
 
     def abandon(self) -> None:
@@ -283,13 +410,118 @@ class WriterLease:
         self._held = False
 
     # -- internals ----------------------------------------------------------
-    def _refuse_foreign(self, name: str, tags: Mapping[str, str]) -> None:
+    def _settle(self, lock: str) -> bool:
+        """We created ``lock``: record it on the registered model; False if the binding moved meanwhile."""
+        try:
+            created = self._created_of(lock)
+            if created is None:
+                return False  # renamed away by a takeover and not put back: decide again
+            record = _record(self.owner, created)
+            self.store.set_registered_model_tag(self.name, T.LEASE_HOLDER, record)  # EDIT on NAME
+        except BaseException:
+            with contextlib.suppress(MlflowDdspError):
+                self.store.delete_registered_model(lock)  # nothing left behind (we created it: MANAGE)
+            raise
+        if _bound(self.name, self.store.registered_model_tags(self.name)) != lock:
+            self.store.delete_registered_model(lock)  # another process moved the lease while we created it
+            return False
+        self.lock_name = lock
+        self._record = record
+        self._held = True
+        self._start_heartbeat()
+        return True
+
+    def _judge(self, lock: str, tags: Mapping[str, str], created: int, name_tags: Mapping[str, str], *,
+               wait: bool = True) -> str:  # fmt: skip
+        """``"recorded"`` (a lease of ours), ``"foreign"`` (no marker), ``"unrecorded"``, or ``"changed"``."""
         if tags.get(T.LEASE_MARKER) != T.LEASE_MARKER_VALUE:
-            raise LeaseHeldError(
-                f"registered model {name!r} exists but is not an mlflow-ddsp writer lease (it has no "
-                f"{T.LEASE_MARKER} tag); mlflow-ddsp needs that name to lock {self.name!r}: rename that "
-                "model, or train into another registered model"
-            )
+            return "foreign"
+        owner = tags.get(T.LEASE_OWNER, "")
+        if owner == self.owner:
+            return "unrecorded"  # we did not create it (our create failed): a copy of our id
+        if name_tags.get(T.LEASE_HOLDER) == _record(owner, created):
+            return "recorded"
+        if not wait:
+            return "unrecorded"
+        return self._await_record(lock, owner, created, name_tags)
+
+    def _await_record(self, lock: str, owner: str, created: int, name_tags: Mapping[str, str]) -> str:
+        """``"recorded"``, ``"unrecorded"``, or ``"changed"`` (``lock`` or the binding changed: decide again).
+
+        A lease model created less than ``_RECORD_GRACE`` s ago and not recorded yet
+        may be a holder starting up: read again until its record appears or the grace ends.
+        """
+        expected = _record(owner, created)
+        pause = 0.05
+        while True:
+            if name_tags.get(T.LEASE_HOLDER) == expected:
+                return "recorded"
+            left = created / 1000.0 + _RECORD_GRACE - time.time()
+            if left <= 0:
+                return "unrecorded"
+            time.sleep(min(pause, left))  # a bounded wait for another process's next request
+            pause = min(pause * 2, _RECORD_POLL_MAX)
+            name_tags = self.store.registered_model_tags(self.name)
+            if _bound(self.name, name_tags) != lock:
+                return "changed"
+            try:
+                tags, now_created = self.store.registered_model_created(lock)
+            except CheckpointNotFoundError:
+                return "changed"
+            if now_created != created or tags.get(T.LEASE_OWNER, "") != owner:
+                return "changed"
+
+    def _move(self, name_tags: Mapping[str, str], blocked: str, why: str) -> None:
+        """Bind the lease to a fresh name, leaving ``blocked`` untouched (needs EDIT on the registered model)."""
+        fresh = f"{lease_model_name(self.name)}-{secrets.token_hex(4)}"
+        current = self.store.registered_model_tags(self.name)
+        if current.get(T.LEASE_MODEL) != name_tags.get(T.LEASE_MODEL):
+            return  # another process moved it already: decide again on the new binding
+        try:
+            self.store.set_registered_model_tag(self.name, T.LEASE_MODEL, fresh)
+        except PermissionDeniedError as exc:
+            raise PermissionDeniedError(
+                f"{blocked!r} blocks the writer lease of {self.name!r} ({why}) and moving the lease elsewhere "
+                f"was refused: {exc}; or ask the creator of {blocked!r} or an MLflow admin to delete it"
+            ) from exc
+        log.warning(
+            "the writer lease of %r moved from %r to %r: %s. %r is left untouched; its creator or an MLflow "
+            "admin may delete it", self.name, blocked, fresh, why, blocked,
+        )  # fmt: skip
+
+    def _created_of(self, lock: str) -> int | None:
+        """The creation time of the lease model we just created; None if it stays gone.
+
+        A takeover that renamed it by mistake puts it back at once: read again.
+        """
+        for pause in (*_LOSS_CONFIRMATIONS, None):
+            try:
+                tags, created = self.store.registered_model_created(lock)
+                if tags.get(T.LEASE_OWNER) == self.owner:
+                    return created
+            except CheckpointNotFoundError:
+                pass
+            if pause is not None:
+                time.sleep(pause)
+        return None
+
+    def _is_mine(self, lock: str) -> bool:
+        try:
+            tags, created = self.store.registered_model_created(lock)
+        except CheckpointNotFoundError:
+            return False
+        return self._record == _record(tags.get(T.LEASE_OWNER, ""), created)
+
+    def _delete_quietly(self, name: str) -> None:
+        try:
+            self.store.delete_registered_model(name)
+        except PermissionDeniedError as exc:
+            log.warning("could not delete %r, a writer lease taken over: %s", name, exc)
+
+    def _delete_tombstone(self) -> None:
+        if self._tombstone is not None:
+            self._delete_quietly(self._tombstone)
+            self._tombstone = None
 
     def _tags(self) -> dict[str, str]:
         pid = os.getpid()
@@ -313,23 +545,35 @@ class WriterLease:
             "taken over automatically."
         )
 
-    def _why_lost(self) -> str | None:
+    def _inspect(self) -> tuple[str | None, dict[str, str] | None]:
+        """(why the lease is no longer ours or None, the registered model's tags as read)."""
+        name_tags: dict[str, str] | None = None
         for pause in (*_LOSS_CONFIRMATIONS, None):
             try:
-                tags = self.store.registered_model_tags(self.lock_name)
+                name_tags = self.store.registered_model_tags(self.name)
+                bound = _bound(self.name, name_tags)
+                if bound != self.lock_name:
+                    return (
+                        f"the writer lease of {self.name!r} was moved to "
+                        f"{bound or name_tags.get(T.LEASE_MODEL)!r} by another process; "
+                        "this process stopped writing checkpoints",
+                        name_tags,
+                    )
+                tags, created = self.store.registered_model_created(self.lock_name)
                 break
             except CheckpointNotFoundError:
                 # A takeover that renamed our lease by mistake puts it back at once: read again.
                 if pause is None:
-                    return f"the writer lease of {self.name!r} was removed by another process"
+                    return f"the writer lease of {self.name!r} was removed by another process", name_tags
                 time.sleep(pause)
-        if tags.get(T.LEASE_OWNER) != self.owner:
+        if self._record != _record(tags.get(T.LEASE_OWNER, ""), created):
             holder = LeaseHolder.from_tags(tags)
             return (
                 f"the writer lease of {self.name!r} was taken over by {holder.describe(time.time())}; "
-                "this process stopped writing checkpoints"
+                "this process stopped writing checkpoints",
+                name_tags,
             )
-        return None
+        return None, name_tags
 
     def _start_heartbeat(self) -> None:
         self._stop.clear()
@@ -342,10 +586,13 @@ class WriterLease:
         # Event.wait doubles as the interval timer and the stop signal.
         while not self._stop.wait(self.ttl / 4):
             try:
-                self._lost = self._why_lost()
+                self._lost, name_tags = self._inspect()
                 if self._lost is not None:
                     log.error("%s", self._lost)
                     return
+                if name_tags is not None and name_tags.get(T.LEASE_HOLDER) != self._record:
+                    # A starter racing a move overwrote our record: restore it, or others would move away.
+                    self.store.set_registered_model_tag(self.name, T.LEASE_HOLDER, self._record or "")
                 self.store.set_registered_model_tag(self.lock_name, T.LEASE_HEARTBEAT, f"{time.time():.3f}")
             except MlflowDdspError as exc:  # a flaky server must not kill the heartbeat
                 log.warning("writer lease heartbeat for %r failed: %s", self.name, exc)

@@ -117,6 +117,16 @@ CLOSE_TIMEOUT_ENV = "MLFLOW_DDSP_CLOSE_TIMEOUT"
 DEFAULT_CLOSE_TIMEOUT = 60.0
 
 
+def registered_model_description(alias: str = DEFAULT_ALIAS, best_metric: str | None = None) -> str:
+    """The description a checkpoint queue gives the registered model it creates (the UI's first line)."""
+    best = f", '{BEST_ALIAS}' the best by {best_metric}" if best_metric else ""
+    return (
+        f"DDSP-SVC checkpoints kept by mlflow-ddsp: alias '{alias}' is the newest checkpoint{best}. "
+        "Force-saved versions are kept forever, and so is any version you give an alias of your own "
+        "or the tag mlflow_ddsp.keep=true; each version's description says what keeps it."
+    )
+
+
 def resolve_close_timeout(value: float | None = None) -> float:
     """``close_timeout`` argument, else ``MLFLOW_DDSP_CLOSE_TIMEOUT``, else 60 s.
 
@@ -305,7 +315,8 @@ class CheckpointQueue:
             self.experiment_id = self.store.experiment_id(experiment or DEFAULT_EXPERIMENT)
 
         if lease is None:
-            lease = WriterLease(self.store, self.name, ttl=lease_ttl, takeover=takeover)
+            lease = WriterLease(self.store, self.name, ttl=lease_ttl, takeover=takeover,
+                                description=self._model_description())
             lease.acquire()
         self._lease = lease
         self._writer_id = lease.owner  # recorded with each save: which lineage made it (spool.py)
@@ -1026,12 +1037,7 @@ class CheckpointQueue:
         return tags
 
     def _model_description(self) -> str:
-        best = f", '{BEST_ALIAS}' the best by {self.policy.best_metric}" if self.policy.best_metric else ""
-        return (
-            f"DDSP-SVC checkpoints kept by mlflow-ddsp: alias '{self.alias}' is the newest checkpoint{best}. "
-            "Force-saved versions are kept forever, and so is any version you give an alias of your own "
-            "or the tag mlflow_ddsp.keep=true; each version's description says what keeps it."
-        )
+        return registered_model_description(self.alias, self.policy.best_metric)
 
     @staticmethod
     def _active_run_id(tracking_uri: str | None) -> str | None:

@@ -367,8 +367,33 @@ class RegistryStore:
             return dict(self.client.get_registered_model(name).tags)
 
     def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
-        with self._calling(f"tag registered model {name!r}", needs=("EDIT", f"registered model {name!r}")):
-            self.client.set_registered_model_tag(name, key, value)
+        from mlflow.exceptions import MlflowException
+
+        # Two processes creating the same tag at once collide on the unique key (the
+        # writer lease's binding, measured on SQLite); last writer wins, as for aliases.
+        for attempt in range(3):
+            try:
+                self.client.set_registered_model_tag(name, key, value)
+                return
+            except MlflowException as exc:
+                if "IntegrityError" not in str(exc) or attempt == 2:
+                    with self._calling(f"tag registered model {name!r}", needs=("EDIT", f"registered model {name!r}")):
+                        raise
+
+    def registered_model_created(self, name: str) -> tuple[dict[str, str], int]:
+        """Registered model ``name``'s tags and its creation time (the server's clock, ms since the epoch).
+
+        The creation time is set by the server and cannot be written by any client
+        (the writer lease binds its holder to it). Raises CheckpointNotFoundError if absent.
+        """
+        with self._calling(f"read registered model {name!r}", needs=("READ", f"registered model {name!r}")):
+            rm = self.client.get_registered_model(name)
+        return dict(rm.tags), int(rm.creation_timestamp or 0)
+
+    def delete_registered_model_tag(self, name: str, key: str) -> None:
+        """Remove tag ``key`` from registered model ``name`` (an absent tag: nothing to do)."""
+        with self._calling(f"untag registered model {name!r}", needs=("EDIT", f"registered model {name!r}")):
+            self.client.delete_registered_model_tag(name, key)
 
     def try_create_registered_model(self, name: str, tags: Mapping[str, str], description: str) -> bool:
         """Create ``name`` atomically; False if it already exists (a unique-name mutex), or

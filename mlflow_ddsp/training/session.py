@@ -24,7 +24,7 @@ import torch
 from .. import tags as T
 from ..checkpoint import CheckpointQueue, CheckpointReader, RegistryStore
 from ..checkpoint.lease import WriterLease
-from ..checkpoint.queue import resolve_close_timeout
+from ..checkpoint.queue import registered_model_description, resolve_close_timeout
 from ..checkpoint.spool import check_spool_root
 from ..checkpoint.reader import load_into
 from ..config import Config, load_config
@@ -203,7 +203,8 @@ def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_
         store = RegistryStore(tracking_uri)
         reader = CheckpointReader(cfg.registered_model, cfg.mlflow.alias, store=store)
         reader.check_architecture(architecture(cfg), source=init_from if init_from and is_model_uri(init_from) else None)
-        lease = WriterLease(store, cfg.registered_model, takeover=takeover).acquire()
+        description = registered_model_description(cfg.mlflow.alias, cfg.train.best_metric)
+        lease = WriterLease(store, cfg.registered_model, takeover=takeover, description=description).acquire()
     ctx.start(device)
     try:
         seed_everything(cfg.train.seed + ctx.rank)  # a fresh run; a resume restores the RNGs it saved
