@@ -604,7 +604,8 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} not found") from None
+        where = "" if path.is_absolute() else f" (looked for {path.absolute()})"
+        raise ConfigError(f"config file {str(path)!r} not found{where}") from None
     except IsADirectoryError:
         raise ConfigError(f"config file {str(path)!r} is a folder; give the yaml file inside it") from None
     except OSError as exc:

@@ -77,8 +77,10 @@ def feature_path(root: str | os.PathLike, kind: str, rel: str) -> Path:
     return Path(root) / kind / f"{rel}.npy"
 
 
-def speaker_id(rel: str, n_spk: int) -> int:
+def speaker_id(rel: str, n_spk: int, *, root: str | os.PathLike | None = None) -> int:
     """1-based speaker id of a recording; always 1 for single-speaker models.
+
+    ``root`` (the dataset folder) only makes the error name the recording's absolute path.
 
     Raises:
         ConfigError: the folder does not name a speaker in 1..n_spk.
@@ -89,8 +91,9 @@ def speaker_id(rel: str, n_spk: int) -> int:
     head = re.split(r"[_\-/]", folder, maxsplit=1)[0] if folder != "." else ""
     spk = int(head) if head.isdigit() else 0
     if not 1 <= spk <= n_spk:
+        where = (Path(root) / AUDIO_DIR / rel).absolute() if root is not None else f"{AUDIO_DIR}/{rel}"
         raise ConfigError(
-            f"audio/{rel}: with model.n_spk={n_spk} recordings must sit in speaker folders named "
+            f"{where}: with model.n_spk={n_spk} recordings must sit in speaker folders named "
             f"1..{n_spk} (e.g. audio/1/, audio/2_alto/); found folder {folder!r}"
         )
     return spk

@@ -42,6 +42,14 @@ recording enters the manifest only after all its outputs are in place, so a cras
 leaves output that passes for finished; stale outputs of a recording are removed
 before it is recomputed, so the trainer never pairs new f0 with old units.
 
+Before any extraction, every recording is checked against the model's band
+(:func:`mlflow_ddsp.audio.band_shortfall`): one recorded at a lower rate than
+``data.sampling_rate``, or whose content stops below half the model's Nyquist
+frequency (low-passed: MP3, phone), is named in a warning with what the model trained
+on it will lack, and listed in full in ``<root>/band_limited.txt``; ``strict=True``
+refuses to start instead. The measurement (the file's rate and its content edge) is
+kept in the manifest, so a re-run measures only new or changed recordings.
+
 Work runs in ``workers`` processes (``spawn`` context: torch and ``fork`` do not
 mix), each loading the content encoder once; ``workers=1`` runs in-process.
 """
@@ -67,7 +75,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from mlflow_ddsp.audio import load_audio
+from mlflow_ddsp.audio import band_shortfall, content_edge_hz, load_audio, native_rate
 from mlflow_ddsp.config import Config
 from mlflow_ddsp.corpus import (
     ALL_FEATURE_KINDS,
@@ -85,6 +93,7 @@ from mlflow_ddsp.vocoder.fit import MEL_BINS
 __all__ = [
     "FEATURE_FORMAT",
     "MANIFEST_NAME",
+    "BAND_LIST_NAME",
     "MEL_BINS",
     "MEL_FORMAT",
     "FeatureSettings",
@@ -100,6 +109,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = ".mlflow_ddsp_preprocess.json"
 LOCK_NAME = ".mlflow_ddsp_preprocess.lock"
+#: ``<root>/band_limited.txt``: every recording that cannot fill the model's band, one per line
+BAND_LIST_NAME = "band_limited.txt"
+_BAND_NAMED = 3  # recordings named in the one-line report; the rest are in the list file
 # Bump when extraction code changes what it writes: every folder is then recomputed.
 FEATURE_FORMAT = 1
 # The same for the mel outputs of mel models (kept apart so pure-DDSP folders keep their digest).
@@ -596,6 +608,10 @@ class SplitReport:
         settings_changed: an earlier run used other feature settings, so every
             recording was recomputed.
         audio_seconds: duration of the processed recordings.
+        band_limited: ``(rel, what the model will lack)`` for recordings that cannot fill
+            the model's band (a lower sample rate, or content that stops far below
+            Nyquist; see :func:`mlflow_ddsp.audio.band_shortfall`), also listed in
+            ``<root>/band_limited.txt``.
     """
 
     name: str
@@ -606,12 +622,15 @@ class SplitReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     settings_changed: bool = False
     audio_seconds: float = 0.0
+    band_limited: list[tuple[str, str]] = field(default_factory=list)
 
     def line(self) -> str:
         text = (
             f"{self.name} ({self.root}): {len(self.processed)} processed, {len(self.skipped)} already done, "
             f"{len(self.moved_to_skip)} moved to {SKIP_DIR}/, {len(self.failed)} failed"
         )
+        if self.band_limited:
+            text += f", {len(self.band_limited)} cannot fill the model's band (list: {self.root / BAND_LIST_NAME})"
         if self.settings_changed:
             text += " (feature settings changed: recomputed all)"
         return text
@@ -680,7 +699,7 @@ def _check_crops(cfg: Config, splits: list[tuple[str, Path]]) -> None:
                 info = sf.info(str(root / AUDIO_DIR / rel))
                 durations[rel] = info.frames / info.samplerate
         n_spk = cfg.model.n_spk
-        found = check_crops(durations, cfg.data.duration, (lambda rel: speaker_id(rel, n_spk)) if n_spk > 1 else None)
+        found = check_crops(durations, cfg.data.duration, (lambda rel: speaker_id(rel, n_spk, root=root)) if n_spk > 1 else None)
         where = str(root / AUDIO_DIR)
         found.raise_if_a_speaker_has_none(where)
         if (line := found.warning(where)) is not None:
@@ -695,7 +714,7 @@ def _splits(cfg: Config) -> list[tuple[str, Path]]:
         ("train", "data.train_path", cfg.data.train_path),
         ("val", "data.valid_path", cfg.data.valid_path),
     ):
-        root = Path(value).expanduser()
+        root = Path(value).expanduser().absolute()  # messages name the folder, whatever the cwd
         if not (root / AUDIO_DIR).is_dir():
             raise ConfigError(f"{key}={value!r}: no folder {root / AUDIO_DIR}; put the recordings there")
         if root.resolve() in seen:
@@ -703,6 +722,98 @@ def _splits(cfg: Config) -> list[tuple[str, Path]]:
         seen.add(root.resolve())
         out.append((name, root))
     return out
+
+
+def _measure_band(path: Path, sample_rate: int) -> dict[str, Any] | None:
+    """``{"rate": Hz in the file's header, "edge_hz": content edge at sample_rate}`` of one
+    recording (:func:`mlflow_ddsp.audio.content_edge_hz`); None when it cannot be read
+    (its extraction task reports that by name)."""
+    try:
+        rate = native_rate(path)
+        edge = content_edge_hz(load_audio(path, sample_rate), sample_rate)
+    except (AudioError, OSError):
+        return None
+    return {"rate": rate, "edge_hz": edge}
+
+
+def _check_bands(cfg: Config, splits: list[tuple[str, Path]], split_rels: dict[Path, list[str]],
+                 manifests: dict[Path, _Manifest], reports: dict[Path, SplitReport], *,
+                 progress: bool) -> dict[tuple[Path, str], dict[str, Any]]:  # fmt: skip
+    """Measure every recording's band (reusing the manifest's measurement of a finished
+    one), fill each SplitReport's ``band_limited`` and write (or remove) ``band_limited.txt``.
+
+    Returns ``{(root, rel): measurement}`` of the recordings measured now, for their
+    manifest entries once their features are written.
+    """
+    from .progress import Progress
+
+    rate = cfg.data.sampling_rate
+    measured: dict[tuple[Path, str], dict[str, Any]] = {}
+    done = {root: set(reports[root].skipped) for _, root in splits}  # finished and unchanged
+    todo = []
+    for _, root in splits:
+        for rel in split_rels[root]:
+            entry = manifests[root].files.get(rel)
+            band = entry.get("band") if isinstance(entry, dict) and rel in done[root] else None
+            if not (isinstance(band, dict) and isinstance(band.get("rate"), int)):
+                todo.append((root, rel))
+    with Progress("band check", len(todo), unit="file", enabled=progress and bool(todo), leave=False) as bar:
+        for root, rel in todo:
+            band = _measure_band(root / AUDIO_DIR / rel, rate)
+            bar.update(1)
+            if band is None:
+                continue
+            measured[(root, rel)] = band
+            entry = manifests[root].files.get(rel)
+            if isinstance(entry, dict) and rel in done[root]:  # finished earlier: keep it now
+                entry["band"] = band
+                manifests[root].dirty = True
+    for _, root in splits:
+        report = reports[root]
+        for rel in split_rels[root]:
+            band = measured.get((root, rel))
+            if band is None and rel in done[root]:
+                band = manifests[root].files[rel].get("band")
+            if isinstance(band, dict) and isinstance(band.get("rate"), int):
+                edge = band.get("edge_hz")
+                reason = band_shortfall(band["rate"], float(edge) if isinstance(edge, (int, float)) else None, rate)
+                if reason is not None:
+                    report.band_limited.append((rel, reason))
+        listing = root / BAND_LIST_NAME
+        if report.band_limited:
+            tmp = listing.with_name(listing.name + _TMP_SUFFIX)
+            tmp.write_text("".join(f"{root / AUDIO_DIR / rel}\t{reason}\n" for rel, reason in report.band_limited))
+            os.replace(tmp, listing)
+        else:
+            listing.unlink(missing_ok=True)  # an earlier run's list must not outlive its recordings
+    return measured
+
+
+def _report_bands(cfg: Config, reports: list[SplitReport], *, strict: bool) -> None:
+    """Warn (one line per folder) about recordings that cannot fill the model's band;
+    with ``strict``, raise AudioError (one line for all folders) instead."""
+    rate = cfg.data.sampling_rate
+    parts = []
+    for report in reports:
+        if not report.band_limited:
+            continue
+        named = ", ".join(f"{rel} ({reason})" for rel, reason in report.band_limited[:_BAND_NAMED])
+        more = len(report.band_limited) - _BAND_NAMED
+        parts.append(
+            f"{len(report.band_limited)} recording(s) in {report.root / AUDIO_DIR}: {named}"
+            f"{f' and {more} more' if more > 0 else ''} (all listed in {report.root / BAND_LIST_NAME})"
+        )
+    if not parts:
+        return
+    band = f"the model's band (data.sampling_rate={rate}: up to {rate / 2000:g} kHz)"
+    if strict:
+        raise AudioError(
+            f"--strict: recordings that cannot fill {band}: {'; '.join(parts)}; "
+            "replace them with full-band recordings or remove them, or run without --strict"
+        )
+    for part in parts:
+        log.warning("cannot fill %s: %s; the model trained on them will lack those frequencies (--strict refuses them)",
+                    band, part)  # fmt: skip
 
 
 def failed_recordings(root: str | os.PathLike) -> dict[str, str]:
@@ -718,10 +829,13 @@ def failed_recordings(root: str | os.PathLike) -> dict[str, str]:
     return {str(k): str(v) for k, v in failed.items()} if isinstance(failed, dict) else {}
 
 
-def _apply(result: _Result, root: Path, manifest: _Manifest, report: SplitReport) -> None:
-    """Record one finished recording (runs in the main process, which owns the manifest)."""
+def _apply(result: _Result, root: Path, manifest: _Manifest, report: SplitReport,
+           band: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Record one finished recording (runs in the main process, which owns the manifest);
+    ``band`` is its band measurement (:func:`_measure_band`), kept in its manifest entry."""
     if result.status == "done":
-        manifest.record(result.rel, result.entry)
+        entry = result.entry if band is None or result.entry is None else {**result.entry, "band": band}
+        manifest.record(result.rel, entry)
         report.processed.append(result.rel)
         report.audio_seconds += result.seconds
     elif result.status == "no_voice":
@@ -739,7 +853,9 @@ def _apply(result: _Result, root: Path, manifest: _Manifest, report: SplitReport
         report.failed.append((result.rel, result.message))
 
 
-def preprocess(cfg: Config, *, workers: int | None = None, progress: bool = True) -> PreprocessReport:
+def preprocess(
+    cfg: Config, *, workers: int | None = None, progress: bool = True, strict: bool = False
+) -> PreprocessReport:
     """Extract f0, volume and units for ``data.train_path`` and ``data.valid_path``.
 
     Args:
@@ -748,6 +864,8 @@ def preprocess(cfg: Config, *, workers: int | None = None, progress: bool = True
             None: ``default_workers()``, never more than there are recordings to do.
         progress: show a tqdm bar on stderr when it is a terminal, else log a line
             every MLFLOW_DDSP_PROGRESS_SECONDS (30 s; see :mod:`mlflow_ddsp.progress`).
+        strict: refuse recordings that cannot fill the model's band (see the module
+            docstring) before extracting anything, instead of warning about them.
 
     Returns:
         A PreprocessReport; recordings that failed are listed there, not raised.
@@ -756,6 +874,8 @@ def preprocess(cfg: Config, *, workers: int | None = None, progress: bool = True
         ConfigError: a missing ``audio/`` folder, an unusable f0 extractor or
             encoder setting (named by its key), ``workers < 1``, or (mel models) a
             vocoder config.json that is missing or does not fit ``data.*``.
+        AudioError: ``strict`` and some recordings cannot fill the model's band (one line
+            naming the first few and the file listing all).
         MlflowDdspError: another preprocess holds the folder's lock.
     """
     from .progress import Progress
@@ -774,10 +894,12 @@ def preprocess(cfg: Config, *, workers: int | None = None, progress: bool = True
         reports: dict[Path, SplitReport] = {}
         manifests: dict[Path, _Manifest] = {}
         tasks: list[tuple[Path, str]] = []
+        split_rels: dict[Path, list[str]] = {}
         for name, root in splits:
             _remove_temp_files(root)
             manifest = _Manifest(root, settings)
             rels = list_audio(root, cfg.data.extensions)
+            split_rels[root] = rels
             manifest.prune(set(rels))
             report = SplitReport(name, root, settings_changed=manifest.settings_changed)
             for rel in rels:
@@ -786,6 +908,13 @@ def preprocess(cfg: Config, *, workers: int | None = None, progress: bool = True
                 else:
                     tasks.append((root, rel))
             reports[root], manifests[root] = report, manifest
+        bands = _check_bands(cfg, splits, split_rels, manifests, reports, progress=progress)
+        try:
+            _report_bands(cfg, [reports[root] for _, root in splits], strict=strict)
+        except AudioError:
+            for m in manifests.values():
+                m.save()  # keep the measurements: the next run need not measure again
+            raise
         # Longest recordings first: the pool then ends with short tasks, not one long tail.
         tasks.sort(key=lambda t: -_audio_size(*t))
         n_workers = max(1, min(workers or default_workers(), len(tasks)))
@@ -798,7 +927,7 @@ def preprocess(cfg: Config, *, workers: int | None = None, progress: bool = True
             nonlocal last_save
             if result.status == "fatal":
                 raise ConfigError(result.message)
-            _apply(result, root, manifests[root], reports[root])
+            _apply(result, root, manifests[root], reports[root], bands.get((root, result.rel)))
             bar.update(1)
             if time.monotonic() - last_save > _MANIFEST_SAVE_EVERY:
                 for m in manifests.values():

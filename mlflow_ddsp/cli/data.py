@@ -55,8 +55,13 @@ def demo_data(directory: str, seconds_per_speaker: float | None, seed: int) -> N
     help="Worker processes, each loading the encoder once; 1 works in this process; "
     "0 (the default): the usable cores, at most 4.",
 )
+@click.option("--strict", type=click.BOOL, is_flag=False, flag_value=True, default=False,
+              help="Refuse, before extracting anything, recordings that cannot fill the model's band: a sample rate "
+              "below data.sampling_rate, or content that stops below half its Nyquist frequency (also --strict "
+              "true|false).")  # fmt: skip
 @click.pass_context
-def preprocess_command(ctx: click.Context, config_path: str, overrides: tuple[str, ...], workers: int) -> None:
+def preprocess_command(ctx: click.Context, config_path: str, overrides: tuple[str, ...], workers: int,
+                       strict: bool) -> None:  # fmt: skip
     """Extract f0, volume and content units for data.train_path and data.valid_path.
 
     Reads every recording <path>/audio/<name> and writes <path>/f0/<name>.npy,
@@ -70,12 +75,17 @@ def preprocess_command(ctx: click.Context, config_path: str, overrides: tuple[st
     made from the same bytes with the same feature settings are skipped (recorded
     in <path>/.mlflow_ddsp_preprocess.json); changing a feature setting
     (sampling rate, block size, f0 extractor or range, encoder) redoes all.
+
+    Recordings that cannot fill the model's band (recorded at a lower rate than
+    data.sampling_rate, or low-passed: an 8 kHz phone call or a 16 kHz MP3 gives a
+    model with nothing above 4 or 8 kHz) are named in a warning and listed in
+    <path>/band_limited.txt; --strict refuses them before any work.
     """
     from ..config import load_config
     from ..preprocess import preprocess
 
     cfg = load_config(config_path, overrides)
-    report = preprocess(cfg, workers=workers or None)
+    report = preprocess(cfg, workers=workers or None, strict=strict)
     for split in report.splits:
         for rel in split.moved_to_skip:
             click.echo(f"moved to {split.root / 'skip' / rel}: no voiced frame")

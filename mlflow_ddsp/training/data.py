@@ -116,7 +116,7 @@ class AudioDataset(Dataset):
         self.rels = list_audio(self.root, cfg.data.extensions)
         if not self.rels:
             raise ConfigError(
-                f"no recordings in {self.root / AUDIO_DIR} with extensions {cfg.data.extensions}; "
+                f"no recordings in {(self.root / AUDIO_DIR).absolute()} with extensions {cfg.data.extensions}; "
                 "put your .wav files there (see data.train_path / data.valid_path)"
             )
         missing = [r for r in self.rels if not all(feature_path(self.root, k, r).is_file() for k in FEATURE_KINDS)]
@@ -126,19 +126,19 @@ class AudioDataset(Dataset):
             ]
             if no_mel:
                 raise ConfigError(
-                    f"{len(no_mel)} recording(s) in {self.root / AUDIO_DIR} have no mel features (first: {no_mel[0]}), "
+                    f"{len(no_mel)} recording(s) in {(self.root / AUDIO_DIR).absolute()} have no mel features (first: {no_mel[0]}), "
                     f"which model.type {cfg.model.type} trains on; run `mlflow-ddsp preprocess -c CONFIG`"
                 )
         failed = failed_recordings(self.root)
         unusable = [r for r in missing if r in failed]
         if unusable:
             raise AudioError(
-                f"{len(unusable)} recording(s) in {self.root / AUDIO_DIR} could not be preprocessed "
+                f"{len(unusable)} recording(s) in {(self.root / AUDIO_DIR).absolute()} could not be preprocessed "
                 f"(first: {failed[unusable[0]]}); fix or remove them, then run `mlflow-ddsp preprocess -c CONFIG` again"
             )
         if missing:
             raise ConfigError(
-                f"{len(missing)} recording(s) in {self.root / AUDIO_DIR} are not preprocessed "
+                f"{len(missing)} recording(s) in {(self.root / AUDIO_DIR).absolute()} are not preprocessed "
                 f"(first: {missing[0]}); run `mlflow-ddsp preprocess -c CONFIG` first"
             )
         self.records = [self._load(rel, cfg.model.n_spk, cache) for rel in self.rels]
@@ -150,7 +150,7 @@ class AudioDataset(Dataset):
         spk = {r.rel: int(r.spk_id) for r in self.records}
         found = check_crops({r.rel: r.duration for r in self.records}, self.crop_seconds,
                             spk.__getitem__ if n_spk > 1 else None)  # fmt: skip
-        where = str(self.root / AUDIO_DIR)
+        where = str((self.root / AUDIO_DIR).absolute())
         found.raise_if_a_speaker_has_none(where)
         if (line := found.warning(where)) is not None:
             log.warning("%s", line)
@@ -160,7 +160,7 @@ class AudioDataset(Dataset):
         try:
             info = sf.info(str(path))
         except (RuntimeError, sf.LibsndfileError) as exc:
-            raise AudioError(f"{path}: cannot read audio ({exc})") from exc
+            raise AudioError(f"{path.absolute()}: cannot read audio ({exc})") from exc
         f0 = torch.from_numpy(np.load(feature_path(self.root, "f0", rel))).float().unsqueeze(-1)
         volume = torch.from_numpy(np.load(feature_path(self.root, "volume", rel))).float().unsqueeze(-1)
         record = _Record(
@@ -168,7 +168,7 @@ class AudioDataset(Dataset):
             duration=info.frames / info.samplerate,
             f0=f0,
             volume=volume,
-            spk_id=torch.tensor([speaker_id(rel, n_spk)], dtype=torch.long),
+            spk_id=torch.tensor([speaker_id(rel, n_spk, root=self.root)], dtype=torch.long),
         )
         if self.uses_mel:
             return self._load_mel(record, cache)
