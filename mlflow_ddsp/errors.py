@@ -19,6 +19,7 @@ __all__ = [
     "RegistryError",
     "TrackingServerUnavailable",
     "TrackingServerUnreachable",
+    "TrackingServerDisconnected",
     "NotAuthenticatedError",
     "PermissionDeniedError",
     "ArtifactStoreUnavailable",
@@ -70,6 +71,12 @@ class TrackingServerUnavailable(RegistryError, ConnectionError):
 
 class TrackingServerUnreachable(TrackingServerUnavailable):
     """The tracking server did not answer."""
+
+
+class TrackingServerDisconnected(TrackingServerUnavailable):
+    """The connection to the tracking server (or the artifact store) broke during a request
+    or in the middle of its answer: reset, closed without an answer, cut short
+    (``IncompleteRead``). The server may have done the work; the same request may succeed later."""
 
 
 class NotAuthenticatedError(RegistryError, PermissionError):

@@ -9,6 +9,7 @@ runs started from other folders scatter files; we pin the location instead.
 
 from __future__ import annotations
 
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -80,14 +81,52 @@ def prepare_store(uri: str) -> None:
 
     The store's built-in "Default" experiment takes its artifact location from
     the first process that creates the database; creating it here pins it.
+
+    Safe for processes started at once (issue 20): each builds and migrates the
+    database in a temporary file of its own beside it, then hard-links it into
+    place only if no ``mlflow.db`` is there yet (atomic; the loser's copy is
+    discarded). A store therefore appears complete or not at all: no two MLflow
+    migrations ever run on one file (they failed with ``duplicate column name``),
+    and a creator killed midway leaves no half-made ``mlflow.db``. Where the
+    filesystem has no hard links, an exclusive lock on ``<db>.lock`` guards the
+    move instead.
     """
     db = _sqlite_path(uri)
     if db is None or db.exists():
         return
+    import tempfile
+
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     db.parent.mkdir(parents=True, exist_ok=True)
-    SqlAlchemyStore(uri, local_artifact_root(uri))
+    fd, name = tempfile.mkstemp(prefix=f".{db.name}.creating-", dir=db.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", local_artifact_root(uri))
+        store.engine.dispose()  # every change is in the file: nothing left in a connection or journal
+        try:
+            os.link(tmp, db)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        except OSError:
+            _move_if_absent(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _move_if_absent(tmp: Path, db: Path) -> None:
+    """Rename ``tmp`` to ``db`` unless ``db`` exists, under an exclusive lock of ``<db>.lock``
+    (for filesystems without hard links; no lock where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    with open(db.with_name(db.name + ".lock"), "a+b") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not db.exists():
+            os.replace(tmp, db)
 
 
 RETRY_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # seconds between tries while a server is unavailable
@@ -113,8 +152,9 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             problem = f"HTTP {response.status}"
     except urllib.error.HTTPError as exc:
         problem = f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError) as exc:
-        problem = str(getattr(exc, "reason", exc))
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        # refused, reset, timed out, closed without (or in the middle of) a status line
+        problem = " ".join(str(getattr(exc, "reason", exc)).split()) or type(exc).__name__
     raise TrackingServerUnreachable(
         f"cannot reach the MLflow tracking server at {uri} ({problem}); start it "
         "(`mlflow server ...`) or set MLFLOW_TRACKING_URI to a reachable server, "

@@ -20,11 +20,14 @@ from .. import tags as T
 from ..errors import (
     CheckpointIntegrityError,
     CheckpointNotFoundError,
+    MlflowDdspError,
     NotAuthenticatedError,
     PermissionDeniedError,
     RegistryError,
+    TrackingServerDisconnected,
     TrackingServerUnavailable,
     TrackingServerUnreachable,
+    one_line,
 )
 from ..tracking import (
     ARTIFACTS_DIR,
@@ -100,24 +103,90 @@ def _auth_status(exc: BaseException) -> int | None:
     return status if status in (401, 403) else None
 
 
-def _is_connection_error(exc: BaseException) -> bool:
-    """True when ``exc`` or an exception it was raised from is a failure to reach the server.
-
-    Decided by type along the ``__cause__``/``__context__`` chain: MLflow's REST
-    client raises a plain ``MlflowException`` while handling the ``requests``
-    ``ConnectionError`` (or ``Timeout``) its retries ended with.
-    """
-    import requests
-
-    kinds = (ConnectionError, TimeoutError, requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it was raised from or while handling (``__cause__``/``__context__``)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, kinds):
-            return True
+        yield current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return False
+
+
+def _broken_kinds() -> tuple[type, ...]:
+    """Exception types meaning a connection broke after it was made: reset, closed without an
+    answer or in the middle of one (``IncompleteRead``, ``RemoteDisconnected``, urllib3's
+    ``ProtocolError``, requests' ``ChunkedEncodingError``; botocore's for a bucket reached directly)."""
+    import http.client
+
+    import requests
+    import urllib3
+
+    kinds: list[type] = [
+        http.client.HTTPException, ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
+        urllib3.exceptions.ProtocolError, requests.exceptions.ChunkedEncodingError,
+    ]  # fmt: skip
+    try:
+        import botocore.exceptions as boto
+    except ImportError:
+        return tuple(kinds)
+    return (*kinds, boto.HTTPClientError, boto.IncompleteReadError)
+
+
+def _unreachable_kinds() -> tuple[type, ...]:
+    """Exception types meaning the server could not be reached or did not answer in time."""
+    import requests
+
+    kinds: list[type] = [ConnectionError, TimeoutError, requests.exceptions.ConnectionError, requests.exceptions.Timeout]
+    try:
+        import botocore.exceptions as boto
+    except ImportError:
+        return tuple(kinds)
+    return (*kinds, boto.ConnectionError)
+
+
+def _connection_failure(exc: BaseException) -> str | None:
+    """``"broken"``, ``"unreachable"``, or None: how the connection to the server failed, if it did.
+
+    Decided by type along the ``__cause__``/``__context__`` chain: MLflow's REST client
+    raises a plain ``MlflowException`` while handling the ``requests`` error its retries
+    ended with. Only MLflow's report of failed downloads keeps nothing but text
+    (:func:`_download_failed_on_connection`). ``http.client.InvalidURL`` is a wrong URI, not an outage.
+    """
+    import http.client
+
+    links = [e for e in _chain(exc) if not isinstance(e, http.client.InvalidURL)]
+    if any(isinstance(e, _broken_kinds()) for e in links):
+        return "broken"
+    if any(isinstance(e, _unreachable_kinds()) for e in links):
+        return "unreachable"
+    if _download_failed_on_connection(exc):
+        return "broken"
+    return None
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is a failure to reach the server
+    or a connection to it that broke: an outage (see :func:`_connection_failure`)."""
+    return _connection_failure(exc) is not None
+
+
+# MLflow's ArtifactRepository.download_artifacts collects the failures of its download threads
+# and raises a new MlflowException outside any handler: the failures survive only as text.
+_DOWNLOAD_FAILURES = "The following failures occurred while downloading"
+# How urllib3, requests, http.client, the OS and botocore word a failed or broken connection.
+_CONNECTION_WORDS = (
+    "Connection broken:", "Connection aborted.", "Response ended prematurely", "IncompleteRead(",
+    "Remote end closed connection", "Connection reset by peer", "Connection refused", "Read timed out",
+    "Max retries exceeded", "Could not connect to the endpoint URL", "Connection was closed before we received",
+    "Read timeout on endpoint URL", "Connect timeout on endpoint URL", "An error occurred while reading from response stream",
+)  # fmt: skip
+
+
+def _download_failed_on_connection(exc: BaseException) -> bool:
+    """True for MLflow's text-only report of failed downloads when a failure was a connection's."""
+    message = str(getattr(exc, "message", exc))
+    return message.startswith(_DOWNLOAD_FAILURES) and any(w in message for w in _CONNECTION_WORDS)
 
 
 def _server_error_status(exc: BaseException) -> int | None:
@@ -197,30 +266,51 @@ class RegistryStore:
             if status:
                 raise self._refused(action, status, needs) from exc
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                raise CheckpointNotFoundError(f"{action}: {exc.message}") from exc
-            if _is_connection_error(exc):
-                raise TrackingServerUnreachable(
-                    f"{action}: tracking server {self.tracking_uri} is unreachable ({exc.message})"
-                ) from exc
-            if _server_error_status(exc):
-                raise TrackingServerUnavailable(
-                    f"{action}: tracking server {self.tracking_uri} failed the request "
-                    f"(HTTP {_server_error_status(exc)}: {exc.message})"
-                ) from exc
-            raise RegistryError(f"{action}: {exc.message}") from exc
+                raise CheckpointNotFoundError(one_line(f"{action}: {exc.message}")) from exc
+            outage = self._outage(action, exc, exc.message)
+            if outage is not None:
+                raise outage from exc
+            raise RegistryError(one_line(f"{action}: {exc.message}")) from exc
         except OSError as exc:
             status = _auth_status(exc)
             if status:
                 raise self._refused(action, status, needs) from exc
-            if _is_connection_error(exc):
-                raise TrackingServerUnreachable(
-                    f"{action}: tracking server {self.tracking_uri} is unreachable ({exc})"
-                ) from exc
-            if _server_error_status(exc):
-                raise TrackingServerUnavailable(
-                    f"{action}: tracking server {self.tracking_uri} failed the request (HTTP {_server_error_status(exc)})"
-                ) from exc
-            raise RegistryError(f"{action}: {exc}") from exc
+            outage = self._outage(action, exc, str(exc))
+            if outage is not None:
+                raise outage from exc
+            raise RegistryError(one_line(f"{action}: {exc}")) from exc
+        except MlflowDdspError:
+            raise
+        except Exception as exc:
+            # Neither MLflow's nor an OSError: a bucket reached directly raises botocore's own.
+            outage = self._outage(action, exc, f"{type(exc).__name__}: {exc}")
+            if outage is None:
+                raise
+            raise outage from exc
+
+    def _outage(self, action: str, exc: BaseException, detail: str) -> TrackingServerUnavailable | None:
+        """The one-line outage error for ``exc`` (the same request may succeed later), or None.
+
+        Every way a connection fails is an outage (issue 20): refused or timed out
+        (:class:`TrackingServerUnreachable`), broken during the request or in the middle of
+        the answer (:class:`TrackingServerDisconnected`), and HTTP 5xx answers.
+        """
+        failure = _connection_failure(exc)
+        if failure == "broken":
+            return TrackingServerDisconnected(one_line(
+                f"{action}: the connection to the tracking server {self.tracking_uri} broke before the answer "
+                f"was complete ({detail})"
+            ))  # fmt: skip
+        if failure == "unreachable":
+            return TrackingServerUnreachable(one_line(
+                f"{action}: tracking server {self.tracking_uri} is unreachable ({detail})"
+            ))  # fmt: skip
+        status = _server_error_status(exc)
+        if status:
+            return TrackingServerUnavailable(one_line(
+                f"{action}: tracking server {self.tracking_uri} failed the request (HTTP {status}: {detail})"
+            ))  # fmt: skip
+        return None
 
     def _repo(self, artifact_uri: str):
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
