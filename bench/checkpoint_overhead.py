@@ -17,15 +17,26 @@ are medians. For the queue only steady-state intervals count (ones during which
 the previous save is committed in the background); the final flush of each run
 is left out, as it is a one-off at the end of a training run.
 
+The training steps run with subnormal floats flushed on every thread, as
+``mlflow-ddsp train`` runs them (:mod:`mlflow_ddsp.subnormals`), and torch's
+threads wait passively (``bench/calibration.py``). The header gives the machine's
+load; a warning line says when the calibration step or the no-checkpoint
+intervals are off from an idle host's (then the ratios are noise).
+
     python bench/checkpoint_overhead.py [--backend server|embedded] [--interval-seconds 10] [--rounds 3]
 """
 
 from __future__ import annotations
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/calibration.py, also when loaded by path
+import calibration  # noqa: E402  first, before torch: OMP_WAIT_POLICY is read when torch loads libgomp
+
 import argparse
 import contextlib
 import logging
-import os
 import statistics
 import tempfile
 import time
@@ -39,10 +50,15 @@ from mlflow_ddsp import CheckpointQueue
 from mlflow_ddsp.local_server import LocalServer
 from mlflow_ddsp.loss import RandomScaleSpectralLoss
 from mlflow_ddsp.models import build_model
+from mlflow_ddsp.subnormals import flushed_subnormals
 from mlflow_ddsp.tracking import ensure_experiment, prepare_store
 
 SAMPLING_RATE = 44100
 BLOCK = 512
+#: README "Measured": 138 steps per ~10 s of batch 2 x 0.5 s on the idle 2-core host (torch's 2 threads).
+EXPECTED_STEP_SECONDS = {(2, 0.5): 0.072}
+#: Beyond this (max - min) / median of the no-checkpoint intervals, the machine moved more than the overheads.
+SPREAD_LIMIT = 0.35  # the README's runs: 15-33%
 
 
 @dataclass
@@ -67,12 +83,14 @@ class Trainer:
         return cls(model, optimizer, (units, f0, volume, target), RandomScaleSpectralLoss(256, 2048, 4))
 
     def step(self) -> None:
+        """One step, subnormals flushed on every thread of the calling thread's team as training does."""
         units, f0, volume, target = self.batch
-        prediction = self.model(units, f0, volume, infer=False)
-        loss = self.loss_fn(prediction, target)
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        with flushed_subnormals(True):
+            prediction = self.model(units, f0, volume, infer=False)
+            loss = self.loss_fn(prediction, target)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
 
 
 def run(trainer: Trainer, intervals: int, steps: int, checkpoint=None) -> list[float]:
@@ -164,6 +182,11 @@ def main() -> None:
     print(f"CombSubFast, {n_params / 1e6:.2f} M parameters, batch {args.batch_size} x {args.crop_seconds} s, "
           f"{step_seconds:.2f} s/step on {torch.get_num_threads()} threads: checkpoint every {steps} steps "
           f"(~{steps * step_seconds:.1f} s of training)")  # fmt: skip
+    print(f"machine: {calibration.machine()}")
+    expected = EXPECTED_STEP_SECONDS.get((args.batch_size, args.crop_seconds))
+    if expected is not None:
+        calibration.check(f"CombSubFast step (batch {args.batch_size} x {args.crop_seconds} s)", step_seconds, expected,
+                          "s", source="README, idle 2-core host")  # fmt: skip
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         import mlflow
@@ -216,6 +239,11 @@ def main() -> None:
         print(f"{label:<20} {statistics.median(values):>18.2f} {statistics.median(values) / base:>8.3f}x "
               f"{len(values):>10} {blocked:>13}")  # fmt: skip
     print(f"\nno-checkpoint intervals spread {spread:.1%} (min to max)")
+    if spread > SPREAD_LIMIT:
+        print(f"WARNING: calibration off: no-checkpoint intervals spread {spread:.0%}, expected <= {SPREAD_LIMIT:.0%} "
+              f"(the README's runs: 15-33%); {calibration.machine()}: the ratios below are noise")  # fmt: skip
+    if expected is not None:
+        calibration.check("no-checkpoint interval step", base / steps, expected, "s", source="README, idle 2-core host")
     for suffix in ("", " + optimizer"):
         queue = statistics.median(durations[f"queue{suffix}"])
         naive = statistics.median(durations[f"naive{suffix}"])

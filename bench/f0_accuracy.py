@@ -36,6 +36,12 @@ torchfcpe torchcrepe``). Skipped extractors are listed with the reason.
 
 from __future__ import annotations
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/calibration.py, also when loaded by path
+import calibration  # noqa: E402  first, before torch: OMP_WAIT_POLICY is read when torch loads libgomp
+
 import argparse
 import time
 
@@ -142,6 +148,7 @@ def main() -> None:
     total_seconds *= len(conditions)
     frames = sum(c.voiced.size for c in clips)
     voiced = sum(int(c.voiced.sum()) for c in clips)
+    print(f"machine: {calibration.machine()}")
     print(f"{len(clips)} clips ({', '.join(v.name for v in VOICES.values())}) of {args.seconds:g} s at {SR} Hz, "
           f"hop {HOP}: {frames} frames, {voiced} voiced; each clean and noisy "
           f"(seed {args.seed}, torch threads {torch.get_num_threads()})")  # fmt: skip

@@ -72,14 +72,18 @@ columns then measure the work itself, and the ratios are the ones to quote.
 
 from __future__ import annotations
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/calibration.py, also when loaded by path
+import calibration  # noqa: E402  first, before torch: OMP_WAIT_POLICY is read when torch loads libgomp
+
 import argparse
 import dataclasses
 import importlib
 import json
 import math
-import os
 import subprocess
-import sys
 import tempfile
 import time
 import types
@@ -416,7 +420,7 @@ def side_by_side(opts: argparse.Namespace) -> None:
             os.close(done_w)
             pipes[name] = (go_w, done_r)
         print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; seed {opts.seed}; upstream {opts.upstream}; "
-              f"each side in its own process, turns in ABBA order; load average {os.getloadavg()[0]:.2f}",
+              f"each side in its own process, turns in ABBA order; machine: {calibration.machine()}",
               flush=True)  # fmt: skip
         turns = (opts.steps + 1 if opts.steps else 0) + (opts.conversions + 1 if opts.conversions else 0)
         for turn in range(turns):

@@ -36,9 +36,20 @@ difference to in-process is what serving costs (base64, JSON, WAV encoding).
 
     python bench/serve_latency.py [--seconds 10 60] [--models small full] [--repeats 3] [--no-http]
                                   [--precisions fp32 auto]
+
+The header gives the machine's load and how torch's threads wait (passively:
+``bench/calibration.py``); a warning line says when a model's speed is off by
+more than 2x from the README's idle-host figure (then the run measured the
+machine, not the model).
 """
 
 from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/calibration.py, also when loaded by path
+import calibration  # noqa: E402  first, before torch: OMP_WAIT_POLICY is read when torch loads libgomp
 
 import argparse
 import base64
@@ -65,9 +76,12 @@ from mlflow_ddsp.local_server import LocalModelServer
 from mlflow_ddsp.models import build_model_from_config
 from mlflow_ddsp.serving.model_files import pyfunc_files
 from mlflow_ddsp.serving.payload import wav_base64
+from mlflow_ddsp.subnormals import flushed_subnormals
 from mlflow_ddsp.tracking import prepare_store
 
 SAMPLING_RATE = 44100
+#: Real-time factors of a 10 s clip in the README's "Measured" (idle 2-core Intel Xeon; an AMD EPYC is within 2x).
+EXPECTED_RTF = {"small": 48.5, "fp32": 11.4, "int8": 25.3}
 PHRASE_SECONDS = (4.0, 7.0)
 PAUSE_SECONDS = (0.4, 1.2)
 
@@ -169,7 +183,7 @@ def quality_guard(reference: VoiceConverter, fast: VoiceConverter, seconds: floa
     """Units cosine (mean, worst frame) and log-mel distances of ``fast`` against ``reference``."""
     sr = reference.sample_rate
     audio = synthetic_singing(seconds, sr, seed)
-    with torch.inference_mode():
+    with flushed_subnormals(True), torch.inference_mode():  # as VoiceConverter encodes units
         a = reference.units_encoder.encode(audio, sr, reference.block_size)[0]
         b = fast.units_encoder.encode(audio, sr, fast.block_size)[0]
     cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1)
@@ -269,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="encoder precisions of 'full', measured interleaved (the first is the guard's reference)")  # fmt: skip
     args = parser.parse_args(argv)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; machine: {calibration.machine()}")
     with tempfile.TemporaryDirectory(prefix="serve-latency-") as tmp:
         for name in args.models:
             title, build = MODELS[name]
@@ -287,6 +301,10 @@ def main(argv: list[str] | None = None) -> None:
                             f"{m.rtf:6.1f}x faster than real time (runs {spread}); {m.split()}",
                             flush=True,
                         )
+                        kind = converters[p].units_encoder.precision
+                        if kind in EXPECTED_RTF:
+                            calibration.check(f"full ({kind}) conversion of {seconds:g} s", m.rtf, EXPECTED_RTF[kind],
+                                              "x real time", source="README, 10 s clip", higher_is_faster=True)  # fmt: skip
                     ref, *others = args.precisions
                     for p in others:
                         ratio = statistics.median(
@@ -303,6 +321,8 @@ def main(argv: list[str] | None = None) -> None:
                     f"time (runs {spread}); {m.split()}",
                     flush=True,
                 )
+                calibration.check(f"{name} conversion of {seconds:g} s", m.rtf, EXPECTED_RTF[name], "x real time",
+                                  source="README, 10 s clip", higher_is_faster=True)  # fmt: skip
             if args.no_http:
                 continue
             with serve(converter, Path(tmp), name) as server:

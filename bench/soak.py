@@ -30,15 +30,19 @@ Exits 1 when a check fails (versions, alias, integrity, orphans, unbounded bytes
 
 from __future__ import annotations
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/calibration.py, also when loaded by path
+import calibration  # noqa: E402  first, before torch: OMP_WAIT_POLICY is read when torch loads libgomp
+
 import argparse
 import collections
 import contextlib
 import logging
-import os
 import re
 import signal
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -568,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"soak: {args.cycles} save cycles per backend on {', '.join(backends)}, artifacts proxied to "
           f"{'a SeaweedFS S3 bucket' if args.artifacts == 's3' else 'a folder'}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs", flush=True)  # fmt: skip
+          f"{torch.get_num_threads()} threads; machine: {calibration.machine()}", flush=True)  # fmt: skip
 
     reports: list[SoakReport] = []
     wall = time.perf_counter()

@@ -47,14 +47,18 @@ downloaded: the demo data is synthesised and preprocessed into a temp folder.
 
 from __future__ import annotations
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/calibration.py, also when loaded by path
+import calibration  # noqa: E402  first, before torch: OMP_WAIT_POLICY is read when torch loads libgomp
+
 import argparse
 import contextlib
 import json
-import os
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import types
@@ -75,6 +79,8 @@ from mlflow_ddsp.training.session import intra_op_threads, training_cpu_settings
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"demo (tiny)": ROOT / "projects/demo/config.yaml", "default CombSubFast": ROOT / "projects/combsub/config.yaml"}
 DEMO = ROOT / "projects/demo/config.yaml"
+#: README "Measured" (training speed against upstream): the probe's steps/s over its first 50 steps.
+EXPECTED_PROBE_STEPS_PER_SECOND = 7.10
 
 
 # --------------------------------------------------------------------------- model only
@@ -115,7 +121,7 @@ def measure(config_path: Path, device: torch.device, steps: int) -> tuple[float,
 
 def model_only(steps: int) -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; machine: {calibration.machine()}")
     print(f"{'config':<22} {'device':<6} {'batch':>12} {'s/step':>8} {'steps/s':>8} {'audio s/s':>10}")
     for label, path in CONFIGS.items():
         cfg = load_config(path)
@@ -440,7 +446,7 @@ def side_by_side(upstream_path: Path, steps: int, seed: int, window: int, eval_e
             os.close(done_w)
             pipes[name], results[name] = (go_w, done_r), out
         print(f"torch {torch.__version__}; seed {seed}, {steps} steps each, one step each in turn, each trainer "
-              f"in its own process; upstream {upstream_path}", flush=True)  # fmt: skip
+              f"in its own process; upstream {upstream_path}; machine: {calibration.machine()}", flush=True)  # fmt: skip
         alive = list(names)
         while alive:
             for name in list(alive):
@@ -488,6 +494,8 @@ def report(ours: _Side, upstream: _Side, window: int, probe: _Side | None = None
     print(f"(windows: steps 2-{1 + window} and the last {window}; wall steps/s, CPU ms/step of the whole process;\n"
           f" step 1, in the whole run only: ours {ours.times[0][0]:.2f} s, upstream {upstream.times[0][0]:.2f} s)")
     if probe:
+        calibration.check("probe steps/s at the start", rows["probe"][0], EXPECTED_PROBE_STEPS_PER_SECOND, "steps/s",
+                          source="README, idle 2-core host, torch's 2 threads", higher_is_faster=True)  # fmt: skip
         print("(probe: the same forward+backward of a fixed model on a fixed batch every turn, in its own process;\n"
               " its end/start is the machine's drift over the run)")
     print("\ncommon fixed-scale validation loss at equal steps:")
