@@ -142,7 +142,7 @@ def test_a_reader_lists_verifies_and_restores_but_cannot_save(team, auth_server,
     _, reader = team
     auth_server.login(monkeypatch, reader)
     listing = cli(auth_server.uri, "versions", model_name)
-    assert listing.exit_code == 0 and listing.output.count("\n") == 3, listing.output
+    assert listing.exit_code == 0 and listing.stdout.count("\n") == 3, listing.output
     verified = cli(auth_server.uri, "verify", model_name)
     assert verified.exit_code == 0 and "2 versions verified, no problems" in verified.output, verified.output
     restored = CheckpointReader(model_name, tracking_uri=auth_server.uri).fetch()

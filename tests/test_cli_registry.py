@@ -35,7 +35,7 @@ def queue_with_history(backend, model_name):
 
 
 def test_versions_table_and_json(backend, model_name, queue_with_history):
-    result = cli(backend, "versions", model_name)
+    result = cli(backend, "versions", model_name, "--verify")
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert lines[0].split() == ["VERSION", "STEP", "KIND", "ALIASES", "SIZE", "SHA256", "RUN", "CREATED", "KEPT"]
@@ -46,12 +46,42 @@ def test_versions_table_and_json(backend, model_name, queue_with_history):
     ]  # fmt: skip
     assert all(" ok " in f" {line} " for line in lines[1:])
 
-    result = cli(backend, "versions", model_name, "--json")
+    result = cli(backend, "versions", model_name, "--json", "--verify")
     data = json.loads(result.stdout)
     assert [d["step"] for d in data] == [20, 40, 50]
     assert data[-1]["aliases"] == ["rolling"] and all(d["sha256_ok"] is True for d in data)
     assert data[-1]["kept"] == ["newest"] and data[0]["kept"] == ["force_saved"]
     assert all(d["size_bytes"] > 0 for d in data)
+
+
+def test_versions_lists_from_the_registry_and_checks_bytes_only_with_verify(embedded, model_name):
+    """Issue 23 point 10: `versions` no longer downloads every version before printing; it says so."""
+    model = torch.nn.Linear(4, 4)
+    with CheckpointQueue(model_name, 10, 20, tracking_uri=embedded.uri, experiment=embedded.experiment) as queue:
+        for step in (20, 40):
+            queue.save(step, model).result()
+    store = RegistryStore(embedded.uri)
+    gone = store.get_version(model_name, 1)
+    (Path(store.files_of(gone).artifact_location.removeprefix("file://")) / "model_20.pt").unlink()
+
+    # No download: the file that is gone is not noticed, the column says "not checked", stderr says how to check.
+    result = cli(embedded, "versions", model_name)
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert [(r[1], r[6]) for r in rows] == [("20", "-"), ("40", "-")]  # SIZE is two words: "1.7 KB"
+    assert result.stderr.strip() == (
+        f"sha256 not checked (listed from the registry): `mlflow-ddsp versions {model_name} --verify` or "
+        f"`mlflow-ddsp verify {model_name}` downloads every version and checks its bytes"
+    )
+    data = json.loads(cli(embedded, "versions", model_name, "--json").stdout)
+    assert [d["sha256_ok"] for d in data] == [None, None]
+
+    # --verify (and the old spelling --no-verify, now the default) as before.
+    checked = cli(embedded, "versions", model_name, "--verify")
+    assert [line.split()[6] for line in checked.stdout.splitlines()[1:]] == ["MISMATCH", "ok"]  # one file gone: damaged
+    assert "sha256 not checked" not in checked.output
+    assert cli(embedded, "versions", model_name, "--no-verify").stdout == result.stdout
+    assert "versions verified" not in cli(embedded, "verify", model_name).output  # verify still checks everything
 
 
 def test_verify_passes_then_catches_a_changed_force_saved_version(backend, model_name, queue_with_history):

@@ -120,7 +120,7 @@ def test_keep_last_and_best_are_registry_state(backend, model_name):
 
     # gc (another process, no options) applies the recorded policy: nothing to delete.
     assert cli(backend, "gc", model_name).output.strip() == f"{model_name}: nothing to do"
-    rows = {line.split()[1]: line.split()[-1] for line in cli(backend, "versions", model_name).output.splitlines()[1:]}
+    rows = {line.split()[1]: line.split()[-1] for line in cli(backend, "versions", model_name).stdout.splitlines()[1:]}
     assert rows == {"20": "best", "50": "keep_last", "60": "newest"}
 
 

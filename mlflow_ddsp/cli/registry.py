@@ -1,4 +1,4 @@
-"""Registry commands: versions, verify, gc, keep, unkeep, lineage."""
+"""Registry commands: versions, verify, gc, keep, unkeep, alias, lineage."""
 
 from __future__ import annotations
 
@@ -25,21 +25,26 @@ def spool_note(tracking_uri: str, name: str) -> str | None:
 @click.argument("name")
 @alias_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per version) instead of a table.")
-@click.option("--no-verify", is_flag=True, help="Skip downloading versions to check their sha256.")
+@click.option("--verify/--no-verify", "verify_bytes", default=False, show_default=True,
+              help="Also download every version and check its bytes against their sha256 (what `mlflow-ddsp "
+              "verify` does); without it the list comes from the registry alone, at once.")  # fmt: skip
 @click.pass_context
-def versions(ctx: click.Context, name: str, alias: str, as_json: bool, no_verify: bool) -> None:
+def versions(ctx: click.Context, name: str, alias: str, as_json: bool, verify_bytes: bool) -> None:
     """List the checkpoint versions of registered model NAME.
 
     Columns: version, step, kind (rolling | force_saved), aliases, size of the
-    checkpoint file, whether its bytes still match their sha256, the training
-    run, when it was registered, and why it is kept: force_saved, newest,
-    keep_last, best, alias:<an alias of yours>, keep (`mlflow-ddsp keep`); a
-    version with none is deleted by the next save or `mlflow-ddsp gc`.
+    checkpoint file, whether its bytes still match their sha256 (`-`: not
+    checked; checked with --verify), the training run, when it was registered,
+    and why it is kept: force_saved, newest, keep_last, best, alias:<an alias
+    of yours> (`mlflow-ddsp alias`), keep (`mlflow-ddsp keep`); a version with
+    none is deleted by the next save or `mlflow-ddsp gc`. Without --verify it
+    reads the registry only (a few requests, whatever the checkpoints' size)
+    and says on stderr that the bytes were not checked.
     """
     from ..checkpoint.audit import audit_queue
 
     store = open_store(ctx)
-    audit = audit_queue(store, name, alias, deep=not no_verify, progress=progress("verifying"))
+    audit = audit_queue(store, name, alias, deep=verify_bytes, progress=progress("verifying"))
     note = spool_note(store.tracking_uri, name)
     rows = []
     for a in audit.versions:
@@ -51,7 +56,7 @@ def versions(ctx: click.Context, name: str, alias: str, as_json: bool, no_verify
                 "kind": v.kind or "(not mlflow-ddsp)",
                 "aliases": a.aliases,
                 "size_bytes": v.size,
-                "sha256_ok": None if no_verify else a.intact,
+                "sha256_ok": a.intact if verify_bytes else None,
                 "integrity": None if a.integrity is None else a.integrity.value,
                 "kept": list(a.kept),
                 "protected": list(a.protected),
@@ -88,6 +93,9 @@ def versions(ctx: click.Context, name: str, alias: str, as_json: bool, no_verify
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     if note:
         click.echo(note)
+    if not verify_bytes:  # on stderr: the table on stdout stays one header and one line per version
+        click.echo(f"sha256 not checked (listed from the registry): `mlflow-ddsp versions {name} --verify` or "
+                   f"`mlflow-ddsp verify {name}` downloads every version and checks its bytes", err=True)  # fmt: skip
 
 
 @main.command()
@@ -197,7 +205,8 @@ def keep(ctx: click.Context, name: str, version: int) -> None:
     """Protect VERSION of NAME: nothing in mlflow-ddsp will ever delete it.
 
     Sets the version tag mlflow_ddsp.keep=true (setting it in the MLflow UI, or
-    giving the version an alias of your own, protects it the same way).
+    giving the version an alias of your own with `mlflow-ddsp alias`, protects
+    it the same way).
     """
     _set_keep(ctx, name, version, True)
 
@@ -213,6 +222,102 @@ def unkeep(ctx: click.Context, name: str, version: int) -> None:
     alias of yours) is then deleted by the next save or `mlflow-ddsp gc`.
     """
     _set_keep(ctx, name, version, False)
+
+
+def _kept_now(store, name: str, version: int) -> str:
+    """What keeps ``version`` of ``name`` now, by the rules the queue recorded, as a clause."""
+    from ..checkpoint.audit import audit_queue
+
+    audit = next((a for a in audit_queue(store, name, deep=False).versions if a.version.version == version), None)
+    if audit is None:
+        return f"v{version} is gone"
+    if not audit.version.is_queue_version:
+        return f"v{version} was not written by mlflow-ddsp, which never deletes it"
+    if audit.kept:
+        return f"v{version} stays, kept as {','.join(audit.kept)}"
+    return f"v{version} is now kept by no rule: the next save or `mlflow-ddsp gc {name}` deletes it"
+
+
+def _queue_aliases(store, name: str) -> tuple[set[str], dict[str, int], list[int]]:
+    """The aliases the checkpoint queue of ``name`` maintains itself, all its aliases, its version numbers.
+
+    The queue's own: its rolling alias (recorded, else 'rolling'), ``best``, and
+    those it recorded setting (``mlflow_ddsp.own_aliases``); the same set `gc
+    --alias` and the retention planner (``checkpoint/retention.py``) go by.
+    """
+    from ..checkpoint.gc import recorded_policy, take_snapshot
+    from ..checkpoint.policy import BEST_ALIAS
+
+    snapshot = take_snapshot(store, name, with_files=False)
+    rolling, _ = recorded_policy(store, name)
+    own = {rolling, BEST_ALIAS} | set(snapshot.own_aliases)
+    return own, dict(snapshot.aliases), [v.version for v in snapshot.versions]
+
+
+@main.command("alias")
+@click.argument("name")
+@click.argument("version", type=int, required=False)
+@click.argument("alias_name", metavar="ALIAS", required=False)
+@click.option("--delete", "delete", metavar="ALIAS", default=None, help="Remove your alias ALIAS from NAME instead.")
+@click.pass_context
+def alias_command(ctx: click.Context, name: str, version: int | None, alias_name: str | None, delete: str | None) -> None:
+    """Point an alias of yours at VERSION of NAME, e.g. `mlflow-ddsp alias voice 6 champion`.
+
+    An alias of yours protects its version: nothing in mlflow-ddsp deletes a
+    version while one points at it (`versions` shows it in KEPT as
+    alias:<ALIAS>), and models:/NAME@ALIAS names it in `infer`, `serve` and
+    `export`. An alias that exists is moved. `--delete ALIAS` removes one
+    (`mlflow-ddsp alias voice --delete champion`); each says what keeps the
+    version afterwards. The queue's own aliases (its rolling alias, `best`, and
+    those it recorded in mlflow_ddsp.own_aliases) are refused: it moves them
+    itself. Needs the EDIT permission on NAME (MANAGE to delete).
+    """
+    from ..checkpoint.names import validate_alias
+    from ..errors import CheckpointNotFoundError, ConfigError
+
+    if delete is not None and (version is not None or alias_name is not None):
+        raise click.UsageError("give VERSION ALIAS to set an alias, or --delete ALIAS to remove one, not both", ctx)
+    if delete is None and (version is None or alias_name is None):
+        raise click.UsageError(f"missing {'VERSION and ALIAS' if version is None else 'ALIAS'}: "
+                               f"`mlflow-ddsp alias {name} VERSION ALIAS`, or `--delete ALIAS`", ctx)  # fmt: skip
+    alias = delete if delete is not None else alias_name
+    try:
+        validate_alias(alias)
+    except ConfigError as exc:  # its example names the queue's alias, which this command refuses
+        raise ConfigError(str(exc).replace("e.g. 'rolling'", "e.g. 'champion'")) from None
+    store = open_store(ctx)
+    if not store.registered_model_exists(name):
+        raise CheckpointNotFoundError(f"registered model {name!r} does not exist at {store.tracking_uri}")
+    own, aliases, numbers = _queue_aliases(store, name)
+    if alias in own:
+        raise ConfigError(
+            f"alias {alias!r} is the checkpoint queue's own on {name!r} (it maintains {', '.join(sorted(own))} "
+            "itself); give your alias another name, e.g. champion"
+        )
+    if delete is not None:
+        if alias not in aliases:
+            theirs = sorted(set(aliases) - own)
+            raise CheckpointNotFoundError(f"{name!r} has no alias {alias!r} (aliases of yours on it: "
+                                          f"{', '.join(theirs) or 'none'})")  # fmt: skip
+        was = aliases[alias]
+        store.delete_alias(name, alias)
+        click.echo(f"removed {name}@{alias} (was v{was}); {_kept_now(store, name, was)}")
+        return
+    assert version is not None
+    if version not in numbers:
+        listed = ", ".join(map(str, numbers)) if len(numbers) <= 8 else f"{len(numbers)}, {numbers[0]} to {numbers[-1]}"
+        listed = listed or "none"
+        raise CheckpointNotFoundError(f"{name!r} has no version {version} (its versions: {listed}; "
+                                      f"`mlflow-ddsp versions {name}` lists them)")  # fmt: skip
+    before = aliases.get(alias)
+    if before == version:
+        click.echo(f"{name}@{alias} already points at v{version}; nothing changed")
+        return
+    store.set_alias(name, alias, version)
+    click.echo(f"{name}@{alias} -> v{version}: protected, mlflow-ddsp never deletes it while the alias points there "
+               f"(models:/{name}@{alias}; `mlflow-ddsp alias {name} --delete {alias}` removes it)")  # fmt: skip
+    if before is not None:
+        click.echo(f"moved from v{before}; {_kept_now(store, name, before)}")
 
 
 def _short(digest: str | None) -> str:

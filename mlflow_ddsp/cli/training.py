@@ -77,7 +77,7 @@ def demo(ctx: click.Context, workdir: str, config_path: str, max_steps: int | No
     check_output_dir(workdir, "--workdir")  # before synthesizing, preprocessing or training anything
     cfg, result = run_demo(workdir, config_path, max_steps=max_steps, tracking_uri=ctx.obj["tracking_uri"])
     click.echo(f"\ntrained {result.registered_model} to step {result.final_step} (run {result.run_id})\n")
-    ctx.invoke(versions, name=result.registered_model, alias=cfg.mlflow.alias, as_json=False, no_verify=False)
+    ctx.invoke(versions, name=result.registered_model, alias=cfg.mlflow.alias, as_json=False, verify_bytes=True)
     uri = resolve_tracking_uri(ctx.obj["tracking_uri"])
     click.echo(f"\nLook at the runs, metrics, spectrograms, audio and versions:\n  {ui_hint(uri)}")
     click.echo(f"Convert a clip with the newest checkpoint:\n  mlflow-ddsp infer -m models:/{result.registered_model}@"
