@@ -20,6 +20,7 @@ __all__ = [
     "TrackingServerUnavailable",
     "TrackingServerUnreachable",
     "TrackingServerDisconnected",
+    "ConversionServerError",
     "NotAuthenticatedError",
     "PermissionDeniedError",
     "ArtifactStoreUnavailable",
@@ -77,6 +78,11 @@ class TrackingServerDisconnected(TrackingServerUnavailable):
     """The connection to the tracking server (or the artifact store) broke during a request
     or in the middle of its answer: reset, closed without an answer, cut short
     (``IncompleteRead``). The server may have done the work; the same request may succeed later."""
+
+
+class ConversionServerError(MlflowDdspError, RuntimeError):
+    """A conversion server (``mlflow-ddsp serve``) could not be reached, or refused or failed a
+    conversion request (one line; ``mlflow-ddsp convert``)."""
 
 
 class NotAuthenticatedError(RegistryError, PermissionError):

@@ -84,3 +84,4 @@ def main(ctx: click.Context, tracking_uri: str | None, verbose: bool) -> None:
 
 # Importing the command modules registers their commands on `main`.
 from . import data, registry, serving, training, transfer  # noqa: E402,F401
+from . import client, weights  # noqa: E402,F401  (convert; check-weights)
