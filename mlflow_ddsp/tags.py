@@ -40,6 +40,10 @@ __all__ = [
     "REGISTERED_MODEL",
     "TRAINING_RUN",
     "PROJECT_RUN",
+    "MLFLOW_NOTE",
+    "STOPPED_BY",
+    "STOPPED_AT_STEP",
+    "RUN_RESUMES",
     "GIT_COMMIT",
     "GIT_DIRTY",
     "COMPARE_MODEL",
@@ -97,6 +101,13 @@ DATASET_FILES = "mlflow_ddsp.files"  # on a run's dataset input: how many record
 REGISTERED_MODEL = "mlflow_ddsp.registered_model"  # on runs: the queue they train into
 TRAINING_RUN = "mlflow_ddsp.training_run"  # on an `mlflow run` run in another experiment: where training went
 PROJECT_RUN = "mlflow_ddsp.project_run"  # on that training run: the `mlflow run` run it belongs to
+MLFLOW_NOTE = "mlflow.note.content"  # MLflow's own: a run's description (the `mlflow run` run says where, or why not)
+# --- on training runs: one training, one run (issue 23) -------------------------
+# A run ended by SIGINT/SIGTERM after its save is FINISHED with these two; a resume of it
+# (or of any run that is not FINISHED) continues the same run and removes them.
+STOPPED_BY = "mlflow_ddsp.stopped_by"  # "SIGINT" | "SIGTERM": the run was stopped, not finished
+STOPPED_AT_STEP = "mlflow_ddsp.stopped_at_step"  # the step it was stopped (and saved) at, decimal
+RUN_RESUMES = "mlflow_ddsp.resumes"  # how many times the run was continued by a later start, decimal
 GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own key, so the UI shows it
 GIT_DIRTY = "mlflow_ddsp.git_dirty"  # "true" when the tree had uncommitted changes
 

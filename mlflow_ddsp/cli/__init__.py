@@ -38,6 +38,30 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
+def _note_on_project_run(ctx: click.Context, exc: Exception) -> None:
+    """Under ``mlflow run`` (``MLFLOW_RUN_ID`` set), say on MLflow's own run why the command failed.
+
+    ``mlflow run`` creates that run before our command starts, so a failed start cannot
+    avoid it; it ends FAILED, and its description (MLflow's note, shown on the run page)
+    now carries the one-line error instead of nothing. Best effort: never raises, and
+    skipped when the error is the tracking server itself.
+    """
+    from ..errors import NotAuthenticatedError, PermissionDeniedError, TrackingServerUnavailable
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id or isinstance(exc, (TrackingServerUnavailable, NotAuthenticatedError, PermissionDeniedError)):
+        return
+    try:
+        from .. import tags as T
+        from ..checkpoint.registry import RegistryStore
+
+        command = ctx.invoked_subcommand or "mlflow-ddsp"
+        store = RegistryStore((ctx.obj or {}).get("tracking_uri"))
+        store.set_run_tags(run_id, {T.MLFLOW_NOTE: f"`mlflow-ddsp {command}` failed: {exc}"})
+    except Exception:  # noqa: BLE001 - the error itself was printed; the note is a courtesy
+        pass
+
+
 class _Group(click.Group):
     """Turns MlflowDdspError into a one-line message and exit status 1, usage errors into one line and 2."""
 
@@ -50,6 +74,7 @@ class _Group(click.Group):
             ctx.exit(exc.exit_code)
         except MlflowDdspError as exc:
             click.echo(f"error: {exc}", err=True)
+            _note_on_project_run(ctx, exc)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
