@@ -75,9 +75,9 @@ SIZE = "mlflow_ddsp.size_bytes"  # size of model_<step>.pt in bytes
 # --- on the checkpoint's LoggedModel (and lineage also on the training run) ------
 MANIFEST_SHA256 = "mlflow_ddsp.manifest_sha256"  # sha256 of manifest.json (covers every file)
 CHECKPOINT_FILE = "mlflow_ddsp.checkpoint_file"  # "model_<step>.pt"
+WRITER = "mlflow_ddsp.writer"  # the writer lease's owner id of the training that made it (stale spools: issue 20)
 MLFLOW_MODEL_VERSIONS = "mlflow.modelVersions"  # MLflow's own: JSON [{name, version}] -> the UI's link
 PARENT_VERSION = "mlflow_ddsp.parent.version"  # version training resumed/fine-tuned from
-WRITER = "mlflow_ddsp.writer"  # the writer lease's owner id of the training that made it (stale spools: issue 20)
 PARENT_STEP = "mlflow_ddsp.parent.step"
 PARENT_MODEL = "mlflow_ddsp.parent.model"  # registered model of the parent
 PARENT_RUN = "mlflow_ddsp.parent.run"  # the run that trained the parent (it outlives a deleted parent)
@@ -122,6 +122,9 @@ QUEUE = "mlflow_ddsp.queue"
 EXPERIMENT_IDS = "mlflow_ddsp.experiment_ids"  # JSON list: where the queue's LoggedModels live
 RETENTION = "mlflow_ddsp.retention"  # JSON: the queue's alias, keep_last, best_metric, best_mode (gc uses it)
 OWN_ALIASES = "mlflow_ddsp.own_aliases"  # JSON list: aliases the queue set (any other alias is a person's)
+# The writer lease's binding (EDIT on the registered model needed to write either; see checkpoint/lease.py):
+LEASE_MODEL = "mlflow_ddsp.lease_model"  # the lease model in use; absent: NAME.writer-lease
+LEASE_HOLDER = "mlflow_ddsp.lease_holder"  # "<owner id> <lease model's creation time, ms>"; absent: none
 
 # --- on writer-lease tickets (versions of the companion lease model) ---------
 LEASE_MARKER = "mlflow_ddsp.lease"  # LEASE_MARKER_VALUE: a lease we wrote; nothing else is one
@@ -131,9 +134,6 @@ LEASE_HOST = "mlflow_ddsp.lease.host"
 LEASE_PID = "mlflow_ddsp.lease.pid"
 LEASE_PROCESS = "mlflow_ddsp.lease.process"  # boot id + process start time: survives pid reuse
 LEASE_PID_NAMESPACE = "mlflow_ddsp.lease.pid_namespace"  # e.g. "pid:[4026531836]": pids compare only within one
-# The writer lease's binding (EDIT on the registered model needed to write either; see checkpoint/lease.py):
-LEASE_MODEL = "mlflow_ddsp.lease_model"  # the lease model in use; absent: NAME.writer-lease
-LEASE_HOLDER = "mlflow_ddsp.lease_holder"  # "<owner id> <lease model's creation time, ms>"; absent: none
 LEASE_HEARTBEAT = "mlflow_ddsp.lease.heartbeat"  # unix seconds of the last renewal
 LEASE_TTL = "mlflow_ddsp.lease.ttl"  # seconds without a heartbeat before the lease is stale
 LEASE_TAKEOVER = "mlflow_ddsp.lease.takeover"  # "true" when the ticket took over a live lease

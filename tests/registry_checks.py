@@ -37,6 +37,7 @@ def assert_invariants(store: RegistryStore, backend, name: str, alias: str = "ro
     assert store.alias_version(name, alias) == newest.version
     live_ids = {v.model_id for v in versions}
     experiments = store.experiment_ids(name)
+    assert len(experiments) == len(set(experiments)), f"experiment ids recorded twice: {experiments}"
     assert {m.model_id for m in store.queue_models(name, experiments)} == live_ids
     assert backend.checkpoint_dirs(experiments) == live_ids
     return newest.step

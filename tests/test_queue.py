@@ -62,7 +62,7 @@ def test_a_version_holds_upstream_checkpoint_config_and_manifest(backend, model_
 
     store = RegistryStore(backend.uri)
     assert rolling.kind == "rolling" and forced.kind == "force_saved"
-    assert forced.description == "step 20 · force_saved · kept: force_saved, newest"
+    assert forced.description == "step 20 · kept: force_saved, newest"
     assert set(forced.tags) == {T.STEP, T.KIND, T.SHA256, T.SIZE}  # what identifies it, nothing more
     files = RegistryStore(backend.uri).files_of(forced)
     assert files.tags[T.CHECKPOINT_FILE] == "model_20.pt" and files.tags[T.QUEUE] == model_name

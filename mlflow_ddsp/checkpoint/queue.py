@@ -848,12 +848,19 @@ class CheckpointQueue:
 
         def link_and_log() -> None:
             store.link_version(files.model_id, self.name, version.version)  # the UI's LoggedModel -> version link
-            if entry.run_id:
+            # The experiment's Models tab shows a LoggedModel's metrics, then its params, as columns:
+            # the checkpoint's own metrics (validation) are linked to it, its step and kind are params;
+            # the commit's timings go to the run only (not columns of every checkpoint).
+            store.log_model_params(files.model_id, {"step": step, "kind": kind})
+            if entry.run_id:  # the UI's run -> LoggedModel link: the run page's "Logged models"
+                store.log_model_output(entry.run_id, files.model_id, step)
+                if entry.metrics:
+                    store.log_metrics(entry.run_id, entry.metrics, step, model_id=files.model_id)
                 timings = {
                     "checkpoint/blocking_seconds": entry.blocked_seconds,
                     "checkpoint/commit_seconds": time.perf_counter() - started,
                 }
-                store.log_metrics(entry.run_id, {**entry.metrics, **timings}, step, model_id=files.model_id)
+                store.log_metrics(entry.run_id, timings, step)
 
         with self._cond:
             self._after_commit = [link_and_log, lambda: self._settle(reached)]

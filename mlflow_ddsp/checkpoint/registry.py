@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, NamedTuple, Sequence
 
 from .. import tags as T
 from ..errors import (
@@ -49,7 +49,7 @@ def auxiliary_note(version: CheckpointVersion, differences: Sequence) -> str:
         + " (an auxiliary file: the version is kept and resumed from; serving refuses it while that file differs)"
     )
 
-__all__ = ["RegistryStore", "LoggedModelRef"]
+__all__ = ["RegistryStore", "LoggedModelRef", "RunRecord"]
 
 _PAGE = 1000
 # Guards the process-wide tracking URI while a local registry needs it (see create_version).
@@ -216,6 +216,17 @@ def _server_error_status(exc: BaseException) -> int | None:
     return None
 
 
+class RunRecord(NamedTuple):
+    """What deciding to continue a run needs: its place, status and tags (MLflow's strings)."""
+
+    run_id: str
+    experiment_id: str
+    status: str  # RUNNING, FINISHED, FAILED, KILLED, SCHEDULED
+    lifecycle_stage: str  # active, deleted
+    tags: dict
+    start_time_ms: int
+
+
 class RegistryStore:
     """MLflow tracking + model registry access for one tracking URI.
 
@@ -369,6 +380,64 @@ class RegistryStore:
         """Mark a run ``FINISHED``, ``FAILED`` or ``KILLED``."""
         with self._calling(f"end run {run_id}", needs=("EDIT", f"the experiment of run {run_id}")):
             self.client.set_terminated(run_id, status)
+
+    def run_record(self, run_id: str) -> RunRecord | None:
+        """The run's experiment, status, lifecycle and tags; None if it does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            with self._calling(f"read run {run_id}", needs=("READ", f"the experiment of run {run_id}")):
+                raise
+        return RunRecord(run.info.run_id, run.info.experiment_id, run.info.status, run.info.lifecycle_stage,
+                         dict(run.data.tags), int(run.info.start_time or 0))  # fmt: skip
+
+    def find_runs(self, experiment_id: str, tags: Mapping[str, str], max_results: int = 20) -> list[RunRecord]:
+        """Live (not deleted) runs of ``experiment_id`` carrying every tag of ``tags``, newest start first."""
+        from mlflow.entities import ViewType
+
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        with self._calling(f"search runs of experiment {experiment_id}", needs=("READ", f"experiment {experiment_id}")):
+            runs = self.client.search_runs([experiment_id], query, run_view_type=ViewType.ACTIVE_ONLY,
+                                           max_results=max_results, order_by=["attributes.start_time DESC"])  # fmt: skip
+        return [RunRecord(r.info.run_id, r.info.experiment_id, r.info.status, r.info.lifecycle_stage,
+                          dict(r.data.tags), int(r.info.start_time or 0)) for r in runs]  # fmt: skip
+
+    def reopen_run(self, run_id: str, drop_tags: Sequence[str] = ()) -> None:
+        """Set a run's status back to RUNNING (a training continues it) and remove ``drop_tags`` from it."""
+        with self._calling(f"reopen run {run_id}", needs=("EDIT", f"the experiment of run {run_id}")):
+            self.client.update_run(run_id, status="RUNNING")
+        tags = self.run_tags(run_id)
+        for key in drop_tags:
+            if key in tags:
+                with self._calling(f"untag run {run_id}", needs=("EDIT", f"the experiment of run {run_id}")):
+                    self.client.delete_tag(run_id, key)
+
+    def log_model_output(self, run_id: str, model_id: str, step: int) -> None:
+        """Record LoggedModel ``model_id`` as an output of run ``run_id`` at ``step``: MLflow's own
+        run -> model link (what ``mlflow.<flavor>.log_model`` writes), which fills the run page's
+        "Logged models" (the UI reads ``run.outputs.model_outputs``). Idempotent: a link that
+        exists is not written again (MLflow refuses a second one)."""
+        from mlflow.entities import LoggedModelOutput
+
+        if any(linked == model_id for linked, _ in self.run_model_outputs(run_id)):
+            return
+        with self._calling(f"link LoggedModel {model_id} to run {run_id}", needs=("EDIT", f"the experiment of run {run_id}")):
+            self.client.log_outputs(run_id, [LoggedModelOutput(model_id, int(step))])
+
+    def run_model_outputs(self, run_id: str) -> list[tuple[str, int]]:
+        """``(model_id, step)`` of every LoggedModel recorded as an output of the run."""
+        with self._calling(f"read run {run_id}", needs=("READ", f"the experiment of run {run_id}")):
+            outputs = self.client.get_run(run_id).outputs
+        return [(o.model_id, int(o.step)) for o in (outputs.model_outputs if outputs else [])]
+
+    def log_model_params(self, model_id: str, params: Mapping[str, object]) -> None:
+        """Params on a LoggedModel (the experiment's Models tab shows them as columns)."""
+        with self._calling(f"log params to LoggedModel {model_id}", needs=("EDIT", f"the experiment of LoggedModel {model_id}")):
+            self.client.log_model_params(model_id, {k: str(v) for k, v in params.items()})
 
     def run_tags(self, run_id: str) -> dict[str, str]:
         with self._calling(f"read run {run_id}", needs=("READ", f"the experiment of run {run_id}")):
@@ -541,8 +610,10 @@ class RegistryStore:
         (:class:`PermissionDeniedError`), not at the first save.
         """
         recorded = self.experiment_ids(name)
-        if experiment_id not in recorded or self.tracking_uri.startswith(("http://", "https://")):
+        known = experiment_id in recorded
+        if not known:
             recorded.append(experiment_id)
+        if not known or self.tracking_uri.startswith(("http://", "https://")):
             self.set_registered_model_tag(name, T.EXPERIMENT_IDS, json.dumps(recorded))
         return recorded
 

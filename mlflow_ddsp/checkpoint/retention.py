@@ -131,14 +131,19 @@ class RetentionPlan:
 
 
 def describe_version(version: CheckpointVersion, kept: Sequence[str], metric: str | None) -> str:
-    """A version's one-line description: step, kind, the best metric's value, what keeps it.
+    """A version's one-line description: step, the best metric's value, what keeps it.
 
-    e.g. ``step 300 · force_saved · validation/loss 1.323 · kept: force_saved, newest, best``.
+    e.g. ``step 300 · loss 1.323 · kept: force_saved, newest, best``. The MLflow UI's
+    version list shows a description's first 32 characters (``truncate(description, 32)``
+    in its model registry page, MLflow 3): step and metric come first so they stay in
+    sight; the kind is not repeated (it is the version's second tag, and ``force_saved``
+    is what keeps a force-saved version); the metric is named by its last part
+    (``validation/loss`` -> ``loss``).
     """
-    parts = [f"step {version.step}", str(version.kind)]
+    parts = [f"step {version.step}"]
     value = version.metric(metric) if metric else None
     if value is not None:
-        parts.append(f"{metric} {value:.4g}")
+        parts.append(f"{metric.rsplit('/', 1)[-1]} {value:.4g}")
     parts.append(f"kept: {', '.join(kept)}" if kept else "kept by no rule: deleted by the next save or gc")
     return " · ".join(parts)
 

@@ -20,14 +20,20 @@ from .options import set_option
               "the registered model has no checkpoint of its own.")  # fmt: skip
 @click.option("--takeover", type=click.BOOL, is_flag=False, flag_value=True, default=False,
               help="Take the registered model's writer lease from a live process (also --takeover true|false).")  # fmt: skip
+@click.option("--new-run", is_flag=True, default=False,
+              help="Log to a new MLflow run. By default a resumed training continues its own run (same run id) "
+              "unless that run is FINISHED; a run stopped by Ctrl-C/SIGTERM is FINISHED with the tag "
+              "mlflow_ddsp.stopped_by and is continued.")  # fmt: skip
 @click.pass_context
-def train(ctx: click.Context, config_path: str, overrides: tuple[str, ...], init_from: str | None, takeover: bool) -> None:
+def train(ctx: click.Context, config_path: str, overrides: tuple[str, ...], init_from: str | None, takeover: bool,
+          new_run: bool) -> None:  # fmt: skip
     """Train a DDSP-SVC model, tracked in MLflow, checkpoints in the model registry.
 
     Resumes from the registered model's 'rolling' alias when it exists (on any
     machine that reaches the tracking server). Every train.interval_val steps it
     validates, logs metrics, a spectrogram and audio, and saves a checkpoint;
     Ctrl-C or SIGTERM saves the current step before exiting (exit status 130 / 143).
+    One training is one MLflow run: a resume continues the run it resumes (--new-run: a new one).
     Run `mlflow-ddsp preprocess -c CONFIG` first. Data parallel:
     `torchrun --nproc-per-node N -m mlflow_ddsp train -c CONFIG` (rank 0 logs and saves;
     train.batch_size is per process).
@@ -35,7 +41,8 @@ def train(ctx: click.Context, config_path: str, overrides: tuple[str, ...], init
     from ..training.session import train as run_training
 
     result = run_training(
-        config_path, overrides, tracking_uri=ctx.obj["tracking_uri"], takeover=takeover, init_from=init_from or None
+        config_path, overrides, tracking_uri=ctx.obj["tracking_uri"], takeover=takeover, init_from=init_from or None,
+        new_run=new_run,
     )
     if result.is_main:  # under torchrun, one summary (from rank 0)
         click.echo(summary(result))

@@ -5,6 +5,13 @@ MLflow run (or joins the one ``mlflow run`` created), resumes from the
 registry, installs the Ctrl-C / SIGTERM handlers, and closes everything in
 order whatever happens: the loop saves its last step, the queue flushes, the
 run ends FINISHED, KILLED or FAILED.
+
+One training, one run (issue 23): a start that resumes a training continues
+that training's run (same run id, status back to RUNNING) unless the run is
+FINISHED; see :func:`_run_to_continue`. A run stopped by SIGINT/SIGTERM after
+its save ends FINISHED with the tags ``mlflow_ddsp.stopped_by`` and
+``mlflow_ddsp.stopped_at_step``; a second Ctrl-C (abort) leaves it KILLED, an
+error FAILED, a killed process RUNNING: each of these is continued by the next start.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from .. import tags as T
 from ..checkpoint import CheckpointQueue, CheckpointReader, RegistryStore
 from ..checkpoint.lease import WriterLease
 from ..checkpoint.queue import registered_model_description, resolve_close_timeout
-from ..checkpoint.spool import check_spool_root
+from ..checkpoint.spool import Spool, SpooledSave, check_spool_root
 from ..checkpoint.reader import load_into
+from ..checkpoint.registry import RunRecord
 from ..config import Config, load_config
 from ..corpus import dataset_digest, list_audio
 from ..device import resolve_device
@@ -119,6 +127,7 @@ def train(
     takeover: bool = False,
     init_from: str | None = None,
     progress: bool = True,
+    new_run: bool = False,
 ) -> TrainResult:
     """Train (or resume) the model a config describes, tracked in MLflow.
 
@@ -133,6 +142,9 @@ def train(
             checkpoint file (``model_0.pt``, loaded non-strictly as upstream does: see
             :mod:`mlflow_ddsp.training.pretrained`), instead of resuming from the rolling
             alias, e.g. to fine-tune. Used only while the registered model has no checkpoint.
+        new_run: log to a new MLflow run even where the training resumed continues one
+            (by default a resumed training that is not FINISHED continues its run:
+            :func:`_run_to_continue`). ``takeover`` also starts a new run.
     """
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     close_timeout = resolve_close_timeout()  # the environment is refused before any work, as the config is
@@ -140,7 +152,7 @@ def train(
     ctx = DistributedContext.from_environment()
     device = ctx.device(resolve_device(cfg.device))  # refuses a device this machine lacks
     with training_cpu_settings(cfg, device):
-        return _train(cfg, ctx, device, tracking_uri, takeover, init_from, progress, close_timeout)
+        return _train(cfg, ctx, device, tracking_uri, takeover, init_from, progress, close_timeout, new_run)
 
 
 @contextmanager
@@ -189,11 +201,11 @@ def intra_op_threads(threads: int | None) -> Iterator[None]:
 
 
 def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_uri: str | None, takeover: bool,
-           init_from: str | None, progress: bool, close_timeout: float) -> TrainResult:  # fmt: skip
+           init_from: str | None, progress: bool, close_timeout: float, new_run: bool = False) -> TrainResult:  # fmt: skip
     # Before loading data or creating a run: a resume point of another
     # architecture (one config.yaml read) and a second writer are refused in a
     # second, leaving nothing behind.
-    store = lease = None
+    store = lease = continued = None
     if cfg.uses_mel:
         open_vocoder(cfg)  # a missing or unfit vocoder config.json is refused before a run exists
     if init_from is not None and not is_model_uri(init_from):
@@ -205,6 +217,11 @@ def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_
         reader.check_architecture(architecture(cfg), source=init_from if init_from and is_model_uri(init_from) else None)
         description = registered_model_description(cfg.mlflow.alias, cfg.train.best_metric)
         lease = WriterLease(store, cfg.registered_model, takeover=takeover, description=description).acquire()
+        try:  # read while this process holds the lease: no other writer changes the answer
+            continued = None if new_run or takeover else _run_to_continue(store, reader, cfg, init_from)
+        except BaseException:
+            lease.release()
+            raise
     ctx.start(device)
     try:
         seed_everything(cfg.train.seed + ctx.rank)  # a fresh run; a resume restores the RNGs it saved
@@ -213,7 +230,7 @@ def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_
         loaders = make_loaders(cfg, rank=ctx.rank, world_size=ctx.world_size)
         if ctx.is_main:
             result = _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_from, progress,
-                                  close_timeout)
+                                  close_timeout, continued)
         else:
             result = _train_other_rank(cfg, ctx, model, optimizer, loaders, device, tracking_uri)
     except BaseException:
@@ -231,10 +248,11 @@ def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_
 
 
 def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_from, progress,
-                close_timeout) -> TrainResult:
+                close_timeout, continued: RunRecord | None = None) -> TrainResult:
     """Rank 0 (or the only process): the run, the tracker, the checkpoint queue."""
-    run_id, own_run = _open_run(store, cfg)
+    run_id, own_run = _open_run(store, cfg, continued)
     status = "FAILED"
+    stopped: dict[str, str] = {}
     tracker = None
     signals = _StopOnSignals()
     try:
@@ -262,7 +280,8 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
             start_step, origin, loaded = _restore(cfg, queue, model, optimizer, init_from, tracker)
             # The other ranks load exactly this version (the alias may move meanwhile), or file.
             ctx.broadcast(loaded)
-            tracker.log_tags(queue.parent_tags())  # the run records what it resumed from
+            if origin is None or origin.run_id != run_id:  # a continued run keeps what it started from
+                tracker.log_tags(queue.parent_tags())  # the run records what it resumed from
             if origin is not None and origin.name == cfg.registered_model:
                 log.info("resuming %s from step %d (v%d)", cfg.registered_model, start_step, origin.version)
             elif origin is not None:
@@ -275,7 +294,9 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
             resume = TrainerState.from_payload(queue.restored_trainer_state) if own else None
             signals.install(loop.stop)  # until the run has ended: a second Ctrl-C cuts every wait short
             final_step = loop.run(start_step, resume)
-        status = "KILLED" if signals.signal else "FINISHED"
+        status = "FINISHED"  # stopped by a signal after its save, too: then with the stopped tags
+        if signals.signal:
+            stopped = {T.STOPPED_BY: signals.signal, T.STOPPED_AT_STEP: str(final_step)}
         left = queue.spool.describe(queue.left_in_spool) if queue.left_in_spool else ""
         return TrainResult(run_id, cfg.registered_model, start_step, final_step, signals.signal, left_in_spool=left)
     except KeyboardInterrupt:
@@ -285,7 +306,7 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
         try:
             wait = min(close_timeout, 1.0) if signals.aborted else close_timeout
             if tracker is not None:  # delivers what the loop logged (bounded wait in an outage), ends the run
-                tracker.finish(status if own_run else None, wait)
+                tracker.finish(status if own_run else None, wait, tags=stopped)
             elif own_run and not signals.aborted:
                 store.end_run(run_id, status)
         finally:
@@ -402,18 +423,28 @@ def _make_loop(cfg, ctx, model, optimizer, loaders, device, *, checkpointer, tra
     )
 
 
-def _open_run(store: RegistryStore, cfg: Config) -> tuple[str, bool]:
+def _open_run(store: RegistryStore, cfg: Config, continued: RunRecord | None = None) -> tuple[str, bool]:
     """The training run, in the configured experiment; (run_id, we own it).
 
     Under `mlflow run` (MLFLOW_RUN_ID) the project's run is joined when it is in
     the configured experiment (`mlflow run --experiment-name ...`). MLflow puts it
     in "Default" otherwise, and a run cannot move: training then gets its own run
     in the configured experiment, and the project's run a tag and a note naming it.
+    Otherwise ``continued`` (:func:`_run_to_continue`) is reopened: status RUNNING,
+    the stopped tags removed, ``mlflow_ddsp.resumes`` counted up.
     """
     experiment_id = store.experiment_id(cfg.mlflow.experiment)
     outer = os.environ.get("MLFLOW_RUN_ID")
     if outer and store.experiment_of_run(outer) == experiment_id:
         return outer, False
+    if continued is not None and not outer:
+        store.reopen_run(continued.run_id, drop_tags=(T.STOPPED_BY, T.STOPPED_AT_STEP))
+        resumes = int(continued.tags.get(T.RUN_RESUMES, "0") or 0) + 1
+        store.set_run_tags(continued.run_id, {T.RUN_RESUMES: str(resumes)})
+        log.info("continuing run %s (%s before)", continued.run_id,
+                 f"stopped by {continued.tags[T.STOPPED_BY]}" if T.STOPPED_BY in continued.tags
+                 else continued.status)  # fmt: skip
+        return continued.run_id, True
     run_id = store.create_run(experiment_id, run_name=f"train-{cfg.registered_model}")
     if outer:
         project = store.run_tags(outer)  # what `mlflow run` recorded: entry point, source, git commit
@@ -426,6 +457,65 @@ def _open_run(store: RegistryStore, cfg: Config) -> tuple[str, bool]:
             "mlflow.note.content": f"Training is logged in experiment '{cfg.mlflow.experiment}', run {run_id}.",
         })  # fmt: skip
     return run_id, True
+
+
+def _run_to_continue(store: RegistryStore, reader: CheckpointReader, cfg: Config,
+                     init_from: str | None) -> RunRecord | None:  # fmt: skip
+    """The run a start continues (one training, one run: issue 23), or None for a new run.
+
+    The training resumed is the one whose checkpoint is the resume point (the rolling
+    alias's version, else the newest): its run is continued, on any machine, when it
+    is in the configured experiment, not deleted, and not FINISHED (a run stopped by
+    a signal is FINISHED with the ``mlflow_ddsp.stopped_by`` tag: it is continued).
+    With no checkpoint yet, the newest run tagged with the registered model that
+    never logged a checkpoint, started from nothing (no ``--init-from``, no parent)
+    and trained the same architecture (its params) is continued. A new run otherwise:
+    a finished training, a fine-tune from another model (``--init-from``), a new
+    registered model; ``--new-run`` and ``--takeover`` are decided by the caller.
+    Under ``mlflow run`` the caller joins the project's run instead.
+    """
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return None
+    experiment_id = store.experiment_id(cfg.mlflow.experiment)
+    own = reader.candidates()
+    spooled = _spooled_resume_point(store, cfg, own)
+    if spooled is not None:
+        run = store.run_record(spooled.run_id)
+    elif own:
+        run = store.run_record(own[0].run_id) if own[0].run_id else None
+    elif init_from is None:
+        found = store.find_runs(experiment_id, {T.REGISTERED_MODEL: cfg.registered_model}, max_results=1)
+        run = found[0] if found else None
+        if run is not None and (
+            any(k in run.tags for k in (T.PARENT_VERSION, T.PRETRAINED_FILE))
+            or store.run_model_outputs(run.run_id)
+            or _architecture_changed(store.run_params(run.run_id), cfg)
+        ):
+            run = None
+    else:
+        return None
+    if run is None or run.experiment_id != experiment_id or run.lifecycle_stage != "active":
+        return None
+    if run.status == "FINISHED" and T.STOPPED_BY not in run.tags:
+        return None
+    return run
+
+
+def _spooled_resume_point(store: RegistryStore, cfg: Config, own: list) -> "SpooledSave | None":
+    """The newest save this machine's spool holds for the registered model, where the start
+    will commit it and resume from it (a crashed process's last saves are committed before
+    the restore): it is newer than every version and of the lineage the registry holds."""
+    _, entries = Spool.waiting(store.tracking_uri, cfg.registered_model)
+    newest_version = max((v.version for v in own), default=0)
+    newest_step = max((v.step for v in own), default=-1)
+    fresh = [e for e in entries if e.run_id and e.step > newest_step
+             and (e.base_version is None or e.base_version >= newest_version)]  # fmt: skip
+    return max(fresh, key=lambda e: e.step) if fresh else None
+
+
+def _architecture_changed(params: dict[str, str], cfg: Config) -> bool:
+    """Whether a run's logged config (flattened params) trained another architecture than ``cfg``."""
+    return any(key in params and params[key] != str(value) for key, value in architecture(cfg).settings.items())
 
 
 def _log_datasets(tracker: MlflowTracker, cfg: Config) -> dict[str, str]:

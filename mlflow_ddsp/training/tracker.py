@@ -93,9 +93,16 @@ class MlflowTracker:
             self.store.log_artifacts(self.run_id, tmp, f"validation/step_{step:08d}")
 
     # -- end ------------------------------------------------------------------
-    def finish(self, status: str | None, timeout: float) -> DeliveryReport:
+    def finish(self, status: str | None, timeout: float, tags: Mapping[str, str] | None = None) -> DeliveryReport:
         """Deliver what is queued, then (with a ``status``) end the run; wait at most
-        ``timeout`` seconds of outage, then report in one line what did not arrive."""
+        ``timeout`` seconds of outage, then report in one line what did not arrive.
+
+        Args:
+            tags: set on the run just before it ends (after everything queued), e.g.
+                the stopped tags of a run stopped by a signal; also without a ``status``.
+        """
+        if tags:
+            self.outbox.call(f"tag run {self.run_id}", lambda: self.store.set_run_tags(self.run_id, dict(tags)))
         if status is not None:
             self.outbox.call(f"end run {self.run_id}", lambda: self._end(status))
         report = self.outbox.close(timeout)
