@@ -125,6 +125,7 @@ def test_mlflow_run_from_a_folder_without_the_data_names_the_absolute_path(demo_
     assert client.get_experiment_by_name(f"exp-{model_name}") is None or not client.search_runs(
         [client.get_experiment_by_name(f"exp-{model_name}").experiment_id]
     )
+    assert not client.search_registered_models(f"name = '{model_name}'"), "a failed start left a registered model"
     # The run `mlflow run` made before our command started says why it failed (issue 23, point 8).
     (project_run,) = client.search_runs(["0"])
     assert project_run.info.status == "FAILED"

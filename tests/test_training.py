@@ -224,10 +224,16 @@ def test_config_errors_and_missing_features_are_one_line(demo_data, embedded, tm
         "or null to never force-save; upstream DDSP-SVC would silently keep only multiples of their lcm"
     )
     empty = tmp_path / "fresh"
-    (empty / "train" / "audio").mkdir(parents=True)
     recording = next((demo_data / "train" / "audio" / "1").glob("*.wav"))
-    (empty / "train" / "audio" / "a.wav").write_bytes(recording.read_bytes())
     config = tiny_config(empty, tmp_path / "fresh.yaml", "fresh")
+    # No recordings: refused before a run or a registered model exists.
+    result = CliRunner().invoke(main, ["--tracking-uri", embedded.uri, "train", "-c", str(config)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: no recordings in {empty / 'train' / 'audio'}"), result.stderr
+    assert not MlflowClient(embedded.uri).search_registered_models("name = 'fresh'")
+    for split in ("train", "val"):
+        (empty / split / "audio").mkdir(parents=True)
+        (empty / split / "audio" / "a.wav").write_bytes(recording.read_bytes())
     result = CliRunner().invoke(main, ["--tracking-uri", embedded.uri, "train", "-c", str(config)])
     assert result.exit_code == 1
     assert "are not preprocessed" in result.stderr and "mlflow-ddsp preprocess -c CONFIG" in result.stderr

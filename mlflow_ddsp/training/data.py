@@ -59,9 +59,30 @@ from ..crops import check_crops
 from ..errors import AudioError, ConfigError
 from ..preprocess import failed_recordings
 
-__all__ = ["AudioDataset", "EpochSampler", "make_loaders"]
+__all__ = ["AudioDataset", "EpochSampler", "check_recordings", "make_loaders"]
 
 log = logging.getLogger(__name__)
+
+
+def _no_recordings(root: Path, extensions) -> ConfigError:
+    return ConfigError(
+        f"no recordings in {(root / AUDIO_DIR).absolute()} with extensions {list(extensions)}; "
+        "put your .wav files there (see data.train_path / data.valid_path)"
+    )
+
+
+def check_recordings(cfg: Config) -> None:
+    """Refuse a config whose ``data.train_path`` or ``data.valid_path`` holds no recording.
+
+    Cheap (a folder listing): training calls it before it creates a run or a registered
+    model, so this common mistake leaves nothing behind (issue 23, point 8).
+
+    Raises:
+        ConfigError: the same one line the dataset would raise, with the absolute folder.
+    """
+    for root in (cfg.data.train_path, cfg.data.valid_path):
+        if not list_audio(root, cfg.data.extensions):
+            raise _no_recordings(Path(root), cfg.data.extensions)
 
 
 @dataclass
@@ -115,10 +136,7 @@ class AudioDataset(Dataset):
         self.cache_dtype = torch.float16 if (cache and fp16) else torch.float32
         self.rels = list_audio(self.root, cfg.data.extensions)
         if not self.rels:
-            raise ConfigError(
-                f"no recordings in {(self.root / AUDIO_DIR).absolute()} with extensions {cfg.data.extensions}; "
-                "put your .wav files there (see data.train_path / data.valid_path)"
-            )
+            raise _no_recordings(self.root, cfg.data.extensions)
         missing = [r for r in self.rels if not all(feature_path(self.root, k, r).is_file() for k in FEATURE_KINDS)]
         if self.uses_mel and not missing:
             no_mel = [

@@ -46,7 +46,7 @@ from ..optimizer import build_optimizer
 from ..serving.model_files import pyfunc_files
 from ..subnormals import flushed_subnormals, subnormals_flushed
 from ..vocoder import open_vocoder
-from .data import make_loaders
+from .data import check_recordings, make_loaders
 from .distributed import DistributedContext, NullCheckpointer, NullTracker
 from .loop import TrainLoop
 from .objective import MelObjective, step_lr
@@ -206,6 +206,7 @@ def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_
     # architecture (one config.yaml read) and a second writer are refused in a
     # second, leaving nothing behind.
     store = lease = continued = None
+    check_recordings(cfg)  # the commonest first mistake, refused before a run or registered model exists
     if cfg.uses_mel:
         open_vocoder(cfg)  # a missing or unfit vocoder config.json is refused before a run exists
     if init_from is not None and not is_model_uri(init_from):
@@ -454,7 +455,7 @@ def _open_run(store: RegistryStore, cfg: Config, continued: RunRecord | None = N
         })  # fmt: skip
         store.set_run_tags(outer, {
             T.TRAINING_RUN: run_id,
-            "mlflow.note.content": f"Training is logged in experiment '{cfg.mlflow.experiment}', run {run_id}.",
+            T.MLFLOW_NOTE: f"Training is logged in experiment '{cfg.mlflow.experiment}', run {run_id}.",
         })  # fmt: skip
     return run_id, True
 
