@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import threading
 
 from mlflow_ddsp.checkpoint import RegistryStore
 from mlflow_ddsp.tags import KIND_FORCE_SAVED, KIND_ROLLING
@@ -41,3 +43,44 @@ def assert_invariants(store: RegistryStore, backend, name: str, alias: str = "ro
     assert {m.model_id for m in store.queue_models(name, experiments)} == live_ids
     assert backend.checkpoint_dirs(experiments) == live_ids
     return newest.step
+
+
+class LogSeen(logging.Handler):
+    """Sets ``event`` when a log record of ``mlflow_ddsp`` contains ``text`` (the code's own report:
+    what a test waits on instead of sleeping). ``LogSeen.watch(text)`` attaches one."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text, self.event = text, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+    @classmethod
+    def watch(cls, text: str) -> "LogSeen":
+        seen = cls(text)
+        logging.getLogger("mlflow_ddsp").addHandler(seen)
+        return seen
+
+
+def acquire_at_once(leases) -> list:
+    """Every lease's ``acquire()`` started at the same moment (a barrier), one thread each;
+    returns ``"held"`` or the exception each got."""
+    barrier = threading.Barrier(len(leases))
+    outcomes: list = [None] * len(leases)
+
+    def contend(i: int) -> None:
+        barrier.wait()
+        try:
+            leases[i].acquire()
+            outcomes[i] = "held"
+        except BaseException as exc:  # noqa: BLE001 - the caller asserts what is allowed
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(len(leases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return outcomes

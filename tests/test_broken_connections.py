@@ -29,7 +29,7 @@ from mlflow_ddsp.errors import TrackingServerUnreachable
 from mlflow_ddsp.tracking import check_reachable
 from mlflow_ddsp.training.outbox import RunOutbox
 
-from registry_checks import versions_by_step
+from registry_checks import LogSeen, versions_by_step
 
 
 def _read_head(sock: socket.socket) -> tuple[bytes, bytes] | None:
@@ -204,18 +204,6 @@ def test_a_broken_answer_is_an_outage_at_the_edge(proxy, fault, model_name, tmp_
     assert (tmp_path / "dl" / "blob.bin").read_bytes() == blob.read_bytes()
 
 
-class _Seen(logging.Handler):
-    """Sets an event when a log record contains ``text``."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.text, self.event = text, threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.text in record.getMessage():
-            self.event.set()
-
-
 @pytest.mark.server
 @pytest.mark.slow
 def test_saves_and_run_logging_go_on_while_answers_break_and_arrive_once_they_flow(proxy, mlflow_server, model_name):
@@ -230,8 +218,7 @@ def test_saves_and_run_logging_go_on_while_answers_break_and_arrive_once_they_fl
     model = torch.nn.Linear(4, 2)
     with CheckpointQueue(model_name, 10, 20, tracking_uri=proxy.uri, experiment=model_name, close_timeout=120) as queue:
         queue.save(10, model).result()  # committed through the proxy while it forwards
-        outage = _Seen("training goes on")
-        logging.getLogger("mlflow_ddsp").addHandler(outage)
+        outage = LogSeen.watch("training goes on")
         step = 10
         try:
             for fault in FaultyProxy.FAULTS:

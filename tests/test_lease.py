@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from mlflow_ddsp.checkpoint import RegistryStore
 from mlflow_ddsp.checkpoint.lease import WriterLease, lease_model_name
 from mlflow_ddsp import tags as T
 
-from registry_checks import assert_invariants
+from registry_checks import acquire_at_once, assert_invariants
 
 TRAINER = Path(__file__).with_name("tiny_trainer.py")
 
@@ -106,23 +105,8 @@ def test_concurrent_acquires_have_exactly_one_winner(backend, model_name, stale_
     for round_ in range(3):
         if stale_lease_first:  # every contender tries to take the same stale lease over at once
             plant_stale_lease(store, model_name, owner=f"crashed{round_}")
-        barrier = threading.Barrier(contenders)
         leases = [WriterLease(RegistryStore(backend.uri), model_name) for _ in range(contenders)]
-        outcomes: list[object] = [None] * contenders
-
-        def contend(i: int) -> None:
-            barrier.wait()
-            try:
-                leases[i].acquire()
-                outcomes[i] = "held"
-            except BaseException as exc:  # anything but LeaseHeldError fails the assertion below
-                outcomes[i] = exc
-
-        threads = [threading.Thread(target=contend, args=(i,)) for i in range(contenders)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+        outcomes = acquire_at_once(leases)  # anything but LeaseHeldError fails the assertions below
         assert outcomes.count("held") == 1, outcomes
         assert all(o == "held" or isinstance(o, LeaseHeldError) for o in outcomes), outcomes
         winner = leases[outcomes.index("held")]

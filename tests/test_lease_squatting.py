@@ -14,7 +14,6 @@ for the logic without permissions, the embedded store and a plain server.
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from types import SimpleNamespace
 
@@ -29,6 +28,7 @@ from mlflow_ddsp.checkpoint.lease import WriterLease, bound_lease_model, lease_m
 from mlflow_ddsp.errors import PermissionDeniedError
 
 from test_auth import assert_one_line_error, auth_server, cli, team  # noqa: F401 (fixtures)
+from registry_checks import acquire_at_once
 from test_lease import Holder
 
 SQUAT_DESCRIPTION = "mine now"
@@ -52,8 +52,9 @@ def lease_models(uri: str, name: str) -> list[str]:
 
 @pytest.fixture
 def short_grace(monkeypatch):
-    """A lease model nobody recorded counts as a holder starting up for this long (30 s in use)."""
-    monkeypatch.setattr(lease_module, "_RECORD_GRACE", 1.0)
+    """No grace (30 s in use): a lease model nobody recorded is a squat as soon as it exists, so the
+    tests need not wait for the grace to pass (what the grace does is tested on its own)."""
+    monkeypatch.setattr(lease_module, "_RECORD_GRACE", 0.0)
 
 
 def open_queue(uri: str, name: str, **kwargs) -> CheckpointQueue:
@@ -71,7 +72,6 @@ def test_a_readers_squat_blocks_neither_training_nor_gc_nor_takeover(team, auth_
     squat_name = lease_model_name(model_name)
     squat_tags = fake_holder_tags() if squat == "marker-tagged" else {}
     assert squatter.try_create_registered_model(squat_name, squat_tags, SQUAT_DESCRIPTION)  # READ is enough for that
-    time.sleep(1.1)  # the squat outlives the (shortened) grace of a holder starting up
 
     auth_server.login(monkeypatch, writer)
     store = RegistryStore(auth_server.uri)
@@ -169,7 +169,6 @@ def test_a_forged_holder_record_does_not_make_a_planted_lease_ours(embedded, mod
     # A squatter re-creates the lease name with the released holder's tags (it can read them all).
     assert store.try_create_registered_model(lease_model_name(model_name), fake_holder_tags(real.owner), "squat")
     store.set_registered_model_tag(model_name, T.LEASE_HOLDER, recorded)  # even the old record (needs EDIT)
-    time.sleep(1.1)  # past the (shortened) grace
     lease = WriterLease(store, model_name).acquire()  # a live-looking lease of "another machine": moved around
     try:
         assert lease.lock_name != lease_model_name(model_name)
@@ -191,30 +190,21 @@ def test_a_holder_whose_lease_was_moved_away_is_fenced(embedded, model_name):
     assert bound_lease_model(store, model_name) == lease_model_name(model_name) + "-0123abcd"
 
 
+@pytest.fixture
+def one_second_grace(monkeypatch):
+    """Contenders' own new lease models keep a grace (1 s) so they do not move each other's at once."""
+    monkeypatch.setattr(lease_module, "_RECORD_GRACE", 1.0)
+
+
 @pytest.mark.stack("postgres")  # races are database work
-def test_writers_starting_at_once_past_a_squat_end_with_one_holder(backend, model_name, short_grace):
+def test_writers_starting_at_once_past_a_squat_end_with_one_holder(backend, model_name, one_second_grace):
     contenders = 4
     store = RegistryStore(backend.uri)
     store.ensure_registered_model(model_name, "squat race")
     assert store.try_create_registered_model(lease_model_name(model_name), fake_holder_tags(), "squat")
-    time.sleep(1.1)  # past the (shortened) grace: every contender moves the lease at once
-    barrier = threading.Barrier(contenders)
+    time.sleep(1.1)  # not a synchronization: the squat must be older than the wall-clock grace rule
     leases = [WriterLease(RegistryStore(backend.uri), model_name) for _ in range(contenders)]
-    outcomes: list[object] = [None] * contenders
-
-    def contend(i: int) -> None:
-        barrier.wait()
-        try:
-            leases[i].acquire()
-            outcomes[i] = "held"
-        except BaseException as exc:  # anything but LeaseHeldError fails the assertion below
-            outcomes[i] = exc
-
-    threads = [threading.Thread(target=contend, args=(i,)) for i in range(contenders)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    outcomes = acquire_at_once(leases)  # anything but LeaseHeldError fails the assertion below
     assert all(o == "held" or isinstance(o, LeaseHeldError) for o in outcomes), outcomes
     valid = []
     for lease in leases:

@@ -28,7 +28,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
@@ -40,7 +39,7 @@ from mlflow_ddsp.local_server import LocalServer, free_port
 from mlflow_ddsp.training.outbox import RunOutbox
 
 from conftest import tiny_config
-from registry_checks import versions_by_step
+from registry_checks import LogSeen, versions_by_step
 
 pytestmark = pytest.mark.slow
 
@@ -75,24 +74,6 @@ def stack(tmp_path_factory):
         uri = cluster.create_database("mlflow")
         with LocalServer(tmp_path_factory.mktemp("outage-server"), backend_store_uri=uri) as server:
             yield cluster, server
-
-
-class _Seen(logging.Handler):
-    """Sets an event when a log record contains ``text`` (the committer's own report)."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.text, self.event = text, threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.text in record.getMessage():
-            self.event.set()
-
-
-def _watch(text: str) -> _Seen:
-    seen = _Seen(text)
-    logging.getLogger("mlflow_ddsp").addHandler(seen)
-    return seen
 
 
 def _spool_steps(queue: CheckpointQueue) -> list[int]:
@@ -140,7 +121,7 @@ def test_outages_of_the_server_and_its_database(stack, tmp_path, monkeypatch, ca
     # -- B. the database stops under the running queue (HTTP 5xx); metrics too ------------
     run_id = store.create_run(store.experiment_id(experiment), run_name="outage")
     outbox = RunOutbox(lambda points: store.log_metric_points(run_id, points))
-    down = _watch("failed the request (HTTP 5")
+    down = LogSeen.watch("failed the request (HTTP 5")
     cluster.interrupt()
     futures = [queue.save(60, model), queue.save(70, model)]
     for step in (60, 65, 70):
@@ -156,7 +137,7 @@ def test_outages_of_the_server_and_its_database(stack, tmp_path, monkeypatch, ca
     assert sorted(m.step for m in history) == [60, 65, 70]
 
     # -- C. close() during an outage: bounded, the spool is left for the next start --------
-    down = _watch("failed the request (HTTP 5")
+    down = LogSeen.watch("failed the request (HTTP 5")
     cluster.interrupt()
     queue.save(80, model)
     assert down.event.wait(timeout=120)

@@ -184,13 +184,7 @@ def test_the_conversion_stops_between_stages_when_interrupted():
 
 # -- over HTTP: `mlflow models serve` ----------------------------------------------------------
 
-TINY = {
-    "data": {"f0_extractor": "parselmouth", "sampling_rate": 44100, "block_size": 512, "duration": 0.5,
-             "encoder": "logmel", "encoder_out_channels": 128},
-    "model": {"type": "CombSubFast", "n_spk": 2},
-    "device": "cpu",
-    "train": {"interval_val": 10, "interval_force_save": 20},
-}  # fmt: skip
+from test_serving import TINY  # noqa: E402 - the same tiny servable model as the serving tests
 
 
 @pytest.fixture(scope="module")
