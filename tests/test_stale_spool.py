@@ -119,9 +119,9 @@ def test_the_spool_of_a_writer_nobody_replaced_is_still_committed(backend, model
 
 
 @pytest.mark.parametrize("tamper", ["spool.json step", "folder name", "global_step"])
-def test_a_spool_record_that_disagrees_with_its_checkpoint_is_set_aside_not_committed(embedded, model_name, monkeypatch, caplog, tamper):
-    store = RegistryStore(embedded.uri)
-    first = _queue(embedded, model_name)
+def test_a_spool_record_that_disagrees_with_its_checkpoint_is_set_aside_not_committed(backend, model_name, monkeypatch, caplog, tamper):
+    store = RegistryStore(backend.uri)
+    first = _queue(backend, model_name)
     first.save(10, _model(1)).result(timeout=scaled_timeout(120))
     _leave_in_spool(first, 20, _model(2), monkeypatch)
     first._lease.abandon()
@@ -148,7 +148,7 @@ def test_a_spool_record_that_disagrees_with_its_checkpoint_is_set_aside_not_comm
         doc["manifest_sha256"], doc["manifest_size"] = digest.sha256, digest.size
         (entry / "spool.json").write_text(json.dumps(doc))
     with caplog.at_level(logging.WARNING, logger="mlflow_ddsp"):
-        with _queue(embedded, model_name, takeover=True) as again:
+        with _queue(backend, model_name, takeover=True) as again:
             assert again.restore(_model(3)) == 10
     assert versions_by_step(store, model_name) == {10: "rolling"}
     assert not any(p.name.startswith("step-") for p in folder.iterdir())
