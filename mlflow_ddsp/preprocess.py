@@ -412,11 +412,16 @@ class _Extractor:
         }
 
     def run(self, root: Path, rel: str) -> _Result:
+        from .subnormals import flushed_subnormals
+
         path = root / AUDIO_DIR / rel
         try:
             identity = _file_identity(path)
             audio = load_audio(path, self.settings.sampling_rate)
-            arrays = self.features(audio, rel)
+            # f0 networks and the encoder compute with torch: on the CPU with subnormals flushed,
+            # as training and conversion do (mlflow_ddsp.subnormals).
+            with flushed_subnormals(self.settings.device == "cpu"):
+                arrays = self.features(audio, rel)
         except AudioError as exc:
             _remove_outputs(root, rel)  # stale features of a file that no longer reads
             return _Result(rel, "failed", str(exc))

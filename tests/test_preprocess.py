@@ -296,3 +296,21 @@ def test_fcpe_features(template, tmp_path):
         ref = parselmouth.extract(load_audio(root / "val" / "audio" / rel, SR)).f0
         assert ours.shape == ref.shape
         assert np.median(np.abs(1200 * np.log2(ours / ref))) < 20  # two trackers agree on clean singing
+
+
+def test_features_are_extracted_with_subnormals_flushed_on_every_compute_thread(data, config, monkeypatch):
+    """f0 networks and content encoders compute with torch: on the CPU, flushed as training and conversion are."""
+    from mlflow_ddsp import preprocess as preprocess_module
+    from mlflow_ddsp.subnormals import subnormals_flushed
+
+    seen = []
+    real = preprocess_module._Extractor.features
+
+    def recording(self, *args, **kwargs):
+        seen.append(subnormals_flushed())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(preprocess_module._Extractor, "features", recording)
+    assert preprocess(load_config(config), workers=1, progress=False).ok
+    assert seen and all(seen), seen
+    assert not subnormals_flushed(), "the calling thread's mode is restored after"
