@@ -119,6 +119,6 @@ def test_preprocess_off_a_terminal_logs_progress_lines(tmp_path, monkeypatch, ca
                         "model": {"n_spk": 1}, "device": "cpu"})  # fmt: skip
     with caplog.at_level(logging.INFO, "mlflow_ddsp.progress"):
         preprocess(cfg, workers=1, progress=True)
-    assert [line.split(",")[0] for line in progress_lines(caplog)] == [
-        f"preprocess: file {n}/4 ({25 * n}%)" for n in (1, 2, 3, 4)
+    assert [line.split(",")[0] for line in progress_lines(caplog)] == [  # the band check first, then the features
+        f"{what}: file {n}/4 ({25 * n}%)" for what in ("band check", "preprocess") for n in (1, 2, 3, 4)
     ]
