@@ -129,8 +129,12 @@ def test_bad_or_missing_credentials_fail_at_start_in_one_line(auth_server, tmp_p
     else:
         user = ADMIN if credentials == "wrong-password" else "nobody"
         auth_server.login(monkeypatch, user, "not-the-password")
-    # No data at all: had training loaded data first, it would fail otherwise.
-    config = tiny_config(tmp_path / "no-such-data", tmp_path / "tiny.yaml", model_name)
+    # Unreadable data: had training loaded data first, it would fail otherwise.
+    data = tmp_path / "unreadable-data"  # recordings listed, none readable: loading them would fail
+    for split in ("train", "val"):
+        (data / split / "audio").mkdir(parents=True)
+        (data / split / "audio" / "a.wav").write_bytes(b"not audio")
+    config = tiny_config(data, tmp_path / "tiny.yaml", model_name)
     result = cli(auth_server.uri, "train", "-c", str(config))
     assert_one_line_error(result, "HTTP 401", "MLFLOW_TRACKING_USERNAME")
     assert ("without credentials" in result.output) == (credentials == "none")

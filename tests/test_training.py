@@ -264,8 +264,12 @@ def test_mlflow_run_train_entry_point(demo_data, tmp_path, model_name):
 def test_a_second_writer_is_refused_before_data_loading_and_leaves_no_run(embedded, tmp_path, model_name):
     from mlflow_ddsp.checkpoint.lease import WriterLease
 
-    # No data at all: had the trainer loaded data or created a run first, it would fail otherwise.
-    config = tiny_config(tmp_path / "no-such-data", tmp_path / "tiny.yaml", model_name)
+    # Unreadable data: had the trainer loaded data or created a run first, it would fail otherwise.
+    data = tmp_path / "unreadable-data"  # recordings listed, none readable: loading them would fail
+    for split in ("train", "val"):
+        (data / split / "audio").mkdir(parents=True)
+        (data / split / "audio" / "a.wav").write_bytes(b"not audio")
+    config = tiny_config(data, tmp_path / "tiny.yaml", model_name)
     store = RegistryStore(embedded.uri)
     lease = WriterLease(store, model_name).acquire()
     try:

@@ -216,6 +216,14 @@ def _server_error_status(exc: BaseException) -> int | None:
     return None
 
 
+def _unique_key_collision(exc: BaseException) -> bool:
+    """Two writers inserted the same tag or alias row at once (MLflow's SQL store keeps only text):
+    SQLite says ``(sqlite3.IntegrityError) UNIQUE constraint failed``, PostgreSQL
+    ``(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint``."""
+    text = str(exc)
+    return "IntegrityError" in text or "UniqueViolation" in text or "duplicate key value violates unique" in text
+
+
 class RunRecord(NamedTuple):
     """What deciding to continue a run needs: its place, status and tags (MLflow's strings)."""
 
@@ -535,7 +543,7 @@ class RegistryStore:
                 self.client.set_registered_model_tag(name, key, value)
                 return
             except MlflowException as exc:
-                if "IntegrityError" not in str(exc) or attempt == 2:
+                if not _unique_key_collision(exc) or attempt == 2:
                     with self._calling(f"tag registered model {name!r}", needs=("EDIT", f"registered model {name!r}")):
                         raise
 
@@ -648,7 +656,7 @@ class RegistryStore:
                 self.client.set_registered_model_alias(name, alias, str(version))
                 return
             except MlflowException as exc:
-                if "IntegrityError" not in str(exc) or attempt == 2:
+                if not _unique_key_collision(exc) or attempt == 2:
                     with self._calling(f"point alias {name}@{alias} at v{version}", needs=("EDIT", f"registered model {name!r}")):
                         raise
 
