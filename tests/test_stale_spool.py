@@ -55,15 +55,21 @@ def _leave_in_spool(queue: CheckpointQueue, step: int, model, monkeypatch) -> No
     monkeypatch.delenv(FAIL_ENV)
 
 
+def _writer_that_died_with_step_20_in_its_spool(backend, name, monkeypatch) -> CheckpointQueue:
+    """A queue that committed step 10, left step 20 in its spool, then "died": its lease left
+    behind (stale at once for this machine) and nothing more done by it. Returns it (for its spool)."""
+    first = _queue(backend, name)
+    first.save(10, _model(1)).result(timeout=scaled_timeout(120))
+    _leave_in_spool(first, 20, _model(2), monkeypatch)
+    first._lease.abandon()
+    first._closed = True
+    return first
+
+
 @pytest.mark.stack("postgres")  # which version is newest is the database's answer
 def test_a_dead_writers_spool_never_replaces_what_another_machine_committed_since(backend, model_name, tmp_path, monkeypatch, caplog):
     store = RegistryStore(backend.uri)
-    first = _queue(backend, model_name)
-    first.save(10, _model(1)).result(timeout=scaled_timeout(120))
-    _leave_in_spool(first, 20, _model(2), monkeypatch)
-    folder = first.spool.folder
-    first._lease.abandon()  # the process dies here: its lease is left, stale at once for this machine
-    first._closed = True
+    folder = _writer_that_died_with_step_20_in_its_spool(backend, model_name, monkeypatch).spool.folder
     assert _entries(folder) == ["step-000000000020"]
 
     # Another machine (its own spool) resumes from step 10 and trains on to step 30.
@@ -108,11 +114,7 @@ def test_a_fenced_writer_sets_its_spool_aside_and_the_next_start_keeps_the_new_w
 def test_the_spool_of_a_writer_nobody_replaced_is_still_committed(backend, model_name, monkeypatch):
     """The normal recovery holds: a dead writer's newest save is the lineage's newest."""
     store = RegistryStore(backend.uri)
-    first = _queue(backend, model_name)
-    first.save(10, _model(1)).result(timeout=scaled_timeout(120))
-    _leave_in_spool(first, 20, _model(2), monkeypatch)
-    first._lease.abandon()
-    first._closed = True
+    _writer_that_died_with_step_20_in_its_spool(backend, model_name, monkeypatch)
     with _queue(backend, model_name, takeover=True) as again:  # this process plays the next one
         assert again.restore(_model(3)) == 20
     assert versions_by_step(store, model_name) == {20: "rolling"}
@@ -121,12 +123,7 @@ def test_the_spool_of_a_writer_nobody_replaced_is_still_committed(backend, model
 @pytest.mark.parametrize("tamper", ["spool.json step", "folder name", "global_step"])
 def test_a_spool_record_that_disagrees_with_its_checkpoint_is_set_aside_not_committed(backend, model_name, monkeypatch, caplog, tamper):
     store = RegistryStore(backend.uri)
-    first = _queue(backend, model_name)
-    first.save(10, _model(1)).result(timeout=scaled_timeout(120))
-    _leave_in_spool(first, 20, _model(2), monkeypatch)
-    first._lease.abandon()
-    first._closed = True
-    folder = first.spool.folder
+    folder = _writer_that_died_with_step_20_in_its_spool(backend, model_name, monkeypatch).spool.folder
     entry = folder / "step-000000000020"
     if tamper == "spool.json step":
         doc = json.loads((entry / "spool.json").read_text())

@@ -66,13 +66,9 @@ def test_disabled_changes_nothing():
         assert subnormals_flushed() == before
 
 
-@x86_linux
-def test_cpu_training_runs_with_subnormals_flushed_on_every_thread_and_restores_after(
-    demo_data, embedded, tmp_path, model_name, monkeypatch
-):
-    from conftest import tiny_config
+def _record_loop_threads(monkeypatch) -> list[tuple[int, bool]]:
+    """(torch threads, flushing on every one) as each training loop starts: the list it fills."""
     from mlflow_ddsp.training.loop import TrainLoop
-    from mlflow_ddsp.training.session import intra_op_threads, train
 
     seen = []
     run = TrainLoop.run
@@ -82,6 +78,17 @@ def test_cpu_training_runs_with_subnormals_flushed_on_every_thread_and_restores_
         return run(self, *args, **kwargs)
 
     monkeypatch.setattr(TrainLoop, "run", recording_run)
+    return seen
+
+
+@x86_linux
+def test_cpu_training_runs_with_subnormals_flushed_on_every_thread_and_restores_after(
+    demo_data, embedded, tmp_path, model_name, monkeypatch
+):
+    from conftest import tiny_config
+    from mlflow_ddsp.training.session import intra_op_threads, train
+
+    seen = _record_loop_threads(monkeypatch)
     config = tiny_config(demo_data, tmp_path / "c.yaml", model_name, max_steps=2, interval_val=2, num_threads=2)
     with intra_op_threads(2):
         torch.full((1 << 20,), 1.0).mul_(2)  # this process's second OpenMP worker exists before training starts
@@ -238,17 +245,9 @@ def test_every_stage_of_a_cpu_conversion_flushes_on_every_compute_thread_of_any_
 def test_a_training_step_on_a_fresh_thread_flushes_on_every_compute_thread(demo_data, embedded, tmp_path, model_name,
                                                                            monkeypatch):  # fmt: skip
     from conftest import tiny_config
-    from mlflow_ddsp.training.loop import TrainLoop
     from mlflow_ddsp.training.session import train
 
-    seen = []
-    run = TrainLoop.run
-
-    def recording_run(self, *args, **kwargs):
-        seen.append((torch.get_num_threads(), subnormals_flushed()))
-        return run(self, *args, **kwargs)
-
-    monkeypatch.setattr(TrainLoop, "run", recording_run)
+    seen = _record_loop_threads(monkeypatch)
     config = tiny_config(demo_data, tmp_path / "c.yaml", model_name, max_steps=1, interval_val=1, num_threads=2)
 
     def training():

@@ -216,6 +216,12 @@ def _server_error_status(exc: BaseException) -> int | None:
     return None
 
 
+def _named_by(version: CheckpointVersion, exc: CheckpointNotFoundError) -> CheckpointNotFoundError:
+    """``exc``'s message, starting with the version's label (once)."""
+    message = str(exc)
+    return CheckpointNotFoundError(message if message.startswith(version.label) else f"{version.label}: {message}")
+
+
 def _unique_key_collision(exc: BaseException) -> bool:
     """Two writers inserted the same tag or alias row at once (MLflow's SQL store keeps only text):
     SQLite says ``(sqlite3.IntegrityError) UNIQUE constraint failed``, PostgreSQL
@@ -975,8 +981,7 @@ class RegistryStore:
             listed = self.list_sizes(files)
             manifest = self.read_manifest(files, dst, listed)
         except CheckpointNotFoundError as exc:
-            message = str(exc)
-            raise CheckpointNotFoundError(message if message.startswith(version.label) else f"{version.label}: {message}") from exc
+            raise _named_by(version, exc) from exc
         digest = sha256_file(Path(dst) / MANIFEST_FILE)
         expected = version.manifest_sha256 or files.tags.get(T.MANIFEST_SHA256)
         if digest.sha256 != expected:
@@ -1005,8 +1010,7 @@ class RegistryStore:
         try:
             return self._fetch_verified(version, dst)
         except CheckpointNotFoundError as exc:
-            message = str(exc)
-            raise CheckpointNotFoundError(message if message.startswith(version.label) else f"{version.label}: {message}") from exc
+            raise _named_by(version, exc) from exc
 
     def _fetch_verified(self, version: CheckpointVersion, dst: str | os.PathLike) -> Manifest:
         from .files import sha256_file, verify_files
