@@ -34,9 +34,19 @@ Re-running is cheap. ``<root>/.mlflow_ddsp_preprocess.json`` records, for every
 finished recording, its size, mtime and sha256, the byte sizes of its three
 outputs, and (once for the folder) a digest of every setting that shapes the
 features (for mel models also the vocoder's config.json, ``use_pitch_aug`` and
-``train.seed``). A recording is skipped when that digest is unchanged, its size and
+``train.seed``). Beside it, ``dependencies`` lists the weight files that made the
+features (:func:`mlflow_ddsp.weights.feature_weight_files`: the content encoder, role
+``encoder``; the f0 network, role ``f0``, for rmvpe/fcpe/crepe), each with its role,
+sha256, size, path and mtime, and ``content_digest`` is the settings' digest with
+those sha256 in place of the files' paths (:meth:`FeatureSettings.content_digest`).
+Each file is hashed once per run, and not at all when its path, size and mtime are
+the recorded ones. A recording is skipped when the content digest is unchanged, its size and
 mtime match (or, after a ``touch``/copy, its sha256 does) and its three outputs
-exist with the recorded sizes. Changing a feature setting recomputes everything.
+exist with the recorded sizes. Changing a feature setting, or a weight file's bytes,
+recomputes everything; touching or moving a weight file recomputes nothing. A manifest
+written before the digests were recorded is taken as it was (its settings digest, with the
+weight files' size and mtime, decides) and gets the digests of the current files.
+Training checks them (:func:`mlflow_ddsp.training.data.check_recordings`).
 Each ``.npy`` is written to a temporary name and renamed into place, and a
 recording enters the manifest only after all its outputs are in place, so a crash never
 leaves output that passes for finished; stale outputs of a recording are removed
@@ -89,6 +99,7 @@ from mlflow_ddsp.corpus import (
 from mlflow_ddsp.crops import check_crops
 from mlflow_ddsp.errors import AudioError, ConfigError, MlflowDdspError, one_line
 from mlflow_ddsp.vocoder.fit import MEL_BINS
+from .weights import Dependency, feature_dependencies, sha256_of
 
 __all__ = [
     "FEATURE_FORMAT",
@@ -103,6 +114,8 @@ __all__ = [
     "default_workers",
     "failed_recordings",
     "preprocess",
+    "record_dependency",
+    "recorded_dependencies",
 ]
 
 log = logging.getLogger(__name__)
@@ -129,8 +142,9 @@ _DEFAULT_MAX_WORKERS = 4  # beyond this the encoder's own threads already use th
 class FeatureSettings:
     """Everything that decides the bytes preprocess writes (and nothing else).
 
-    ``encoder_ckpt_stat`` is ``(size, mtime_ns)`` of the checkpoint file, so that
-    replacing the weights in place recomputes the units. ``device`` is where the
+    ``encoder_ckpt_stat`` is ``(size, mtime_ns)`` of the checkpoint file: the fast key
+    (:meth:`digest`) of manifests written before weight files were recorded by sha256
+    (:meth:`content_digest` is the key now). ``device`` is where the
     encoder runs; it is left out of the digest (CPU/GPU differ only in rounding).
     """
 
@@ -213,7 +227,18 @@ class FeatureSettings:
         return out
 
     def digest(self) -> str:
+        """The fast cache key: :meth:`describe`, weight files by path, size and mtime."""
         return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()
+
+    def content_digest(self, dependencies: list[Dependency]) -> str:
+        """The cache key by content: :meth:`describe` with each weight file's sha256 (by role)
+        in place of its path, size and mtime. A touched or moved file of the same bytes keeps it;
+        another file of the same architecture changes it."""
+        out = self.describe()
+        for key in ("encoder_ckpt", "encoder_ckpt_stat", "f0_ckpt", "f0_ckpt_stat"):
+            out.pop(key, None)
+        out["dependencies"] = {d.role: d.sha256 for d in dependencies}
+        return hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()
 
 
 def _file_and_stat(path_text: str | None) -> tuple[str | None, tuple[int, int] | None]:
@@ -300,11 +325,7 @@ class _Result:
 def _file_identity(path: Path) -> dict[str, Any]:
     """``size``, ``mtime_ns`` (stat taken before reading) and ``sha256`` of a file."""
     st = path.stat()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_of(path)}
 
 
 def _save_npy(path: Path, array: np.ndarray) -> int:
@@ -470,14 +491,83 @@ def _work(root: str, rel: str) -> _Result:
 # -- the manifest -------------------------------------------------------------
 
 
-class _Manifest:
-    """``<root>/.mlflow_ddsp_preprocess.json``: which recordings are finished, for which settings."""
+def _read_manifest(root: Path) -> dict[str, Any] | None:
+    """The manifest of ``root`` as written, None when missing, unreadable or of another version."""
+    try:
+        data = json.loads((root / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("version") == _MANIFEST_VERSION else None
 
-    def __init__(self, root: Path, settings: FeatureSettings) -> None:
+
+def _dependencies_of(data: dict[str, Any] | None) -> list[Dependency] | None:
+    """The weight files a manifest records; None when it records none (written before they were)."""
+    listed = data.get("dependencies") if data is not None else None
+    if not isinstance(listed, list) or not isinstance(data.get("content_digest"), str):
+        return None
+    found = [Dependency.from_dict(item) for item in listed]
+    return None if any(d is None for d in found) else found
+
+
+def recorded_dependencies(root: str | os.PathLike) -> list[Dependency] | None:
+    """The weight files (:class:`~mlflow_ddsp.weights.Dependency`, one per role) that made the
+    features under ``root``, as its preprocess manifest records them.
+
+    Returns:
+        The list (empty when the features need no file: ``logmel`` and parselmouth), or None
+        when nothing is recorded: no readable manifest, or one written before digests were
+        recorded (re-running preprocess records them without recomputing unchanged features).
+    """
+    return _dependencies_of(_read_manifest(Path(root)))
+
+
+def record_dependency(root: str | os.PathLike, dependency: Dependency) -> bool:
+    """Record where ``dependency``'s file is now (path, size, mtime) in ``root``'s manifest, when
+    the manifest records the same role with the same sha256, so later checks need not hash it.
+
+    Skipped (False) while a preprocess holds the folder (it writes the manifest itself), or
+    when the manifest records another file for the role. The write is atomic.
+    """
+    root = Path(root)
+    try:
+        with _folder_lock(root):
+            data = _read_manifest(root)
+            recorded = _dependencies_of(data)
+            if data is None or recorded is None:
+                return False
+            if not any(d.role == dependency.role and d.sha256 == dependency.sha256 for d in recorded):
+                return False
+            data["dependencies"] = [dependency.to_dict() if d.role == dependency.role else d.to_dict() for d in recorded]
+            _write_json(root / MANIFEST_NAME, data)
+            return True
+    except (MlflowDdspError, OSError):
+        return False  # another preprocess works on it, or the folder is read-only: hash again next time
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + _TMP_SUFFIX)
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+class _Manifest:
+    """``<root>/.mlflow_ddsp_preprocess.json``: which recordings are finished, for which settings
+    and weight files.
+
+    The folder's features stand when the manifest's ``content_digest`` (the settings with the
+    sha256 of each weight file, :meth:`FeatureSettings.content_digest`) is the current one. A
+    manifest written before digests were recorded (no ``content_digest``) stands when its
+    ``settings_digest`` (weight files by path, size and mtime) is the current one; it then
+    records the current files' digests.
+    """
+
+    def __init__(self, root: Path, settings: FeatureSettings, dependencies: list[Dependency]) -> None:
         self.root = root
         self.path = root / MANIFEST_NAME
         self.settings = settings
         self.digest = settings.digest()
+        self.dependencies = list(dependencies)
+        self.content_digest = settings.content_digest(self.dependencies)
         self.files: dict[str, dict[str, Any]] = {}
         self.failed: dict[str, str] = {}  # rel -> the one-line reason the last run gave
         self.settings_changed = False
@@ -492,10 +582,17 @@ class _Manifest:
         if not isinstance(data, dict) or data.get("version") != _MANIFEST_VERSION:
             self.dirty = True
             return
-        if data.get("settings_digest") != self.digest:
+        recorded = _dependencies_of(data)
+        if recorded is not None:
+            same = data.get("content_digest") == self.content_digest
+        else:  # written before the digests were: the fast key decides, once
+            same = data.get("settings_digest") == self.digest
+        if not same:
             self.settings_changed = True
             self.dirty = True
             return
+        if recorded != self.dependencies or data.get("settings_digest") != self.digest:
+            self.dirty = True  # the same bytes, touched or moved (or not recorded yet): record them as they are
         files = data.get("files")
         self.files = files if isinstance(files, dict) else {}
         failed = data.get("failed")
@@ -556,12 +653,12 @@ class _Manifest:
             "version": _MANIFEST_VERSION,
             "settings": self.settings.describe(),
             "settings_digest": self.digest,
+            "dependencies": [d.to_dict() for d in self.dependencies],
+            "content_digest": self.content_digest,
             "files": dict(sorted(self.files.items())),
             "failed": dict(sorted(self.failed.items())),
         }
-        tmp = self.path.with_name(self.path.name + _TMP_SUFFIX)
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        _write_json(self.path, data)
         self.dirty = False
 
 
@@ -877,8 +974,8 @@ def preprocess(
 
     Raises:
         ConfigError: a missing ``audio/`` folder, an unusable f0 extractor or
-            encoder setting (named by its key), ``workers < 1``, or (mel models) a
-            vocoder config.json that is missing or does not fit ``data.*``.
+            encoder setting (named by its key), an unreadable weight file, ``workers < 1``,
+            or (mel models) a vocoder config.json that is missing or does not fit ``data.*``.
         AudioError: ``strict`` and some recordings cannot fill the model's band (one line
             naming the first few and the file listing all).
         MlflowDdspError: another preprocess holds the folder's lock.
@@ -896,13 +993,16 @@ def preprocess(
     with contextlib.ExitStack() as stack:
         for _, root in splits:
             stack.enter_context(_folder_lock(root))
+        # Each weight file hashed once per run, and not at all when a manifest records it at its size and mtime.
+        known = [d for _, root in splits for d in (recorded_dependencies(root) or ())]
+        dependencies = feature_dependencies(cfg, known=known, progress=progress)
         reports: dict[Path, SplitReport] = {}
         manifests: dict[Path, _Manifest] = {}
         tasks: list[tuple[Path, str]] = []
         split_rels: dict[Path, list[str]] = {}
         for name, root in splits:
             _remove_temp_files(root)
-            manifest = _Manifest(root, settings)
+            manifest = _Manifest(root, settings, dependencies)
             rels = list_audio(root, cfg.data.extensions)
             split_rels[root] = rels
             manifest.prune(set(rels))

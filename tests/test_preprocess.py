@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -272,6 +273,14 @@ def test_rmvpe_reads_data_f0_ckpt_and_replacing_it_recomputes(template, tmp_path
     write_weights(1)  # new weights in place: the f0 changes, so everything is recomputed
     again = preprocess(load_config(config), workers=1, progress=False)
     assert all(s.settings_changed for s in again.splits)
+    # The manifest names the f0 network by its bytes (role f0; logmel needs no encoder file) ...
+    recorded = json.loads((root / "val" / MANIFEST_NAME).read_text())["dependencies"]
+    assert [(d["role"], d["sha256"]) for d in recorded] == [("f0", hashlib.sha256(ckpt.read_bytes()).hexdigest())]
+    # ... so a touched file of the same bytes recomputes nothing (its size and mtime were the key before).
+    st = ckpt.stat()
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    touched = preprocess(load_config(config), workers=1, progress=False)
+    assert all(not s.processed and not s.settings_changed for s in touched.splits)
 
     ckpt.unlink()
     result = CliRunner().invoke(main, ["preprocess", "-c", str(config)])

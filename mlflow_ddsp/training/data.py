@@ -57,9 +57,11 @@ from ..config import Config
 from ..corpus import AUDIO_DIR, FEATURE_KINDS, MEL_FEATURE_KINDS, feature_path, list_audio, speaker_id
 from ..crops import check_crops
 from ..errors import AudioError, ConfigError
-from ..preprocess import failed_recordings
+from ..preprocess import failed_recordings, record_dependency, recorded_dependencies
+from ..weights import Dependency, feature_weight_files, file_dependency
 
-__all__ = ["AudioDataset", "EpochSampler", "check_recordings", "make_loaders"]
+__all__ = ["AudioDataset", "EpochSampler", "FeatureProvenance", "check_feature_provenance", "check_recordings",
+           "make_loaders"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +73,141 @@ def _no_recordings(root: Path, extensions) -> ConfigError:
     )
 
 
-def check_recordings(cfg: Config) -> None:
-    """Refuse a config whose ``data.train_path`` or ``data.valid_path`` holds no recording.
+def check_recordings(cfg: Config) -> FeatureProvenance:
+    """Refuse a config whose ``data.train_path`` or ``data.valid_path`` holds no recording, or
+    whose features were made by other weight files than the ones it names
+    (:func:`check_feature_provenance`).
 
-    Cheap (a folder listing): training calls it before it creates a run or a registered
-    model, so this common mistake leaves nothing behind (issue 23, point 8).
+    Cheap (a folder listing, a stat of each weight file; a file is hashed only when its size or
+    mtime is not the one preprocess recorded): training calls it before it creates a run or a
+    registered model, so these mistakes leave nothing behind (issue 23, point 8; issue 21, point 2).
+
+    Returns:
+        The weight files that made the features (:class:`FeatureProvenance`).
 
     Raises:
-        ConfigError: the same one line the dataset would raise, with the absolute folder.
+        ConfigError: the same one line the dataset would raise, with the absolute folder; or the
+            one line of :func:`check_feature_provenance`.
     """
     for root in (cfg.data.train_path, cfg.data.valid_path):
         if not list_audio(root, cfg.data.extensions):
             raise _no_recordings(Path(root), cfg.data.extensions)
+    return check_feature_provenance(cfg)
+
+
+@dataclass(frozen=True)
+class FeatureProvenance:
+    """The weight files that made the training features, checked against the config's.
+
+    Attributes:
+        dependencies: one :class:`~mlflow_ddsp.weights.Dependency` per role the config names a
+            file for (``encoder``, then ``f0``), whose sha256 preprocess recorded for every
+            folder; ``path``, ``size`` and ``mtime_ns`` are the file's where the config names it
+            (the recorded ones when it is not there). Roles of folders that record nothing are
+            left out.
+        unchecked: the folders whose features record no digest (preprocessed before digests
+            were recorded, or by upstream's preprocess): nothing could be checked for them.
+    """
+
+    dependencies: tuple[Dependency, ...] = ()
+    unchecked: tuple[str, ...] = ()
+
+    @property
+    def checked(self) -> bool:
+        """True when every folder recorded the files that made its features."""
+        return not self.unchecked
+
+    def get(self, role: str) -> Dependency | None:
+        """The dependency of ``role`` (``encoder``, ``f0``), None when there is none."""
+        return next((d for d in self.dependencies if d.role == role), None)
+
+
+def _feature_roots(cfg: Config) -> list[Path]:
+    """``data.train_path`` and ``data.valid_path`` as absolute folders, a folder named twice once."""
+    roots: list[Path] = []
+    for value in (cfg.data.train_path, cfg.data.valid_path):
+        root = Path(value).expanduser().absolute()
+        if all(root.resolve() != r.resolve() for r in roots):
+            roots.append(root)
+    return roots
+
+
+_REDO = "run `mlflow-ddsp preprocess -c CONFIG`"
+
+
+def check_feature_provenance(cfg: Config, *, progress: bool = True) -> FeatureProvenance:
+    """Check that the features under ``data.train_path``/``data.valid_path`` were made by the
+    weight files ``cfg`` names (:func:`mlflow_ddsp.weights.feature_weight_files`), by sha256.
+
+    Each file is hashed at most once, and not at all when its path, size and mtime are those
+    preprocess recorded (a touched file of the same bytes is hashed once and its new mtime
+    recorded, so the next start does not hash it). Roles a folder records but the config names
+    no file for are not checked. Logs one warning line for folders that record nothing
+    (features from before the digests were recorded: they keep working), and one per file the
+    config names that is not on this machine (the recorded digest is kept, unchecked).
+
+    Args:
+        progress: show a progress bar while hashing a large file (see :func:`mlflow_ddsp.weights.sha256_of`).
+
+    Raises:
+        ConfigError: one line naming the key and role, the folder, both paths and both digests
+            (first 12 hex digits), and the command that remakes the features: a folder's features
+            were made by another file than the config names, or without one.
+    """
+    needed = feature_weight_files(cfg)
+    recorded = {root: recorded_dependencies(root) for root in _feature_roots(cfg)}
+    unchecked = tuple(str(root) for root, deps in recorded.items() if deps is None)
+    checkable = {root: deps for root, deps in recorded.items() if deps is not None}
+    known = [d for deps in checkable.values() for d in deps]
+    found: list[Dependency] = []
+    for role, key, path in needed:
+        if not checkable:
+            break  # nothing recorded to compare with: not even hashed
+        current = None
+        try:
+            current = file_dependency(role, path, known=known, progress=progress)
+        except OSError as exc:
+            missing = f"{path} ({exc.strerror or exc})"
+        for root, deps in checkable.items():
+            made_by = next((d for d in deps if d.role == role), None)
+            if made_by is None:
+                named = f"{current.path} (sha256 {current.short})" if current is not None else str(path)
+                raise ConfigError(
+                    f"{key}: the features in {root} were made without an {role} "
+                    f"weight file, not with {named} that the config names (data.encoder: {cfg.data.encoder}, "
+                    f"data.f0_extractor: {cfg.data.f0_extractor}); {_REDO} to remake them with it"
+                )
+            if current is None:
+                continue
+            if made_by.sha256 != current.sha256:
+                if made_by.path == current.path:
+                    what = (f"the {role} file {current.path} when it held sha256 {made_by.short}; it now holds "
+                            f"sha256 {current.short}")  # fmt: skip
+                else:
+                    what = (f"the {role} file {made_by.path or '(path not recorded)'} (sha256 {made_by.short}), not "
+                            f"by {current.path} (sha256 {current.short}) that the config names")  # fmt: skip
+                raise ConfigError(
+                    f"{key}: the features in {root} were made by {what}; {_REDO} to remake them with it, "
+                    f"or set {key} to the file that made them"
+                )
+            if made_by != current:  # the same bytes, touched or moved: record them where they are now
+                record_dependency(root, current)
+        if current is not None:
+            found.append(current)
+        else:
+            first = next(d for d in next(iter(checkable.values())) if d.role == role)
+            found.append(first)
+            log.warning(
+                "%s: %s is not on this machine: the features in %s (made by the %s file of sha256 %s) could not be "
+                "checked against it", key, missing, ", ".join(str(r) for r in checkable), role, first.short,
+            )  # fmt: skip
+    if unchecked and needed:
+        log.warning(
+            "the features in %s record no digest of the weight files that made them (%s): they could not be "
+            "checked against the config's; %s to record them (unchanged features are not recomputed)",
+            ", ".join(unchecked), ", ".join(sorted({key for _, key, _ in needed})), _REDO,
+        )  # fmt: skip
+    return FeatureProvenance(tuple(found), unchecked)
 
 
 @dataclass
