@@ -47,11 +47,11 @@ from typing import Callable
 import torch
 
 from mlflow_ddsp import CheckpointQueue
-from mlflow_ddsp.local_server import LocalServer
+from mlflow_ddsp.testing.server import LocalServer
 from mlflow_ddsp.loss import RandomScaleSpectralLoss
 from mlflow_ddsp.models import build_model
 from mlflow_ddsp.subnormals import flushed_subnormals
-from mlflow_ddsp.tracking import ensure_experiment, prepare_store
+from mlflow_ddsp.store.location import ensure_experiment, prepare_store
 
 SAMPLING_RATE = 44100
 BLOCK = 512

@@ -72,12 +72,12 @@ from mlflow_ddsp.features.encoders.fairseq_hubert import FairseqHubert, FairseqH
 from mlflow_ddsp.features.encoders.logmel import LogMel
 from mlflow_ddsp.audio import resample
 from mlflow_ddsp.inference import VoiceConverter
-from mlflow_ddsp.local_server import LocalModelServer
+from mlflow_ddsp.testing.server import LocalModelServer
 from mlflow_ddsp.models import build_model_from_config
 from mlflow_ddsp.serving.model_files import pyfunc_files
 from mlflow_ddsp.serving.payload import wav_base64
 from mlflow_ddsp.subnormals import flushed_subnormals
-from mlflow_ddsp.tracking import prepare_store
+from mlflow_ddsp.store.location import prepare_store
 
 SAMPLING_RATE = 44100
 #: Real-time factors of a 10 s clip in the README's "Measured" (idle 2-core Intel Xeon; an AMD EPYC is within 2x).

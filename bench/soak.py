@@ -55,7 +55,7 @@ import torch
 
 from mlflow_ddsp.checkpoint import DEFAULT_ALIAS, CheckpointQueue, RegistryStore, RetentionPolicy
 from mlflow_ddsp.checkpoint.audit import audit_queue
-from mlflow_ddsp.local_server import LocalServer
+from mlflow_ddsp.testing.server import LocalServer
 
 BUCKET = "mlflow-ddsp-soak"
 RSS_EVERY = 10  # cycles between RSS samples
@@ -563,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     backends = list(dict.fromkeys(args.backends))
     if "postgres" in backends:
-        from mlflow_ddsp.local_postgres import find_postgres_bin
+        from mlflow_ddsp.testing.postgres import find_postgres_bin
 
         if find_postgres_bin() is None:
             print("postgres backend skipped: PostgreSQL is not installed (Debian: apt-get install postgresql)")
@@ -581,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlflow-ddsp-soak-")))
             objects = None
             if args.artifacts == "s3":
-                from mlflow_ddsp.local_s3 import LocalObjectStore
+                from mlflow_ddsp.testing.s3 import LocalObjectStore
 
                 objects = stack.enter_context(LocalObjectStore(root / "seaweedfs"))
                 objects.create_bucket(BUCKET)
@@ -590,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     kwargs: dict = {}
                     database_bytes = None
                     if backend == "postgres":
-                        from mlflow_ddsp.local_postgres import LocalPostgres
+                        from mlflow_ddsp.testing.postgres import LocalPostgres
 
                         cluster = services.enter_context(LocalPostgres())
                         kwargs["backend_store_uri"] = cluster.create_database("mlflow")

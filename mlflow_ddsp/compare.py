@@ -20,9 +20,13 @@ from . import tags as T
 from .audio import load_audio, save_wav
 from .checkpoint import CheckpointReader
 from .config import parse_config
+from .destinations import check_output_dir
+from .device import resolve_device
 from .errors import ConfigError
+from .inference import VoiceConverter
 from .plots import spectrogram_image
-from .tracking import DEFAULT_EXPERIMENT
+from .serving.dependencies import resolve_dependencies, version_dependencies
+from .store.location import DEFAULT_EXPERIMENT
 
 __all__ = ["CompareResult", "compare_versions"]
 
@@ -76,10 +80,6 @@ def compare_versions(
         ConfigError: no versions given, or ``out_dir`` cannot be a writable folder.
         CheckpointNotFoundError: a version does not exist (named).
     """
-    from .destinations import check_output_dir
-    from .device import resolve_device
-    from .inference import VoiceConverter
-
     versions = list(dict.fromkeys(versions))  # each version once, in the order given
     if not versions:
         raise ConfigError("give at least one version to compare")
@@ -96,6 +96,9 @@ def compare_versions(
     for number in versions:  # convert everything first: a failure leaves no file behind
         restored = reader.fetch(number)  # verified; an explicit version is never substituted
         cfg = parse_config(yaml.safe_load(restored.config_yaml))
+        cfg = resolve_dependencies(reader.store, version_dependencies(reader.store, restored.version), cfg,
+                                   overrides={"vocoder": ("--vocoder-ckpt", vocoder_ckpt)},
+                                   label=restored.version.label)  # fmt: skip
         source = f"checkpoint {restored.version.label}"
         converter = VoiceConverter.from_checkpoint(restored.checkpoint, cfg, device=torch_device, source=source,
                                                    vocoder_ckpt=vocoder_ckpt)  # fmt: skip
@@ -114,7 +117,7 @@ def compare_versions(
     for number, audio in converted.items():
         result.outputs[number] = save_wav(out_dir / f"{clip.stem}_v{number}.wav", audio, rate)
     result.image = out_dir / f"{clip.stem}_compare.png"
-    import matplotlib.image
+    import matplotlib.image  # third-party, slow to import: loaded only when a comparison writes its image
 
     matplotlib.image.imsave(result.image, image)
     result.table_path = out_dir / f"{clip.stem}_compare.tsv"

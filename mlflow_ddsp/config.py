@@ -36,7 +36,11 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from .checkpoint.policy import RetentionPolicy
+from .device import DEVICE_CHOICES, check_device_syntax
 from .errors import ConfigError
+from .features.f0 import F0_EXTRACTORS
+from .names import BEST_ALIAS, validate_alias, validate_experiment_name, validate_model_name
 
 __all__ = [
     "Config",
@@ -402,8 +406,6 @@ def _check_ranges(cfg: Config) -> None:
             raise ConfigError(f"{key}={value!r} must be > 0")
 
     d, t, loss = cfg.data, cfg.train, cfg.loss
-    from .features.f0 import F0_EXTRACTORS
-
     if d.f0_extractor.lower() not in F0_EXTRACTORS:
         raise ConfigError(f"data.f0_extractor={d.f0_extractor!r} is not an f0 extractor; allowed: {', '.join(F0_EXTRACTORS)}")
     for key in ("sampling_rate", "block_size", "duration", "encoder_sample_rate", "encoder_hop_size",
@@ -440,8 +442,6 @@ def _check_ranges(cfg: Config) -> None:
         positive(f"loss.validation_fft_sizes[{i}]", size)
     if cfg.model.n_spk < 1:
         raise ConfigError(f"model.n_spk={cfg.model.n_spk} must be >= 1")
-    from .device import DEVICE_CHOICES, check_device_syntax
-
     try:
         check_device_syntax(cfg.device)
     except ConfigError:
@@ -457,9 +457,6 @@ def _check_ranges(cfg: Config) -> None:
     for i, size in enumerate(loss.validation_fft_sizes or []):
         if size > LIMITS["loss.fft_max"]:
             raise ConfigError(f"loss.validation_fft_sizes[{i}]={size!r} is too large (at most {LIMITS['loss.fft_max']:g})")
-
-    from .checkpoint.names import validate_alias, validate_experiment_name, validate_model_name
-    from .checkpoint.policy import BEST_ALIAS, RetentionPolicy
 
     RetentionPolicy(t.interval_val, t.interval_force_save, t.keep_last, t.best_metric, t.best_mode)
     validate_alias(cfg.mlflow.alias)

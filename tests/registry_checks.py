@@ -6,8 +6,9 @@ import logging
 import tempfile
 import threading
 
-from mlflow_ddsp.checkpoint import RegistryStore
-from mlflow_ddsp.tags import KIND_FORCE_SAVED, KIND_ROLLING
+from mlflow_ddsp.store import RegistryStore
+from mlflow_ddsp.tags import DEPENDENCY_EXPERIMENT, KIND_FORCE_SAVED, KIND_ROLLING
+from mlflow_ddsp.checkpoint.verify import fetch_verified
 
 
 def versions_by_step(store: RegistryStore, name: str) -> dict[int, str]:
@@ -31,7 +32,7 @@ def assert_invariants(store: RegistryStore, backend, name: str, alias: str = "ro
     versions = store.list_versions(name)
     for v in versions:
         with tempfile.TemporaryDirectory() as tmp:
-            store.fetch_verified(v, tmp)  # raises on any mismatch
+            fetch_verified(store, v, tmp)  # raises on any mismatch
     kinds = [v.kind for v in versions]
     assert kinds.count(KIND_ROLLING) <= max_rolling, kinds
     assert set(kinds) <= {KIND_ROLLING, KIND_FORCE_SAVED}
@@ -84,3 +85,13 @@ def acquire_at_once(leases) -> list:
     for t in threads:
         t.join(timeout=120)
     return outcomes
+
+
+def forget_dependencies(uri: str) -> None:
+    """Delete every stored dependency (bytes and record) of the store at ``uri``: a test that stored
+    some on a session server leaves nothing for a later test's ``gc`` to free and print."""
+    store = RegistryStore(uri)
+    experiment_id = store.find_experiment_id(DEPENDENCY_EXPERIMENT)
+    for model in store.find_logged_models([experiment_id] if experiment_id else []):
+        store.delete_bytes(store.get_files(model.model_id))
+        store.delete_record(model.model_id)

@@ -11,7 +11,8 @@ import yaml
 from click.testing import CliRunner
 
 from mlflow_ddsp import CheckpointQueue
-from mlflow_ddsp.checkpoint import CheckpointReader, RegistryStore
+from mlflow_ddsp.checkpoint import CheckpointReader
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.cli import main
 from mlflow_ddsp.config import parse_config
 from mlflow_ddsp.errors import ArchitectureMismatchError, ConfigError, StateDictMismatchError
@@ -26,6 +27,7 @@ from mlflow_ddsp.models import (
 )
 from mlflow_ddsp.serving.model_files import pyfunc_files
 from mlflow_ddsp.state_dict import SHOWN_PER_KIND, compare_state_dict, load_state_dict_checked
+from mlflow_ddsp.training.checkpoint_fit import check_resume_architecture
 
 from conftest import tiny_config
 
@@ -224,10 +226,10 @@ def test_training_checks_the_resume_point_before_anything_is_created(embedded, m
     register(embedded, f"{model_name}-base", BASE)
     mine = architecture(parse_config(changed(BASE, CHANGES["n_spk"][0])))
     reader = CheckpointReader(model_name, store=RegistryStore(embedded.uri))
-    reader.check_architecture(mine)  # nothing to resume: nothing to compare
+    check_resume_architecture(reader, mine)  # nothing to resume: nothing to compare
     with pytest.raises(ArchitectureMismatchError, match=rf"^checkpoint {model_name}-base v1 \(step 10\) was trained "
                        r"with model.n_spk=2; this config has model.n_spk=1: "):  # fmt: skip
-        reader.check_architecture(mine, source=f"models:/{model_name}-base/1")
-    reader.check_architecture(architecture(parse_config(BASE)), source=f"models:/{model_name}-base/1")
+        check_resume_architecture(reader, mine, source=f"models:/{model_name}-base/1")
+    check_resume_architecture(reader, architecture(parse_config(BASE)), source=f"models:/{model_name}-base/1")
     register(embedded, model_name, changed(BASE, CHANGES["n_spk"][0]))
-    reader.check_architecture(mine, source=f"models:/{model_name}-base/1")  # its own checkpoint comes first
+    check_resume_architecture(reader, mine, source=f"models:/{model_name}-base/1")  # its own checkpoint comes first

@@ -24,11 +24,12 @@ from click.testing import CliRunner
 
 from mlflow_ddsp import CheckpointQueue
 from mlflow_ddsp import tags as T
-from mlflow_ddsp.checkpoint import CheckpointReader, RegistryStore
+from mlflow_ddsp.checkpoint import CheckpointReader
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.checkpoint.lease import lease_model_name
 from mlflow_ddsp.cli import main
 from mlflow_ddsp.errors import NotAuthenticatedError, PermissionDeniedError
-from mlflow_ddsp.local_server import LocalServer
+from mlflow_ddsp.testing.server import LocalServer
 
 from conftest import tiny_config
 from registry_checks import versions_by_step
@@ -202,7 +203,7 @@ def test_a_reader_converts_with_infer_and_serves_a_version(auth_server, model_na
     import soundfile as sf
 
     from mlflow_ddsp.config import parse_config
-    from mlflow_ddsp.local_server import LocalModelServer
+    from mlflow_ddsp.testing.server import LocalModelServer
     from mlflow_ddsp.models import build_model_from_config
     from mlflow_ddsp.serving.model_files import pyfunc_files
 

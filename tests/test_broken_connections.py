@@ -24,9 +24,9 @@ import torch
 
 from mlflow_ddsp import CheckpointQueue, TrackingServerUnavailable
 from mlflow_ddsp import tags as T
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.errors import TrackingServerUnreachable
-from mlflow_ddsp.tracking import check_reachable
+from mlflow_ddsp.store.location import check_reachable
 from mlflow_ddsp.training.outbox import RunOutbox
 
 from registry_checks import LogSeen, versions_by_step

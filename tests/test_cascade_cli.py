@@ -36,7 +36,7 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.cli import main
 
 pytestmark = pytest.mark.slow
@@ -140,7 +140,7 @@ def test_upstream_config_preprocess_train_infer_and_serve(workspace, tmp_path, g
     assert compared.exit_code == 0, compared.output
     assert (tmp_path / "cmp" / f"{clip.stem}_v{version}.wav").is_file()
 
-    from mlflow_ddsp.local_server import LocalModelServer
+    from mlflow_ddsp.testing.server import LocalModelServer
 
     with LocalModelServer(f"models:/{name}/{version}", uri, tmp_path / "serve.log",
                           startup_timeout=scaled_timeout(180)) as server:

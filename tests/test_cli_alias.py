@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 
 from mlflow_ddsp import CheckpointQueue
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.cli import main
 
 from registry_checks import versions_by_step

@@ -12,9 +12,9 @@ import torch
 from click.testing import CliRunner
 
 from mlflow_ddsp import CheckpointQueue
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.cli import main
-from mlflow_ddsp.local_server import free_port
+from mlflow_ddsp.testing.server import free_port
 from mlflow_ddsp import tags as T
 
 CLI = Path(sys.executable).with_name("mlflow-ddsp")

@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 
 from conftest import scaled_timeout
-from mlflow_ddsp.local_server import LocalModelServer, free_port
+from mlflow_ddsp.testing.server import LocalModelServer, free_port
 from mlflow_ddsp.serving.client import budget_seconds, silence_cuts
 from mlflow_ddsp.serving.payload import PayloadError, RequestLimits, parse_rows, wav_base64
 

@@ -29,9 +29,10 @@ from pathlib import Path
 import pytest
 
 from mlflow_ddsp import CheckpointQueue
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.checkpoint.faults import CRASH_ENV, CRASH_POINTS
 from mlflow_ddsp.checkpoint.lease import lease_model_name
+from mlflow_ddsp.checkpoint.verify import fetch_verified
 
 import tiny_trainer
 from conftest import Backend, fresh_embedded, scaled_timeout
@@ -105,11 +106,11 @@ def check_crash_and_resume(
     if store.alias_version(name, "rolling") is not None:
         aliased = store.get_version(name, store.alias_version(name, "rolling"))
         with tempfile.TemporaryDirectory() as tmp:
-            store.fetch_verified(aliased, tmp)
+            fetch_verified(store, aliased, tmp)
     for v in store.list_versions(name):
         if v.kind == "force_saved" or v.step in protected:
             with tempfile.TemporaryDirectory() as tmp:
-                store.fetch_verified(v, tmp)
+                fetch_verified(store, v, tmp)
     assert store.registered_model_exists(lease_model_name(name)), "the dead writer's lease is left behind"
 
     # The next start takes over the dead process's lease and reconciles.

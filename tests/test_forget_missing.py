@@ -17,9 +17,9 @@ import torch
 from click.testing import CliRunner
 
 from mlflow_ddsp import CheckpointQueue
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.checkpoint.policy import RetentionPolicy
-from mlflow_ddsp.checkpoint.records import Integrity
+from mlflow_ddsp.store.records import Integrity
 from mlflow_ddsp.checkpoint.retention import RegistrySnapshot, plan_retention
 from mlflow_ddsp.cli import main
 

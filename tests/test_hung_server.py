@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from mlflow_ddsp import CheckpointQueue
-from mlflow_ddsp.checkpoint import RegistryStore, registry
-from mlflow_ddsp.tracking import check_reachable
+from mlflow_ddsp.store import RegistryStore, facade
+from mlflow_ddsp.store.location import check_reachable
 from mlflow_ddsp.training.outbox import RunOutbox
 
 
@@ -33,7 +33,7 @@ def hung_server():
 def _store_of(uri: str, monkeypatch) -> RegistryStore:
     """The store edge on a server that stopped answering after the store was opened."""
     with monkeypatch.context() as m:
-        m.setattr(registry, "check_reachable", lambda uri: None)
+        m.setattr(facade, "check_reachable", lambda uri: None)
         return RegistryStore(uri)
 
 

@@ -20,10 +20,11 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow_ddsp import CheckpointQueue
 from mlflow_ddsp import tags as T
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.checkpoint.faults import FAIL_ENV
 from mlflow_ddsp.cli import main
 from mlflow_ddsp.errors import ArtifactStoreUnavailable, CheckpointSaveError, ConfigError
+from mlflow_ddsp.checkpoint.verify import fetch_verified
 
 from conftest import Backend
 from registry_checks import versions_by_step
@@ -67,7 +68,7 @@ def test_a_version_a_person_promoted_or_kept_survives_and_is_retired_once_releas
         store = queue.store
         assert versions_by_step(store, model_name) == {10: "rolling", 30: "rolling"}
         with tempfile.TemporaryDirectory() as tmp:
-            store.fetch_verified(store.get_version(model_name, promoted.version), tmp)  # bytes intact
+            fetch_verified(store, store.get_version(model_name, promoted.version), tmp)  # bytes intact
         if how == "alias":
             assert int(client.get_model_version_by_alias(model_name, "champion").version) == promoted.version
 
@@ -348,9 +349,10 @@ def test_a_second_os_user_can_save_on_the_same_machine(model_name):
 
 @pytest.mark.parametrize("how", ["alias", "keep"])
 def test_the_deleter_skips_a_version_protected_after_the_plan_was_made(backend, model_name, how):
-    from mlflow_ddsp.checkpoint.gc import apply_plan, take_snapshot
+    from mlflow_ddsp.checkpoint.deleter import apply_plan
     from mlflow_ddsp.checkpoint.policy import RetentionPolicy
     from mlflow_ddsp.checkpoint.retention import plan_retention
+    from mlflow_ddsp.checkpoint.snapshot import take_snapshot
 
     with open_queue(backend, model_name) as queue:
         old = queue.save(10, model_and_step()).result()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mlflow_ddsp import CheckpointQueue, LeaseHeldError
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.checkpoint.lease import WriterLease, lease_model_name
 from mlflow_ddsp import tags as T
 

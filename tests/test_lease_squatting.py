@@ -22,7 +22,7 @@ import torch
 
 from mlflow_ddsp import CheckpointQueue, LeaseHeldError, LeaseLostError
 from mlflow_ddsp import tags as T
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.checkpoint import lease as lease_module
 from mlflow_ddsp.checkpoint.lease import WriterLease, bound_lease_model, lease_model_name
 from mlflow_ddsp.errors import PermissionDeniedError

@@ -16,10 +16,10 @@ import soundfile as sf
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.cli import main
 from mlflow_ddsp import tags as T
-from mlflow_ddsp.tracking import prepare_store
+from mlflow_ddsp.store.location import prepare_store
 
 from conftest import scaled_timeout, tiny_config
 from registry_checks import assert_invariants, versions_by_step

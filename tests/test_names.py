@@ -20,9 +20,9 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow_ddsp import CheckpointQueue
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.checkpoint.lease import lease_model_name
-from mlflow_ddsp.checkpoint.names import (
+from mlflow_ddsp.names import (
     logged_model_name,
     serving_folder_name,
     spool_folder_name,
@@ -56,7 +56,8 @@ def test_accepted_names_work_for_everything_mlflow_does_with_them(embedded, name
     client.create_registered_model(f"{name}.writer-lease-0a1b2c3d.retired-0123456789abcdef")  # the longest we derive
     experiment = client.create_experiment("names")
     client.create_logged_model(experiment, name=logged_model_name(name, 123456789))
-    client.create_logged_model(experiment, name=logged_model_name(name, 2**63 - 1))  # the longest step
+    # the longest: the longest step, kind, metric name and value
+    client.create_logged_model(experiment, name=logged_model_name(name, 2**63 - 1, "force_saved", "m" * 16, -1.234e-308))
     client.create_run(experiment, run_name=f"compare-{name}")  # runs.name is VARCHAR(250)
     # The folders named from it, on this file system: the spool's, and the longest serving folder.
     (tmp_path / spool_folder_name(name)).mkdir()
@@ -80,8 +81,26 @@ def test_names_that_break_uris_or_columns_are_refused_in_one_line(name):
 
 
 def test_logged_model_names_never_carry_what_mlflow_refuses_there():
-    assert logged_model_name("my.voice", 10) == "my-voice-step-10"
-    assert logged_model_name("50%-wet", 0) == "50--wet-step-0"
+    assert logged_model_name("my.voice", 10) == "step-10-rolling-my-voice"
+    assert logged_model_name("50%-wet", 0) == "step-0-rolling-50--wet"
+    assert logged_model_name("my.voice", 300, "force_saved", "validation/loss", 1.49126) == "step-300-force-loss-1,491-my-voice"
+    assert logged_model_name("v", 10, "rolling", "validation/loss", float("nan")) == "step-10-rolling-v"
+    assert logged_model_name("v", 10, "rolling", "a/b:c.d", 2.5e-7) == "step-10-rolling-b-c-d-2,5e-07-v"
+
+
+def test_the_models_tab_shows_step_kind_and_loss_first(backend, model_name):
+    """The experiment's Models tab shows ~29 characters of a LoggedModel's name and nothing else of
+    ours at 1600 px (issue 23, point 9): the name starts with step, kind and validation loss."""
+    queue = CheckpointQueue(model_name, 10, 20, tracking_uri=backend.uri, experiment=backend.experiment)
+    with queue:
+        queue.save(10, torch.nn.Linear(2, 2), metrics={"validation/loss": 1.49126}).result()
+        queue.save(20, torch.nn.Linear(2, 2), metrics={"validation/loss": 0.25}).result()
+        queue.save(25, torch.nn.Linear(2, 2)).result()  # a save with no validation (Ctrl-C between two)
+    client = MlflowClient(backend.uri, backend.uri)
+    names = {v.step: client.get_logged_model(v.model_id).name
+             for v in RegistryStore(backend.uri).list_versions(model_name)}  # fmt: skip
+    # step 10 was retired (rolling, superseded); the force-save and the newest stay
+    assert names == {20: f"step-20-force-loss-0,25-{model_name}", 25: f"step-25-rolling-{model_name}"}
 
 
 @pytest.mark.parametrize("name", ["", "   ", "x" * 501, None])

@@ -17,12 +17,11 @@ import subprocess
 import sys
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from mlflow_ddsp import tags as T
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 
 from conftest import scaled_timeout, tiny_config
 
@@ -196,4 +195,84 @@ def test_a_crash_is_continued_a_finished_training_and_new_run_start_new_runs(dem
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     (fresh_id,) = set(runs()) - {crashed.info.run_id, new_id}
     assert f"(run {fresh_id})" in fresh.stdout and runs()[fresh_id].info.status == "FINISHED"
-    assert runs()[new_id].info.status == "RUNNING"  # left as it was
+    # The crashed run it did not continue is not left RUNNING: KILLED, naming its successor, and back.
+    superseded = runs()[new_id]
+    assert superseded.info.status == "KILLED" and superseded.data.tags[T.CONTINUED_BY] == fresh_id
+    assert runs()[fresh_id].data.tags[T.CONTINUES] == new_id
+
+
+def test_a_start_that_cannot_continue_a_crashed_run_ends_it_killed_and_names_its_successor(
+    demo_data, embedded, tmp_path, model_name
+):
+    """Under ``mlflow run`` MLflow Projects creates the run before training starts (``MLFLOW_RUN_ID``),
+    as here. When that run is in another experiment (``Default``: the README's demo), the training
+    continues its own crashed run; when it is the configured experiment's, the training is logged
+    there and the crashed run is ended KILLED, tagged with the run that continues it (and that run
+    with the one it continues), instead of staying RUNNING forever. A run whose writer is alive
+    (taken over with ``--takeover``) is never touched."""
+    from mlflow import MlflowClient
+
+    from mlflow_ddsp.checkpoint.lease import WriterLease
+
+    config = tiny_config(demo_data, tmp_path / "tiny.yaml", model_name, max_steps=6, interval_force_save=100000)
+    cli = [sys.executable, "-m", "mlflow_ddsp", "--tracking-uri", embedded.uri, "train", "-c", str(config)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_DDSP_", "MLFLOW_RUN_ID"))}
+    client = MlflowClient(embedded.uri)
+    store = RegistryStore(embedded.uri)
+    experiment_id = store.experiment_id(f"exp-{model_name}")
+
+    def train(*extra: str, crash: str | None = None, project_run: str | None = None) -> subprocess.CompletedProcess:
+        more = {"MLFLOW_DDSP_CRASH_AT": crash} if crash else {}
+        if project_run:
+            more["MLFLOW_RUN_ID"] = project_run
+        return subprocess.run(cli + list(extra), cwd=tmp_path, env={**env, **more}, capture_output=True, text=True,
+                              timeout=scaled_timeout(600))  # fmt: skip
+
+    def project_run(experiment: str) -> str:
+        """What ``mlflow run -e train`` creates before it starts our command."""
+        return client.create_run(experiment, run_name="train-project", tags={
+            "mlflow.source.type": "PROJECT", "mlflow.project.entryPoint": "train"}).info.run_id  # fmt: skip
+
+    def runs() -> dict[str, object]:
+        return {r.info.run_id: r for r in client.search_runs([experiment_id])}
+
+    # 1. `mlflow run` (its run in Default) after a crash: the crashed training run is continued.
+    assert train(crash="after_spool@4").returncode == -signal.SIGKILL
+    (crashed,) = runs()
+    outer = project_run("0")
+    resumed = train(project_run=outer)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"from step 4 to 6 (run {crashed})" in resumed.stdout
+    (run,) = runs().values()
+    assert run.info.run_id == crashed and run.info.status == "FINISHED" and run.data.tags[T.PROJECT_RUN] == outer
+    assert client.get_run(outer).data.tags[T.TRAINING_RUN] == crashed
+
+    # 2. `mlflow run --experiment-name` (its run in the configured experiment, joined) after a crash:
+    #    the crashed run cannot be continued; it ends KILLED, both runs name each other.
+    assert train("--set", "train.max_steps=8", crash="after_spool@8").returncode == -signal.SIGKILL
+    (second,) = set(runs()) - {crashed}
+    assert runs()[second].info.status == "RUNNING"
+    joined = project_run(experiment_id)
+    result = train("--set", "train.max_steps=10", project_run=joined)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"from step 8 to 10 (run {joined})" in result.stdout
+    old, new = runs()[second], runs()[joined]
+    assert old.info.status == "KILLED" and old.data.tags[T.CONTINUED_BY] == joined
+    assert joined in old.data.tags[T.MLFLOW_NOTE]
+    assert new.data.tags[T.CONTINUES] == second
+    parent = store.get_version(model_name, int(new.data.tags[T.PARENT_VERSION]))  # lineage: the crashed save
+    assert parent.step == 8 and parent.run_id == second == new.data.tags[T.PARENT_RUN]
+    assert runs()[crashed].info.status == "FINISHED" and T.CONTINUED_BY not in runs()[crashed].data.tags
+
+    # 3. The joined run is still RUNNING (as while `mlflow run` trains); its writer is alive (the lease
+    #    held here). `--takeover` trains in a new run that names it, but leaves the live run alone.
+    lease = WriterLease(store, model_name).acquire()
+    try:
+        taken = train("--set", "train.max_steps=12", "--takeover")
+    finally:
+        lease.release()
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    (third,) = set(runs()) - {crashed, second, joined}
+    assert runs()[third].data.tags[T.CONTINUES] == joined and runs()[third].info.status == "FINISHED"
+    live = runs()[joined]
+    assert live.info.status == "RUNNING" and T.CONTINUED_BY not in live.data.tags

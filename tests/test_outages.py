@@ -34,8 +34,8 @@ import pytest
 import torch
 
 from mlflow_ddsp import CheckpointQueue
-from mlflow_ddsp.checkpoint import RegistryStore
-from mlflow_ddsp.local_server import LocalServer, free_port
+from mlflow_ddsp.store import RegistryStore
+from mlflow_ddsp.testing.server import LocalServer, free_port
 from mlflow_ddsp.training.outbox import RunOutbox
 
 from conftest import tiny_config
@@ -64,7 +64,7 @@ WRITER = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """A PostgreSQL cluster and an MLflow server on it, both to be stopped by the tests."""
-    from mlflow_ddsp.local_postgres import LocalPostgres, find_postgres_bin
+    from mlflow_ddsp.testing.postgres import LocalPostgres, find_postgres_bin
 
     if find_postgres_bin() is None:
         if os.environ.get("CI"):

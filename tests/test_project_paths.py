@@ -21,7 +21,7 @@ import yaml
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.cli import main
 from mlflow_ddsp.corpus import FEATURE_KINDS, speaker_id
 from mlflow_ddsp.errors import ConfigError

@@ -14,11 +14,13 @@ import yaml
 
 from mlflow import MlflowClient
 from mlflow_ddsp import CheckpointQueue
-from mlflow_ddsp.checkpoint import RegistryStore, load_checkpoint
+from mlflow_ddsp.checkpoint import load_checkpoint
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.checkpoint.files import Manifest
 from mlflow_ddsp.errors import CheckpointIntegrityError, CheckpointSaveError, ConfigError, TrackingServerUnreachable
-from mlflow_ddsp.local_server import free_port
+from mlflow_ddsp.testing.server import free_port
 from mlflow_ddsp import tags as T
+from mlflow_ddsp.checkpoint.verify import fetch_verified
 
 from registry_checks import assert_invariants, versions_by_step
 
@@ -67,7 +69,7 @@ def test_a_version_holds_upstream_checkpoint_config_and_manifest(backend, model_
     files = RegistryStore(backend.uri).files_of(forced)
     assert files.tags[T.CHECKPOINT_FILE] == "model_20.pt" and files.tags[T.QUEUE] == model_name
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = store.fetch_verified(forced, tmp)
+        manifest = fetch_verified(store, forced, tmp)
         assert sorted(p.name for p in Path(tmp).iterdir()) == ["config.yaml", "manifest.json", "model_20.pt"]
         assert isinstance(manifest, Manifest) and set(manifest.files) == {"model_20.pt", "config.yaml"}
         assert manifest.files["model_20.pt"].sha256 == forced.sha256
@@ -208,7 +210,7 @@ def test_config_yaml_path_is_stored_verbatim(embedded, model_name, tmp_path):
     with open_queue(embedded, model_name, config=path) as queue:
         version = queue.save(10, model).result()
         with tempfile.TemporaryDirectory() as tmp:
-            queue.store.fetch_verified(version, tmp)
+            fetch_verified(queue.store, version, tmp)
             assert (Path(tmp) / "config.yaml").read_text() == path.read_text()
 
 
@@ -228,9 +230,11 @@ def test_metrics_are_logged_on_the_run_and_linked_to_the_checkpoint(backend, mod
     assert client.get_metric_history(run.info.run_id, "checkpoint/blocking_seconds")[0].step == 10
 
 
-def test_a_save_dropped_from_the_spool_keeps_its_metrics_in_the_run(embedded, model_name):
+def test_a_save_dropped_from_the_spool_is_linked_to_nothing(embedded, model_name):
     """A rolling save superseded in the spool while the committer is busy is never registered,
-    but the validation loss that came with it stays in the run's history (the curve has no gap)."""
+    and the queue logs no point of its own for it: its future's result is None, and the run's
+    points are the committed checkpoints' links. The run's curve keeps it through the training
+    loop's tracker (test_metrics_road.py: no gap)."""
     client = MlflowClient(embedded.uri, embedded.uri)
     run = client.create_run(RegistryStore(embedded.uri).experiment_id(embedded.experiment))
     model, _ = tiny_model()
@@ -244,7 +248,7 @@ def test_a_save_dropped_from_the_spool_keeps_its_metrics_in_the_run(embedded, mo
         uploads.gate.set()
         assert first.result().step == 10 and newest.result().step == 30
     history = client.get_metric_history(run.info.run_id, "validation/loss")
-    assert sorted((m.step, m.value) for m in history) == [(10, 0.5), (20, 0.4), (30, 0.3)]
+    assert sorted((m.step, m.value) for m in history) == [(10, 0.5), (30, 0.3)]
     assert versions_by_step(RegistryStore(embedded.uri), model_name) == {30: "rolling"}
 
 
@@ -329,7 +333,7 @@ def test_save_returns_after_staging_and_snapshots_the_state(embedded, model_name
         uploads.gate.set()
         version = future.result()
         with tempfile.TemporaryDirectory() as tmp:
-            queue.store.fetch_verified(version, tmp)
+            fetch_verified(queue.store, version, tmp)
             saved = load_checkpoint(Path(tmp) / "model_10.pt")["model"]
     for key, tensor in before.items():
         assert torch.equal(saved[key], tensor), "the checkpoint must hold the state at save() time"
@@ -355,8 +359,10 @@ def test_when_busy_skip_drops_rolling_saves_but_never_a_force_save(embedded, mod
     assert versions_by_step(RegistryStore(embedded.uri), model_name) == {30: "force_saved"}
 
 
-def test_a_skipped_save_keeps_its_metrics_in_the_run(embedded, model_name):
-    """when_busy="skip" skips the checkpoint, not the validation point: the curve has no gap (issue 22)."""
+def test_a_skipped_save_is_linked_to_nothing(embedded, model_name):
+    """when_busy="skip" skips the checkpoint: the queue links only committed checkpoints and logs no
+    point of its own. The validation point stays in the run through the training loop's tracker
+    (test_metrics_road.py: no gap, issue 22)."""
     client = MlflowClient(embedded.uri, embedded.uri)
     run = client.create_run(RegistryStore(embedded.uri).experiment_id(embedded.experiment))
     model, _ = tiny_model()
@@ -368,7 +374,7 @@ def test_a_skipped_save_keeps_its_metrics_in_the_run(embedded, model_name):
         uploads.gate.set()
         assert first.result().step == 10
     history = client.get_metric_history(run.info.run_id, "validation/loss")
-    assert sorted((m.step, m.value) for m in history) == [(10, 0.5), (20, 0.4)]
+    assert sorted((m.step, m.value) for m in history) == [(10, 0.5)]
     assert versions_by_step(RegistryStore(embedded.uri), model_name) == {10: "rolling"}
 
 
@@ -426,3 +432,20 @@ def test_a_spool_write_that_fails_is_one_line_with_the_free_space_and_what_to_do
         assert "MLFLOW_DDSP_SPOOL_DIR" in message
         folder.unlink()
         folder.mkdir()
+
+
+def test_constructing_without_recovery_touches_no_server_and_returns_at_once(tmp_path):
+    """Start-up recovery is an explicit step (issue 22): a queue made with recover=False
+    against a port where nothing listens validates its options and contacts nothing."""
+    import time
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    queue = CheckpointQueue("voice", 10, 20, tracking_uri=uri, spool_dir=tmp_path / "spool", recover=False)
+    assert time.monotonic() - started < 1.0  # MLflow's client would retry for minutes; /health alone takes a try
+    assert not (tmp_path / "spool").exists()  # not even the spool folder is made before recovery
+    with pytest.raises(RuntimeError, match=r"recover=False: call recover\(\) first"):
+        queue.save(10, tiny_model()[0])
+    with pytest.raises(TrackingServerUnreachable, match=r"cannot reach the MLflow tracking server"):
+        queue.recover()  # recovery is where the server is first contacted
+    queue.close()

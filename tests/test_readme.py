@@ -32,7 +32,7 @@ import pytest
 import soundfile as sf
 
 from conftest import scaled_timeout
-from mlflow_ddsp.local_server import free_port, stop_process_group, wait_until_answers
+from mlflow_ddsp.testing.server import free_port, stop_process_group, wait_until_answers
 
 pytestmark = pytest.mark.slow
 

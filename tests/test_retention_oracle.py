@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mlflow_ddsp import CheckpointQueue
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 
 from registry_checks import assert_invariants, versions_by_step
 

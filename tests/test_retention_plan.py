@@ -8,7 +8,7 @@ import pytest
 
 from mlflow_ddsp import tags as T
 from mlflow_ddsp.checkpoint.policy import RetentionPolicy
-from mlflow_ddsp.checkpoint.records import CheckpointVersion, Integrity, QueueModel
+from mlflow_ddsp.store.records import CheckpointVersion, Integrity, QueueModel
 from mlflow_ddsp.checkpoint.retention import RegistrySnapshot, SpoolItem, plan_retention, spool_drops
 
 R, F = T.KIND_ROLLING, T.KIND_FORCE_SAVED

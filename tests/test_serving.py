@@ -20,9 +20,9 @@ import soundfile as sf
 
 import mlflow
 from mlflow_ddsp import CheckpointQueue
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.config import parse_config
-from mlflow_ddsp.local_server import LocalModelServer, free_port
+from mlflow_ddsp.testing.server import LocalModelServer, free_port
 from mlflow_ddsp.models import build_model_from_config
 from mlflow_ddsp.serving.model_files import pyfunc_files
 from mlflow_ddsp.serving.resolve import load_model

@@ -206,7 +206,7 @@ def registered(tmp_path_factory, sqlite_template):
 
 
 def serve(registered, tmp_path_factory, env: dict[str, str], *, plain: bool = False):
-    from mlflow_ddsp.local_server import LocalModelServer
+    from mlflow_ddsp.testing.server import LocalModelServer
 
     backend, version = registered
     log = tmp_path_factory.mktemp("serve") / "serve.log"

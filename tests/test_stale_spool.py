@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from mlflow_ddsp import CheckpointQueue
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.checkpoint.faults import FAIL_ENV
 from mlflow_ddsp.errors import LeaseLostError
 

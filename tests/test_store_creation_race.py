@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ PROCESSES = 3
 
 CHILD = textwrap.dedent('''
     import fcntl, json, sys
-    from mlflow_ddsp.checkpoint import RegistryStore
+    from mlflow_ddsp.store import RegistryStore
     import mlflow.store.tracking.sqlalchemy_store, mlflow.store.model_registry.sqlalchemy_store  # slow imports first
     barrier, name = sys.argv[1:3]
     print("ready", flush=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import SERVER_START_BOUND, TIMEOUT_SCALE_ENV, SessionService, scaled_timeout
-from mlflow_ddsp.local_server import LocalServer
+from mlflow_ddsp.testing.server import LocalServer
 
 
 def test_bounds_scale_with_the_environment(monkeypatch):

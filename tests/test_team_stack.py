@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from mlflow_ddsp import CheckpointQueue
-from mlflow_ddsp.checkpoint import RegistryStore, load_checkpoint
+from mlflow_ddsp.checkpoint import load_checkpoint
+from mlflow_ddsp.store import RegistryStore
+from mlflow_ddsp.checkpoint.verify import fetch_verified
 
 from conftest import scaled_timeout, server_of
 from test_lease import Holder
@@ -48,7 +50,7 @@ def test_two_writers_on_postgres_each_keep_exactly_their_own_versions(request, m
         assert {store.files_of(v).queue for v in versions} == {name}  # no version of the other writer
         for v in versions:
             with tempfile.TemporaryDirectory() as tmp:
-                store.fetch_verified(v, tmp)
+                fetch_verified(store, v, tmp)
         assert store.get_version(name, store.alias_version(name, "rolling")).step == 40
         live.append({v.model_id for v in versions})
         assert {m.model_id for m in store.queue_models(name, store.experiment_ids(name))} == live[-1]
@@ -70,7 +72,7 @@ def test_a_large_checkpoint_uploads_in_parts_to_the_bucket_and_verifies(request,
     etag = backend.bucket.store.client().head_object(Bucket=backend.bucket.name, Key=key)["ETag"]
     assert "-" in etag.strip('"'), f"expected a multipart upload, ETag {etag}"
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = store.fetch_verified(store.get_version(model_name, version.version), tmp)
+        manifest = fetch_verified(store, store.get_version(model_name, version.version), tmp)
         restored = load_checkpoint(Path(tmp) / manifest.checkpoint_file)
     assert torch.equal(restored["model"]["weight"], model.weight.detach())
     assert versions_by_step(store, model_name) == {10: "rolling"}

@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.cli import main
 from mlflow_ddsp import tags as T
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 import yaml
 
-from mlflow_ddsp.checkpoint import RegistryStore
+from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.config import parse_config
 from mlflow_ddsp.errors import ConfigError
 from mlflow_ddsp.models import build_model_from_config
+from mlflow_ddsp.checkpoint.policy_record import recorded_policy
 from mlflow_ddsp.transfer import export_version, import_experiment
 
 from registry_checks import assert_invariants, versions_by_step
@@ -257,3 +258,19 @@ def test_a_broken_experiment_folder_is_one_line_and_registers_nothing(embedded, 
     assert re.search(message, line), line
     assert not RegistryStore(embedded.uri).registered_model_exists(model_name)
     assert not (tmp_path / "ran").exists()
+
+
+def test_import_keeps_what_the_configs_retention_keeps(backend, model_name, tmp_path):
+    """Import opens its queue with the config's whole retention (keep_last, best metric), not the
+    defaults: with keep_last=1 its plans retired rolling versions the training's keep_last kept,
+    and its recorded options overwrote the training's for every later gc and versions."""
+    config = {**UPSTREAM_CONFIG, "train": {**UPSTREAM_CONFIG["train"], "keep_last": 3}}
+    expdir = tmp_path / "exp" / "combsub-test"
+    write_upstream_expdir(expdir, [2000], config, with_optimizer=False)
+    import_experiment(expdir, model_name, tracking_uri=backend.uri, experiment=backend.experiment)
+    write_upstream_expdir(expdir, [2000, 6000], config, with_optimizer=False)  # training went on
+    import_experiment(expdir, model_name, tracking_uri=backend.uri, experiment=backend.experiment)
+    store = RegistryStore(backend.uri)
+    assert versions_by_step(store, model_name) == {2000: "rolling", 6000: "rolling"}  # keep_last=3 keeps both
+    _, policy = recorded_policy(store, model_name)
+    assert policy.keep_last == 3

@@ -1,18 +1,20 @@
 """The registry checkpoint queue.
 
-``policy``, ``retention`` and ``names`` decide (pure logic); ``registry`` talks
-to MLflow; ``gc`` is the one deleter; ``files`` and ``staging`` handle bytes and
-tensors; ``queue`` owns the commit order; ``reader`` restores; ``lease`` keeps
-one writer per registered model; ``audit`` checks.
+``policy``, ``rules`` and ``retention`` decide what stays (pure logic); MLflow is
+reached only through :mod:`mlflow_ddsp.store`; ``verify`` judges a version's bytes;
+``deleter`` is the one deleter; ``files`` and ``staging`` handle bytes and tensors;
+``commit`` holds the commit order, which ``queue`` (a facade), ``spool_writer`` and
+``committer`` carry out; ``reader`` restores; ``lease`` keeps one writer per
+registered model; ``audit`` checks; ``dependencies`` stores the weight files a
+version needs. See ARCHITECTURE.md.
 """
 
 from .files import Manifest, checkpoint_filename, load_checkpoint
-from .names import validate_alias, validate_model_name
-from .policy import BEST_ALIAS, DEFAULT_ALIAS, RetentionPolicy
+from ..names import BEST_ALIAS, DEFAULT_ALIAS, validate_alias, validate_model_name
+from .policy import RetentionPolicy
 from .queue import CheckpointQueue
 from .reader import CheckpointReader, RestoredCheckpoint, parse_model_uri
-from .records import CheckpointVersion
-from .registry import RegistryStore
+from ..store import CheckpointVersion, RegistryStore
 
 __all__ = [
     "CheckpointQueue",

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from ..errors import CheckpointNotFoundError
-from .gc import recorded_policy, take_snapshot
-from .records import CheckpointVersion, Integrity
-from .registry import RegistryStore
+from .policy_record import recorded_policy
+from ..store import CheckpointVersion, Integrity, RegistryStore
 from .retention import RetentionPlan, assume_intact, plan_retention
+from .snapshot import take_snapshot
+from . import verify
 
 __all__ = ["VersionAudit", "QueueAudit", "audit_queue"]
 
@@ -59,7 +60,7 @@ def audit_queue(
 
     Args:
         alias: the rolling alias; default: the one the queue recorded.
-        deep: download every version and check every byte (:meth:`RegistryStore.check`);
+        deep: download every version and check every byte (:func:`~mlflow_ddsp.checkpoint.verify.check`);
             without it nothing is judged (no evidence, no damage).
         progress: wraps the per-version loop, e.g. ``tqdm``.
     Raises:
@@ -73,7 +74,7 @@ def audit_queue(
     if deep:
         for v in progress(snapshot.versions):
             if v.is_queue_version:  # others have nothing recorded to check against
-                results[v.version] = store.check(v)
+                results[v.version] = verify.check(store, v)
     check = (lambda v: results[v.version][0]) if deep else assume_intact
     plan = plan_retention(snapshot, policy, alias, check)
     # An unreachable store decides nothing; what keeps each version still shows.

@@ -7,14 +7,9 @@ model*, ``voice.writer-lease`` unless moved) whose tags name the holder.
 Anyone who may create registered models (on a basic-auth server: every user,
 with the default READ permission) could create that name first, so the lease
 model counts only through a *binding* on ``voice`` itself, whose tags only a
-user with EDIT on ``voice`` can write:
-
-* ``mlflow_ddsp.lease_model``: the name of the lease model in use
-  (``voice.writer-lease`` or ``voice.writer-lease-<8 hex>``; absent: the former);
-* ``mlflow_ddsp.lease_holder``: ``"<owner id> <creation time>"`` of the lease model
-  the holder created, written by the holder right after creating it and removed
-  at release. The creation time (ms) is the server's, so a model created by
-  anyone else never matches, whatever tags it copies.
+user with EDIT on ``voice`` can write: the lease model in use, and the *record*
+(owner id and server creation time) of the lease model its holder created. The
+names, tags and holder identity are :mod:`mlflow_ddsp.checkpoint.lease_holder`'s.
 
 A lease model is *recorded* when its owner tag and creation time match the
 record. One not yet recorded but created less than ``_RECORD_GRACE`` seconds ago
@@ -50,44 +45,47 @@ SIGKILL): a crashed training run restarts without waiting. Containers sharing a
 host name (host networking) have their own PID namespaces; where the namespace
 cannot be compared, the holder is treated as another machine's (ttl).
 
-Names: the longest lease name derived is ``NAME.writer-lease-<8 hex>.retired-<16>``
-(47 characters more than NAME). Two processes moving the lease at the same
-instant both write the binding; the one whose write came first is fenced at its
-first :meth:`~WriterLease.check` (before any alias move), so at most one writes.
+Two processes moving the lease at the same instant both write the binding; the
+one whose write came first is fenced at its first :meth:`~WriterLease.check`
+(before any alias move), so at most one writes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import re
-import secrets
-import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Mapping
 
 from .. import tags as T
-from ..errors import (
-    CheckpointNotFoundError,
-    LeaseHeldError,
-    LeaseLostError,
-    MlflowDdspError,
-    PermissionDeniedError,
+from ..errors import CheckpointNotFoundError, LeaseHeldError, LeaseLostError, MlflowDdspError, PermissionDeniedError
+from ..store import RegistryStore
+from .lease_holder import (
+    DEFAULT_LEASE_TTL,
+    LeaseHolder,
+    boot_id,
+    bound,
+    bound_lease_model,
+    created_by,
+    holder_record,
+    holder_tags,
+    lease_description,
+    lease_lost,
+    lease_model_name,
+    move_binding,
+    pid_namespace,
+    recorded_as,
+    safe_owner,
 )
-from .registry import RegistryStore
 
 __all__ = ["WriterLease", "LeaseHolder", "lease_model_name", "bound_lease_model", "DEFAULT_LEASE_TTL"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LEASE_TTL = 120.0
-_SUFFIX = ".writer-lease"
+_boot_id, _pid_namespace = boot_id, pid_namespace  # their names here before lease_holder.py (tests import them)
 _ACQUIRE_ATTEMPTS = 6
-_LOSS_CONFIRMATIONS = (0.2, 0.5, 1.0)  # seconds between re-reads before a missing lease counts as lost
 # A lease model nobody recorded yet counts as a holder starting up for this long after
 # its creation (the server's clock). A starting holder records itself one request
 # after creating it, so 30 s covers a very slow server; it also bounds how long a
@@ -95,142 +93,6 @@ _LOSS_CONFIRMATIONS = (0.2, 0.5, 1.0)  # seconds between re-reads before a missi
 # few seconds of the server's (NTP): a client ahead by s shortens the grace by s.
 _RECORD_GRACE = 30.0
 _RECORD_POLL_MAX = 2.0  # seconds between re-reads while waiting for a record
-
-
-def _safe(owner: str) -> str:
-    return "".join(c for c in owner if c.isalnum())[:16]
-
-
-def lease_model_name(name: str) -> str:
-    """The default lease model of registered model ``name`` (``NAME.writer-lease``)."""
-    return name + _SUFFIX
-
-
-def _bound(name: str, tags: Mapping[str, str]) -> str | None:
-    """The lease model ``name``'s tags bind, or None when the tag names none of ours."""
-    value = tags.get(T.LEASE_MODEL)
-    if value is None:
-        return lease_model_name(name)
-    return value if re.fullmatch(re.escape(lease_model_name(name)) + r"(-[0-9a-f]{8})?", value) else None
-
-
-def bound_lease_model(store: RegistryStore, name: str) -> str:
-    """The lease model registered model ``name`` uses now (``NAME.writer-lease`` unless moved).
-
-    For commands that report on the lease; a binding tag that names no lease model
-    of ``name`` is reported as the tag's value.
-    """
-    try:
-        tags = store.registered_model_tags(name)
-    except CheckpointNotFoundError:
-        return lease_model_name(name)
-    return _bound(name, tags) or tags.get(T.LEASE_MODEL, lease_model_name(name))
-
-
-def _record(owner: str, created_ms: int) -> str:
-    return f"{owner} {created_ms}"
-
-
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def _start_ticks(pid: int) -> str:
-    """Process start time in clock ticks since boot (Linux), '' if unknown/absent."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            # The command name (field 2) may contain spaces; fields after ')' are fixed.
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _process_identity(pid: int) -> str:
-    ticks = _start_ticks(pid)
-    return f"{_boot_id()}:{ticks}" if ticks else ""
-
-
-def _pid_namespace() -> str:
-    """This process's PID namespace (``pid:[4026531836]``), '' where it cannot be read."""
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
-
-
-def pid_running(pid: int) -> bool:
-    """Whether some process of this PID namespace has ``pid`` (signal 0; another user's counts).
-
-    For temporary folders named after the process that owns them; a lease holder
-    needs more (:func:`_process_alive` also rules out pid reuse and other namespaces).
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _process_alive(pid: int, identity: str, namespace: str) -> bool | None:
-    """Whether process ``pid`` of this machine still runs; None if we cannot tell.
-
-    A pid means the same process only within one PID namespace (containers
-    sharing a host name have their own) and one boot; its start time rules out
-    pid reuse.
-    """
-    here = _pid_namespace()
-    if not namespace or not here or namespace != here:
-        return None
-    if not identity or not _boot_id() or not identity.startswith(_boot_id() + ":"):
-        return None  # another boot of this host name
-    return _process_identity(pid) == identity
-
-
-@dataclass(frozen=True)
-class LeaseHolder:
-    """Who holds a lease, parsed from the lease model's tags."""
-
-    owner: str
-    host: str
-    pid: int
-    process: str
-    heartbeat: float
-    ttl: float
-    namespace: str = ""
-
-    @classmethod
-    def from_tags(cls, tags: Mapping[str, str]) -> "LeaseHolder":
-        def number(key: str, default: float) -> float:
-            try:
-                return float(tags.get(key, default))
-            except ValueError:
-                return default
-
-        return cls(
-            owner=tags.get(T.LEASE_OWNER, ""),
-            host=tags.get(T.LEASE_HOST, "?"),
-            pid=int(number(T.LEASE_PID, -1)),
-            process=tags.get(T.LEASE_PROCESS, ""),
-            heartbeat=number(T.LEASE_HEARTBEAT, 0.0),
-            ttl=number(T.LEASE_TTL, DEFAULT_LEASE_TTL),
-            namespace=tags.get(T.LEASE_PID_NAMESPACE, ""),
-        )
-
-    def is_stale(self, now: float) -> bool:
-        if self.host == socket.gethostname() and self.pid > 0:
-            alive = _process_alive(self.pid, self.process, self.namespace)
-            if alive is not None:
-                return not alive
-        return now - self.heartbeat > self.ttl
-
-    def describe(self, now: float) -> str:
-        return f"{self.host} pid {self.pid} (last heartbeat {max(0.0, now - self.heartbeat):.0f} s ago)"
 
 
 class WriterLease:
@@ -287,83 +149,103 @@ class WriterLease:
                 self.name, self._model_description or f"DDSP-SVC checkpoints kept by mlflow-ddsp ({self.name})."
             )
         for _ in range(_ACQUIRE_ATTEMPTS):
-            name_tags = self.store.registered_model_tags(self.name)
-            lock = _bound(self.name, name_tags)
-            if lock is None:
-                self._move(name_tags, str(name_tags.get(T.LEASE_MODEL)), "the tag names no lease model of it")
-                continue
-            if self.store.try_create_registered_model(lock, self._tags(), self._description()):
-                if self._settle(lock):
-                    return self
-                continue
-            try:
-                tags, created = self.store.registered_model_created(lock)
-            except CheckpointNotFoundError:
-                continue  # released between our create and our read: try again
-            verdict = self._judge(lock, tags, created, name_tags)
-            if verdict in ("foreign", "unrecorded"):
-                # Confirm with fresh reads: SQLite answers a read of a model renamed or deleted
-                # meanwhile with its row but no tags (two SELECTs), which must not move the lease.
-                try:
-                    again, created_again = self.store.registered_model_created(lock)
-                except CheckpointNotFoundError:
-                    continue
-                name_again = self.store.registered_model_tags(self.name)
-                if created_again != created or _bound(self.name, name_again) != lock:
-                    continue
-                tags, name_tags = again, name_again
-                verdict = self._judge(lock, tags, created, name_tags, wait=False)
-            if verdict == "changed":
-                continue
-            if verdict == "foreign":
-                self._move(name_tags, lock, f"it is not an mlflow-ddsp writer lease (no {T.LEASE_MARKER} tag)")
-                continue
-            if verdict == "unrecorded":
-                self._move(name_tags, lock, "no holder recorded it on the registered model: not a lease of ours")
-                continue
-            holder = LeaseHolder.from_tags(tags)
-            now = time.time()
-            stale = holder.is_stale(now)
-            if not stale and not self.takeover:
-                raise LeaseHeldError(
-                    f"registered model {self.name!r} is being written by {holder.describe(now)}; "
-                    f"stop that process, wait for its lease to expire (ttl {holder.ttl:.0f} s), "
-                    "or take over with takeover=True (CLI: --takeover)"
-                )
-            reason = "stale" if stale else "live (takeover requested)"
-            # Atomic: of several processes taking over the same holder, exactly one
-            # rename succeeds, since they all rename to the name of that holder.
-            # The renamed lease stays as a tombstone while the winner holds the
-            # lease, so a process that read the old holder late cannot rename the
-            # winner's lease to that name either.
-            retired = f"{lock}.retired-{_safe(holder.owner) or uuid.uuid4().hex[:12]}"
-            try:
-                renamed_ok = self.store.try_rename_registered_model(lock, retired)
-            except PermissionDeniedError:
-                # Another user's lease: renaming needs EDIT on it. Ours is the registered model.
-                self._move(name_tags, lock, f"the {reason} lease of {holder.describe(now)} was created by another "
-                                            "user, so it cannot be renamed")  # fmt: skip
-                continue
-            if not renamed_ok:
-                continue
-            # Between our read and our rename another process may have taken over:
-            # then we renamed its live lease. Put it back and start again.
-            renamed = self.store.registered_model_tags(retired)
-            if renamed.get(T.LEASE_MARKER) != T.LEASE_MARKER_VALUE or renamed.get(T.LEASE_OWNER) != holder.owner:
-                if not self.store.try_rename_registered_model(retired, lock):
-                    log.error("could not put back the writer lease of %r renamed to %r", self.name, retired)
-                continue
-            log.warning("taking over the %s writer lease of %r from %s", reason, self.name, holder.describe(now))
-            older = renamed.get(T.LEASE_TOMBSTONE)
-            if older and older.startswith(lock + ".retired-"):
-                self._delete_quietly(older)  # the tombstone the old holder kept
-            if self._tombstone is not None:
-                self._delete_tombstone()  # an earlier attempt's
-            self._tombstone = retired
+            if self._attempt():
+                return self
         raise LeaseHeldError(
             f"could not acquire the writer lease of {self.name!r} after {_ACQUIRE_ATTEMPTS} attempts: "
             "other processes keep taking it"
         )
+
+    def _attempt(self) -> bool:
+        """One try at the bound lease model: True when we hold it; False to decide again on fresh reads.
+
+        Creates it if free; else judges what is there and moves the lease away from it,
+        retires it (:meth:`_take_over`) or raises LeaseHeldError.
+        """
+        name_tags = self.store.registered_model_tags(self.name)
+        lock = bound(self.name, name_tags)
+        if lock is None:
+            self._move(name_tags, str(name_tags.get(T.LEASE_MODEL)), "the tag names no lease model of it")
+            return False
+        if self.store.try_create_registered_model(lock, self._tags(), lease_description(self.name)):
+            return self._settle(lock)
+        try:
+            tags, created = self.store.registered_model_created(lock)
+        except CheckpointNotFoundError:
+            return False  # released between our create and our read: try again
+        verdict, tags, name_tags = self._confirmed_verdict(lock, tags, created, name_tags)
+        if verdict == "foreign":
+            self._move(name_tags, lock, f"it is not an mlflow-ddsp writer lease (no {T.LEASE_MARKER} tag)")
+        elif verdict == "unrecorded":
+            self._move(name_tags, lock, "no holder recorded it on the registered model: not a lease of ours")
+        elif verdict == "recorded":
+            self._take_over(lock, LeaseHolder.from_tags(tags), name_tags)
+        return False
+
+    def _confirmed_verdict(self, lock: str, tags: Mapping[str, str], created: int, name_tags: Mapping[str, str]
+                           ) -> tuple[str, Mapping[str, str], Mapping[str, str]]:  # fmt: skip
+        """:meth:`_judge`'s verdict, a "foreign" or "unrecorded" one confirmed by fresh reads; with the tags judged.
+
+        SQLite answers a read of a model renamed or deleted meanwhile with its row but
+        no tags (two SELECTs), which must not move the lease: ``"changed"`` if the
+        fresh reads differ.
+        """
+        verdict = self._judge(lock, tags, created, name_tags)
+        if verdict not in ("foreign", "unrecorded"):
+            return verdict, tags, name_tags
+        try:
+            again, created_again = self.store.registered_model_created(lock)
+        except CheckpointNotFoundError:
+            return "changed", tags, name_tags
+        name_again = self.store.registered_model_tags(self.name)
+        if created_again != created or bound(self.name, name_again) != lock:
+            return "changed", tags, name_tags
+        return self._judge(lock, again, created, name_again, wait=False), again, name_again
+
+    def _take_over(self, lock: str, holder: LeaseHolder, name_tags: Mapping[str, str]) -> None:
+        """Retire the recorded lease ``lock`` of a stale holder (any, with ``takeover``); the caller then creates ours.
+
+        Atomic: of several processes taking over the same holder, exactly one rename
+        succeeds, since they all rename to the name of that holder. The renamed lease
+        stays as a tombstone while the winner holds the lease, so a process that read
+        the old holder late cannot rename the winner's lease to that name either.
+
+        Raises:
+            LeaseHeldError: ``holder`` is alive and no takeover was asked for.
+        """
+        now = time.time()
+        stale = holder.is_stale(now)
+        if not stale and not self.takeover:
+            raise LeaseHeldError(
+                f"registered model {self.name!r} is being written by {holder.describe(now)}; "
+                f"stop that process, wait for its lease to expire (ttl {holder.ttl:.0f} s), "
+                "or take over with takeover=True (CLI: --takeover)"
+            )
+        reason = "stale" if stale else "live (takeover requested)"
+        retired = f"{lock}.retired-{safe_owner(holder.owner) or uuid.uuid4().hex[:12]}"
+        try:
+            renamed_ok = self.store.try_rename_registered_model(lock, retired)
+        except PermissionDeniedError:
+            # Another user's lease: renaming needs EDIT on it. Ours is the registered model.
+            why = f"the {reason} lease of {holder.describe(now)} was created by another user, so it cannot be renamed"
+            self._move(name_tags, lock, why)
+            return
+        if not renamed_ok:
+            return
+        # Between our read and our rename another process may have taken over:
+        # then we renamed its live lease. Put it back and start again.
+        renamed = self.store.registered_model_tags(retired)
+        if renamed.get(T.LEASE_MARKER) != T.LEASE_MARKER_VALUE or renamed.get(T.LEASE_OWNER) != holder.owner:
+            if not self.store.try_rename_registered_model(retired, lock):
+                log.error("could not put back the writer lease of %r renamed to %r", self.name, retired)
+            return
+        log.warning("taking over the %s writer lease of %r from %s", reason, self.name, holder.describe(now))
+        older = renamed.get(T.LEASE_TOMBSTONE)
+        if older and older.startswith(lock + ".retired-"):
+            self._delete_quietly(older)  # the tombstone the old holder kept
+        if self._tombstone is not None:
+            self._delete_tombstone()  # an earlier attempt's
+        self._tombstone = retired
 
     def check(self) -> None:
         """Raise LeaseLostError unless this process still holds the lease.
@@ -393,8 +275,8 @@ class WriterLease:
                 self.store.delete_registered_model_tag(self.name, T.LEASE_HOLDER)
                 self.store.delete_registered_model(self.lock_name)
                 self._delete_tombstone()
-            elif name_tags is not None and _bound(self.name, name_tags) != self.lock_name:
-                if self._is_mine(self.lock_name):
+            elif name_tags is not None and bound(self.name, name_tags) != self.lock_name:
+                if recorded_as(self.store, self.lock_name, self._record):
                     self.store.delete_registered_model(self.lock_name)
                 self._delete_tombstone()
         self._held = False
@@ -413,16 +295,16 @@ class WriterLease:
     def _settle(self, lock: str) -> bool:
         """We created ``lock``: record it on the registered model; False if the binding moved meanwhile."""
         try:
-            created = self._created_of(lock)
+            created = created_by(self.store, lock, self.owner)
             if created is None:
                 return False  # renamed away by a takeover and not put back: decide again
-            record = _record(self.owner, created)
+            record = holder_record(self.owner, created)
             self.store.set_registered_model_tag(self.name, T.LEASE_HOLDER, record)  # EDIT on NAME
         except BaseException:
             with contextlib.suppress(MlflowDdspError):
                 self.store.delete_registered_model(lock)  # nothing left behind (we created it: MANAGE)
             raise
-        if _bound(self.name, self.store.registered_model_tags(self.name)) != lock:
+        if bound(self.name, self.store.registered_model_tags(self.name)) != lock:
             self.store.delete_registered_model(lock)  # another process moved the lease while we created it
             return False
         self.lock_name = lock
@@ -439,7 +321,7 @@ class WriterLease:
         owner = tags.get(T.LEASE_OWNER, "")
         if owner == self.owner:
             return "unrecorded"  # we did not create it (our create failed): a copy of our id
-        if name_tags.get(T.LEASE_HOLDER) == _record(owner, created):
+        if name_tags.get(T.LEASE_HOLDER) == holder_record(owner, created):
             return "recorded"
         if not wait:
             return "unrecorded"
@@ -451,7 +333,7 @@ class WriterLease:
         A lease model created less than ``_RECORD_GRACE`` s ago and not recorded yet
         may be a holder starting up: read again until its record appears or the grace ends.
         """
-        expected = _record(owner, created)
+        expected = holder_record(owner, created)
         pause = 0.05
         while True:
             if name_tags.get(T.LEASE_HOLDER) == expected:
@@ -462,7 +344,7 @@ class WriterLease:
             time.sleep(min(pause, left))  # a bounded wait for another process's next request
             pause = min(pause * 2, _RECORD_POLL_MAX)
             name_tags = self.store.registered_model_tags(self.name)
-            if _bound(self.name, name_tags) != lock:
+            if bound(self.name, name_tags) != lock:
                 return "changed"
             try:
                 tags, now_created = self.store.registered_model_created(lock)
@@ -470,47 +352,6 @@ class WriterLease:
                 return "changed"
             if now_created != created or tags.get(T.LEASE_OWNER, "") != owner:
                 return "changed"
-
-    def _move(self, name_tags: Mapping[str, str], blocked: str, why: str) -> None:
-        """Bind the lease to a fresh name, leaving ``blocked`` untouched (needs EDIT on the registered model)."""
-        fresh = f"{lease_model_name(self.name)}-{secrets.token_hex(4)}"
-        current = self.store.registered_model_tags(self.name)
-        if current.get(T.LEASE_MODEL) != name_tags.get(T.LEASE_MODEL):
-            return  # another process moved it already: decide again on the new binding
-        try:
-            self.store.set_registered_model_tag(self.name, T.LEASE_MODEL, fresh)
-        except PermissionDeniedError as exc:
-            raise PermissionDeniedError(
-                f"{blocked!r} blocks the writer lease of {self.name!r} ({why}) and moving the lease elsewhere "
-                f"was refused: {exc}; or ask the creator of {blocked!r} or an MLflow admin to delete it"
-            ) from exc
-        log.warning(
-            "the writer lease of %r moved from %r to %r: %s. %r is left untouched; its creator or an MLflow "
-            "admin may delete it", self.name, blocked, fresh, why, blocked,
-        )  # fmt: skip
-
-    def _created_of(self, lock: str) -> int | None:
-        """The creation time of the lease model we just created; None if it stays gone.
-
-        A takeover that renamed it by mistake puts it back at once: read again.
-        """
-        for pause in (*_LOSS_CONFIRMATIONS, None):
-            try:
-                tags, created = self.store.registered_model_created(lock)
-                if tags.get(T.LEASE_OWNER) == self.owner:
-                    return created
-            except CheckpointNotFoundError:
-                pass
-            if pause is not None:
-                time.sleep(pause)
-        return None
-
-    def _is_mine(self, lock: str) -> bool:
-        try:
-            tags, created = self.store.registered_model_created(lock)
-        except CheckpointNotFoundError:
-            return False
-        return self._record == _record(tags.get(T.LEASE_OWNER, ""), created)
 
     def _delete_quietly(self, name: str) -> None:
         try:
@@ -523,63 +364,18 @@ class WriterLease:
             self._delete_quietly(self._tombstone)
             self._tombstone = None
 
-    def _tags(self) -> dict[str, str]:
-        pid = os.getpid()
-        return {
-            T.LEASE_MARKER: T.LEASE_MARKER_VALUE,
-            T.LEASE_OWNER: self.owner,
-            T.LEASE_HOST: socket.gethostname(),
-            T.LEASE_PID: str(pid),
-            T.LEASE_PROCESS: _process_identity(pid),
-            T.LEASE_PID_NAMESPACE: _pid_namespace(),
-            T.LEASE_HEARTBEAT: f"{time.time():.3f}",
-            T.LEASE_TTL: f"{self.ttl:g}",
-            T.LEASE_TAKEOVER: str(self.takeover).lower(),
-            **({T.LEASE_TOMBSTONE: self._tombstone} if self._tombstone else {}),
-        }
-
-    def _description(self) -> str:
-        return (
-            f"Writer lease of {self.name!r}, held by {socket.gethostname()} pid {os.getpid()} "
-            "while it trains (mlflow-ddsp). Deleted when training ends; a stale lease is "
-            "taken over automatically."
-        )
+    def _move(self, name_tags: Mapping[str, str], blocked: str, why: str) -> None:
+        move_binding(self.store, self.name, name_tags, blocked, why)
 
     def _inspect(self) -> tuple[str | None, dict[str, str] | None]:
-        """(why the lease is no longer ours or None, the registered model's tags as read)."""
-        name_tags: dict[str, str] | None = None
-        for pause in (*_LOSS_CONFIRMATIONS, None):
-            try:
-                name_tags = self.store.registered_model_tags(self.name)
-                bound = _bound(self.name, name_tags)
-                if bound != self.lock_name:
-                    return (
-                        f"the writer lease of {self.name!r} was moved to "
-                        f"{bound or name_tags.get(T.LEASE_MODEL)!r} by another process; "
-                        "this process stopped writing checkpoints",
-                        name_tags,
-                    )
-                tags, created = self.store.registered_model_created(self.lock_name)
-                break
-            except CheckpointNotFoundError:
-                # A takeover that renamed our lease by mistake puts it back at once: read again.
-                if pause is None:
-                    return f"the writer lease of {self.name!r} was removed by another process", name_tags
-                time.sleep(pause)
-        if self._record != _record(tags.get(T.LEASE_OWNER, ""), created):
-            holder = LeaseHolder.from_tags(tags)
-            return (
-                f"the writer lease of {self.name!r} was taken over by {holder.describe(time.time())}; "
-                "this process stopped writing checkpoints",
-                name_tags,
-            )
-        return None, name_tags
+        return lease_lost(self.store, self.name, self.lock_name, self._record)
+
+    def _tags(self) -> dict[str, str]:
+        return holder_tags(self.owner, self.ttl, self.takeover, self._tombstone)
 
     def _start_heartbeat(self) -> None:
         self._stop.clear()
-        self._heartbeat = threading.Thread(
-            target=self._beat, name=f"mlflow-ddsp-lease-{self.name}", daemon=True
-        )
+        self._heartbeat = threading.Thread(target=self._beat, name=f"mlflow-ddsp-lease-{self.name}", daemon=True)
         self._heartbeat.start()
 
     def _beat(self) -> None:

@@ -15,7 +15,9 @@ Upstream silently keeps only multiples of lcm(interval_val,
 interval_force_save) when the force interval is not a multiple of the
 validation interval; we refuse such a pair instead.
 
-``retention.py`` applies this policy to a registry's state.
+:meth:`RetentionPolicy.rules` turns the options into rule objects
+(``rules.py``); ``retention.py`` folds them over a registry's state and over the
+spool.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..names import BEST_ALIAS, DEFAULT_ALIAS  # re-exported: queue.py, retention.py import them from here
 from ..tags import KIND_FORCE_SAVED, KIND_ROLLING
+from .rules import Best, ForceSaved, KeepLast, Newest, Protected, Rule
 
 __all__ = ["RetentionPolicy", "DEFAULT_ALIAS", "BEST_ALIAS", "BEST_MODES"]
 
-DEFAULT_ALIAS = "rolling"
-BEST_ALIAS = "best"  # the queue's alias on the best checkpoint by ``best_metric``
 BEST_MODES = ("min", "max")
 
 def _is_int(value: object) -> bool:
@@ -95,12 +97,27 @@ class RetentionPolicy:
         Step 0 always is: upstream's convention for a pretrained starting point
         (``model_0.pt``) is that it is never deleted.
         """
-        ifs = self.interval_force_save
-        return step == 0 or (ifs is not None and step % ifs == 0)
+        return ForceSaved(self.interval_force_save).is_force_step(step)
 
     def kind(self, step: int) -> str:
         """The version kind a checkpoint saved at ``step`` gets."""
         return KIND_FORCE_SAVED if self.is_force_save(step) else KIND_ROLLING
+
+    def rules(self) -> tuple[Rule, ...]:
+        """The retention rules these options make, in the order reasons are given.
+
+        Force-saved and newest (upstream's rule), keep_last when above 1, best when
+        ``best_metric`` is set, and a person's protection. The planner
+        (``retention.plan_retention``) and the spool (``retention.spool_drops``) fold
+        this same list; a new rule is one more entry here.
+        """
+        rules: list[Rule] = [ForceSaved(self.interval_force_save), Newest()]
+        if self.keep_last > 1:
+            rules.append(KeepLast(self.keep_last))
+        if self.best_metric is not None:
+            rules.append(Best(self.best_metric, self.best_mode))
+        rules.append(Protected())
+        return tuple(rules)
 
     def describe(self) -> str:
         """One line for the start of training: what will be kept, and how to keep more."""

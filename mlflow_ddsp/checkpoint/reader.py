@@ -5,6 +5,12 @@ scripts and by model loading. A reader resolves an alias to a concrete
 version number first and downloads that version: under churn the alias may
 move (and its old version vanish) while a download is in progress, and the
 number keeps the reader consistent.
+
+The reader knows bytes, versions and state_dicts, whatever the model. Whether a
+checkpoint fits a DDSP-SVC model (its config.yaml's architecture, the shapes its
+weights reveal) needs the config and the networks, which sit above the queue: the
+caller passes that check in (:data:`FitCheck`; training's is
+:func:`mlflow_ddsp.training.checkpoint_fit.check_fit`).
 """
 
 from __future__ import annotations
@@ -14,28 +20,26 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-import yaml
 
 from ..errors import CheckpointIntegrityError, CheckpointNotFoundError, ConfigError
 from ..optimizer import load_state
+from ..names import DEFAULT_ALIAS, validate_alias
 from ..state_dict import load_state_dict_checked
+from ..wrappers import unwrap_model
 from .files import CONFIG_FILE, TRAINER_STATE_FILE, load_checkpoint
-from .names import validate_alias
-from .policy import DEFAULT_ALIAS
-from .records import CheckpointVersion
-from .registry import RegistryStore, auxiliary_note
+from ..store import CheckpointVersion, RegistryStore
+from .verify import auxiliary_note, inspect
 
 __all__ = [
     "CheckpointReader",
     "RestoredCheckpoint",
     "ModelRef",
+    "FitCheck",
     "parse_model_uri",
-    "unwrap_model",
     "load_into",
-    "trained_architecture",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,15 +71,6 @@ def parse_model_uri(uri: str) -> ModelRef:
     )
 
 
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The module whose state_dict is saved: DDP/DataParallel/compile wrappers removed."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, torch.nn.Module):
-            return model
-        model = inner
-
-
 @dataclass
 class RestoredCheckpoint:
     """A verified checkpoint in memory."""
@@ -91,34 +86,10 @@ class RestoredCheckpoint:
         return int(self.checkpoint.get("global_step", self.version.step or 0))
 
 
-def _architecture_in_config(config_yaml: bytes, label: str) -> Any:
-    from ..config import parse_config
-    from ..models import architecture
-
-    if not config_yaml.strip():
-        return None
-    try:
-        raw = yaml.safe_load(config_yaml)
-        # an empty mapping is what a queue given no config stores: nothing to compare with
-        return architecture(parse_config(raw)) if isinstance(raw, dict) and raw else None
-    except (yaml.YAMLError, ConfigError) as exc:
-        log.warning("%s: config.yaml not readable (%s); comparing the weights only", label, exc)
-        return None
-
-
-def trained_architecture(restored: RestoredCheckpoint) -> Any:
-    """The :class:`~mlflow_ddsp.models.Architecture` in the checkpoint's config.yaml; None without one.
-
-    A config.yaml that cannot be read is logged and treated as absent: the
-    state_dict comparison still names any mismatch.
-    """
-    return _architecture_in_config(restored.config_yaml, restored.version.label)
-
-
-_RESUME_ADVICE = (
-    "set these keys as the checkpoint has them (mlflow-ddsp export writes its config.yaml), "
-    "or train under another registered_model"
-)
+#: A model-specific check run before the state_dict comparison: given the checkpoint and the
+#: (unwrapped) model, it raises where they cannot fit (e.g. ArchitectureMismatchError) and
+#: returns a hint added to a StateDictMismatchError's message ("" for none).
+FitCheck = Callable[[RestoredCheckpoint, torch.nn.Module], str]
 
 
 def load_into(
@@ -127,39 +98,21 @@ def load_into(
     optimizer: torch.optim.Optimizer | None = None,
     *,
     strict: bool = True,
+    check: FitCheck | None = None,
 ) -> None:
     """Load weights (and optimizer state when both sides have it) into live objects.
 
-    A DDSP-SVC model is first compared with the architecture in the checkpoint's
-    config.yaml (resume, ``--init-from``, other DDP ranks all come here); then the
-    state_dict is compared key by key.
+    ``check`` first (resume, ``--init-from``, other DDP ranks pass training's DDSP-SVC
+    architecture check); then the state_dict is compared key by key.
 
     Raises:
-        ArchitectureMismatchError: the checkpoint was trained with other
-            tensor-shaping config keys, every difference named.
         StateDictMismatchError: the weights do not fit ``model`` (keys and shapes named).
+        Whatever ``check`` raises.
     """
-    from ..models import DDSPModel, architecture_of, check_same_architecture, check_weights_fit
-
     target = unwrap_model(model)
-    source = f"checkpoint {restored.version.label}"
+    hint = check(restored, target) if check is not None else ""
     state = restored.checkpoint.get("model")
-    hint = ""
-    if isinstance(target, DDSPModel):
-        current = architecture_of(target)
-        trained = trained_architecture(restored)
-        if trained is None:
-            hint = "it has no readable config.yaml to build the model from"
-            check_weights_fit(state, current, source=source, config_is="this config",
-                              advice="set these keys as the weights have them")  # fmt: skip
-        else:
-            hint = "its weights do not match its own config.yaml"
-            check_same_architecture(
-                trained, current, trained_by=source, current_is="this config",
-                advice=_RESUME_ADVICE,
-            )  # fmt: skip
-            check_weights_fit(state, trained, source=source)
-    load_state_dict_checked(target, state, source=source, strict=strict, hint=hint)
+    load_state_dict_checked(target, state, source=f"checkpoint {restored.version.label}", strict=strict, hint=hint)
     if optimizer is not None and "optimizer" in restored.checkpoint:
         load_state(optimizer, restored.checkpoint["optimizer"])  # keeps the live optimizer fused
 
@@ -249,34 +202,39 @@ class CheckpointReader:
             return own[0]
         return self.resolve(source) if source is not None else None
 
-    def check_architecture(self, current: Any, source: str | int | None = None) -> None:
-        """Refuse early (before a run or a lease exists) to resume from another architecture.
+    def fetch_resume_point(self, source: str | int | None = None) -> RestoredCheckpoint | None:
+        """What a queue's ``restore(source=...)`` loads: :meth:`fetch` of ``source`` while this
+        registered model has no checkpoint of its own; else of its own newest (said in one line,
+        as upstream uses ``model_0.pt`` only when nothing newer exists)."""
+        if source is not None:
+            own = self.candidates()
+            if own:
+                log.warning(
+                    "%s already has checkpoints: resuming from %s, not from the starting point %s "
+                    "(used only while it has none)", self.name, own[0].label, source,
+                )  # fmt: skip
+                source = None
+        return self.fetch(source)
 
-        Reads only the resume point's config.yaml. A version whose files are
-        missing is left to ``restore``, which falls back and reports it.
+    def resume_config(self, source: str | int | None = None) -> tuple[CheckpointVersion, bytes] | None:
+        """The resume point (:meth:`resume_point`) and its config.yaml, read alone; None without one.
 
-        Args:
-            current: the :class:`~mlflow_ddsp.models.Architecture` about to be trained.
-            source: the ``--init-from`` starting point, as for :meth:`restore`.
+        For refusing early (before a run or a lease exists) to resume from another
+        architecture. A version whose config.yaml is missing gives None: ``restore``
+        falls back and reports it.
 
         Raises:
-            ArchitectureMismatchError: every differing config key named.
             CheckpointNotFoundError: ``source`` does not exist.
         """
-        from ..models import check_same_architecture
-
         version = self.resume_point(source)
         if version is None:
-            return
+            return None
         try:
             with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-config-") as tmp:
                 folder = self.store.download(self.store.files_of(version), [CONFIG_FILE], tmp)
-                config_yaml = (folder / CONFIG_FILE).read_bytes()
+                return version, (folder / CONFIG_FILE).read_bytes()
         except CheckpointNotFoundError:
-            return
-        trained = _architecture_in_config(config_yaml, version.label)
-        if trained is not None:
-            check_same_architecture(trained, current, trained_by=f"checkpoint {version.label}", advice=_RESUME_ADVICE)
+            return None
 
     def restore(
         self,
@@ -285,12 +243,16 @@ class CheckpointReader:
         *,
         source: str | int | None = None,
         strict: bool = True,
+        check: FitCheck | None = None,
     ) -> int:
-        """Load the newest intact checkpoint (or ``source``); return its step, 0 if none."""
+        """Load the newest intact checkpoint (or ``source``); return its step, 0 if none.
+
+        ``check``: a model-specific fit check (:data:`FitCheck`), as for :func:`load_into`.
+        """
         restored = self.fetch(source)
         if restored is None:
             return 0
-        load_into(restored, model, optimizer, strict=strict)
+        load_into(restored, model, optimizer, strict=strict, check=check)
         return restored.step
 
     def _fetch_one(self, version: CheckpointVersion) -> RestoredCheckpoint:
@@ -307,7 +269,7 @@ class CheckpointReader:
             CheckpointNotFoundError: an essential file or the manifest is gone.
         """
         with tempfile.TemporaryDirectory(prefix="mlflow-ddsp-restore-") as tmp:
-            manifest, differences = self.store.inspect(version, tmp)
+            manifest, differences = inspect(self.store, version, tmp)
             essential = [d for d in differences if d.name in manifest.essential_files]
             if any(d.found is None for d in essential):
                 raise CheckpointNotFoundError(f"{version.label}: " + "; ".join(d.describe() for d in essential))

@@ -2,12 +2,14 @@
 
 Pure logic, no I/O; the one place that decides what is deleted. A save (after
 its commit point), every queue start (reconcile after a crash) and
-``mlflow-ddsp gc`` compute a plan here and apply it through the one deleter in
-``gc.py``; ``versions``/``verify`` show it. Shaped like Orbax's preservation
-policies: each rule names the versions it preserves, and a version is deleted
-only when it is a rolling checkpoint that no rule preserves.
+``mlflow-ddsp gc`` compute a plan here and apply it through the one deleter;
+``versions``/``verify`` show it. Shaped like Orbax's preservation policies:
+the rules are objects (``rules.py``), ``policy.rules()`` lists them, and the
+planner folds that list over the versions; a version is deleted only when it
+is a rolling checkpoint that no rule preserves. A new rule needs no change here.
 
-What is preserved (a version may have several reasons):
+What is preserved (a version may have several reasons; ``kept`` and the
+versions' descriptions give them in this order):
 
 * ``force_saved``: every force-saved version, forever (upstream's rule);
 * ``newest``: the newest intact checkpoint; the queue's alias points at it;
@@ -15,11 +17,11 @@ What is preserved (a version may have several reasons):
 * ``best``: with ``best_metric``, the intact version with the best value
   (ties: the earlier step); the alias ``best`` points at it, unless a person
   already uses that alias name;
-* ``protected``: any alias that is not the queue's own (a person promoted it).
-  The queue's own are the rolling alias and those it set itself, recorded on
-  the registered model (``mlflow_ddsp.own_aliases``); one it set and no longer
-  uses (an option changed) is removed,
-  or the tag ``mlflow_ddsp.keep=true``. Nothing in this package deletes it;
+* ``alias:<a>``, ``keep`` (``protected``): any alias that is not the queue's own
+  (a person promoted it), or the tag ``mlflow_ddsp.keep=true``. The queue's own
+  are the rolling alias and those it set itself, recorded on the registered
+  model (``mlflow_ddsp.own_aliases``); one it set and no longer uses (an option
+  changed) is removed. Nothing in this package deletes a protected version;
 * versions the queue did not write are never touched.
 
 Evidence rules (absence of evidence is not damage): a version is judged only
@@ -33,9 +35,10 @@ yet), the plan deletes nothing and says so (``store_unavailable``). A crash can
 also leave LoggedModels that no version uses (unfinished uploads, or the files
 of a version deleted before its bytes were): those are orphans to remove.
 
-The same rules bound the local spool of saves not yet committed (a server
-outage): :func:`spool_drops` drops a spooled rolling save that the plan would
-retire anyway once the newer spooled saves are committed.
+The same list of rules bounds the local spool of saves not yet committed (a
+server outage): :func:`spool_drops` folds it over the spooled saves and drops a
+rolling save that the plan would retire anyway once the newer spooled saves are
+committed.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from .. import tags as T
+from ..store.records import CheckpointVersion, Integrity, QueueModel
 from .policy import BEST_ALIAS, RetentionPolicy
-from .records import CheckpointVersion, Integrity, QueueModel
+from .rules import Candidate, ForceSaved, InFlight, Newest, Protected, Table, fold, preserved_by
 
 log = logging.getLogger(__name__)
 _SAID_UNCLEAR: set[tuple[int, str]] = set()  # (version, keep tag value) already warned about
@@ -59,6 +63,7 @@ __all__ = [
     "protection",
     "assume_intact",
     "describe_version",
+    "committed_reasons",
     "SpoolItem",
     "spool_drops",
 ]
@@ -153,12 +158,51 @@ def assume_intact(version: CheckpointVersion) -> Integrity:
     return Integrity.INTACT
 
 
+def _candidate(version: CheckpointVersion, aliases: Sequence[str] = ()) -> Candidate:
+    """A registry version as the rules see it (key: its version number)."""
+    return Candidate(
+        key=version.version, step=version.step, kind=version.kind, newness=version.newness(),
+        metric=version.metric, aliases=tuple(aliases), keep=version.keep, source=version,
+    )  # fmt: skip
+
+
 def protection(version: CheckpointVersion, aliases: Sequence[str], own_aliases: set[str]) -> tuple[str, ...]:
-    """What protects ``version`` from deletion by a person's choice: foreign aliases, the keep tag."""
-    reasons = [f"alias:{a}" for a in sorted(aliases) if a not in own_aliases]
-    if version.keep:
-        reasons.append("keep")
-    return tuple(reasons)
+    """What protects ``version`` from deletion by a person's choice: foreign aliases, the keep tag
+    (the :class:`~.rules.Protected` rule on this one version)."""
+    table = Table((), own_aliases=frozenset(own_aliases), others=[_candidate(version, aliases)])
+    return fold([Protected()], table).get(version.version, ())
+
+
+def committed_reasons(kind: str) -> tuple[str, ...]:
+    """What keeps a version at its commit point, before the plan that follows it runs.
+
+    The rules that hold of a new version alone: it is the newest (the highest
+    version number), and force-saved when its kind is. ``keep_last`` and ``best``
+    depend on the other versions; the plan after the commit adds them to the
+    description. e.g. ``("force_saved", "newest")``.
+    """
+    return fold([ForceSaved(), Newest()], Table([Candidate(0, 0, kind)])).get(0, ())
+
+
+def _warn_unclear_keep(versions: Sequence[CheckpointVersion]) -> None:
+    """Say once per process (the plan runs at every save) which keep tags are neither yes nor no."""
+    unclear = [(v.version, v.keep_value_unclear) for v in versions
+               if v.keep_value_unclear is not None and (v.version, v.keep_value_unclear) not in _SAID_UNCLEAR]  # fmt: skip
+    _SAID_UNCLEAR.update(unclear)
+    if unclear:
+        log.warning("%s=%s: not a yes or no (true/yes/1/on or false/no/0/off); kept, as a keep tag is meant to keep",
+                    T.KEEP, ", ".join(f"{value!r} on v{n}" for n, value in unclear))  # fmt: skip
+
+
+def _table(snapshot: RegistrySnapshot, integrity: Callable[[CheckpointVersion], Integrity], own: set[str]) -> Table:
+    """The snapshot as the rules see it: the queue's versions, and the others (only protection looks at them)."""
+    candidates = [_candidate(v, snapshot.aliases_of(v.version)) for v in snapshot.versions]
+    return Table(
+        [c for c in candidates if c.source.is_queue_version],
+        lambda c: integrity(c.source),
+        own_aliases=frozenset(own),
+        others=[c for c in candidates if not c.source.is_queue_version],
+    )
 
 
 def plan_retention(
@@ -170,6 +214,9 @@ def plan_retention(
     forget_missing: bool = False,
 ) -> RetentionPlan:
     """Decide where the queue's aliases point and which versions are deleted.
+
+    Folds ``policy.rules()`` (``rules.py``) over the snapshot's versions: a rolling
+    version no rule preserves is deleted.
 
     Args:
         snapshot: the registry state.
@@ -198,72 +245,58 @@ def plan_retention(
         return RetentionPlan(alias_targets={}, alias_taken=True)
     wants_best = policy.best_metric is not None and (BEST_ALIAS in recorded or BEST_ALIAS not in snapshot.aliases)
     own = {alias} | recorded | ({BEST_ALIAS} if wants_best else set())
-    ours = sorted((v for v in snapshot.versions if v.is_queue_version), key=CheckpointVersion.newness, reverse=True)
-    checked: dict[int, Integrity] = {}
-
-    def state(v: CheckpointVersion) -> Integrity:
-        if v.version not in checked:
-            checked[v.version] = integrity(v)
-        return checked[v.version]
-
+    table = _table(snapshot, integrity, own)
     if forget_missing:  # a person's repair: every version is judged, not only the newest few
-        for v in ours:
-            state(v)
-    newest = next((v for v in ours if state(v).usable), None)
-    if newest is None and ours and not forget_missing and all(checked[v.version] is Integrity.MISSING for v in ours):
+        table.check_all()
+    # The evidence, gathered before the rules fold: the alias targets, checked newest first and best first.
+    newest = table.newest()
+    if newest is None and table.newest_first and not forget_missing and all(
+        s is Integrity.MISSING for s in table.checked.values()
+    ):
         # Absence of evidence is not damage: an empty or unmounted store deletes nothing.
         return RetentionPlan(alias_targets={}, store_unavailable=True)
+    best = table.best(policy.best_metric, policy.best_mode) if policy.best_metric is not None else None
+    _warn_unclear_keep(snapshot.versions)
+    rules = policy.rules()
+    reasons = fold(rules, table)
+    protected = dict(preserved_by(rules, table))
 
-    best = None
-    if policy.best_metric is not None:
-        sign = 1.0 if policy.best_mode == "min" else -1.0
-        ranked = sorted(
-            (v for v in ours if v.metric(policy.best_metric) is not None and checked.get(v.version) is not Integrity.DAMAGED),
-            key=lambda v: (sign * v.metric(policy.best_metric), v.step, v.version),
-        )
-        best = next((v for v in ranked if state(v).usable), None)
-
-    bad = {n for n, s in checked.items() if not s.usable}
-    usable = [v for v in ours if v.version not in bad]
-    reasons: dict[int, list[str]] = {}
-
-    def keep(v: CheckpointVersion | None, why: str) -> None:
-        if v is not None:
-            reasons.setdefault(v.version, []).append(why)
-
-    unclear = [(v.version, v.keep_value_unclear) for v in snapshot.versions
-               if v.keep_value_unclear is not None and (v.version, v.keep_value_unclear) not in _SAID_UNCLEAR]  # fmt: skip
-    _SAID_UNCLEAR.update(unclear)  # once per process: the plan runs at every save
-    if unclear:
-        log.warning("%s=%s: not a yes or no (true/yes/1/on or false/no/0/off); kept, as a keep tag is meant to keep",
-                    T.KEEP, ", ".join(f"{value!r} on v{n}" for n, value in unclear))  # fmt: skip
-    protected = {}
-    for v in snapshot.versions:
-        by = protection(v, snapshot.aliases_of(v.version), own)
-        if by:
-            protected[v.version] = by
-    for v in ours:
-        if v.kind == T.KIND_FORCE_SAVED:
-            keep(v, "force_saved")
-    keep(newest, "newest")
-    if policy.keep_last > 1:
-        for v in usable[: policy.keep_last]:
-            if v is not newest:
-                keep(v, "keep_last")
-    keep(best, "best")
-    for number, by in protected.items():
-        reasons.setdefault(number, []).extend(by)
-
-    targets: dict[str, CheckpointVersion | None] = {alias: newest}
+    targets = {alias: newest.source if newest else None}
     if wants_best:
-        targets[BEST_ALIAS] = best
+        targets[BEST_ALIAS] = best.source if best else None
     for stale in sorted(recorded - set(targets)):  # set by the queue, no longer used (option changed)
         targets[stale] = None
-    moves = tuple(
-        (a, t)
-        for a, t in targets.items()
-        if snapshot.aliases.get(a) != (t.version if t is not None else None)
+    ours = [c.source for c in table.newest_first]
+    delete, given_up = _deletions(ours, table.checked, reasons, protected, forget_missing)
+    bad = {n for n, s in table.checked.items() if not s.usable}
+    # Files no version uses: unfinished uploads, or a deletion a crash cut short.
+    referenced = {v.model_id for v in snapshot.versions}
+    return RetentionPlan(
+        own_aliases=frozenset(recorded),
+        descriptions=_descriptions(ours, reasons, delete, policy.best_metric),
+        alias_targets=targets,
+        alias_moves=tuple((a, t) for a, t in targets.items() if snapshot.aliases.get(a) != (t.version if t else None)),
+        delete_versions=delete,
+        delete_models=tuple(m for m in snapshot.queue_models if m.model_id not in referenced),
+        kept=reasons,
+        protected=protected,
+        damaged_kept=tuple(v for v in ours if v.version in bad and v.version in reasons and v not in delete),
+        given_up=given_up,
     )
+
+
+def _deletions(
+    ours: Sequence[CheckpointVersion],
+    checked: Mapping[int, Integrity],
+    reasons: Mapping[int, tuple[str, ...]],
+    protected: Mapping[int, tuple[str, ...]],
+    forget_missing: bool,
+) -> tuple[tuple[CheckpointVersion, ...], dict[int, str]]:
+    """The versions to delete (newest first) and, with ``forget_missing``, why each judged one is given up.
+
+    A rolling version no rule preserves goes. With ``forget_missing`` a MISSING one goes
+    too, whatever kept it, unless a person protects it.
+    """
     delete = tuple(v for v in ours if v.kind == T.KIND_ROLLING and v.version not in reasons)
     given_up: dict[int, str] = {}
     if forget_missing:
@@ -274,30 +307,24 @@ def plan_retention(
                 given_up[n] = "its files are gone"
             elif s is Integrity.DAMAGED:
                 given_up[n] = "its checkpoint or config.yaml differs from its registration"
-    damaged = tuple(v for v in ours if v.version in bad and v.version in reasons and v not in delete)
+    return delete, given_up
 
-    # Files no version uses: unfinished uploads, or a deletion a crash cut short.
-    referenced = {v.model_id for v in snapshot.versions}
-    orphans = tuple(m for m in snapshot.queue_models if m.model_id not in referenced)
+
+def _descriptions(
+    ours: Sequence[CheckpointVersion],
+    reasons: Mapping[int, tuple[str, ...]],
+    delete: Sequence[CheckpointVersion],
+    metric: str | None,
+) -> tuple[tuple[CheckpointVersion, str], ...]:
+    """The kept versions whose description (ours, not a person's) no longer says what keeps them."""
     descriptions = []
     for v in ours:
         # Not of a version this plan deletes (forget_missing gives up force-saved ones too).
         if v.version in reasons and v not in delete and _OUR_DESCRIPTION.match(v.description or ""):
-            text = describe_version(v, reasons[v.version], policy.best_metric)
+            text = describe_version(v, reasons[v.version], metric)
             if text != v.description:
                 descriptions.append((v, text))
-    return RetentionPlan(
-        own_aliases=frozenset(recorded),
-        descriptions=tuple(descriptions),
-        alias_targets=targets,
-        alias_moves=moves,
-        delete_versions=delete,
-        delete_models=orphans,
-        kept={n: tuple(r) for n, r in reasons.items()},
-        protected=protected,
-        damaged_kept=damaged,
-        given_up=given_up,
-    )
+    return tuple(descriptions)
 
 
 @dataclass(frozen=True)
@@ -312,23 +339,25 @@ class SpoolItem:
 def spool_drops(items: Sequence[SpoolItem], policy: RetentionPolicy, *, in_flight: int | None = None) -> frozenset[int]:
     """The steps of spooled saves that are dropped without being committed.
 
-    The spool keeps what :func:`plan_retention` would keep among them once they
-    are all committed: every force-saved one, the newest ``keep_last`` saves,
-    and the best by ``best_metric`` among them (the registry may hold a better
-    one; it is then retired after its commit, as any version would be). A rolling
-    save no rule keeps is dropped, except the one being committed (``in_flight``).
-    So an outage holds at most ``keep_last`` rolling saves (+1 in flight, +1 best)
-    besides the force-saves.
+    Folds the same ``policy.rules()`` as :func:`plan_retention` over the spooled
+    saves (all intact, none protected), plus :class:`~.rules.InFlight` for the one
+    being committed (``in_flight``): the spool keeps what the planner would keep
+    among them once they are all committed: every force-saved one, the newest
+    ``keep_last`` saves, and the best by ``best_metric`` among them (the registry
+    may hold a better one; it is then retired after its commit, as any version
+    would be). A save no rule keeps is dropped. So an outage holds at most
+    ``keep_last`` rolling saves (+1 in flight, +1 best) besides the force-saves.
     """
-    newest_first = sorted(items, key=lambda i: i.step, reverse=True)
-    keep = {i.step for i in newest_first if i.kind == T.KIND_FORCE_SAVED}
-    keep |= {i.step for i in newest_first[: policy.keep_last]}
-    metric = policy.best_metric
-    if metric is not None:
-        sign = 1.0 if policy.best_mode == "min" else -1.0
-        scored = [i for i in items if metric in i.metrics and i.metrics[metric] == i.metrics[metric]]
-        if scored:
-            keep.add(min(scored, key=lambda i: (sign * i.metrics[metric], i.step)).step)
-    if in_flight is not None:
-        keep.add(in_flight)
-    return frozenset(i.step for i in items if i.step not in keep)
+    rules = policy.rules() + ((InFlight(in_flight),) if in_flight is not None else ())
+    kept = fold(rules, Table([_spooled(i) for i in items]))
+    return frozenset(i.step for i in items if i.step not in kept)
+
+
+def _spooled(item: SpoolItem) -> Candidate:
+    """A spooled save as the rules see it (key and newness: its step; a NaN metric counts as absent)."""
+
+    def metric(name: str) -> float | None:
+        value = item.metrics.get(name)
+        return value if value is not None and value == value else None
+
+    return Candidate(key=item.step, step=item.step, kind=item.kind, newness=item.step, metric=metric, source=item)

@@ -32,7 +32,7 @@ complete entry or none:
 
     1. write   the files and ``spool.json`` into ``.writing-<pid>-step-<s>``, fsync each
     2. rename  to ``step-<s>``: the entry exists (atomic on POSIX)     -> after_spool
-    3. remove  after the version is registered (``queue.py``); a crash between
+    3. remove  after the version is registered (``commit.py``); a crash between
                registering and removing leaves an entry whose step and sha256 the
                registry already holds: it is recognised and removed, never committed twice.
 
@@ -52,16 +52,16 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 from urllib.parse import urlparse
 
 import torch
 
 from ..errors import CheckpointIntegrityError, ConfigError, one_line
-from ..tracking import embedded_store_folder
+from ..names import spool_folder_name
+from ..processes import pid_running
+from ..store.location import embedded_store_folder
 from .files import MANIFEST_FILE, FileDigest, Manifest, sha256_file, verify_files, write_checkpoint
-from .lease import pid_running
-from .names import spool_folder_name
 
 __all__ = ["SPOOL_ENV", "SpooledSave", "Spool", "spool_root", "check_spool_root"]
 
@@ -132,6 +132,9 @@ class SpooledSave:
     manifest: Manifest
     manifest_digest: FileDigest
     metrics: dict[str, float] = field(default_factory=dict)
+    # when the metrics were measured (ms since the epoch): the run's point the commit links to;
+    # None in entries written before issue 22 (linked at the commit's time)
+    metrics_timestamp: int | None = None
     blocked_seconds: float = 0.0
     run_id: str | None = None
     experiment_id: str = ""
@@ -151,7 +154,7 @@ class SpooledSave:
     def to_json(self) -> bytes:
         return json.dumps({
             "format": _FORMAT, "step": self.step, "kind": self.kind, "metrics": self.metrics,
-            "blocked_seconds": self.blocked_seconds, "run_id": self.run_id, "experiment_id": self.experiment_id,
+            "metrics_timestamp": self.metrics_timestamp, "blocked_seconds": self.blocked_seconds, "run_id": self.run_id, "experiment_id": self.experiment_id,
             "files_tags": self.files_tags, "manifest_sha256": self.manifest_digest.sha256,
             "manifest_size": self.manifest_digest.size, "written_by": self.written_by,
             "writer": self.writer, "base_version": self.base_version,
@@ -240,25 +243,29 @@ class Spool:
         *,
         metrics: Mapping[str, float],
         blocked_seconds: float,
+        metrics_timestamp: int | None = None,
         run_id: str | None,
         experiment_id: str,
         files_tags: Mapping[str, str],
         writer: str = "",
         base_version: int | None = None,
+        dependencies: Sequence[Mapping[str, Any]] | None = None,
         after_write=lambda: None,
     ) -> SpooledSave:
         """Write one entry (steps 1-2 of the module's commit order); an older entry of
         the same step is replaced. ``after_write`` runs between write and rename.
-        ``writer``/``base_version``: see the module docstring."""
+        ``writer``/``base_version``: see the module docstring. ``dependencies``: the records of
+        the weight files the checkpoint converts with, written into its manifest (issue 21)."""
         tmp = self.folder / f".writing-{os.getpid()}-step-{step:012d}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(mode=0o700)
         try:
-            manifest, digest = write_checkpoint(tmp, step, payload, config_yaml, extra_files, trainer_state)
+            manifest, digest = write_checkpoint(tmp, step, payload, config_yaml, extra_files, trainer_state,
+                                                dependencies=dependencies)  # fmt: skip
             entry = SpooledSave(
                 step=step, kind=kind, folder=self.folder / f"step-{step:012d}", manifest=manifest,
                 manifest_digest=digest, metrics={k: float(v) for k, v in metrics.items()},
-                blocked_seconds=float(blocked_seconds), run_id=run_id, experiment_id=str(experiment_id),
+                metrics_timestamp=None if metrics_timestamp is None else int(metrics_timestamp), blocked_seconds=float(blocked_seconds), run_id=run_id, experiment_id=str(experiment_id),
                 files_tags=dict(files_tags), written_by=os.getpid(), writer=str(writer),
                 base_version=None if base_version is None else int(base_version),
             )  # fmt: skip
@@ -322,12 +329,12 @@ class Spool:
                 f"spooled checkpoint {path}: {SPOOL_FILE} says step {doc['step']}, the folder step {named}, "
                 f"{MANIFEST_FILE} step {manifest.step}"
             )
-        base = doc.get("base_version")
+        base, stamp = doc.get("base_version"), doc.get("metrics_timestamp")
         return SpooledSave(
             step=int(doc["step"]), kind=str(doc["kind"]), folder=path, manifest=manifest,
             manifest_digest=FileDigest(str(doc["manifest_sha256"]), int(doc["manifest_size"])),
             metrics={str(k): float(v) for k, v in doc["metrics"].items()},
-            blocked_seconds=float(doc["blocked_seconds"]), run_id=doc["run_id"],
+            metrics_timestamp=None if stamp is None else int(stamp), blocked_seconds=float(doc["blocked_seconds"]), run_id=doc["run_id"],
             experiment_id=str(doc["experiment_id"]), files_tags={str(k): str(v) for k, v in doc["files_tags"].items()},
             written_by=int(doc.get("written_by", 0)), writer=str(doc.get("writer") or ""),
             base_version=None if base is None else int(base),

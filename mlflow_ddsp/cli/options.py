@@ -12,9 +12,9 @@ __all__ = ["alias_option", "set_option", "human_size", "created", "progress", "o
 
 def open_store(ctx: click.Context):
     """The store for a command about existing models: an embedded one must exist already."""
-    from ..checkpoint import RegistryStore
     from ..errors import CheckpointNotFoundError
-    from ..tracking import embedded_database, resolve_tracking_uri
+    from ..store import RegistryStore
+    from ..store.location import embedded_database, resolve_tracking_uri
 
     uri = resolve_tracking_uri(ctx.obj["tracking_uri"])
     db = embedded_database(uri)

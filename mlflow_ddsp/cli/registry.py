@@ -6,7 +6,7 @@ import json
 
 import click
 
-from . import main
+from .group import main
 from .options import alias_option, created, human_size, open_store, progress
 
 
@@ -153,8 +153,19 @@ def gc(ctx: click.Context, name: str, alias: str | None, dry_run: bool, takeover
     this store. If the artifact store holds no file of NAME (not mounted?) it
     changes nothing and exits 1. Takes the writer lease, so it refuses to run
     while a training process writes into NAME.
+
+    Then, store-wide, when the store holds dependency weights (experiment
+    'mlflow-ddsp dependencies'): frees each one no version of any registered
+    model references (and uploads that died over an hour ago), printing its
+    role, digest, file and bytes and the total. It keeps what any LoggedModel
+    it can see references, so it needs READ on every experiment of the store
+    (a basic-auth server hides the experiments you cannot read, and their
+    references with them: run it as a user who reads them all) and MANAGE on
+    'mlflow-ddsp dependencies'; a listing refused with HTTP 401/403 collects
+    nothing and says so in one line.
     """
-    from ..checkpoint.gc import collect
+    from ..checkpoint.dependency_gc import collect_store_dependencies
+    from ..checkpoint.reconcile import collect
     from ..checkpoint.lease import WriterLease
 
     from ..errors import CheckpointNotFoundError
@@ -171,12 +182,28 @@ def gc(ctx: click.Context, name: str, alias: str | None, dry_run: bool, takeover
     note = spool_note(store.tracking_uri, name)
     if note:
         click.echo(note)
+    prefix = "would " if dry_run else ""
     if not lines:
         click.echo(f"{name}: nothing to do")
-        return
-    prefix = "would " if dry_run else ""
     for line in lines:
         click.echo(f"{prefix}{line}")
+    _print_dependencies(collect_store_dependencies(store, dry_run=dry_run), prefix)
+
+
+def _print_dependencies(collection, prefix: str) -> None:
+    """The dependency part of gc: one line per file freed and the total; nothing when the store has none."""
+    if collection is None:  # the store holds no dependencies
+        return
+    if collection.refused:
+        click.echo(collection.refused, err=True)
+        return
+    for record, size in collection.freed:
+        click.echo(f"{prefix}free {record.label} ({record.file}, {size} bytes, {human_size(size)})")
+    count = len(collection.freed)
+    if not count:  # said only when something was (or would be) freed
+        return
+    click.echo(f"dependencies: {prefix}{'freed' if not prefix else 'free'} {count} file{'s' * (count != 1)}, "
+               f"{collection.total} bytes ({human_size(collection.total)})")  # fmt: skip
 
 
 def _set_keep(ctx: click.Context, name: str, version: int, keep: bool) -> None:
@@ -245,8 +272,9 @@ def _queue_aliases(store, name: str) -> tuple[set[str], dict[str, int], list[int
     those it recorded setting (``mlflow_ddsp.own_aliases``); the same set `gc
     --alias` and the retention planner (``checkpoint/retention.py``) go by.
     """
-    from ..checkpoint.gc import recorded_policy, take_snapshot
-    from ..checkpoint.policy import BEST_ALIAS
+    from ..checkpoint.policy_record import recorded_policy
+    from ..checkpoint.snapshot import take_snapshot
+    from ..names import BEST_ALIAS
 
     snapshot = take_snapshot(store, name, with_files=False)
     rolling, _ = recorded_policy(store, name)
@@ -272,7 +300,7 @@ def alias_command(ctx: click.Context, name: str, version: int | None, alias_name
     those it recorded in mlflow_ddsp.own_aliases) are refused: it moves them
     itself. Needs the EDIT permission on NAME (MANAGE to delete).
     """
-    from ..checkpoint.names import validate_alias
+    from ..names import validate_alias
     from ..errors import CheckpointNotFoundError, ConfigError
 
     if delete is not None and (version is not None or alias_name is not None):
@@ -338,7 +366,7 @@ def lineage(ctx: click.Context, name: str, version: int | None, alias: str, as_j
     from what its training run recorded. Each link shows the step, the run, the
     git commit (and whether the tree was dirty), and the config and dataset digests.
     """
-    from ..checkpoint.gc import recorded_policy
+    from ..checkpoint.policy_record import recorded_policy
     from ..lineage import lineage_chain
 
     store = open_store(ctx)

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from . import main
+from .group import main
 
 log = logging.getLogger("mlflow_ddsp")
 
@@ -80,16 +80,23 @@ def infer(
     from ..errors import ConfigError
     from ..inference import Sampler, VoiceConverter, parse_speaker_mix
     from ..progress import Progress
+    from ..serving.dependencies import resolve_dependencies, version_dependencies
 
     torch_device = resolve_device(device, setting="--device")  # refuse before downloading anything
     check_output_file(output_path, "-o/--output")  # before the download and the conversion
     mix = parse_speaker_mix(spk_mix) if spk_mix is not None else None
     ref = parse_model_uri(model_uri)
-    restored = CheckpointReader(ref.name, tracking_uri=ctx.obj["tracking_uri"]).fetch(model_uri)
+    reader = CheckpointReader(ref.name, tracking_uri=ctx.obj["tracking_uri"])
+    restored = reader.fetch(model_uri)
     label = restored.version.label
     log.info("%s resolved to %s, sha256 verified", model_uri, label)
+    # the weight files its manifest records, verified (old versions: the config as it is)
+    config = resolve_dependencies(
+        reader.store, version_dependencies(reader.store, restored.version), restored.config_yaml, label=label,
+        overrides={"encoder": ("--encoder-ckpt", encoder_ckpt), "vocoder": ("--vocoder-ckpt", vocoder_ckpt)},
+    )  # fmt: skip
     converter = VoiceConverter.from_checkpoint(
-        restored.checkpoint, restored.config_yaml, device=torch_device, encoder_ckpt=encoder_ckpt,
+        restored.checkpoint, config, device=torch_device, encoder_ckpt=encoder_ckpt,
         encoder_precision=encoder_precision, encoder_precision_key="--encoder-precision",
         source=f"checkpoint {label}", vocoder_ckpt=vocoder_ckpt,
     )  # fmt: skip
@@ -172,7 +179,7 @@ def serve(ctx: click.Context, model_uri: str, host: str, port: int, timeout: int
     from ..device import resolve_device
     from ..checkpoint.reader import CheckpointReader, parse_model_uri
     from ..serving.resolve import fetch_servable, pin_version, serving_folder
-    from ..tracking import resolve_tracking_uri
+    from ..store.location import resolve_tracking_uri
 
     from_env = ctx.get_parameter_source("device") == click.core.ParameterSource.ENVIRONMENT
     # Refuse here, in one line, not in the server's model load.

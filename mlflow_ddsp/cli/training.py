@@ -6,7 +6,7 @@ import signal
 
 import click
 
-from . import main
+from .group import main
 from .options import set_option
 
 
@@ -78,7 +78,7 @@ def demo(ctx: click.Context, workdir: str, config_path: str, max_steps: int | No
     """
     from ..demo import run_demo, ui_hint
     from ..destinations import check_output_dir
-    from ..tracking import resolve_tracking_uri
+    from ..store.location import resolve_tracking_uri
     from .registry import versions
 
     check_output_dir(workdir, "--workdir")  # before synthesizing, preprocessing or training anything

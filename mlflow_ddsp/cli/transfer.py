@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import main
+from .group import main
 
 
 @main.command("import")
@@ -15,7 +15,9 @@ def import_command(ctx: click.Context, expdir: str, name: str) -> None:
     """Register an upstream experiment folder (model_<N>.pt + config.yaml) as versions of NAME.
 
     Older checkpoints become force-saved versions, the newest takes the rolling
-    alias; the files' bytes are kept exactly. Checkpoints already imported are
+    alias (force-saved too when its step is a multiple of the config's
+    train.interval_force_save, as a save at that step would be); the files'
+    bytes are kept exactly. Checkpoints already imported are
     skipped, so running it again is safe. A checkpoint that does not fit its
     config (model type, window size, unit channels) is refused with the reason.
     """

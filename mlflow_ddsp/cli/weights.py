@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import main
+from .group import main
 from .options import human_size, set_option
 
 

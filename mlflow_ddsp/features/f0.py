@@ -51,10 +51,13 @@ from types import ModuleType
 from typing import ClassVar
 
 import numpy as np
+import torch
 
+from mlflow_ddsp.audio import resample
 from mlflow_ddsp.errors import ConfigError
 from mlflow_ddsp.features.frames import frame_count
 from mlflow_ddsp.features.pitch_libraries import import_pitch_library
+from mlflow_ddsp.features.rmvpe import DEFAULT_RMVPE_CKPT, load_rmvpe
 
 __all__ = [
     "F0_EXTRACTORS",
@@ -310,8 +313,6 @@ _MODELS: dict[object, object] = {}  # loaded networks, one per process (upstream
 
 
 def _to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    from mlflow_ddsp.audio import resample
-
     return resample(np.asarray(audio, dtype=np.float32), sample_rate, _NET_RATE)
 
 
@@ -359,8 +360,6 @@ class FcpeF0(F0Extractor):
         self._model = _bundled_fcpe()
 
     def _estimate(self, audio: np.ndarray) -> np.ndarray:
-        import torch
-
         wav = torch.from_numpy(_to_16k(audio, self.sample_rate))[None]  # [1, T16]
         with torch.no_grad():
             f0 = self._model(wav, sr=_NET_RATE, decoder_mode="local_argmax", threshold=0.006)  # [1, N, 1]
@@ -418,8 +417,6 @@ class CrepeF0(F0Extractor):
         self._crepe = import_pitch_library("torchcrepe", self.name)
 
     def _estimate(self, audio: np.ndarray) -> np.ndarray:
-        import torch
-
         wav = torch.from_numpy(_to_16k(audio, self.sample_rate))[None]  # [1, T16]
         rng_state = np.random.get_state()
         np.random.seed(0)
@@ -466,8 +463,6 @@ class RmvpeF0(F0Extractor):
 
     def __init__(self, *args, ckpt: str | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        from mlflow_ddsp.features.rmvpe import DEFAULT_RMVPE_CKPT, load_rmvpe
-
         path = Path(ckpt or DEFAULT_RMVPE_CKPT).expanduser()
         try:
             st = path.stat()

@@ -49,7 +49,7 @@ import yaml
 from numpy.lib.stride_tricks import sliding_window_view
 
 from mlflow_ddsp.audio import resample
-from mlflow_ddsp.config import Config, parse_config
+from mlflow_ddsp.config import DIFFUSION_METHODS, REFLOW_METHODS, Config, parse_config
 from mlflow_ddsp.device import resolve_device
 from mlflow_ddsp.errors import AudioError, ConfigError
 from mlflow_ddsp.features import (
@@ -148,8 +148,6 @@ class Sampler:
         Raises:
             ConfigError: a method the model type lacks, or a value out of range (named).
         """
-        from mlflow_ddsp.config import DIFFUSION_METHODS, REFLOW_METHODS
-
         diffusion = cfg.model.type == "DiffusionFast"
         foreign = ("infer_step", "t_start") if diffusion else ("k_step", "speedup")
         given = [name for name in foreign if getattr(self, name) is not None]

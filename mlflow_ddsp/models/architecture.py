@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from mlflow_ddsp.errors import ArchitectureMismatchError, ConfigError
-from mlflow_ddsp.models.base import CONFIG_KEYS, DDSPModel
+from mlflow_ddsp.models.base import CONFIG_KEYS
 from mlflow_ddsp.models.combsub import CombSub, CombSubFast
 from mlflow_ddsp.models.combsub_superfast import CombSubSuperFast
 from mlflow_ddsp.models.diffusion_svc import DiffusionUnit2WavFast

@@ -16,9 +16,11 @@ import platform
 import tempfile
 from pathlib import Path
 
-__all__ = ["pyfunc_files", "pip_requirements", "LOADER_MODULE"]
+from .. import __version__
+from ..pyfunc_layout import LOADER_MODULE, MLMODEL_FILE, PYTHON_ENV_FILE, REQUIREMENTS_FILE
+from .payload import input_example, model_signature
 
-LOADER_MODULE = "mlflow_ddsp.serving.pyfunc"
+__all__ = ["pyfunc_files", "pip_requirements", "LOADER_MODULE"]
 
 
 def _release(version: str) -> str:
@@ -28,11 +30,9 @@ def _release(version: str) -> str:
 def pip_requirements() -> list[str]:
     """Pinned to what trained the model; mlflow-ddsp itself must be installed (serve with
     ``--env-manager local``)."""
-    import mlflow
+    import mlflow  # third-party, slow to import: training and transfer load it only when they write a version
     import numpy
     import torch
-
-    from .. import __version__
 
     return [
         f"mlflow-ddsp=={__version__}",
@@ -48,22 +48,20 @@ def pip_requirements() -> list[str]:
 
 def pyfunc_files(sampling_rate: int = 44100) -> dict[str, bytes]:
     """``{file name: bytes}`` for MLmodel, requirements and the input example."""
-    from mlflow.models import Model
+    from mlflow.models import Model  # third-party, slow to import: loaded when a version's files are written
     from mlflow.models.utils import _save_example
     from mlflow.pyfunc import add_to_model
     from mlflow.utils.environment import _PythonEnv
-
-    from .payload import input_example, model_signature
 
     requirements = pip_requirements()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = Model(signature=model_signature())
         _save_example(model, input_example(sampling_rate), str(root))
-        (root / "requirements.txt").write_text("\n".join(requirements) + "\n")
-        env = _PythonEnv(python=platform.python_version(), build_dependencies=["pip"], dependencies=["-r requirements.txt"])
-        env.to_yaml(root / "python_env.yaml")
+        (root / REQUIREMENTS_FILE).write_text("\n".join(requirements) + "\n")
+        env = _PythonEnv(python=platform.python_version(), build_dependencies=["pip"], dependencies=[f"-r {REQUIREMENTS_FILE}"])
+        env.to_yaml(root / PYTHON_ENV_FILE)
         # data "." : the loader gets the version's artifact root, where the checkpoint lies.
-        add_to_model(model, loader_module=LOADER_MODULE, data=".", python_env="python_env.yaml")
-        model.save(os.path.join(tmp, "MLmodel"))
+        add_to_model(model, loader_module=LOADER_MODULE, data=".", python_env=PYTHON_ENV_FILE)
+        model.save(os.path.join(tmp, MLMODEL_FILE))
         return {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}

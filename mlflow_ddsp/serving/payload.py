@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+import soundfile as sf
 
 from ..errors import AudioError
+from ..inference import Sampler, parse_speaker_mix
 
 __all__ = [
     "PayloadError",
@@ -111,7 +113,7 @@ class ConversionParams:
 
 def model_signature():
     """The MLflow signature: columns, and params with their defaults."""
-    from mlflow.models import ModelSignature
+    from mlflow.models import ModelSignature  # third-party, slow to import: loaded when a version's files are written
     from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
     audio_columns = [
@@ -142,8 +144,6 @@ def model_signature():
 
 def wav_base64(audio: np.ndarray, sample_rate: int) -> str:
     """16-bit PCM WAV of mono ``audio [N]``, base64 encoded."""
-    import soundfile as sf
-
     buffer = io.BytesIO()
     sf.write(buffer, np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0), int(sample_rate),
              format="WAV", subtype="PCM_16")  # fmt: skip
@@ -152,7 +152,7 @@ def wav_base64(audio: np.ndarray, sample_rate: int) -> str:
 
 def input_example(sample_rate: int = 44100):
     """A short sung tone as a base64 WAV row: shows the request shape in the MLflow UI."""
-    import pandas as pd
+    import pandas as pd  # third-party, slow to import: only the MLmodel's input example needs it
 
     t = np.arange(int(0.25 * sample_rate)) / sample_rate
     tone = 0.3 * np.sin(2 * np.pi * 220.0 * t) * np.hanning(t.size)
@@ -214,8 +214,6 @@ def _unreadable(row: int) -> PayloadError:
 
 def _measure_file(data: bytes, row: int) -> _Row:
     """Rate, length and channels from the file's header; no sample is decoded."""
-    import soundfile as sf
-
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             sample_rate, frames, channels = int(f.samplerate), int(f.frames), int(f.channels)
@@ -229,8 +227,6 @@ def _measure_file(data: bytes, row: int) -> _Row:
 def _decode_file(entry: _Row, max_frames: int) -> tuple[np.ndarray, bool]:
     """Decode at most ``max_frames + 1`` frames (one past a budget, whatever the header said) as
     mono float32; the flag says whether there were more than ``max_frames``."""
-    import soundfile as sf
-
     try:
         with sf.SoundFile(io.BytesIO(entry.data)) as f:
             audio = f.read(frames=max_frames + 1, dtype="float32", always_2d=True)
@@ -381,14 +377,11 @@ def _check_budgets(measured: list[_Row], limits: RequestLimits, cost: float, cos
 
 
 def _speaker_mix(text: str) -> dict[int, float] | None:
-    from ..inference import parse_speaker_mix  # "1:0.5,2:0.5" or upstream's "{1: 0.5, 2: 0.5}"
-
+    # "1:0.5,2:0.5" or upstream's "{1: 0.5, 2: 0.5}"
     return parse_speaker_mix(text) if text.strip() else None
 
 
 def parse_params(params: Mapping[str, Any] | None) -> ConversionParams:
-    from ..inference import Sampler
-
     params = dict(params or {})
 
     def unset_if(name: str, unset: Any, kind):

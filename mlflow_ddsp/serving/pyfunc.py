@@ -28,6 +28,9 @@ Environment, read at load time:
     MLFLOW_DDSP_ENCODER_CKPT  content-encoder weights, if not at the config's data.encoder_ckpt
     MLFLOW_DDSP_VOCODER_CKPT  NSF-HiFiGAN weights of a RectifiedFlow / DiffusionFast version, if not at
                               the config's vocoder.ckpt (its config.json beside it)
+                              A version whose manifest records its weight files (issue 21) takes them
+                              from these, the config's paths, the per-user cache or the store of
+                              MLFLOW_TRACKING_URI, each checked by sha256 (serving/dependencies.py)
     MLFLOW_DDSP_DEVICE        cpu (default), auto, cuda, cuda:N or mps; a device this machine
                               lacks is refused (DeviceError) before anything is loaded
     MLFLOW_DDSP_ENCODER_PRECISION  auto (default: int8 content encoder on the CPU where
@@ -56,6 +59,7 @@ import functools
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -65,7 +69,12 @@ import yaml
 
 from ..checkpoint.files import MANIFEST_FILE, Manifest, load_checkpoint, verify_files
 from ..config import parse_config
+from ..device import resolve_device
 from ..errors import AudioError, ConfigError, MlflowDdspError, one_line
+from ..features import F0_EXTRACTORS
+from ..inference import Sampler, VoiceConverter
+from ..store import RegistryStore
+from .dependencies import manifest_dependencies, resolve_dependencies
 from .payload import (
     DEFAULT_MAX_ROWS,
     DEFAULT_MAX_SECONDS,
@@ -129,8 +138,6 @@ def sampler_cost(sampler, cfg) -> tuple[float, str]:
     Raises:
         ConfigError: a sampler setting the model refuses (see ``Sampler.keywords``).
     """
-    from ..inference import Sampler
-
     if not getattr(cfg, "uses_mel", False) or sampler is None or sampler == Sampler():
         return 1.0, ""
     asked, own = sampler.keywords(cfg), Sampler().keywords(cfg)
@@ -175,9 +182,8 @@ class DdspVoiceModel:
         """Convert each row; a request we cannot serve raises an HTTP-400 MlflowException
         (``INVALID_PARAMETER_VALUE``) whose message is our one-line reason; beyond
         ``max_concurrent`` conversions at once, an HTTP 503 at once."""
-        from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
-
-        from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED
+        # mlflow stays lazy here: this module is imported by training and tests that never serve
+        from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED, TEMPORARILY_UNAVAILABLE
 
         deadline = None
         if self.request_timeout is not None:
@@ -196,8 +202,6 @@ class DdspVoiceModel:
             self._slots.release()
 
     def _check_f0_extractor(self, name: str | None) -> None:
-        from ..features import F0_EXTRACTORS
-
         if name is None:
             return
         key = name.lower()
@@ -269,7 +273,7 @@ def request_error(reason: str, error_code: int | None = None) -> Exception:
     back. This exception keeps its first message: the scoring server's rewrite is
     ignored, so the JSON answer's ``message`` is our one-line reason.
     """
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # mlflow is slow to import: on first use
 
     return _request_error_class()(one_line(reason), error_code=error_code or INVALID_PARAMETER_VALUE)
 
@@ -293,9 +297,6 @@ def _request_error_class() -> type:
 
 def load_version_dir(path: str | os.PathLike, *, device: str | None = None) -> DdspVoiceModel:
     """Load a version's artifact root: verify files, build the converter."""
-    from ..device import resolve_device
-    from ..inference import VoiceConverter
-
     if device is None:
         torch_device = resolve_device(os.environ.get("MLFLOW_DDSP_DEVICE") or "cpu", setting="MLFLOW_DDSP_DEVICE")
     else:
@@ -305,6 +306,8 @@ def load_version_dir(path: str | os.PathLike, *, device: str | None = None) -> D
     verify_files(root, manifest, label=f"model at {root}")
     checkpoint = load_checkpoint(root / manifest.checkpoint_file)
     cfg = parse_config(yaml.safe_load((root / "config.yaml").read_text()))
+    label = f"model at {root}"
+    cfg = resolve_dependencies(_tracking_store, manifest_dependencies(manifest, label=label), cfg, label=label)
     converter = VoiceConverter.from_checkpoint(
         checkpoint,
         cfg,
@@ -319,6 +322,15 @@ def load_version_dir(path: str | os.PathLike, *, device: str | None = None) -> D
     max_concurrent = _positive_env("MLFLOW_DDSP_MAX_CONCURRENT", 1, int)
     return DdspVoiceModel(converter, step=manifest.step, sha256=sha256, limits=request_limits_from_env(),
                           max_concurrent=max_concurrent, f0_extractors=request_f0_extractors_from_env())  # fmt: skip
+
+
+def _tracking_store() -> RegistryStore:
+    """The store a loaded version's dependencies are downloaded from (only when neither a local
+    file nor the cache has them): ``MLFLOW_TRACKING_URI``, else what ``mlflow.set_tracking_uri``
+    set in this process (the store ``mlflow.pyfunc.load_model`` read the version from)."""
+    import mlflow  # third-party, slow to import: loaded here only when a dependency must be downloaded
+
+    return RegistryStore(os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri())
 
 
 def request_limits_from_env() -> RequestLimits:
@@ -343,8 +355,6 @@ def request_f0_extractors_from_env() -> tuple[str, ...]:
     Raises:
         ConfigError: an empty list or a name that is not an f0 extractor, naming the allowed ones.
     """
-    from ..features import F0_EXTRACTORS
-
     text = os.environ.get("MLFLOW_DDSP_F0_EXTRACTORS")
     if text is None or not text.strip():
         return REQUEST_F0_EXTRACTORS
@@ -383,8 +393,6 @@ def _load_pyfunc(data_path: str) -> DdspVoiceModel:
             with status 3, uvicorn's start-up failure, which also stops a
             multi-worker server instead of restarting the worker in a loop.
     """
-    import sys
-
     starting = _scoring_server_starting()
     try:
         model = load_version_dir(data_path)
@@ -394,6 +402,7 @@ def _load_pyfunc(data_path: str) -> DdspVoiceModel:
         print(f"mlflow-ddsp: cannot serve this version: {one_line(str(exc))}", file=sys.stderr, flush=True)
         raise SystemExit(_UVICORN_STARTUP_FAILURE) from None
     if starting is not None:
+        # mlflow is loaded here already (its scoring server is importing us); imported lazily for other callers
         from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
 
         # The scoring server's own setting, read as its timeout middleware reads it.
@@ -409,8 +418,6 @@ def _scoring_server_starting():
     """MLflow's ``scoring_server`` module while its ``app`` module is being imported (the server is
     loading its model), else None. Python lists a module in ``sys.modules`` before running it; ``app``
     gets its ``app`` attribute only once the model has loaded."""
-    import sys
-
     app_module = sys.modules.get("mlflow.pyfunc.scoring_server.app")
     if app_module is None or hasattr(app_module, "app"):
         return None
@@ -467,7 +474,7 @@ def guard_scoring_server(scoring_server) -> None:
     """
     if getattr(scoring_server.invocations, "_mlflow_ddsp_guard", False):
         return
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # mlflow is slow to import: loaded with the scoring server
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
 
     invocations = scoring_server.invocations

@@ -31,16 +31,22 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from ..checkpoint import CheckpointReader
-from ..checkpoint.lease import pid_running
-from ..checkpoint.names import serving_folder_name
 from ..checkpoint.reader import parse_model_uri
-from ..checkpoint.records import CheckpointVersion
-from ..errors import CheckpointIntegrityError, CheckpointNotFoundError
+from ..checkpoint.files import CONFIG_FILE
+from ..checkpoint.verify import fetch_verified
+from ..config import parse_config
+from ..errors import CheckpointIntegrityError, CheckpointNotFoundError, RegistryError
+from ..names import serving_folder_name
+from ..processes import pid_running
+from ..pyfunc_layout import MLMODEL_FILE
+from ..store import CheckpointVersion
+from ..store.fluent import load_pyfunc
+from .dependencies import fetched_dependencies, resolve_files
 
 __all__ = ["pin_version", "fetch_servable", "serving_folder", "load_model"]
-
-MLMODEL_FILE = "MLmodel"
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,8 @@ def pin_version(
 def fetch_servable(
     uri: str, dst: str | os.PathLike, *, tracking_uri: str | None = None, reader: CheckpointReader | None = None
 ) -> CheckpointVersion:
-    """Download a version's files into ``dst``, each checked against the registry's record.
+    """Download a version's files into ``dst``, each checked against the registry's record, and
+    the weight files its manifest records into the per-user cache (:mod:`.dependencies`).
 
     Args:
         uri: ``models:/NAME/7`` or ``models:/NAME@ALIAS`` (pinned to its version first).
@@ -73,13 +80,18 @@ def fetch_servable(
     Raises:
         CheckpointIntegrityError: the manifest or any file (``MLmodel`` included)
             differs from what was registered, or the version has no ``MLmodel``.
-        CheckpointNotFoundError: the version or one of its files is gone.
+        CheckpointNotFoundError: the version or one of its files is gone, or a dependency is nowhere.
+        ConfigError: ``MLFLOW_DDSP_ENCODER_CKPT`` / ``MLFLOW_DDSP_VOCODER_CKPT`` names no file.
     """
     reader = reader or CheckpointReader(parse_model_uri(uri).name, tracking_uri=tracking_uri)
     _, version = pin_version(uri, reader=reader)  # one store for resolving and downloading
-    manifest = reader.store.fetch_verified(version, dst)
+    manifest = fetch_verified(reader.store, version, dst)
     if MLMODEL_FILE not in manifest.files:
         raise CheckpointIntegrityError(f"{version.label} has no MLmodel among its registered files; it cannot be served")
+    records = fetched_dependencies(reader.store, version, manifest)
+    if records:  # fetched into the cache now, with this store: the loader then finds them there
+        cfg = parse_config(yaml.safe_load((Path(dst) / CONFIG_FILE).read_text()))
+        resolve_files(reader.store, records, cfg, label=version.label)
     return version
 
 
@@ -112,22 +124,22 @@ def load_model(uri: str, *, tracking_uri: str | None = None, attempts: int = 3):
         CheckpointIntegrityError: the version's files differ from the registry's record.
         CheckpointNotFoundError: the version kept vanishing, or does not exist.
     """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     last: Exception | None = None
     for _ in range(attempts):
         local = Path(tempfile.mkdtemp(prefix="mlflow-ddsp-load-"))
         try:
             fetch_servable(uri, local, tracking_uri=tracking_uri)
-            return mlflow.pyfunc.load_model(str(local))  # the checkpoint is in memory once loaded
-        except (CheckpointNotFoundError, MlflowException, OSError) as exc:  # deleted between resolve and download
+            try:
+                return load_pyfunc(local)  # the checkpoint is in memory once loaded
+            except RegistryError as exc:  # MLflow could not load the copy (load_pyfunc raises no other)
+                last = exc
+        except (CheckpointNotFoundError, OSError) as exc:  # deleted between resolve and download
             if isinstance(exc, CheckpointNotFoundError) and _is_pinned(uri):
                 raise
             last = exc
-            log.warning("%s vanished while loading (%s); resolving it again", uri, exc)
         finally:
             shutil.rmtree(local, ignore_errors=True)
+        log.warning("%s vanished while loading (%s); resolving it again", uri, last)
     raise CheckpointNotFoundError(f"could not load {uri}: {last}")
 
 

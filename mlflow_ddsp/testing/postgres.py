@@ -22,8 +22,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .errors import TrackingServerUnreachable
-from .local_server import _ManagedProcess, die_with_parent, free_port, wait_until_answers
+from ..errors import TrackingServerUnreachable
+from .server import _ManagedProcess, die_with_parent, free_port, wait_until_answers
 
 __all__ = ["LocalPostgres", "find_postgres_bin"]
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .local_server import _ManagedProcess, die_with_parent, stop_process_group, wait_until_answers
+from .server import _ManagedProcess, die_with_parent, stop_process_group, wait_until_answers
 
 __all__ = ["LocalObjectStore", "find_weed"]
 

@@ -3,7 +3,7 @@
 * :class:`LocalServer`: a tracking server with a SQLite backend and proxied
   artifacts, the same shape as a team's shared server (``mlflow-artifacts:`` URIs);
 * :class:`LocalModelServer`: ``mlflow models serve`` of one model version;
-* :mod:`mlflow_ddsp.local_postgres` and :mod:`mlflow_ddsp.local_s3`: a throwaway
+* :mod:`mlflow_ddsp.testing.postgres` and :mod:`mlflow_ddsp.testing.s3`: a throwaway
   PostgreSQL cluster and S3-compatible object store for a team-shaped server.
 
 Used by the test suite and the benchmarks; handy for trying the team setup.
@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .errors import TrackingServerUnreachable
+from ..errors import TrackingServerUnreachable
 
 __all__ = ["LocalServer", "LocalModelServer", "free_port", "wait_until_answers", "stop_process_group", "die_with_parent"]
 
@@ -238,7 +238,7 @@ def _stop(process: subprocess.Popen | None, grace: float = 15.0) -> None:
             continue
 
 
-# Public names for the sibling helpers (local_postgres, local_s3).
+# Public names for the sibling helpers (testing.postgres, testing.s3).
 die_with_parent = _die_with_parent
 wait_until_answers = _wait_until_answers
 stop_process_group = _stop

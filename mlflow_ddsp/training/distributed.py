@@ -92,7 +92,7 @@ class DistributedContext:
 class NullTracker:
     """Ranks other than 0 log nothing."""
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
         pass
 
     def log_validation(self, result: Any, step: int, media: Any = None) -> None:
@@ -103,5 +103,5 @@ class NullCheckpointer:
     """Ranks other than 0 save nothing; rank 0's queue holds the lease."""
 
     def save(self, step: int, model: torch.nn.Module, optimizer: Any = None, *, metrics: Any = None,
-             trainer_state: Any = None, attachments: Any = None) -> None:  # fmt: skip
+             metrics_timestamp: Any = None, trainer_state: Any = None, attachments: Any = None) -> None:  # fmt: skip
         return None

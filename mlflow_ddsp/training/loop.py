@@ -5,6 +5,12 @@ provides: a :class:`Checkpointer` (the checkpoint queue) and a
 :class:`Tracker` (metrics, spectrograms, audio). Validation runs before the
 checkpoint of a validation step is saved, so the checkpoint carries its
 validation loss (upstream saves first; the weights are the same either way).
+
+Metrics take one road: every validation point is stamped once and logged
+through the tracker, always; the same point (step and timestamp) goes with the
+checkpoint's save, which links it to the checkpoint when it commits (MLflow
+stores the run's point once). A checkpoint skipped or dropped by the queue
+leaves no gap in the run's curve.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import MlflowDdspError
+from ..progress import Progress
+from ..wrappers import unwrap_model
 from . import trainer_state as trainer
 from .data import EpochSampler
 from .media import validation_media
@@ -38,12 +46,13 @@ class TrainingError(MlflowDdspError, RuntimeError):
 
 class Checkpointer(Protocol):
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-             metrics: Mapping[str, float] | None = None, trainer_state: Mapping[str, Any] | None = None,
+             metrics: Mapping[str, float] | None = None, metrics_timestamp: int | None = None,
+             trainer_state: Mapping[str, Any] | None = None,
              attachments: Mapping[str, bytes] | None = None) -> Any: ...  # fmt: skip
 
 
 class Tracker(Protocol):
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None: ...
 
     def log_validation(self, result: "ValidationResult", step: int, media: Mapping[str, bytes] | None = None) -> None: ...
 
@@ -168,8 +177,11 @@ class TrainLoop:
                     if step % self.interval_val == 0 and self.is_main:
                         result = self.validate()
                         media = validation_media(result.clips, result.sampling_rate, step)  # rendered once
+                        stamp = int(time.time() * 1000)  # one point: the run's, and the checkpoint's link to it
+                        self.tracker.log_metrics(result.metrics, step, timestamp_ms=stamp)
                         self.checkpointer.save(step, self.model, self.optimizer, metrics=result.metrics,
-                                               trainer_state=state(), attachments=media)  # fmt: skip
+                                               metrics_timestamp=stamp, trainer_state=state(),
+                                               attachments=media)  # fmt: skip
                         saved_step = step
                         self.tracker.log_validation(result, step, media)
                         log.info("step %d: validation loss %.4f, checkpoint queued", step, result.loss)
@@ -215,8 +227,6 @@ class TrainLoop:
     @torch.no_grad()
     def validate(self) -> ValidationResult:
         """Whole validation files, batch 1, with the fixed-scale loss (comparable across checkpoints)."""
-        from ..checkpoint.reader import unwrap_model
-
         # The bare module: a DDP forward on the main process alone would wait for the others.
         model = unwrap_model(self.model)
         model.eval()
@@ -259,6 +269,4 @@ class TrainLoop:
         """A tqdm bar on a terminal; otherwise a log line every MLFLOW_DDSP_PROGRESS_SECONDS (30 s)."""
         if not self.progress:
             return None
-        from ..progress import Progress
-
         return Progress("training", self.max_steps, initial=start_step, unit="step")

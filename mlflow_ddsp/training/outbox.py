@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+from ..checkpoint.backoff import Backoff
 from ..errors import TrackingServerUnavailable
-from ..tracking import retry_delay
 
 __all__ = ["RunOutbox", "DeliveryReport", "MAX_POINTS", "MAX_MEDIA"]
 
@@ -74,7 +74,7 @@ class RunOutbox:
         max_points: metric values held at most; the oldest beyond it are dropped.
         max_media: media items held at most; the oldest beyond it are dropped.
         probe: raises TrackingServerUnavailable when the server does not answer
-            (e.g. :func:`~mlflow_ddsp.tracking.check_reachable`); asked by :meth:`flush`
+            (e.g. :func:`~mlflow_ddsp.store.location.check_reachable`); asked by :meth:`flush`
             when nothing was delivered for its ``timeout``. None: such a stall is an outage.
     """
 
@@ -82,11 +82,10 @@ class RunOutbox:
                  max_points: int = MAX_POINTS, max_media: int = MAX_MEDIA, name: str = "run",
                  probe: Callable[[], None] | None = None):  # fmt: skip
         self._send_points = send_points
-        self._probe = probe
-        self._last_progress = time.monotonic()
         self._max_points = max_points
         self._max_media = max_media
         self._cond = threading.Condition()
+        self._backoff = Backoff(self._cond, probe)  # the retry rule every background sender follows
         # One queue keeps the logging order: ("points", [..]) or ("call", description, fn, is_media).
         self._items: collections.deque = collections.deque()
         self._points = 0
@@ -96,14 +95,14 @@ class RunOutbox:
         self._failed = 0
         self._busy = False
         self._stopping = False
-        self.outage_since: float | None = None
         self._thread = threading.Thread(target=self._run, name=f"mlflow-ddsp-outbox-{name}", daemon=True)
         self._thread.start()
 
     # -- producer side (the training loop) ------------------------------------
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Queue ``metrics`` at ``step``, stamped now; never waits on the server."""
-        now = int(time.time() * 1000)
+    def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
+        """Queue ``metrics`` at ``step``, stamped ``timestamp_ms`` (ms since the epoch; default now);
+        never waits on the server."""
+        now = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
         points = [(str(k), float(v), now, int(step)) for k, v in metrics.items()]
         if not points:
             return
@@ -144,9 +143,13 @@ class RunOutbox:
         else:
             self._max_media = max(self._max_media, self._media)
 
+    @property
+    def outage_since(self) -> float | None:
+        """When the current outage began (monotonic seconds); None while the server answers."""
+        return self._backoff.outage_since
+
     # -- the sender thread ---------------------------------------------------
     def _run(self) -> None:
-        attempt = 0
         while True:
             with self._cond:
                 while not self._items and not self._stopping:
@@ -169,13 +172,12 @@ class RunOutbox:
                 else:
                     item[2]()
             except TrackingServerUnavailable as exc:
-                attempt += 1
                 with self._cond:
                     self._busy = False
-                    if self.outage_since is None:
-                        self.outage_since = time.monotonic()
+                    delay, first = self._backoff.failed()
+                    if first:
                         log.warning("run logging waits for the tracking server (%s); training goes on", exc)
-                    self._cond.wait_for(lambda: self._stopping, timeout=retry_delay(attempt))
+                    self._backoff.pause(delay, lambda: self._stopping)
                 continue
             except Exception as exc:  # noqa: BLE001 - any failure of one item: skipped, counted, logged once
                 with self._cond:
@@ -185,13 +187,11 @@ class RunOutbox:
                     log.warning("run logging: %s failed and is skipped: %s",
                                 "metrics" if item[0] == "points" else item[1], exc)  # fmt: skip
                 merged = 1 if item[0] == "call" else merged
-            attempt = 0
             with self._cond:
                 self._busy = False
-                self._last_progress = time.monotonic()
-                if self.outage_since is not None:
-                    log.warning("run logging resumed after %.0f s", time.monotonic() - self.outage_since)
-                    self.outage_since = None
+                lasted = self._backoff.succeeded()
+                if lasted is not None:
+                    log.warning("run logging resumed after %.0f s", lasted)
                 if item[0] == "points":
                     for _ in range(merged):
                         self._points -= len(self._items.popleft()[1])
@@ -208,26 +208,7 @@ class RunOutbox:
         Also False when nothing was delivered for ``timeout`` s and the probe says the
         server does not answer (a request hanging on a stopped server is an outage too).
         """
-        started = time.monotonic()
-        while True:
-            with self._cond:
-                if not self._items:
-                    return True
-                now, since = time.monotonic(), self.outage_since
-                if timeout is not None and since is not None and now - max(since, started) >= timeout:
-                    return False
-                stalled = timeout is not None and now - max(self._last_progress, started) >= timeout
-                if not stalled or since is not None:
-                    self._cond.wait(timeout=0.5)
-                    continue
-                if self._probe is None:
-                    return False
-            try:  # stalled for `timeout` s: the sender may be inside MLflow's retries of a dead server
-                self._probe()
-            except TrackingServerUnavailable:
-                return False
-            with self._cond:
-                self._cond.wait(timeout=0.5)
+        return not self._backoff.wait_drained(lambda: not self._items, timeout)
 
     def close(self, timeout: float) -> DeliveryReport:
         """Deliver what is queued, waiting at most ``timeout`` s of outage; stop; report."""

@@ -12,6 +12,9 @@ FINISHED; see :func:`_run_to_continue`. A run stopped by SIGINT/SIGTERM after
 its save ends FINISHED with the tags ``mlflow_ddsp.stopped_by`` and
 ``mlflow_ddsp.stopped_at_step``; a second Ctrl-C (abort) leaves it KILLED, an
 error FAILED, a killed process RUNNING: each of these is continued by the next start.
+Where a start cannot continue it (`mlflow run` imposed its own run, ``--new-run``,
+``--takeover``), the new run is tagged ``mlflow_ddsp.continues`` and the old one, once
+its writer is gone, ``mlflow_ddsp.continued_by`` and, if RUNNING, ended KILLED.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,24 +33,30 @@ from typing import Iterator, Sequence
 import torch
 
 from .. import tags as T
-from ..checkpoint import CheckpointQueue, CheckpointReader, RegistryStore
+from ..checkpoint.dependencies import DependencyRecord
 from ..checkpoint.lease import WriterLease
-from ..checkpoint.queue import registered_model_description, resolve_close_timeout
+from ..checkpoint.lease_holder import LeaseHolder
+from ..checkpoint.options import registered_model_description, resolve_close_timeout
+from ..checkpoint.queue import CheckpointQueue
+from ..checkpoint.reader import CheckpointReader, load_into
 from ..checkpoint.spool import Spool, SpooledSave, check_spool_root
-from ..checkpoint.reader import load_into
-from ..checkpoint.registry import RunRecord
 from ..config import Config, load_config
 from ..corpus import dataset_digest, list_audio
+from ..errors import CheckpointNotFoundError
 from ..device import resolve_device
 from ..lineage import code_version, environment_versions
-from ..tracking import resolve_tracking_uri
 from ..loss import FixedScaleSpectralLoss, RandomScaleSpectralLoss
 from ..models import architecture, build_model_from_config
 from ..optimizer import build_optimizer
+from ..store import RegistryStore, RunRecord
+from ..store.location import resolve_tracking_uri
+from ..serving.dependencies import check_same_dependencies, version_dependencies
 from ..serving.model_files import pyfunc_files
 from ..subnormals import flushed_subnormals, subnormals_flushed
 from ..vocoder import open_vocoder
-from .data import check_recordings, make_loaders
+from ..weights import file_dependency
+from .checkpoint_fit import check_fit, check_resume_architecture
+from .data import FeatureProvenance, check_recordings, make_loaders
 from .distributed import DistributedContext, NullCheckpointer, NullTracker
 from .loop import TrainLoop
 from .objective import MelObjective, step_lr
@@ -206,7 +216,7 @@ def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_
     # architecture (one config.yaml read) and a second writer are refused in a
     # second, leaving nothing behind.
     store = lease = continued = None
-    check_recordings(cfg)  # the commonest first mistake, refused before a run or registered model exists
+    provenance = check_recordings(cfg)  # the commonest first mistake, refused before a run or model exists
     if cfg.uses_mel:
         open_vocoder(cfg)  # a missing or unfit vocoder config.json is refused before a run exists
     if init_from is not None and not is_model_uri(init_from):
@@ -215,11 +225,13 @@ def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_
     if ctx.is_main:
         store = RegistryStore(tracking_uri)
         reader = CheckpointReader(cfg.registered_model, cfg.mlflow.alias, store=store)
-        reader.check_architecture(architecture(cfg), source=init_from if init_from and is_model_uri(init_from) else None)
+        source = init_from if init_from and is_model_uri(init_from) else None
+        check_resume_architecture(reader, architecture(cfg), source)
+        _check_resume_dependencies(reader, source, provenance)
         description = registered_model_description(cfg.mlflow.alias, cfg.train.best_metric)
         lease = WriterLease(store, cfg.registered_model, takeover=takeover, description=description).acquire()
         try:  # read while this process holds the lease: no other writer changes the answer
-            continued = None if new_run or takeover else _run_to_continue(store, reader, cfg, init_from)
+            continued = _training_run(store, reader, cfg, init_from, lease, new_run=new_run or takeover)
         except BaseException:
             lease.release()
             raise
@@ -231,7 +243,7 @@ def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_
         loaders = make_loaders(cfg, rank=ctx.rank, world_size=ctx.world_size)
         if ctx.is_main:
             result = _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_from, progress,
-                                  close_timeout, continued)
+                                  close_timeout, continued, _dependencies(cfg, provenance))
         else:
             result = _train_other_rank(cfg, ctx, model, optimizer, loaders, device, tracking_uri)
     except BaseException:
@@ -249,7 +261,7 @@ def _train(cfg: Config, ctx: DistributedContext, device: torch.device, tracking_
 
 
 def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_from, progress,
-                close_timeout, continued: RunRecord | None = None) -> TrainResult:
+                close_timeout, continued: _TrainingRun | None = None, dependencies=None) -> TrainResult:
     """Rank 0 (or the only process): the run, the tracker, the checkpoint queue."""
     run_id, own_run = _open_run(store, cfg, continued)
     status = "FAILED"
@@ -277,7 +289,9 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
             best_metric=cfg.train.best_metric,
             best_mode=cfg.train.best_mode,
             close_timeout=close_timeout,
-        ) as queue:
+            dependencies=dependencies,  # the weight files every version converts with, stored once
+            recover=False,  # recovered explicitly below, after the run's own start-up
+        ).recover() as queue:  # commits what an earlier process left in the spool, reconciles
             start_step, origin, loaded = _restore(cfg, queue, model, optimizer, init_from, tracker)
             # The other ranks load exactly this version (the alias may move meanwhile), or file.
             ctx.broadcast(loaded)
@@ -314,6 +328,35 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
             signals.restore()
 
 
+def _dependencies(cfg: Config, provenance: FeatureProvenance) -> list[tuple[Path | None, DependencyRecord]]:
+    """``(file, record)`` of each weight file this training's versions convert with (issue 21):
+    the encoder and f0 network that made the features (their digests as preprocess recorded
+    them) and, for a cascade model, the vocoder's weights (hashed here once)."""
+    found = list(provenance.dependencies)
+    if cfg.uses_mel and Path(cfg.vocoder.ckpt).is_file():
+        found.append(file_dependency("vocoder", cfg.vocoder.ckpt))
+    return [(Path(d.path) if d.path and Path(d.path).is_file() else None,
+             DependencyRecord(d.role, d.sha256, d.size, Path(d.path or d.role).name)) for d in found]  # fmt: skip
+
+
+def _check_resume_dependencies(reader: CheckpointReader, source: str | None, provenance: FeatureProvenance) -> None:
+    """Refuse, before a run exists, to continue a version with other encoder or f0 weights than
+    it was trained with (its recorded digests against the features'); versions that record
+    none are not checked.
+
+    Raises:
+        ConfigError: one line naming the role and both digests.
+    """
+    version = reader.resume_point(source)
+    if version is None:
+        return
+    try:
+        recorded = version_dependencies(reader.store, version)
+    except CheckpointNotFoundError:
+        return  # its files are gone: restore falls back to an intact version and says so
+    check_same_dependencies(recorded, [(d.role, d.sha256) for d in provenance.dependencies], label=version.label)
+
+
 def _restore(cfg, queue, model, optimizer, init_from, tracker):
     """Load the resume point; returns ``(start_step, registry origin or None, what was loaded)``.
 
@@ -333,7 +376,7 @@ def _restore(cfg, queue, model, optimizer, init_from, tracker):
         log.warning("%s already has checkpoints: resuming from %s, not from the starting point %s "
                     "(used only while it has none)", cfg.registered_model, own[0].label, init_from)  # fmt: skip
         init_from = None
-    step = queue.restore(model, optimizer, source=init_from)
+    step = queue.restore(model, optimizer, source=init_from, check=check_fit)
     origin = queue.restored_from
     return step, origin, f"models:/{origin.name}/{origin.version}" if origin else None
 
@@ -346,7 +389,7 @@ def _train_other_rank(cfg, ctx, model, optimizer, loaders, device, tracking_uri)
         start_step, _ = load_pretrained(Path(source), model, cfg)
     elif source is not None:
         restored = CheckpointReader(cfg.registered_model, cfg.mlflow.alias, tracking_uri=tracking_uri).fetch(source)
-        load_into(restored, model, optimizer)
+        load_into(restored, model, optimizer, check=check_fit)
         start_step = restored.step
         state = TrainerState.from_payload(restored.trainer_state)
         if state is not None and restored.version.name == cfg.registered_model:
@@ -424,59 +467,135 @@ def _make_loop(cfg, ctx, model, optimizer, loaders, device, *, checkpointer, tra
     )
 
 
-def _open_run(store: RegistryStore, cfg: Config, continued: RunRecord | None = None) -> tuple[str, bool]:
+@dataclass(frozen=True)
+class _TrainingRun:
+    """The run of the training a start resumes (:func:`_run_to_continue`), and what the start may do with it."""
+
+    record: RunRecord
+    new_run: bool  # --new-run / --takeover: a new run continues the training, even where this one could be
+    writer_gone: bool  # no live process writes it (the lease was free or taken from a dead holder)
+
+
+def _training_run(store: RegistryStore, reader: CheckpointReader, cfg: Config, init_from: str | None,
+                  lease: WriterLease, *, new_run: bool) -> _TrainingRun | None:  # fmt: skip
+    """:func:`_run_to_continue`'s run, read while this process holds the writer lease, with
+    whether its writer is gone (:func:`_writer_gone`); None where the start is a new training."""
+    run = _run_to_continue(store, reader, cfg, init_from)
+    if run is None:
+        return None
+    return _TrainingRun(run, new_run, _writer_gone(store, lease))
+
+
+def _writer_gone(store: RegistryStore, lease: WriterLease) -> bool:
+    """Whether no live process writes the registered model but this one (which holds ``lease``).
+
+    Without ``takeover`` the lease is acquired only when it was free or its holder stale
+    (dead: heartbeat older than its ttl, or a process of this machine that is gone), so
+    every earlier writer is gone. With ``takeover`` the holder taken over may be alive:
+    gone only when the lease it held (kept renamed as our lease's tombstone,
+    ``mlflow_ddsp.lease.tombstone``) is stale; unknown (a lease moved away from, or none
+    taken over) counts as alive (checkpoint/lease.py).
+    """
+    if not lease.takeover:
+        return True
+    try:
+        tombstone = store.registered_model_tags(lease.lock_name).get(T.LEASE_TOMBSTONE)
+        if not tombstone:
+            return False
+        return LeaseHolder.from_tags(store.registered_model_tags(tombstone)).is_stale(time.time())
+    except CheckpointNotFoundError:
+        return False
+
+
+def _open_run(store: RegistryStore, cfg: Config, previous: _TrainingRun | None = None) -> tuple[str, bool]:
     """The training run, in the configured experiment; (run_id, we own it).
 
     Under `mlflow run` (MLFLOW_RUN_ID) the project's run is joined when it is in
     the configured experiment (`mlflow run --experiment-name ...`). MLflow puts it
-    in "Default" otherwise, and a run cannot move: training then gets its own run
-    in the configured experiment, and the project's run a tag and a note naming it.
-    Otherwise ``continued`` (:func:`_run_to_continue`) is reopened: status RUNNING,
-    the stopped tags removed, ``mlflow_ddsp.resumes`` counted up.
+    in "Default" otherwise, and a run cannot move: training then gets a run in the
+    configured experiment (``previous``, continued, or a new one), and the project's
+    run a tag and a note naming it. ``previous`` (:func:`_training_run`) is reopened
+    unless a run is imposed or ``previous.new_run``: status RUNNING, the stopped tags
+    removed, ``mlflow_ddsp.resumes`` counted up. Where the training goes on in another
+    run, :func:`_hand_over` links the two and ends a crashed ``previous`` KILLED.
     """
     experiment_id = store.experiment_id(cfg.mlflow.experiment)
     outer = os.environ.get("MLFLOW_RUN_ID")
     if outer and store.experiment_of_run(outer) == experiment_id:
-        return outer, False
-    if continued is not None and not outer:
+        run_id, own = outer, False
+    elif previous is not None and not previous.new_run:
+        continued = previous.record
         store.reopen_run(continued.run_id, drop_tags=(T.STOPPED_BY, T.STOPPED_AT_STEP))
         resumes = int(continued.tags.get(T.RUN_RESUMES, "0") or 0) + 1
         store.set_run_tags(continued.run_id, {T.RUN_RESUMES: str(resumes)})
         log.info("continuing run %s (%s before)", continued.run_id,
                  f"stopped by {continued.tags[T.STOPPED_BY]}" if T.STOPPED_BY in continued.tags
                  else continued.status)  # fmt: skip
+        if outer:
+            _name_project_run(store, cfg, outer, continued.run_id)
         return continued.run_id, True
-    run_id = store.create_run(experiment_id, run_name=f"train-{cfg.registered_model}")
-    if outer:
-        project = store.run_tags(outer)  # what `mlflow run` recorded: entry point, source, git commit
-        store.set_run_tags(run_id, {
-            **{k: v for k, v in project.items() if k.startswith(("mlflow.project.", "mlflow.source.", "mlflow.gitRepoURL"))},
-            T.PROJECT_RUN: outer,
-        })  # fmt: skip
-        store.set_run_tags(outer, {
-            T.TRAINING_RUN: run_id,
-            T.MLFLOW_NOTE: f"Training is logged in experiment '{cfg.mlflow.experiment}', run {run_id}.",
-        })  # fmt: skip
-    return run_id, True
+    else:
+        run_id, own = store.create_run(experiment_id, run_name=f"train-{cfg.registered_model}"), True
+        if outer:
+            _name_project_run(store, cfg, outer, run_id)
+    if previous is not None and previous.record.run_id != run_id:
+        _hand_over(store, cfg, previous, run_id)
+    return run_id, own
+
+
+def _name_project_run(store: RegistryStore, cfg: Config, outer: str, run_id: str) -> None:
+    """Link the `mlflow run` run ``outer`` (in another experiment) and the training run ``run_id``."""
+    project = store.run_tags(outer)  # what `mlflow run` recorded: entry point, source, git commit
+    store.set_run_tags(run_id, {
+        **{k: v for k, v in project.items() if k.startswith(T.PROJECT_TAG_PREFIXES)},
+        T.PROJECT_RUN: outer,
+    })  # fmt: skip
+    store.set_run_tags(outer, {
+        T.TRAINING_RUN: run_id,
+        T.MLFLOW_NOTE: f"Training is logged in experiment '{cfg.mlflow.experiment}', run {run_id}.",
+    })  # fmt: skip
+
+
+def _hand_over(store: RegistryStore, cfg: Config, previous: _TrainingRun, run_id: str) -> None:
+    """The training of ``previous`` goes on in run ``run_id`` (imposed by `mlflow run`, ``--new-run``,
+    ``--takeover``): ``run_id`` gets ``mlflow_ddsp.continues``; ``previous``, when no live process
+    writes it (:func:`_writer_gone`) and it trained this registered model, gets
+    ``mlflow_ddsp.continued_by`` and a note, and is ended KILLED if RUNNING (what a crash leaves,
+    issue 23: a run never stays RUNNING beside the run that continues it). A live writer's run
+    is left as it is."""
+    old = previous.record
+    store.set_run_tags(run_id, {T.CONTINUES: old.run_id})
+    if not previous.writer_gone or old.tags.get(T.REGISTERED_MODEL) != cfg.registered_model:
+        log.info("run %s continues the training of run %s, left as it is (its writer may be alive, "
+                 "or it trained another registered model)", run_id, old.run_id)  # fmt: skip
+        return
+    note = f"Training continued in run {run_id}."
+    earlier = old.tags.get(T.MLFLOW_NOTE)
+    store.set_run_tags(old.run_id, {
+        T.CONTINUED_BY: run_id,
+        T.MLFLOW_NOTE: f"{earlier}\n\n{note}" if earlier and note not in earlier else (earlier or note),
+    })  # fmt: skip
+    if old.status == "RUNNING":
+        store.end_run(old.run_id, "KILLED")  # its process is gone: this start holds the writer lease
+    log.info("run %s (%s) continues in run %s", old.run_id, "ended KILLED" if old.status == "RUNNING"
+             else old.status, run_id)  # fmt: skip
 
 
 def _run_to_continue(store: RegistryStore, reader: CheckpointReader, cfg: Config,
                      init_from: str | None) -> RunRecord | None:  # fmt: skip
-    """The run a start continues (one training, one run: issue 23), or None for a new run.
+    """The run of the training a start resumes (one training, one run: issue 23), or None for a new training.
 
     The training resumed is the one whose checkpoint is the resume point (the rolling
-    alias's version, else the newest): its run is continued, on any machine, when it
+    alias's version, else the newest): its run is the training's, on any machine, when it
     is in the configured experiment, not deleted, and not FINISHED (a run stopped by
-    a signal is FINISHED with the ``mlflow_ddsp.stopped_by`` tag: it is continued).
+    a signal is FINISHED with the ``mlflow_ddsp.stopped_by`` tag: it counts).
     With no checkpoint yet, the newest run tagged with the registered model that
     never logged a checkpoint, started from nothing (no ``--init-from``, no parent)
-    and trained the same architecture (its params) is continued. A new run otherwise:
+    and trained the same architecture (its params) is the training's. None otherwise:
     a finished training, a fine-tune from another model (``--init-from``), a new
-    registered model; ``--new-run`` and ``--takeover`` are decided by the caller.
-    Under ``mlflow run`` the caller joins the project's run instead.
+    registered model. Whether it is continued (not under an imposed `mlflow run` run,
+    ``--new-run`` or ``--takeover``) is :func:`_open_run`'s decision.
     """
-    if os.environ.get("MLFLOW_RUN_ID"):
-        return None
     experiment_id = store.experiment_id(cfg.mlflow.experiment)
     own = reader.candidates()
     spooled = _spooled_resume_point(store, cfg, own)
@@ -535,7 +654,7 @@ def _lineage_tags(cfg: Config, digests: dict[str, str]) -> dict[str, str]:
         T.CONFIG_DIGEST: cfg.digest(),
         T.DATASET_DIGEST: digests["training"],
         T.REGISTERED_MODEL: cfg.registered_model,
-        **{T.PREFIX + k: v for k, v in environment_versions().items()},
+        **T.environment_tags(environment_versions()),
     }
     git = code_version()
     if git:

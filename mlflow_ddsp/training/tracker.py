@@ -15,17 +15,15 @@ import io
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 from ..audio import save_wav
 from ..config import Config
-from ..tracking import check_reachable
+from ..store import RegistryStore
+from ..store.location import check_reachable
 from .loop import ValidationResult
 from .media import validation_media
 from .outbox import DeliveryReport, RunOutbox
-
-if TYPE_CHECKING:
-    from ..checkpoint.registry import RegistryStore
 
 __all__ = ["MlflowTracker"]
 
@@ -35,7 +33,7 @@ log = logging.getLogger(__name__)
 class MlflowTracker:
     """Logs to one run through the store, mlflow-ddsp's one MLflow edge (its errors are ours)."""
 
-    def __init__(self, store: "RegistryStore", run_id: str, sampling_rate: int):
+    def __init__(self, store: RegistryStore, run_id: str, sampling_rate: int):
         self.store = store
         self.run_id = run_id
         self.sampling_rate = sampling_rate
@@ -57,8 +55,9 @@ class MlflowTracker:
         self.store.log_dataset(self.run_id, name, path, digest, context, n_files)
 
     # -- during training ----------------------------------------------------
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self.outbox.log_metrics(metrics, step)  # the loop never waits on the server
+    def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
+        """Queue ``metrics`` at ``step`` (stamped ``timestamp_ms``, ms; default now) for the run."""
+        self.outbox.log_metrics(metrics, step, timestamp_ms)  # the loop never waits on the server
 
     def log_validation(self, result: ValidationResult, step: int, media: Mapping[str, bytes] | None = None) -> None:
         """Validation extras: real-time factor, and per speaker a spectrogram image (the run's

@@ -1,5 +1,7 @@
 """Where runs, models and artifacts go: the embedded default and remote servers.
 
+(Formerly ``mlflow_ddsp/tracking.py``, which re-exports this module for now.)
+
 With no ``MLFLOW_TRACKING_URI``, mlflow-ddsp uses a SQLite database
 ``mlflow.db`` in the working directory, with artifacts in ``mlartifacts/``
 beside it. MLflow on its own would put each experiment's artifacts under
@@ -11,11 +13,14 @@ from __future__ import annotations
 
 import http.client
 import os
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
-from .errors import TrackingServerUnreachable
+from .. import tags as T
+from ..errors import TrackingServerUnreachable
 
 __all__ = [
     "DEFAULT_EXPERIMENT",
@@ -29,13 +34,13 @@ __all__ = [
     "embedded_database",
     "prepare_store",
     "check_reachable",
-    "RETRY_BACKOFF",
-    "retry_delay",
     "ensure_experiment",
+    "local_path",
+    "owns_location",
 ]
 
 DEFAULT_EXPERIMENT = "mlflow-ddsp"
-EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow's own experiment tag
+EXPERIMENT_KIND = T.EXPERIMENT_KIND  # MLflow's own experiment tag (re-exported: tracking.py named it)
 MODEL_DEVELOPMENT = "custom_model_development"
 DEFAULT_DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -94,8 +99,7 @@ def prepare_store(uri: str) -> None:
     db = _sqlite_path(uri)
     if db is None or db.exists():
         return
-    import tempfile
-
+    # heavy (MLflow, SQLAlchemy): imported on first use (tests/test_cli_startup.py)
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +123,7 @@ def _move_if_absent(tmp: Path, db: Path) -> None:
     """Rename ``tmp`` to ``db`` unless ``db`` exists, under an exclusive lock of ``<db>.lock``
     (for filesystems without hard links; no lock where ``fcntl`` is missing)."""
     try:
-        import fcntl
+        import fcntl  # POSIX only
     except ImportError:
         fcntl = None
     with open(db.with_name(db.name + ".lock"), "a+b") as lock:
@@ -127,14 +131,6 @@ def _move_if_absent(tmp: Path, db: Path) -> None:
             fcntl.flock(lock, fcntl.LOCK_EX)
         if not db.exists():
             os.replace(tmp, db)
-
-
-RETRY_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # seconds between tries while a server is unavailable
-
-
-def retry_delay(attempt: int) -> float:
-    """Seconds to wait after failed try number ``attempt`` (1, 2, ...): doubling from 1 s to 30 s."""
-    return RETRY_BACKOFF[min(max(attempt, 1), len(RETRY_BACKOFF)) - 1]
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -164,7 +160,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 def ensure_experiment(client, name: str, uri: str) -> str:
     """Return the id of experiment ``name``, creating it with a pinned artifact location."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: imported on first use
 
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -182,3 +178,36 @@ def ensure_experiment(client, name: str, uri: str) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def local_path(location: str) -> Path | None:
+    """The local path of a ``file:`` URI or plain path; None for any other scheme."""
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and location[1:3] in (":\\", ":/")):
+        return Path(location)
+    return None
+
+
+def owns_location(uri: str, location: str) -> bool:
+    """Whether bytes at ``location`` belong to the store at ``uri``, so that it may delete them.
+
+    An embedded SQLite store owns only local files under the artifact folders
+    beside its database (``mlartifacts/``, and ``mlruns/`` where plain MLflow
+    or ``mlflow run`` put them), compared as written, not through symlinks
+    (a mounted volume is fine): MLflow records absolute artifact paths, so a
+    copied store (``cp -r``, also into a parent folder) still points at the
+    original's files, which it must never delete. Servers and other schemes
+    (``mlflow-artifacts:``, ``s3://``) own what they were given.
+    """
+    folder = embedded_store_folder(uri)
+    path = local_path(location)
+    if folder is None or path is None:
+        return True
+    here = os.path.normpath(str(path))
+    for root in (folder / ARTIFACTS_DIR, folder / "mlruns"):
+        root_text = os.path.normpath(str(root))
+        if here == root_text or here.startswith(root_text + os.sep):
+            return True
+    return False

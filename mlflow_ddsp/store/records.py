@@ -1,4 +1,9 @@
-"""Plain records of registry state, shared by the pure planners and the MLflow store."""
+"""Plain records of registry state: what the store returns, and what the pure planners read.
+
+They live here, at the bottom of the house, so that ``checkpoint/`` (planners, queue,
+verification) and ``store/`` (which builds them from MLflow's entities) both import
+them downward. ``mlflow_ddsp.checkpoint.records`` re-exports them for now.
+"""
 
 from __future__ import annotations
 
