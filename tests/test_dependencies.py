@@ -39,7 +39,8 @@ from mlflow_ddsp.checkpoint.files import sha256_file
 from mlflow_ddsp.errors import CheckpointIntegrityError, CheckpointNotFoundError, ConfigError, PermissionDeniedError
 from mlflow_ddsp.store import RegistryStore
 
-from conftest import Backend, scaled_timeout, second_machine
+from conftest import Backend, scaled_timeout, second_machine, server_of
+from registry_checks import forget_dependencies
 from test_auth import AuthServer, auth_server  # noqa: F401  (the session's basic-auth server)
 
 
@@ -239,7 +240,25 @@ store_dependency(RegistryStore(uri), path, DependencyRecord(role, sha256, int(si
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", DEPENDENCY_CRASH_POINTS)
-def test_a_store_killed_at_each_step_leaves_nothing_used_and_gc_cleans_it(backend, tmp_path, monkeypatch, point):
+def test_a_store_killed_at_each_step_leaves_nothing_used_and_gc_cleans_it(embedded, tmp_path, monkeypatch, point):
+    killed_while_storing(embedded, tmp_path, monkeypatch, point)
+
+
+# On a server, the two points that leave a PENDING copy with its bytes and a READY one (suite time:
+# each kill costs a process start).
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.parametrize("point", ["dependency_after_upload", "dependency_after_finalize"])
+def test_a_store_killed_on_a_server_leaves_nothing_used_and_gc_cleans_it(request, tmp_path, monkeypatch, point):
+    server = server_of(request, "server", f"exp-killed-{uuid.uuid4().hex[:6]}")
+    try:
+        killed_while_storing(server, tmp_path, monkeypatch, point)
+    finally:
+        forget_dependencies(server.uri)  # the session server is shared (no `backend` fixture to do it)
+
+
+def killed_while_storing(backend: Backend, tmp_path: Path, monkeypatch, point: str) -> None:
+    """SIGKILL a process storing a dependency at ``point``: nothing half-stored is used; gc cleans it."""
     path, record = weights(tmp_path / "first")
     proc = subprocess.run(
         [sys.executable, "-c", STORE_ONE, backend.uri, str(path), record.role, record.sha256, str(record.size), record.file],
