@@ -11,15 +11,13 @@ manifest form is checked at the function level (the queue writing it is the lead
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
-from mlflow_ddsp.checkpoint.dependencies import CACHE_ENV, DependencyRecord, cache_root
+from mlflow_ddsp.checkpoint.dependencies import CACHE_ENV, cache_root
 from mlflow_ddsp.checkpoint.dependency_attach import attach_dependencies
 from mlflow_ddsp.checkpoint.files import MANIFEST_FILE, Manifest, sha256_file, write_checkpoint
 from mlflow_ddsp.config import parse_config
@@ -35,19 +33,11 @@ from mlflow_ddsp.store import RegistryStore
 from mlflow_ddsp.transfer import export_version, import_experiment
 
 from conftest import second_machine
+from test_dependencies import weights
 from test_transfer import UPSTREAM_CONFIG, write_upstream_expdir
 
 
-
 pytestmark = pytest.mark.usefixtures("forget_stored_dependencies")
-
-
-def _weights(folder: Path, role: str = "encoder", size: int = 200_000) -> tuple[Path, DependencyRecord]:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{role}-{uuid.uuid4().hex[:10]}.pt"
-    path.write_bytes(os.urandom(size))
-    return path, DependencyRecord(role, sha256_file(path).sha256, size, path.name)
-
 
 
 def _no_store():
@@ -59,7 +49,7 @@ def recorded_version(backend, model_name, tmp_path):
     """``(uri, a copy of the encoder's bytes, its record)``: an imported hubertsoft version whose
     encoder is stored once and recorded on the version (``attach_dependencies``); the file is gone
     from the path its config names."""
-    encoder, record = _weights(tmp_path / "training-machine")
+    encoder, record = weights(tmp_path / "training-machine")
     config = {**UPSTREAM_CONFIG, "data": {**UPSTREAM_CONFIG["data"], "encoder_ckpt": str(encoder)}}
     write_upstream_expdir(tmp_path / "exp" / "dep", [2000], config, with_optimizer=False)
     import_experiment(tmp_path / "exp" / "dep", model_name, tracking_uri=backend.uri, experiment=backend.experiment)
@@ -86,7 +76,7 @@ def test_a_manifest_without_dependencies_keeps_its_bytes_and_digest(tmp_path):
 
 
 def test_a_manifest_with_dependencies_round_trips_and_a_bad_record_is_refused(tmp_path):
-    _, record = _weights(tmp_path)
+    _, record = weights(tmp_path)
     manifest, _ = write_checkpoint(tmp_path, 4, {"global_step": 4, "model": {}}, b"{}\n",
                                    dependencies=[record.to_dict()])  # fmt: skip
     again = Manifest.from_json((tmp_path / MANIFEST_FILE).read_bytes())
@@ -126,7 +116,7 @@ def test_resolve_on_a_fresh_machine_downloads_into_the_cache_verified(backend, r
 
 
 def test_a_matching_local_file_is_used_in_place(tmp_path, monkeypatch):
-    encoder, record = _weights(tmp_path / "here")
+    encoder, record = weights(tmp_path / "here")
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     cfg = parse_config({"data": {"encoder": "hubertsoft", "encoder_out_channels": 256, "encoder_ckpt": str(encoder)}})
     assert resolve_dependencies(_no_store, [record], cfg).data.encoder_ckpt == str(encoder)
@@ -139,8 +129,8 @@ def test_a_matching_local_file_is_used_in_place(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("how", ["flag", "env", "config"])
 def test_other_bytes_are_refused_naming_both_digests(tmp_path, monkeypatch, how):
-    _, record = _weights(tmp_path / "training")
-    other, other_record = _weights(tmp_path / "mine")
+    _, record = weights(tmp_path / "training")
+    other, other_record = weights(tmp_path / "mine")
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     overrides = {}
     data = {"encoder": "hubertsoft", "encoder_out_channels": 256, "encoder_ckpt": "/gone/cv.pt"}
@@ -160,7 +150,7 @@ def test_other_bytes_are_refused_naming_both_digests(tmp_path, monkeypatch, how)
 
 
 def test_an_explicit_override_that_names_no_file_is_one_line(tmp_path, monkeypatch):
-    _, record = _weights(tmp_path)
+    _, record = weights(tmp_path)
     cfg = parse_config({"data": {"encoder": "hubertsoft", "encoder_out_channels": 256}})
     with pytest.raises(ConfigError, match=r"^--encoder-ckpt=.*nope.pt: no such file; voice v3 needs encoder weights"):
         resolve_dependencies(_no_store, [record], cfg, overrides={"encoder": ("--encoder-ckpt", "nope.pt")},
@@ -171,7 +161,7 @@ def test_infer_refuses_an_override_with_other_bytes_before_converting(backend, r
     from mlflow_ddsp.cli import main
 
     uri, _, record = recorded_version
-    other, other_record = _weights(tmp_path / "mine")
+    other, other_record = weights(tmp_path / "mine")
     (tmp_path / "in.wav").write_bytes(b"")  # never read: the refusal comes first
     result = CliRunner().invoke(main, ["--tracking-uri", backend.uri, "infer", "-m", uri, "-i", "in.wav",
                                        "-o", "out.wav", "--encoder-ckpt", str(other)])  # fmt: skip

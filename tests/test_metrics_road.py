@@ -26,15 +26,7 @@ from mlflow_ddsp.training.tracker import MlflowTracker
 
 from conftest import scaled_timeout
 from registry_checks import versions_by_step
-
-
-class _TinyModel(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.gain = torch.nn.Parameter(torch.ones(1))
-
-    def forward(self, units, f0, volume, spk_id, infer=False):
-        return self.gain * volume.squeeze(-1).repeat_interleave(4, dim=1)
+from test_progress import _TinyModel
 
 
 def _batch() -> dict:

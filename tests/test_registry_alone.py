@@ -22,10 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +32,11 @@ import pytest
 import soundfile as sf
 import yaml
 from click.testing import CliRunner
+
 from conftest import Backend, scaled_timeout, second_machine, server_of
 from test_band_limited_input import voice
 from test_encoders import TINY_SOFT, _write_hubert_soft
+from test_serving import post
 
 from mlflow_ddsp import tags as T
 from mlflow_ddsp.audio import save_wav
@@ -113,7 +112,6 @@ def _train(backend: Backend, root: Path, name: str, *, seed: int, steps: int) ->
     clip = root / "in.wav"
     save_wav(clip, voice(22050, 1.0, 230.0, seed=3), 22050)
     return Trained(backend, name, kept, record, encoder, clip)
-
 
 
 def stored_copies(backend: Backend, data: bytes) -> list[str]:
@@ -192,23 +190,13 @@ def check_infer(trained: Trained, tmp_path: Path, home: Path) -> None:
         assert not Path("refused.wav").exists()
 
 
-def _post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url + "/invocations", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=scaled_timeout(300)) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-
-
 def check_serve(trained: Trained, tmp_path: Path, home: Path) -> None:
     buffer = io.BytesIO()
     sf.write(buffer, voice(22050, 1.0, 230.0, seed=4), 22050, format="WAV", subtype="PCM_16")
     request = {"dataframe_records": [{"audio_base64": base64.b64encode(buffer.getvalue()).decode()}]}
     with LocalModelServer(f"models:/{trained.name}@rolling", trained.backend.uri, tmp_path / "serve.log",
                           startup_timeout=scaled_timeout(240)) as served:  # fmt: skip
-        status, body = _post(served.url, request)
+        status, body = post(served.url, request)
     assert status == 200, body
     (result,) = body["predictions"]
     audio, rate = sf.read(io.BytesIO(base64.b64decode(result["audio_base64"])))
