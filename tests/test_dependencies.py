@@ -26,14 +26,13 @@ from mlflow_ddsp.checkpoint.dependencies import (
     DEPENDENCY_CRASH_POINTS,
     DependencyRecord,
     cache_root,
-    collect_dependencies,
     confirm_dependencies,
     dependencies_tag,
     parse_dependencies_tag,
-    referenced_dependencies,
     resolve_dependency,
     store_dependency,
 )
+from mlflow_ddsp.checkpoint.dependency_gc import collect_dependencies, referenced_dependencies
 from mlflow_ddsp.checkpoint.faults import CRASH_ENV
 from mlflow_ddsp.checkpoint.files import sha256_file
 from mlflow_ddsp.errors import CheckpointIntegrityError, CheckpointNotFoundError, ConfigError, PermissionDeniedError

@@ -11,7 +11,8 @@ Where they live
     LoggedModel is PENDING until its bytes are verified, so a half-upload is visible and
     never used. A checkpoint records what it depends on as :class:`DependencyRecord` s in
     its manifest and as the tag ``mlflow_ddsp.dependencies`` (:func:`dependencies_tag`)
-    on its LoggedModel: that tag is what :func:`collect_dependencies` keeps.
+    on its LoggedModel: that tag is what gc keeps
+    (:mod:`.dependency_gc`, which also says how gc and a concurrent save stay safe).
 
 Storing once (:func:`store_dependency`), its commit order and crash points
     1. a READY, unmarked LoggedModel with the file's sha256 exists: use it, upload nothing;
@@ -20,23 +21,9 @@ Storing once (:func:`store_dependency`), its commit order and crash points
     4. verify the size the artifact store lists             -> ``dependency_after_verify``
     5. finalize it READY: the commit point                  -> ``dependency_after_finalize``
     A crash before 5 leaves a PENDING LoggedModel that nothing uses (resolution reads READY
-    ones only, the next store creates a fresh one) and that :func:`collect_dependencies`
-    deletes once older than its grace (``pending_grace_s``, 1 hour: a live upload is younger).
+    ones only, the next store creates a fresh one) and that gc
+    (:func:`~.dependency_gc.collect_dependencies`) deletes once older than its grace (``pending_grace_s``, 1 hour: a live upload is younger).
     The points are :mod:`.faults`' (``MLFLOW_DDSP_CRASH_AT=dependency_after_upload``).
-
-Collecting (:func:`collect_dependencies`) against a concurrent save: mark, re-list, delete
-    gc: (a) lists references (:func:`referenced_dependencies`) and candidates (READY,
-    unreferenced), (b) tags each candidate ``mlflow_ddsp.dependency.retiring=<unix s>``,
-    (c) lists references again, (d) deletes a candidate still unreferenced, else removes
-    its mark. A saver: (1) :func:`store_dependency` before its checkpoint, (2) creates the
-    checkpoint's LoggedModel carrying the tag, (3) :func:`confirm_dependencies`: stores
-    again every dependency found marked or gone. If (2) comes before (c), gc sees the
-    reference and keeps the file; if after (c), (3) runs after (b) too and finds the
-    file marked or deleted, and uploads it anew (a marked file is never reused by (1)
-    or (3)). Either way the saved checkpoint's dependencies exist once (3) returns. A gc
-    killed between (b) and (d) leaves a mark: the next gc deletes or unmarks it.
-    Duplicates are possible only in the first case (the saver re-uploaded a file gc then
-    kept); both copies are freed together once unreferenced.
 
 Fetching (:func:`resolve_dependency`) and the cache
     A local file is used only if its sha256 matches the record (hashed every time: it is
@@ -58,10 +45,9 @@ import json
 import os
 import re
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from .. import tags as T
 from ..errors import CheckpointIntegrityError, CheckpointNotFoundError, CheckpointSaveError, ConfigError
@@ -82,8 +68,6 @@ __all__ = [
     "confirm_dependencies",
     "resolve_dependency",
     "cache_root",
-    "referenced_dependencies",
-    "collect_dependencies",
 ]
 
 #: role -> the config key that names such a file locally (said in "missing" errors)
@@ -336,63 +320,3 @@ def resolve_dependency(store: RegistryStore, record: DependencyRecord, *, local:
             f"from a machine that has the file, or name it with {ROLES[record.role]}"
         )
     return downloaded
-
-
-# -- gc ------------------------------------------------------------------------------------
-def referenced_dependencies(store: RegistryStore) -> set[str]:
-    """The sha256 of every dependency a live LoggedModel of the store references
-    (tag ``mlflow_ddsp.dependencies``; any experiment, any status: a save in progress counts)."""
-    models = store.find_logged_models(store.all_experiment_ids(), with_tag=T.DEPENDENCIES)
-    return {digest for m in models for _, digest in parse_dependencies_tag(m.tags.get(T.DEPENDENCIES, ""))}
-
-
-def _freed(store: RegistryStore, model: QueueModel) -> int:
-    ref = LoggedModelRef(model.model_id, model.artifact_location, None, model.tags)
-    size = sum(store.list_sizes(ref).values())
-    store.delete_bytes(ref)
-    store.delete_record(model.model_id)
-    return size
-
-
-def collect_dependencies(
-    store: RegistryStore, *, dry_run: bool = False, pending_grace_s: float = PENDING_GRACE_S,
-    pause: Callable[[str], None] | None = None,
-) -> list[tuple[DependencyRecord, int]]:  # fmt: skip
-    """Delete the stored dependencies no live LoggedModel references, and PENDING ones older
-    than ``pending_grace_s``; return ``(record, bytes freed)`` for each (with ``dry_run``,
-    what would be freed, by the recorded size, and nothing is changed).
-
-    ``pause(point)`` is called at ``"after_mark"`` and ``"after_relist"`` (tests drive
-    interleavings with a concurrent save through it). Protocol: module docstring.
-
-    Raises:
-        PermissionDeniedError: the user lacks MANAGE on the dependencies experiment.
-    """
-    experiment_id = store.find_experiment_id(T.DEPENDENCY_EXPERIMENT)
-    if experiment_id is None:
-        return []
-    models = [m for m in store.find_logged_models([experiment_id]) if T.DEPENDENCY_SHA256 in m.tags]
-    referenced = referenced_dependencies(store)
-    now_ms = time.time() * 1000
-    stale = [m for m in models if m.status != "READY" and now_ms - m.created_ms >= pending_grace_s * 1000]
-    ready = [m for m in models if m.status == "READY"]
-    candidates = [m for m in ready if m.tags[T.DEPENDENCY_SHA256] not in referenced]
-    if dry_run:
-        return [(DependencyRecord.of_model(m), int(m.tags[T.DEPENDENCY_SIZE])) for m in stale + candidates]
-    for m in ready:  # a mark left by a gc that died, on a file referenced again
-        if T.DEPENDENCY_RETIRING in m.tags and m not in candidates:
-            store.delete_logged_model_tag(m.model_id, T.DEPENDENCY_RETIRING)
-    for m in candidates:
-        store.set_logged_model_tags(m.model_id, {T.DEPENDENCY_RETIRING: str(int(time.time()))})
-    if pause:
-        pause("after_mark")
-    referenced = referenced_dependencies(store)
-    if pause:
-        pause("after_relist")
-    freed = [(DependencyRecord.of_model(m), _freed(store, m)) for m in stale]
-    for m in candidates:
-        if m.tags[T.DEPENDENCY_SHA256] in referenced:
-            store.delete_logged_model_tag(m.model_id, T.DEPENDENCY_RETIRING)
-        else:
-            freed.append((DependencyRecord.of_model(m), _freed(store, m)))
-    return freed
