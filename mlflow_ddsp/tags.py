@@ -182,13 +182,15 @@ KINDS = (KIND_ROLLING, KIND_FORCE_SAVED)
 
 # --- dependency weights (issue 21): the weight files a version depends on, stored once per store ---
 # One experiment per tracking store holds them, one LoggedModel per distinct file (``<role>-<sha256[:12]>``),
-# its bytes the LoggedModel's one artifact (mlflow_ddsp/checkpoint/dependencies.py).
+# its bytes the LoggedModel's artifact, beside its companions (mlflow_ddsp/checkpoint/dependencies.py).
 DEPENDENCY_EXPERIMENT = "mlflow-ddsp dependencies"
 DEPENDENCY_ROLE = "mlflow_ddsp.dependency.role"  # "encoder" | "f0" | "vocoder"
 DEPENDENCY_SHA256 = "mlflow_ddsp.dependency.sha256"  # sha256 hex of the file
 DEPENDENCY_SIZE = "mlflow_ddsp.dependency.size"  # its size in bytes, decimal
 DEPENDENCY_FILE = "mlflow_ddsp.dependency.file"  # the original file name (the artifact's name)
 DEPENDENCY_RETIRING = "mlflow_ddsp.dependency.retiring"  # unix seconds: gc means to delete it (never reused)
+# The files stored beside it (the vocoder's config.json): "file:sha256:size,..." sorted by file; absent: none.
+DEPENDENCY_COMPANIONS = "mlflow_ddsp.dependency.companions"
 # On a checkpoint's LoggedModel: "role:sha256,role:sha256" of what it depends on (gc keeps those).
 DEPENDENCIES = "mlflow_ddsp.dependencies"
 
@@ -199,6 +201,7 @@ __all__ += [
     "DEPENDENCY_SIZE",
     "DEPENDENCY_FILE",
     "DEPENDENCY_RETIRING",
+    "DEPENDENCY_COMPANIONS",
     "DEPENDENCIES",
 ]
 

@@ -28,7 +28,7 @@ import yaml
 
 from . import tags as T
 from .checkpoint import CheckpointQueue, CheckpointReader
-from .checkpoint.dependencies import DependencyRecord
+from .checkpoint.dependencies import COMPANIONS, DependencyRecord
 from .checkpoint.files import CONFIG_FILE, load_checkpoint, sha256_file
 from .checkpoint.reader import parse_model_uri
 from .checkpoint.verify import fetch_verified
@@ -193,8 +193,9 @@ def export_version(uri: str, outdir: str | Path, *, tracking_uri: str | None = N
     manifest records its weight files (issue 21) also gets each of them, verified
     (:func:`~mlflow_ddsp.serving.dependencies.resolve_files`: a local file, the cache or the store),
     at the path upstream's configs name (``pretrain/contentvec/checkpoint_best_legacy_500.pt``,
-    ``pretrain/rmvpe/model.pt``, ``pretrain/nsf_hifigan/model`` and the ``config.json`` found beside
-    it), and its ``config.yaml`` names them by those relative paths, as upstream's configs do, so
+    ``pretrain/rmvpe/model.pt``, ``pretrain/nsf_hifigan/model`` with its companions beside it: the
+    recorded ``config.json``, or for a record without companions the one found beside the
+    local weights), and its ``config.yaml`` names them by those relative paths, as upstream's configs do, so
     upstream's scripts run in ``outdir``. Older versions: the two files, bytes unchanged.
 
     Raises:
@@ -241,17 +242,20 @@ def _upstream_dependencies(store: RegistryStore, label: str, records: list[Depen
     paths = resolve_files(store, records, cfg, label=label)
     layout = {role: rel for role, rel in upstream_paths(cfg, records).items() if role in paths}
     out = {rel: paths[role] for role, rel in layout.items()}
+    by_role = {record.role: record for record in records}
+    for role, rel in layout.items():  # the companions beside their file (resolved with it, verified)
+        names = [c.file for c in by_role[role].companions] or COMPANIONS.get(role, ())  # older records: as found
+        for name in names:
+            if (paths[role].parent / name).is_file():
+                out[str(Path(rel).parent / name)] = paths[role].parent / name
+            else:
+                log.warning("%s: no %s beside its %s weights %s; upstream needs it beside %s",
+                            label, name, role, paths[role], rel)  # fmt: skip
     if "encoder" in layout:
         raw.setdefault("data", {})["encoder_ckpt"] = layout["encoder"]
     if "f0" in layout and "f0_ckpt" in (raw.get("data") or {}):  # upstream's rmvpe path is fixed: the key is ours
         raw["data"]["f0_ckpt"] = layout["f0"]
     if "vocoder" in layout:
         raw.setdefault("vocoder", {})["ckpt"] = layout["vocoder"]
-        config_json = paths["vocoder"].parent / "config.json"
-        if config_json.is_file():
-            out[str(Path(layout["vocoder"]).parent / "config.json")] = config_json
-        else:
-            log.warning("%s: no config.json beside its vocoder weights %s; upstream needs it beside %s",
-                        label, paths["vocoder"], layout["vocoder"])  # fmt: skip
     (tmp / CONFIG_FILE).write_bytes(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True).encode())
     return out

@@ -22,7 +22,6 @@ from click.testing import CliRunner
 from mlflow_ddsp.audio import (
     band_shortfall,
     content_edge_hz,
-    load_audio,
     save_wav,
 )
 from mlflow_ddsp.cli import main

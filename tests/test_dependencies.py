@@ -29,9 +29,9 @@ from mlflow_ddsp.checkpoint.dependencies import (
     confirm_dependencies,
     dependencies_tag,
     parse_dependencies_tag,
-    resolve_dependency,
     store_dependency,
 )
+from mlflow_ddsp.checkpoint.dependency_cache import resolve_dependency
 from mlflow_ddsp.checkpoint.dependency_gc import collect_dependencies, referenced_dependencies
 from mlflow_ddsp.checkpoint.faults import CRASH_ENV
 from mlflow_ddsp.checkpoint.files import sha256_file

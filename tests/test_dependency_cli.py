@@ -9,6 +9,7 @@ of a server: assertions are about this test's files only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
@@ -20,14 +21,16 @@ from click.testing import CliRunner
 
 from mlflow_ddsp import CheckpointQueue
 from mlflow_ddsp import tags as T
-from mlflow_ddsp.checkpoint.dependencies import DependencyRecord, dependencies_tag, store_dependency
+from mlflow_ddsp.checkpoint.dependencies import Companion, DependencyRecord, dependencies_tag, store_dependency
 from mlflow_ddsp.checkpoint.dependency_attach import version_dependencies
+from mlflow_ddsp.checkpoint.dependency_cache import resolve_dependency
 from mlflow_ddsp.checkpoint.files import sha256_file
 from mlflow_ddsp.cli import main
 from mlflow_ddsp.preprocess import MANIFEST_NAME
 from mlflow_ddsp.store import RegistryStore
+from mlflow_ddsp.vocoder import NsfHifiGanGenerator, default_vocoder_config, write_vocoder_config
 
-from conftest import Backend
+from conftest import Backend, second_machine
 from test_auth import AuthServer, auth_server  # noqa: F401  (the session's basic-auth server)
 from test_encoders import _write_hubert_soft
 
@@ -96,6 +99,39 @@ def test_attach_records_queue_versions_stores_the_file_once_and_twice_is_a_no_op
     assert "attached dependencies to 0 of 2 version(s)" in again.output
     assert len(dependency_models(store, record)) == 1
     assert [tag_of(store, v) for v in versions] == [dependencies_tag([record])] * 2
+
+
+def test_attach_records_a_cascade_vocoder_with_its_config_json(embedded, model_name, tmp_path, monkeypatch):
+    """A 6.x/5.0 version depends on the vocoder's weights and the config.json beside them (its
+    companion): attached through ``config_dependencies``, stored together, fetched together."""
+    store = queue_versions(embedded, model_name, steps=(10,))
+    voc = tmp_path / "pretrain" / "nsf_hifigan"
+    config = dataclasses.replace(default_vocoder_config(), upsample_initial_channel=32)
+    write_vocoder_config(voc, config)
+    torch.manual_seed(int.from_bytes(os.urandom(2), "little"))
+    torch.save({"generator": NsfHifiGanGenerator(config).state_dict()}, voc / "model")
+    args = ["-c", str(ROOT / "projects" / "reflow" / "config.yaml"), "--set", "data.encoder=logmel",
+            "--set", "data.encoder_out_channels=128", "--set", "data.f0_extractor=parselmouth",
+            "--set", f"vocoder.ckpt={voc / 'model'}", "--set", f"data.train_path={tmp_path / 'data' / 'train'}",
+            "--set", f"data.valid_path={tmp_path / 'data' / 'val'}"]  # fmt: skip
+    result = cli(embedded, "attach-dependencies", model_name, *args)
+    assert result.exit_code == 0, result.output
+    (record,) = version_dependencies(store, store.get_version(model_name, 1), None)  # from the stored copy's tags
+    companion = sha256_file(voc / "config.json")
+    assert (record.role, record.sha256) == ("vocoder", sha256_file(voc / "model").sha256)
+    assert record.companions == (Companion("config.json", companion.sha256, companion.size),)
+    (stored,) = dependency_models(store, record)
+    assert set(store.list_sizes(store.get_files(stored.model_id))) == {"model", "config.json"}
+    second_machine(tmp_path, monkeypatch)
+    got = resolve_dependency(store, record)
+    assert (got.parent / "config.json").read_bytes() == (voc / "config.json").read_bytes()
+
+    # the weights without their config.json: refused in one line naming it, nothing attached
+    other = queue_versions(embedded, f"{model_name}-b", steps=(10,))
+    (voc / "config.json").unlink()
+    refused = cli(embedded, "attach-dependencies", f"{model_name}-b", *args)
+    assert refused.exit_code != 0 and "config.json" in refused.output and len(refused.output.strip().splitlines()) == 1
+    assert tag_of(other, other.get_version(f"{model_name}-b", 1)) is None
 
 
 def test_a_file_whose_digest_differs_from_the_recorded_one_is_refused_naming_both(embedded, model_name, tmp_path):

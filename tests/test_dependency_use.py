@@ -24,9 +24,9 @@ from mlflow_ddsp.config import parse_config
 from mlflow_ddsp.errors import CheckpointIntegrityError, ConfigError
 from mlflow_ddsp.serving.dependencies import (
     manifest_dependencies,
+    registered_dependencies,
     resolve_dependencies,
     upstream_paths,
-    version_dependencies,
 )
 from mlflow_ddsp.serving.resolve import fetch_servable
 from mlflow_ddsp.store import RegistryStore
@@ -102,7 +102,7 @@ def test_resolve_on_a_fresh_machine_downloads_into_the_cache_verified(backend, r
     store = RegistryStore(backend.uri)
     version = store.get_version(uri.split("/")[1], 1)
     second_machine(tmp_path, monkeypatch)
-    records = version_dependencies(store, version)  # the tag attach wrote (the manifest has none)
+    records = registered_dependencies(store, version)  # the tag attach wrote (the manifest has none)
     assert records == [record]
     cfg = parse_config({**UPSTREAM_CONFIG, "data": {**UPSTREAM_CONFIG["data"], "encoder_ckpt": "/gone/cv.pt"}})
     resolved = resolve_dependencies(store, records, cfg)

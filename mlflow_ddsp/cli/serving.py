@@ -80,7 +80,7 @@ def infer(
     from ..errors import ConfigError
     from ..inference import Sampler, VoiceConverter, parse_speaker_mix
     from ..progress import Progress
-    from ..serving.dependencies import resolve_dependencies, version_dependencies
+    from ..serving.dependencies import registered_dependencies, resolve_dependencies
 
     torch_device = resolve_device(device, setting="--device")  # refuse before downloading anything
     check_output_file(output_path, "-o/--output")  # before the download and the conversion
@@ -92,7 +92,7 @@ def infer(
     log.info("%s resolved to %s, sha256 verified", model_uri, label)
     # the weight files its manifest records, verified (old versions: the config as it is)
     config = resolve_dependencies(
-        reader.store, version_dependencies(reader.store, restored.version), restored.config_yaml, label=label,
+        reader.store, registered_dependencies(reader.store, restored.version), restored.config_yaml, label=label,
         overrides={"encoder": ("--encoder-ckpt", encoder_ckpt), "vocoder": ("--vocoder-ckpt", vocoder_ckpt)},
     )  # fmt: skip
     converter = VoiceConverter.from_checkpoint(

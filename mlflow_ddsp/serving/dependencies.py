@@ -14,7 +14,13 @@ loader (``mlflow.pyfunc.load_model``, ``mlflow models serve``), ``compare`` and 
    with other bytes, refused naming both digests (a different file at the same path is exactly the
    silent garbage issue 21 is about); absent, the next step;
 3. the per-user cache, else a download from the store into it
-   (:func:`~mlflow_ddsp.checkpoint.dependencies.resolve_dependency`: verified, atomic).
+   (:func:`~mlflow_ddsp.checkpoint.dependency_cache.resolve_dependency`: verified, atomic).
+
+A record's companions (the vocoder's ``config.json``, which its loader reads beside the weights:
+:data:`~mlflow_ddsp.checkpoint.dependencies.COMPANIONS`) are checked with its file in steps 1 and 2:
+one beside it with other bytes is refused naming it and both digests; one absent sends the record to
+step 3, which fetches the file and its companions together. Records written before companions (a
+vocoder without) are resolved as before: its ``config.json`` must then be local.
 
 The store is opened only when step 3 has to download: a serving box whose cache holds the files
 starts without reaching the tracking server. An f0 network shipped inside a Python package (fcpe,
@@ -36,7 +42,8 @@ from typing import Any
 
 import yaml
 
-from ..checkpoint.dependencies import ROLES, DependencyRecord, resolve_dependency
+from ..checkpoint.dependencies import ROLES, DependencyRecord, companions_beside
+from ..checkpoint.dependency_cache import resolve_dependency
 from ..checkpoint.dependency_attach import version_dependencies as recorded_dependencies
 from ..checkpoint.files import Manifest, sha256_file
 from ..checkpoint.verify import trusted_manifest
@@ -52,7 +59,7 @@ __all__ = [
     "OVERRIDE_ENV",
     "manifest_dependencies",
     "fetched_dependencies",
-    "version_dependencies",
+    "registered_dependencies",
     "resolve_files",
     "resolve_dependencies",
     "check_same_dependencies",
@@ -83,15 +90,15 @@ def manifest_dependencies(manifest: Manifest, *, label: str = "the version") -> 
 
 
 def fetched_dependencies(store: RegistryStore, version: CheckpointVersion, manifest: Manifest) -> list[DependencyRecord]:
-    """:func:`version_dependencies` of a version whose verified ``manifest`` is at hand (no download).
+    """:func:`registered_dependencies` of a version whose verified ``manifest`` is at hand (no download).
 
     Raises:
-        CheckpointIntegrityError, CheckpointNotFoundError: as :func:`version_dependencies`.
+        CheckpointIntegrityError, CheckpointNotFoundError: as :func:`registered_dependencies`.
     """
     return _records(recorded_dependencies(store, version, manifest), version.label)
 
 
-def version_dependencies(store: RegistryStore, version: CheckpointVersion) -> list[DependencyRecord]:
+def registered_dependencies(store: RegistryStore, version: CheckpointVersion) -> list[DependencyRecord]:
     """The dependency records of a registered ``version``: its manifest's (checked against the
     sha256 recorded at registration; one small download, ``manifest.json`` alone), else those
     ``mlflow-ddsp attach-dependencies`` tagged its LoggedModel with
@@ -141,7 +148,7 @@ def _candidate(role: str, cfg: Config, overrides: Mapping[str, tuple[str, str | 
     return "data.f0_extractor", packaged[0] if packaged else None, False
 
 
-def _explicit(setting: str, path: Path, record: DependencyRecord, label: str) -> Path:
+def _explicit(setting: str, path: Path, record: DependencyRecord, label: str, store: Any) -> Path:
     if not path.is_file():
         raise ConfigError(
             f"{setting}={path}: no such file; {label} needs {record.label} ({record.file}, {record.size} bytes): "
@@ -153,7 +160,9 @@ def _explicit(setting: str, path: Path, record: DependencyRecord, label: str) ->
             f"{setting}={path} has sha256 {found[:12]}, but {label} was trained with {record.role} weights "
             f"sha256 {record.sha256[:12]}; name that file, or unset {setting} to fetch it from the store"
         )
-    return path
+    if companions_beside(record, path, setting=setting):
+        return path
+    return resolve_dependency(store, record)  # its companions are not beside it: both from the cache or store
 
 
 def resolve_files(
@@ -169,8 +178,8 @@ def resolve_files(
         label: how messages name the version (``voice v3 (step 4000)``).
     Raises:
         ConfigError: an explicit override names no file.
-        CheckpointIntegrityError: an override or the config's file holds other bytes (both
-            digests), or the stored copy is damaged.
+        CheckpointIntegrityError: an override or the config's file holds other bytes, or a
+            companion beside it does (the file and both digests), or the stored copy is damaged.
         CheckpointNotFoundError: the file is nowhere (role, digest, how to provide it).
         TrackingServerUnreachable: a download was needed and the store does not answer.
     """
@@ -179,7 +188,7 @@ def resolve_files(
     for record in records:
         setting, local, explicit = _candidate(record.role, cfg, overrides or {})
         if explicit:
-            out[record.role] = _explicit(setting, local, record, label)
+            out[record.role] = _explicit(setting, local, record, label, lazy)
         elif setting == "data.f0_extractor":  # a packaged network: checked where it is, never replaced
             if local is not None and local.is_file():
                 out[record.role] = resolve_dependency(lazy, record, local=local)

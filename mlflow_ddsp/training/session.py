@@ -50,11 +50,10 @@ from ..models import architecture, build_model_from_config
 from ..optimizer import build_optimizer
 from ..store import RegistryStore, RunRecord
 from ..store.location import resolve_tracking_uri
-from ..serving.dependencies import check_same_dependencies, version_dependencies
+from ..serving.dependencies import check_same_dependencies, registered_dependencies
 from ..serving.model_files import pyfunc_files
 from ..subnormals import flushed_subnormals, subnormals_flushed
 from ..vocoder import open_vocoder
-from ..weights import file_dependency
 from .checkpoint_fit import check_fit, check_resume_architecture
 from .data import FeatureProvenance, check_recordings, make_loaders
 from .distributed import DistributedContext, NullCheckpointer, NullTracker
@@ -331,12 +330,19 @@ def _train_main(cfg, ctx, model, optimizer, loaders, device, store, lease, init_
 def _dependencies(cfg: Config, provenance: FeatureProvenance) -> list[tuple[Path | None, DependencyRecord]]:
     """``(file, record)`` of each weight file this training's versions convert with (issue 21):
     the encoder and f0 network that made the features (their digests as preprocess recorded
-    them) and, for a cascade model, the vocoder's weights (hashed here once)."""
-    found = list(provenance.dependencies)
-    if cfg.uses_mel and Path(cfg.vocoder.ckpt).is_file():
-        found.append(file_dependency("vocoder", cfg.vocoder.ckpt))
-    return [(Path(d.path) if d.path and Path(d.path).is_file() else None,
-             DependencyRecord(d.role, d.sha256, d.size, Path(d.path or d.role).name)) for d in found]  # fmt: skip
+    them) and, for a cascade model, the vocoder's weights with the ``config.json`` beside them
+    (hashed here once: :meth:`DependencyRecord.of_file`).
+
+    Raises:
+        ConfigError: the vocoder's weights are there without their ``config.json`` (one line).
+    """
+    out = [(Path(d.path) if d.path and Path(d.path).is_file() else None,
+            DependencyRecord.of_file(d.role, d.path or d.role, digest=(d.sha256, d.size)))
+           for d in provenance.dependencies]  # fmt: skip
+    vocoder = Path(cfg.vocoder.ckpt).expanduser().absolute() if cfg.uses_mel else None
+    if vocoder is not None and vocoder.is_file():
+        out.append((vocoder, DependencyRecord.of_file("vocoder", vocoder)))
+    return out
 
 
 def _check_resume_dependencies(reader: CheckpointReader, source: str | None, provenance: FeatureProvenance) -> None:
@@ -351,7 +357,7 @@ def _check_resume_dependencies(reader: CheckpointReader, source: str | None, pro
     if version is None:
         return
     try:
-        recorded = version_dependencies(reader.store, version)
+        recorded = registered_dependencies(reader.store, version)
     except CheckpointNotFoundError:
         return  # its files are gone: restore falls back to an intact version and says so
     check_same_dependencies(recorded, [(d.role, d.sha256) for d in provenance.dependencies], label=version.label)
