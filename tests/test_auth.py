@@ -10,7 +10,10 @@ status at the edge (``RegistryStore``) and reach the user as one line:
 * a user with READ on the registered model can list, verify, restore, convert
   with ``infer`` and serve with ``mlflow-ddsp serve``, but a save, ``keep``
   (EDIT), ``unkeep`` and ``gc`` deletions (MANAGE) are refused naming the
-  permission.
+  permission;
+* ``gc``'s store-wide dependency collection runs only for an admin: the server hides from
+  anyone else the experiments he may not read, and the references in them (no 403), so a
+  non-admin's gc collects nothing and says so in one line.
 """
 
 from __future__ import annotations
@@ -234,3 +237,63 @@ def test_a_reader_converts_with_infer_and_serves_a_version(auth_server, model_na
             answer = json.loads(response.read())
     (prediction,) = answer["predictions"]
     assert prediction["sample_rate"] == 44100 and np.isfinite(prediction["samples"]).all()
+
+
+@pytest.mark.usefixtures("forget_stored_dependencies")
+def test_gc_collects_dependencies_only_as_an_admin_who_sees_every_experiment(auth_server, model_name, monkeypatch, tmp_path):
+    """The server hides from a non-admin the experiments he may not read, and the references in them
+    (no 403). A user with MANAGE on the dependencies experiment, who cannot read an experiment
+    whose LoggedModel references a file, would free that file: his gc collects nothing and says so
+    in one line (his queue's own repair still runs). An admin's gc sees the reference, keeps that
+    file and frees the unreferenced one."""
+    import os
+    import uuid
+
+    from mlflow_ddsp.checkpoint.dependencies import DependencyRecord, dependencies_tag, store_dependency
+    from mlflow_ddsp.checkpoint.files import sha256_file
+
+    records = {}
+    for role in ("f0", "vocoder"):  # f0: referenced in a hidden experiment only; vocoder: by nothing
+        loose = tmp_path / f"{role}-{uuid.uuid4().hex[:8]}.pt"
+        loose.write_bytes(os.urandom(3000))
+        records[role] = (loose, DependencyRecord(role, sha256_file(loose).sha256, 3000, loose.name))
+    (_, hidden_ref), (_, unreferenced) = records["f0"], records["vocoder"]
+    auth_server.login(monkeypatch, ADMIN)
+    admin_store = RegistryStore(auth_server.uri)
+    for path, record in records.values():
+        store_dependency(admin_store, path, record)
+    hidden = admin_store.experiment_id(f"hidden-{model_name}")
+    referrer = admin_store.create_logged_model(hidden, "checkpoint-files", {T.DEPENDENCIES: dependencies_tag([hidden_ref])},
+                                               what="create a LoggedModel", where="a hidden experiment")  # fmt: skip
+    dependencies = admin_store.find_experiment_id(T.DEPENDENCY_EXPERIMENT)
+    assert admin_store.current_user() == (ADMIN, True)
+    user = auth_server.create_user(monkeypatch, f"gc-{model_name[-6:]}")
+    admin = auth_server.admin_client(monkeypatch)
+    admin.grant_user_permission(user, "experiment", hidden, "DENY")
+    admin.grant_user_permission(user, "experiment", dependencies, "MANAGE")
+
+    auth_server.login(monkeypatch, user)
+    user_store = RegistryStore(auth_server.uri)
+    assert user_store.current_user() == (user, False)
+    assert hidden not in user_store.all_experiment_ids()  # hidden, not refused
+    with CheckpointQueue(model_name, 10, 20, tracking_uri=auth_server.uri, experiment=f"exp-{model_name}") as queue:
+        queue.save(10, torch.nn.Linear(4, 4)).result()
+    result = cli(auth_server.uri, "gc", model_name)
+    assert result.exit_code == 0, result.output  # the queue's own part ran
+    assert f"{model_name}: nothing to do" in result.output, result.output
+    assert not [line for line in result.output.splitlines() if line.startswith(("free ", "dependencies:"))]
+    refusals = [line for line in result.output.splitlines() if line.startswith("dependencies not collected")]
+    assert len(refusals) == 1 and f"user {user!r} is not an admin" in refusals[0], result.output
+    assert "run `mlflow-ddsp gc` as an admin" in refusals[0], result.output
+    auth_server.login(monkeypatch, ADMIN)
+    for record in (hidden_ref, unreferenced):  # nothing deleted
+        [model] = admin_store.find_logged_models([dependencies], {T.DEPENDENCY_SHA256: record.sha256})
+        assert model.status == "READY"
+
+    freed = cli(auth_server.uri, "gc", model_name)
+    assert freed.exit_code == 0, freed.output
+    assert f"free {unreferenced.label} ({unreferenced.file}, 3000 bytes" in freed.output, freed.output
+    assert hidden_ref.label not in freed.output and "dependencies not collected" not in freed.output
+    assert admin_store.find_logged_models([dependencies], {T.DEPENDENCY_SHA256: unreferenced.sha256}) == []
+    assert len(admin_store.find_logged_models([dependencies], {T.DEPENDENCY_SHA256: hidden_ref.sha256})) == 1
+    admin_store.delete_record(referrer.model_id)  # leave no reference for a later test on this server

@@ -217,14 +217,10 @@ def test_a_version_serves_from_the_registry_alone(request, kind, tmp_path, monke
 
 
 # -- 4: gc keeps the encoder while a version references it, frees it after the last --------
-@pytest.mark.parametrize("retire", [
-    "delete-versions",
-    pytest.param("delete-registered-model", marks=pytest.mark.xfail(strict=True, reason=(
-        "finding (issue 21): a deleted registered model's checkpoint LoggedModels stay, tagged with their "
-        "dependencies, and no command reaches them (`gc NAME`: the model does not exist), so its encoder "
-        "and checkpoint bytes are never freed"))),
-])  # fmt: skip
+@pytest.mark.parametrize("retire", ["delete-versions", "delete-registered-model"])
 def test_gc_keeps_a_referenced_encoder_and_frees_it_once_the_versions_are_gone(request, retire, tmp_path, model_name):
+    """Deleting the registered model (the UI's "Delete model") leaves its checkpoint LoggedModels,
+    which keep the encoder referenced: `gc NAME` reaches them, deletes them and then frees the encoder."""
     backend = server_of(request, "server", f"exp-{model_name}")
     own = _train(backend, tmp_path / "gc", model_name, seed=2 if retire == "delete-versions" else 3, steps=2)
     store = RegistryStore(backend.uri)
@@ -241,11 +237,26 @@ def test_gc_keeps_a_referenced_encoder_and_frees_it_once_the_versions_are_gone(r
                 client.delete_model_version(model_name, str(v.version))
         else:
             client.delete_registered_model(model_name)
+            experiment_ids = store.all_experiment_ids()
+            assert len(backend.checkpoint_dirs(experiment_ids)) >= 2
+            left = {m.model_id for m in store.queue_models(model_name, experiment_ids)}
+            assert len(left) == 2, left  # the versions went, their LoggedModels stayed
+            kept = _run("gc", model_name, "--dry-run", uri=backend.uri)  # names all, changes nothing
+            assert f"{model_name}: would free 2 LoggedModels of a deleted registered model" in kept.output, kept.output
+            assert f"would free {label} ({own.record.file}, {own.record.size} bytes" in kept.output, kept.output
+            assert {m.model_id for m in store.queue_models(model_name, experiment_ids)} == left
+            assert len(stored_copies(backend, own.encoder.read_bytes())) == 1
         result = _run("gc", model_name, uri=backend.uri)
         size = own.record.size
         assert f"free {label} ({own.record.file}, {size} bytes" in result.output, result.output
         assert f"dependencies: freed 1 file, {size} bytes" in result.output, result.output
         assert stored_copies(backend, own.encoder.read_bytes()) == []
+        if retire == "delete-registered-model":
+            assert f"{model_name}: freed 2 LoggedModels of a deleted registered model" in result.output, result.output
+            assert store.queue_models(model_name, experiment_ids) == []
+            assert not left & backend.checkpoint_dirs(experiment_ids)  # their bytes too
+            again = CliRunner().invoke(main, ["--tracking-uri", backend.uri, "gc", model_name])
+            assert again.exit_code == 1 and f"registered model {model_name!r} does not exist" in again.output
     finally:  # the session server is the worker's: leave no copy for a later test's gc to free and print
         experiment_id = store.find_experiment_id(T.DEPENDENCY_EXPERIMENT)
         for model in store.find_logged_models([experiment_id], {T.DEPENDENCY_SHA256: own.record.sha256}):

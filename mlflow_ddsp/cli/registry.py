@@ -154,25 +154,30 @@ def gc(ctx: click.Context, name: str, alias: str | None, dry_run: bool, takeover
     changes nothing and exits 1. Takes the writer lease, so it refuses to run
     while a training process writes into NAME.
 
+    If registered model NAME was deleted (e.g. in the MLflow UI), deletes the
+    checkpoint files its queue left in every experiment you can read, printing
+    each and the bytes (none: exits 1, NAME does not exist).
+
     Then, store-wide, when the store holds dependency weights (experiment
-    'mlflow-ddsp dependencies'): frees each one no version of any registered
-    model references (and uploads that died over an hour ago), printing its
-    role, digest, file and bytes and the total. It keeps what any LoggedModel
-    it can see references, so it needs READ on every experiment of the store
-    (a basic-auth server hides the experiments you cannot read, and their
-    references with them: run it as a user who reads them all) and MANAGE on
-    'mlflow-ddsp dependencies'; a listing refused with HTTP 401/403 collects
-    nothing and says so in one line.
+    'mlflow-ddsp dependencies'): frees each one no LoggedModel references (and
+    uploads that died over an hour ago), printing role, digest, file and bytes
+    and the total, and names the deleted models whose leftovers alone keep some.
+    A basic-auth server hides from a non-admin the experiments he cannot read,
+    and their references: there only an admin collects dependencies (anyone
+    else is told so in one line); it needs MANAGE on 'mlflow-ddsp dependencies'.
     """
     from ..checkpoint.dependency_gc import collect_store_dependencies
+    from ..checkpoint.leftovers import collect_leftovers
     from ..checkpoint.reconcile import collect
     from ..checkpoint.lease import WriterLease
 
-    from ..errors import CheckpointNotFoundError
-
     store = open_store(ctx)
-    if not store.registered_model_exists(name):
-        raise CheckpointNotFoundError(f"registered model {name!r} does not exist at {store.tracking_uri}")
+    prefix = "would " if dry_run else ""
+    if not store.registered_model_exists(name):  # deleted: what its queue left (none: "does not exist")
+        leftovers = collect_leftovers(store, name, dry_run=dry_run)
+        click.echo("\n".join(leftovers.describe(prefix)))
+        _print_dependencies(collect_store_dependencies(store, dry_run=dry_run, retiring=leftovers.model_ids), prefix)
+        return
     lease = WriterLease(store, name, takeover=takeover).acquire()
     try:
         plan = collect(store, name, alias, dry_run=dry_run, forget_missing=forget_missing)
@@ -182,16 +187,17 @@ def gc(ctx: click.Context, name: str, alias: str | None, dry_run: bool, takeover
     note = spool_note(store.tracking_uri, name)
     if note:
         click.echo(note)
-    prefix = "would " if dry_run else ""
     if not lines:
         click.echo(f"{name}: nothing to do")
     for line in lines:
         click.echo(f"{prefix}{line}")
-    _print_dependencies(collect_store_dependencies(store, dry_run=dry_run), prefix)
+    retiring = {v.model_id for v in plan.delete_versions} | {m.model_id for m in plan.delete_models}
+    _print_dependencies(collect_store_dependencies(store, dry_run=dry_run, retiring=retiring - {None}), prefix)
 
 
 def _print_dependencies(collection, prefix: str) -> None:
-    """The dependency part of gc: one line per file freed and the total; nothing when the store has none."""
+    """The dependency part of gc: one line per file freed and the total, and one naming the deleted
+    registered models whose leftovers alone keep files; nothing when the store has none."""
     if collection is None:  # the store holds no dependencies
         return
     if collection.refused:
@@ -200,10 +206,11 @@ def _print_dependencies(collection, prefix: str) -> None:
     for record, size in collection.freed:
         click.echo(f"{prefix}free {record.label} ({record.file}, {size} bytes, {human_size(size)})")
     count = len(collection.freed)
-    if not count:  # said only when something was (or would be) freed
-        return
-    click.echo(f"dependencies: {prefix}{'freed' if not prefix else 'free'} {count} file{'s' * (count != 1)}, "
-               f"{collection.total} bytes ({human_size(collection.total)})")  # fmt: skip
+    if count:  # said only when something was (or would be) freed
+        click.echo(f"dependencies: {prefix}{'freed' if not prefix else 'free'} {count} file{'s' * (count != 1)}, "
+                   f"{collection.total} bytes ({human_size(collection.total)})")  # fmt: skip
+    if collection.stranded_note:
+        click.echo(collection.stranded_note)
 
 
 def _set_keep(ctx: click.Context, name: str, version: int, keep: bool) -> None:

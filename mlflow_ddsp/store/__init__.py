@@ -8,6 +8,7 @@ What the edge is
     - :mod:`.registry`: registered models, model versions, aliases and their tags;
     - :mod:`.logged_models`: LoggedModels (a checkpoint's files) and artifact bytes
       (upload, listing, download, deletion);
+    - :mod:`.users`: the signed-in user of a basic-auth server (is he an admin?);
     - :mod:`.location`: where the store is (tracking-URI resolution, the embedded SQLite
       store's creation and artifact folder, the server's health check, experiments);
     - :mod:`.fluent`: MLflow's process-wide API (active run, async logging, the global
@@ -47,9 +48,11 @@ from .location import DEFAULT_EXPERIMENT, resolve_tracking_uri
 from .logged_models import LoggedModelRef
 from .records import CheckpointVersion, Integrity, QueueModel
 from .runs import RunRecord
+from .users import CurrentUser
 
 __all__ = [
     "CheckpointVersion",
+    "CurrentUser",
     "DEFAULT_EXPERIMENT",
     "Integrity",
     "LoggedModelRef",

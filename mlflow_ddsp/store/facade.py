@@ -1,7 +1,7 @@
 """``RegistryStore``: the one object through which mlflow-ddsp talks to MLflow.
 
 Composed from one part per MLflow concept (:mod:`.runs`, :mod:`.registry`,
-:mod:`.logged_models`); every call runs inside :meth:`RegistryStore._calling`,
+:mod:`.logged_models`, :mod:`.users`); every call runs inside :meth:`RegistryStore._calling`,
 the one error translation (:func:`mlflow_ddsp.store.errors.calling`).
 """
 
@@ -14,11 +14,12 @@ from .location import check_reachable, prepare_store, resolve_tracking_uri
 from .logged_models import LoggedModelsPart
 from .registry import RegistryPart
 from .runs import RunsPart
+from .users import UsersPart
 
 __all__ = ["RegistryStore"]
 
 
-class RegistryStore(RunsPart, RegistryPart, LoggedModelsPart):
+class RegistryStore(RunsPart, RegistryPart, LoggedModelsPart, UsersPart):
     """MLflow tracking + model registry access for one tracking URI.
 
     Hides the differences between the embedded SQLite store and a server (version
