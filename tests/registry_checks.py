@@ -26,8 +26,8 @@ def assert_invariants(store: RegistryStore, backend, name: str, alias: str = "ro
     * every version's bytes match their registration (sha256 of every file);
     * at most ``max_rolling`` rolling versions (keep_last + best + protected ones), and the
       alias points at the newest version;
-    * the artifact folder on disk holds exactly the live versions' files and
-      the registry lists no LoggedModel that no version uses.
+    * the artifact folder on disk holds exactly the live versions' files (and, on the embedded
+      store, the stored dependencies') and the registry lists no LoggedModel that no version uses.
     """
     versions = store.list_versions(name)
     for v in versions:
@@ -42,7 +42,11 @@ def assert_invariants(store: RegistryStore, backend, name: str, alias: str = "ro
     experiments = store.experiment_ids(name)
     assert len(experiments) == len(set(experiments)), f"experiment ids recorded twice: {experiments}"
     assert {m.model_id for m in store.queue_models(name, experiments)} == live_ids
-    assert backend.checkpoint_dirs(experiments) == live_ids
+    # The embedded store keeps every experiment's LoggedModel folders in one place: the stored
+    # dependencies' folders sit beside the checkpoints' there.
+    dependencies = store.find_experiment_id(DEPENDENCY_EXPERIMENT)
+    stored = {m.model_id for m in store.find_logged_models([dependencies])} if dependencies else set()
+    assert backend.checkpoint_dirs(experiments) - stored == live_ids
     return newest.step
 
 

@@ -200,7 +200,7 @@ def _upload(setup: QueueSetup, entry: SpooledSave, reached: Reached) -> LoggedMo
     metric = setup.policy.best_metric or "validation/loss"  # what the Models tab shows in the name
     dependencies = setup.dependency_files(manifest)
     for path, record in dependencies:  # stored once per store: nothing is uploaded when it is there
-        store_dependency(store, path, record)
+        store_dependency(store, path, record, step=step)  # its crash points fire for this save's step
     files = store.create_files(
         entry.experiment_id,
         name=logged_model_name(setup.name, step, entry.kind, metric, entry.metrics.get(metric)),
@@ -210,7 +210,7 @@ def _upload(setup: QueueSetup, entry: SpooledSave, reached: Reached) -> LoggedMo
               **({T.DEPENDENCIES: dependencies_tag(r for _, r in dependencies)} if dependencies else {})},
     )  # fmt: skip
     reached("after_create")
-    confirm_dependencies(store, dependencies)  # a gc that ran meanwhile may have retired one
+    confirm_dependencies(store, dependencies, step=step)  # a gc that ran meanwhile may have retired one
     store.upload(files, entry.folder / manifest.checkpoint_file)
     for name in manifest.files:
         if name != manifest.checkpoint_file:

@@ -6,7 +6,13 @@ no cleanup handlers, no flushing, exactly like a power cut or an OOM kill.
 ``MLFLOW_DDSP_FAIL_AT`` (same syntax) raises :class:`InjectedFault` there
 instead, as a server that stops answering mid-save would: the process lives on
 and the failure surfaces at the next ``save`` or ``close``.
-The points are the steps of the commit order documented in ``queue.py``.
+The points are the steps of the commit order documented in ``commit.py``
+(:data:`CRASH_POINTS`, in that order). A save that stores a weight file it depends on
+(its step "depend", between ``after_spool`` and ``after_create``) passes, when the store
+has no copy yet, ``dependencies.py``'s own points, with the save's step:
+``dependency_after_create`` (PENDING, nothing uploaded), ``dependency_after_upload``,
+``dependency_after_verify`` (size verified, still PENDING) and ``dependency_after_finalize``
+(READY: stored), listed as ``dependencies.DEPENDENCY_CRASH_POINTS``.
 """
 
 from __future__ import annotations
