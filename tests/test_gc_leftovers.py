@@ -155,3 +155,27 @@ def test_gc_names_the_deleted_model_whose_leftovers_alone_keep_a_dependency_and_
 def test_the_current_user_is_none_without_users(backend):
     """The embedded store has no users; a server without the auth app answers 404: both None."""
     assert RegistryStore(backend.uri).current_user() is None
+
+
+def test_gc_of_a_registered_model_made_again_deletes_its_predecessors_leftovers_in_other_experiments(
+    backend, model_name
+):
+    """A registered model deleted and trained again into another experiment: the new queue records
+    only its own experiment, so its start never sees the predecessor's LoggedModels; ``gc NAME``
+    (and ``verify``) look in every experiment and remove them as orphans, keeping the new versions'."""
+    store = save_versions(backend, model_name, backend.experiment)
+    delete_registered_model(backend, model_name)
+    old = queue_model_ids(store, model_name)
+    save_versions(backend, model_name, f"{backend.experiment}-again", steps=(30,))
+    new = {v.model_id for v in store.list_versions(model_name)}
+    assert len(old) == 2 and len(new) == 1 and queue_model_ids(store, model_name) == old | new
+
+    audit = cli(backend, "verify", model_name)
+    assert audit.exit_code == 1 and all(f"orphaned checkpoint files {m}" in audit.output for m in old), audit.output
+    result = cli(backend, "gc", model_name)
+    assert result.exit_code == 0, result.output
+    assert all(f"delete orphaned checkpoint files {m}" in result.output for m in old), result.output
+    assert queue_model_ids(store, model_name) == new
+    assert [v.step for v in store.list_versions(model_name)] == [30]
+    experiment_id = store.find_experiment_id(backend.experiment)
+    assert not old & backend.checkpoint_dirs([experiment_id])  # the bytes too

@@ -69,7 +69,7 @@ def audit_queue(
     if not store.registered_model_exists(name):
         raise CheckpointNotFoundError(f"registered model {name!r} does not exist at {store.tracking_uri}")
     alias, policy = recorded_policy(store, name, alias)
-    snapshot = take_snapshot(store, name)
+    snapshot = take_snapshot(store, name, everywhere=True)  # as gc sees it: orphans in any experiment
     results: dict[int, tuple[Integrity, str | None]] = {}
     if deep:
         for v in progress(snapshot.versions):

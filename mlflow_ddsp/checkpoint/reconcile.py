@@ -96,6 +96,7 @@ def collect(
     *,
     dry_run: bool = False,
     forget_missing: bool = False,
+    everywhere: bool = False,
 ) -> RetentionPlan:
     """Check, plan and (unless ``dry_run``) apply: reconcile at a queue start, and ``gc``.
 
@@ -104,7 +105,8 @@ def collect(
     and for ``best``; with ``forget_missing`` every queue version is checked
     (issue 20: stopping at the first intact one left older versions whose files
     are gone in the registry, and ``verify`` failing, for ever). Without
-    ``policy``/``alias``, the ones the queue recorded.
+    ``policy``/``alias``, the ones the queue recorded. ``everywhere``: look for orphaned
+    LoggedModels in every experiment (``gc``), not only the queue's recorded ones (a start).
 
     A version whose essential file (``model_<N>.pt``, ``config.yaml``) differs is
     never deleted, nor left behind by the rolling alias, because of that check
@@ -119,7 +121,7 @@ def collect(
     """
     recorded_alias, recorded = recorded_policy(store, name, alias)
     alias, policy = alias or recorded_alias, policy or recorded
-    snapshot = take_snapshot(store, name)
+    snapshot = take_snapshot(store, name, everywhere=everywhere)
 
     findings: list[str] = []
     damaged: dict[int, str] = {}  # version -> why, for versions whose essential files differ

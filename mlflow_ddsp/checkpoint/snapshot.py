@@ -18,14 +18,21 @@ from .retention import RegistrySnapshot
 __all__ = ["take_snapshot", "own_aliases"]
 
 
-def take_snapshot(store: RegistryStore, name: str, *, with_files: bool = True) -> RegistrySnapshot:
-    """The registry state of queue ``name``; ``with_files`` also lists its LoggedModels (orphans)."""
+def take_snapshot(
+    store: RegistryStore, name: str, *, with_files: bool = True, everywhere: bool = False
+) -> RegistrySnapshot:
+    """The registry state of queue ``name``; ``with_files`` also lists its LoggedModels (orphans):
+    in the experiments the queue recorded (a queue's start), or, ``everywhere``, in every
+    experiment the user can read (``gc`` and ``verify``: a registered model deleted and made
+    again leaves its predecessor's LoggedModels, tagged with the same queue, in experiments
+    the new queue never recorded)."""
     try:
         tags, aliases = store.registered_model(name)
     except CheckpointNotFoundError:
         return RegistrySnapshot(versions=(), aliases={})
     versions = store.list_versions(name)
-    models = store.queue_models(name, store.experiment_ids(name)) if with_files else ()
+    experiments = store.all_experiment_ids() if everywhere else store.experiment_ids(name)
+    models = store.queue_models(name, experiments) if with_files else ()
     return RegistrySnapshot(versions=versions, aliases=aliases, queue_models=models, own_aliases=own_aliases(tags))
 
 

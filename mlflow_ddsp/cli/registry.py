@@ -147,7 +147,8 @@ def gc(ctx: click.Context, name: str, alias: str | None, dry_run: bool, takeover
 
     Applies the retention the queue recorded (keep_last, best) like a save
     does: removes unfinished uploads, rolling versions no rule keeps and orphaned
-    files, and points the aliases at the newest (and best) intact checkpoint.
+    files (in any experiment you can read: a deleted predecessor of NAME leaves
+    some), and points the aliases at the newest (and best) intact checkpoint.
     Never removes force-saved versions, versions protected by an alias of yours
     or `mlflow-ddsp keep`, versions mlflow-ddsp did not write, or files outside
     this store. If the artifact store holds no file of NAME (not mounted?) it
@@ -180,7 +181,7 @@ def gc(ctx: click.Context, name: str, alias: str | None, dry_run: bool, takeover
         return
     lease = WriterLease(store, name, takeover=takeover).acquire()
     try:
-        plan = collect(store, name, alias, dry_run=dry_run, forget_missing=forget_missing)
+        plan = collect(store, name, alias, dry_run=dry_run, forget_missing=forget_missing, everywhere=True)
     finally:
         lease.release()
     lines = plan.describe()
