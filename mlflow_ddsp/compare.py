@@ -25,7 +25,7 @@ from .device import resolve_device
 from .errors import ConfigError
 from .inference import VoiceConverter
 from .plots import spectrogram_image
-from .serving.dependencies import registered_dependencies, resolve_dependencies
+from .serving.dependencies import converter_files, registered_dependencies, resolve_dependencies
 from .store.location import DEFAULT_EXPERIMENT
 
 __all__ = ["CompareResult", "compare_versions"]
@@ -96,12 +96,13 @@ def compare_versions(
     for number in versions:  # convert everything first: a failure leaves no file behind
         restored = reader.fetch(number)  # verified; an explicit version is never substituted
         cfg = parse_config(yaml.safe_load(restored.config_yaml))
-        cfg = resolve_dependencies(reader.store, registered_dependencies(reader.store, restored.version), cfg,
-                                   overrides={"vocoder": ("--vocoder-ckpt", vocoder_ckpt)},
+        records = registered_dependencies(reader.store, restored.version)
+        cfg = resolve_dependencies(reader.store, records, cfg, overrides={"vocoder": ("--vocoder-ckpt", vocoder_ckpt)},
                                    label=restored.version.label)  # fmt: skip
         source = f"checkpoint {restored.version.label}"
+        files = converter_files(records, cfg, vocoder_ckpt=vocoder_ckpt)
         converter = VoiceConverter.from_checkpoint(restored.checkpoint, cfg, device=torch_device, source=source,
-                                                   vocoder_ckpt=vocoder_ckpt)  # fmt: skip
+                                                   vocoder_ckpt=files["vocoder_ckpt"])  # fmt: skip
         rate = cfg.data.sampling_rate
         if not panels:
             panels.append(("input", load_audio(clip, rate)))

@@ -244,6 +244,15 @@ def test_a_cascade_version_converts_on_a_second_machine_from_the_registry_alone(
     assert Path("out.wav").read_bytes() == (tmp_path / "own.wav").read_bytes()  # bit-identical
     (cached,) = (home / ".cache" / "mlflow-ddsp" / "weights").iterdir()
     assert sorted(p.name for p in cached.iterdir()) == ["config.json", "model", "model.verified"]
+    # the right weights named without a config.json beside them (a flag, or the variable): both from
+    # the cache, and the converter uses what resolution chose, not the named file again
+    (tmp_path / "lonely").mkdir()
+    shutil.copy(kept / "model", tmp_path / "lonely" / "model")
+    run(uri, *infer, "-o", "flag.wav", "--vocoder-ckpt", str(tmp_path / "lonely" / "model"))
+    monkeypatch.setenv("MLFLOW_DDSP_VOCODER_CKPT", str(tmp_path / "lonely" / "model"))
+    run(uri, *infer, "-o", "variable.wav")
+    monkeypatch.delenv("MLFLOW_DDSP_VOCODER_CKPT")
+    assert Path("flag.wav").read_bytes() == Path("variable.wav").read_bytes() == Path("out.wav").read_bytes()
 
     # mlflow.pyfunc.load_model on a third machine, which has not fetched anything yet
     home = second_machine(tmp_path, monkeypatch, "third")
@@ -269,3 +278,11 @@ def test_a_cascade_version_converts_on_a_second_machine_from_the_registry_alone(
     changed = sha256(training / "voc" / "config.json")
     assert "config.json" in line and record.companions[0].sha256[:12] in line and changed[:12] in line, line
     assert not Path("refused.wav").exists()
+
+    # gc after the registered model is deleted: the dry run and the run name the same bytes, both files
+    mlflow.MlflowClient(uri).delete_registered_model(name)
+    both = f"vocoder weights {record.sha256[:12]} (model + config.json, {record.size + record.companions[0].size} bytes"
+    for args in (["--dry-run"], []):
+        result = run(uri, "gc", name, *args)
+        assert both in result.output, result.output
+    assert models_of(store, record) == []

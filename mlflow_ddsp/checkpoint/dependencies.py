@@ -163,6 +163,16 @@ class DependencyRecord:
         return f"{self.role} weights {self.sha256[:12]}"
 
     @property
+    def total_size(self) -> int:
+        """Bytes of the file and its companions: what its stored copy holds."""
+        return self.size + sum(c.size for c in self.companions)
+
+    @property
+    def files(self) -> str:
+        """``model + config.json``: the file and its companions, for messages."""
+        return " + ".join([self.file, *(c.file for c in self.companions)])
+
+    @property
     def companions_tag(self) -> str:
         """The companions' canonical form, ``config.json:<sha256>:<size>[,...]`` (``""``: none): the
         tag ``mlflow_ddsp.dependency.companions`` of its stored copy, and its cache folder's key."""
@@ -258,8 +268,10 @@ def companions_beside(record: DependencyRecord, path: str | os.PathLike, *, sett
         if found.sha256 != c.sha256:
             raise CheckpointIntegrityError(
                 f"{c.file} beside the {record.role} weights {path} has sha256 {found.sha256[:12]}, the version was "
-                f"trained with {c.sha256[:12]}; remove it or point {setting or ROLES[record.role]} at weights with "
-                f"their own {c.file} beside them"
+                f"trained with {c.sha256[:12]}; "
+                + (f"point {setting} at weights with their own {c.file} beside them" if setting else
+                   f"move that {c.file} away to use the version's own from the store, or name weights that have "
+                   f"the right {c.file} beside them")
             )
     return True
 

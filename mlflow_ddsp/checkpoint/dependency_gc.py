@@ -104,7 +104,7 @@ def _collect(
     ready = [m for m in models if m.status == "READY"]
     candidates = [m for m in ready if m.tags[T.DEPENDENCY_SHA256] not in references]
     if dry_run:
-        freed = [(DependencyRecord.of_model(m), int(m.tags[T.DEPENDENCY_SIZE])) for m in stale + candidates]
+        freed = [(record, record.total_size) for record in map(DependencyRecord.of_model, stale + candidates)]
         return _Pass(freed, [m for m in ready if m not in candidates], references)
     for m in ready:  # a mark left by a gc that died, on a file referenced again
         if T.DEPENDENCY_RETIRING in m.tags and m not in candidates:
@@ -178,7 +178,7 @@ class DependencyCollection:
 
     Attributes:
         freed: ``(record, bytes)`` per file freed; bytes as listed by the artifact store
-            (dry run: as recorded).
+            (dry run: as recorded, the file and its companions).
         refused: why nothing was collected (one line), None when it ran.
         stranded: ``(files, names)``: how many files stay referenced only by checkpoint
             LoggedModels of deleted registered models, and those models' names

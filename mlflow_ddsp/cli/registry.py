@@ -205,7 +205,7 @@ def _print_dependencies(collection, prefix: str) -> None:
         click.echo(collection.refused, err=True)
         return
     for record, size in collection.freed:
-        click.echo(f"{prefix}free {record.label} ({record.file}, {size} bytes, {human_size(size)})")
+        click.echo(f"{prefix}free {record.label} ({record.files}, {size} bytes, {human_size(size)})")
     count = len(collection.freed)
     if count:  # said only when something was (or would be) freed
         click.echo(f"dependencies: {prefix}{'freed' if not prefix else 'free'} {count} file{'s' * (count != 1)}, "

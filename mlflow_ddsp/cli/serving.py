@@ -80,7 +80,7 @@ def infer(
     from ..errors import ConfigError
     from ..inference import Sampler, VoiceConverter, parse_speaker_mix
     from ..progress import Progress
-    from ..serving.dependencies import registered_dependencies, resolve_dependencies
+    from ..serving.dependencies import converter_files, registered_dependencies, resolve_dependencies
 
     torch_device = resolve_device(device, setting="--device")  # refuse before downloading anything
     check_output_file(output_path, "-o/--output")  # before the download and the conversion
@@ -91,14 +91,15 @@ def infer(
     label = restored.version.label
     log.info("%s resolved to %s, sha256 verified", model_uri, label)
     # the weight files its manifest records, verified (old versions: the config as it is)
+    records = registered_dependencies(reader.store, restored.version)
     config = resolve_dependencies(
-        reader.store, registered_dependencies(reader.store, restored.version), restored.config_yaml, label=label,
+        reader.store, records, restored.config_yaml, label=label,
         overrides={"encoder": ("--encoder-ckpt", encoder_ckpt), "vocoder": ("--vocoder-ckpt", vocoder_ckpt)},
     )  # fmt: skip
+    files = converter_files(records, config, encoder_ckpt=encoder_ckpt, vocoder_ckpt=vocoder_ckpt)
     converter = VoiceConverter.from_checkpoint(
-        restored.checkpoint, config, device=torch_device, encoder_ckpt=encoder_ckpt,
-        encoder_precision=encoder_precision, encoder_precision_key="--encoder-precision",
-        source=f"checkpoint {label}", vocoder_ckpt=vocoder_ckpt,
+        restored.checkpoint, config, device=torch_device, encoder_precision=encoder_precision,
+        encoder_precision_key="--encoder-precision", source=f"checkpoint {label}", **files,
     )  # fmt: skip
     sampler = Sampler(method=method, infer_step=infer_step, t_start=t_start, k_step=k_step, speedup=speedup)
     if converter.vocoder is not None:

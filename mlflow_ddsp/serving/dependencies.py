@@ -62,6 +62,7 @@ __all__ = [
     "registered_dependencies",
     "resolve_files",
     "resolve_dependencies",
+    "converter_files",
     "check_same_dependencies",
     "upstream_paths",
 ]
@@ -232,6 +233,24 @@ def resolve_dependencies(
     if "vocoder" in paths:
         cfg = cfg.replace(vocoder=dataclasses.replace(cfg.vocoder, ckpt=str(paths["vocoder"])))
     return cfg
+
+
+def converter_files(
+    records: Iterable[DependencyRecord], cfg: Config, *, encoder_ckpt: str | None = None,
+    vocoder_ckpt: str | None = None,
+) -> dict[str, str | None]:
+    """The ``encoder_ckpt`` and ``vocoder_ckpt`` to hand ``VoiceConverter.from_checkpoint`` once
+    :func:`resolve_dependencies` gave ``cfg``: for a role the version records, the verified file
+    ``cfg`` now names (an override was checked, and consumed, there: passing it again, or letting
+    the converter read ``MLFLOW_DDSP_VOCODER_CKPT`` itself, would bypass what resolution chose,
+    e.g. the cached weights with their ``config.json`` when the named ones have none beside
+    them); for a role it does not record (versions from before issue 21), the override as given.
+    """
+    roles = {r.role for r in records}
+    return {
+        "encoder_ckpt": cfg.data.encoder_ckpt if "encoder" in roles else encoder_ckpt,
+        "vocoder_ckpt": cfg.vocoder.ckpt if "vocoder" in roles else vocoder_ckpt,
+    }
 
 
 def check_same_dependencies(

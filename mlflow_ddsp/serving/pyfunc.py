@@ -74,7 +74,7 @@ from ..errors import AudioError, ConfigError, MlflowDdspError, one_line
 from ..features import F0_EXTRACTORS
 from ..inference import Sampler, VoiceConverter
 from ..store import RegistryStore
-from .dependencies import manifest_dependencies, resolve_dependencies
+from .dependencies import converter_files, manifest_dependencies, resolve_dependencies
 from .payload import (
     DEFAULT_MAX_ROWS,
     DEFAULT_MAX_SECONDS,
@@ -307,15 +307,19 @@ def load_version_dir(path: str | os.PathLike, *, device: str | None = None) -> D
     checkpoint = load_checkpoint(root / manifest.checkpoint_file)
     cfg = parse_config(yaml.safe_load((root / "config.yaml").read_text()))
     label = f"model at {root}"
-    cfg = resolve_dependencies(_tracking_store, manifest_dependencies(manifest, label=label), cfg, label=label)
+    records = manifest_dependencies(manifest, label=label)
+    cfg = resolve_dependencies(_tracking_store, records, cfg, label=label)  # reads MLFLOW_DDSP_*_CKPT
+    # a recorded role: the file resolution verified; an older version: the variables, as before
+    files = converter_files(records, cfg, encoder_ckpt=os.environ.get("MLFLOW_DDSP_ENCODER_CKPT") or None,
+                            vocoder_ckpt=os.environ.get("MLFLOW_DDSP_VOCODER_CKPT") or None)  # fmt: skip
     converter = VoiceConverter.from_checkpoint(
         checkpoint,
         cfg,
         device=torch_device,
-        encoder_ckpt=os.environ.get("MLFLOW_DDSP_ENCODER_CKPT") or None,
         encoder_precision=os.environ.get("MLFLOW_DDSP_ENCODER_PRECISION") or "auto",
         encoder_precision_key="MLFLOW_DDSP_ENCODER_PRECISION",
-        source=f"model at {root}",  # the vocoder's weights: MLFLOW_DDSP_VOCODER_CKPT, read by the converter
+        source=f"model at {root}",
+        **files,
     )
     sha256 = manifest.files[manifest.checkpoint_file].sha256
     log.warning("mlflow-ddsp: serving %s step %d (checkpoint sha256 %s...)", cfg.model.type, manifest.step, sha256[:12])
