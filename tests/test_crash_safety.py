@@ -42,8 +42,8 @@ import pytest
 from mlflow_ddsp import CheckpointQueue
 from mlflow_ddsp import tags as T
 from mlflow_ddsp.store import RegistryStore
-from mlflow_ddsp.checkpoint.dependencies import CACHE_ENV, DEPENDENCY_CRASH_POINTS, DependencyRecord, dependencies_tag
-from mlflow_ddsp.checkpoint.dependency_cache import resolve_dependency
+from mlflow_ddsp.checkpoint.dependencies import DEPENDENCY_CRASH_POINTS, DependencyRecord, dependencies_tag
+from mlflow_ddsp.checkpoint.dependency_cache import CACHE_ENV, resolve_dependency
 from mlflow_ddsp.checkpoint.dependency_gc import collect_dependencies
 from mlflow_ddsp.checkpoint.faults import CRASH_ENV, CRASH_POINTS
 from mlflow_ddsp.checkpoint.lease import lease_model_name

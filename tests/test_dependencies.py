@@ -22,16 +22,14 @@ import pytest
 
 from mlflow_ddsp import tags as T
 from mlflow_ddsp.checkpoint.dependencies import (
-    CACHE_ENV,
     DEPENDENCY_CRASH_POINTS,
     DependencyRecord,
-    cache_root,
     confirm_dependencies,
     dependencies_tag,
     parse_dependencies_tag,
     store_dependency,
 )
-from mlflow_ddsp.checkpoint.dependency_cache import resolve_dependency
+from mlflow_ddsp.checkpoint.dependency_cache import CACHE_ENV, cache_root, resolve_dependency
 from mlflow_ddsp.checkpoint.dependency_gc import collect_dependencies, referenced_dependencies
 from mlflow_ddsp.checkpoint.faults import CRASH_ENV
 from mlflow_ddsp.checkpoint.files import sha256_file

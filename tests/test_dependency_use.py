@@ -17,7 +17,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from mlflow_ddsp.checkpoint.dependencies import CACHE_ENV, cache_root
+from mlflow_ddsp.checkpoint.dependency_cache import CACHE_ENV, cache_root
 from mlflow_ddsp.checkpoint.dependency_attach import attach_dependencies
 from mlflow_ddsp.checkpoint.files import MANIFEST_FILE, Manifest, sha256_file, write_checkpoint
 from mlflow_ddsp.config import parse_config

@@ -40,7 +40,8 @@ from test_serving import post
 
 from mlflow_ddsp import tags as T
 from mlflow_ddsp.audio import save_wav
-from mlflow_ddsp.checkpoint.dependencies import DependencyRecord, cache_root
+from mlflow_ddsp.checkpoint.dependencies import DependencyRecord
+from mlflow_ddsp.checkpoint.dependency_cache import cache_root
 from mlflow_ddsp.checkpoint.verify import fetch_verified
 from mlflow_ddsp.cli import main
 from mlflow_ddsp.store import RegistryStore

@@ -31,10 +31,9 @@ from mlflow_ddsp.checkpoint.dependencies import (
     COMPANIONS,
     Companion,
     DependencyRecord,
-    cache_root,
     store_dependency,
 )
-from mlflow_ddsp.checkpoint.dependency_cache import resolve_dependency
+from mlflow_ddsp.checkpoint.dependency_cache import cache_root, resolve_dependency
 from mlflow_ddsp.cli import main
 from mlflow_ddsp.errors import CheckpointIntegrityError, CheckpointSaveError, ConfigError
 from mlflow_ddsp.serving.dependencies import registered_dependencies, resolve_files

@@ -30,7 +30,7 @@ Storing once (:func:`store_dependency`), its commit order and crash points
 
 Fetching and the cache
     :mod:`.dependency_cache` (:func:`~.dependency_cache.resolve_dependency`), under
-    :func:`cache_root`.
+    :func:`~.dependency_cache.cache_root`.
 
 Identity
     A record's ``sha256`` is its file's digest, with or without companions: what users compare
@@ -58,7 +58,6 @@ from .files import sha256_file
 __all__ = [
     "ROLES",
     "COMPANIONS",
-    "CACHE_ENV",
     "DEPENDENCY_CRASH_POINTS",
     "PENDING_GRACE_S",
     "Companion",
@@ -68,7 +67,6 @@ __all__ = [
     "parse_dependencies_tag",
     "store_dependency",
     "confirm_dependencies",
-    "cache_root",
 ]
 
 #: role -> the config key that names such a file locally (said in "missing" errors)
@@ -78,7 +76,6 @@ ROLES = {"encoder": "data.encoder_ckpt", "f0": "data.f0_ckpt", "vocoder": "vocod
 #: weights' folder (DDSP-SVC nsf_hifigan/models.py, load_model:
 #: ``os.path.join(os.path.split(model_path)[0], 'config.json')``; here vocoder/nsf_hifigan.py, Vocoder).
 COMPANIONS: dict[str, tuple[str, ...]] = {"vocoder": ("config.json",)}
-CACHE_ENV = "MLFLOW_DDSP_CACHE"
 DEPENDENCY_CRASH_POINTS = (
     "dependency_after_create",  # LoggedModel PENDING, nothing uploaded
     "dependency_after_upload",  # bytes uploaded, size not yet verified
@@ -163,9 +160,15 @@ class DependencyRecord:
         return f"{self.role} weights {self.sha256[:12]}"
 
     @property
+    def parts(self) -> list[tuple[str, str, int]]:
+        """``(file name, sha256, size)`` of each companion, then of the file: the order they are
+        uploaded, verified and renamed into the cache in (the file last: its rename commits)."""
+        return [(c.file, c.sha256, c.size) for c in self.companions] + [(self.file, self.sha256, self.size)]
+
+    @property
     def total_size(self) -> int:
         """Bytes of the file and its companions: what its stored copy holds."""
-        return self.size + sum(c.size for c in self.companions)
+        return sum(size for _, _, size in self.parts)
 
     @property
     def files(self) -> str:
@@ -312,8 +315,8 @@ def _check_local(path: str | os.PathLike, record: DependencyRecord) -> list[tupl
     Raises:
         CheckpointIntegrityError: a file's bytes are not the record's (both digests named).
     """
-    files = [(c.file, Path(path).parent / c.file, c.sha256, c.size) for c in record.companions]
-    files.append((record.file, Path(path), record.sha256, record.size))
+    files = [(name, Path(path) if name == record.file else Path(path).parent / name, sha256, size)
+             for name, sha256, size in record.parts]  # fmt: skip
     for name, local, sha256, size in files:
         found = sha256_file(local, progress=True) if local.is_file() else None
         if found is None or (found.sha256, found.size) != (sha256, size):
@@ -368,7 +371,7 @@ def store_dependency(
             store.upload(ref, staged)
     crash_point("dependency_after_upload", step)
     listed = store.list_sizes(ref)
-    for name, size in [(c.file, c.size) for c in record.companions] + [(record.file, record.size)]:
+    for name, _, size in record.parts:
         if listed.get(name) != size:
             raise CheckpointSaveError(
                 f"{record.label}: the artifact store lists {name} at {listed.get(name)} bytes after upload, "
@@ -389,11 +392,3 @@ def confirm_dependencies(
     ``step``: the save's step, where a re-upload's crash points fire."""
     return [store_dependency(store, path, record, step=step) for path, record in stored]
 
-
-# -- the cache (fetching: dependency_cache.py) ----------------------------------------------
-def cache_root() -> Path:
-    """``$MLFLOW_DDSP_CACHE``, else ``$XDG_CACHE_HOME/mlflow-ddsp``, else ``~/.cache/mlflow-ddsp``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mlflow-ddsp"

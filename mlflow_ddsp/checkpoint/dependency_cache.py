@@ -7,7 +7,7 @@ file), and, for a record with companions (:data:`~.dependencies.COMPANIONS`: the
 refused (the file and both digests named), one absent sends the record to the cache, so that
 the file and its companions come from one place.
 
-The cache (:func:`~.dependencies.cache_root`)
+The cache (:func:`cache_root`)
     ``weights/<sha256>/<file>`` for a record without companions; with companions
     ``weights/<sha256>-<12 hex>/`` (:func:`cache_folder`: the first 12 hex digits of the sha256
     of the record's companions in their canonical form, :attr:`DependencyRecord.companions_tag`),
@@ -35,12 +35,21 @@ from pathlib import Path
 from .. import tags as T
 from ..errors import CheckpointIntegrityError, CheckpointNotFoundError
 from ..store import RegistryStore
-from .dependencies import ROLES, DependencyRecord, cache_root, companions_beside
+from .dependencies import ROLES, DependencyRecord, companions_beside
 from .files import sha256_file
 
-__all__ = ["cache_folder", "resolve_dependency"]
+__all__ = ["CACHE_ENV", "cache_root", "cache_folder", "resolve_dependency"]
 
 _MARKER = ".verified"
+CACHE_ENV = "MLFLOW_DDSP_CACHE"
+
+
+def cache_root() -> Path:
+    """``$MLFLOW_DDSP_CACHE``, else ``$XDG_CACHE_HOME/mlflow-ddsp``, else ``~/.cache/mlflow-ddsp``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mlflow-ddsp"
 
 
 def cache_folder(record: DependencyRecord) -> Path:
@@ -105,18 +114,17 @@ def _download(store: RegistryStore, record: DependencyRecord, folder: Path) -> P
         return None
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / record.file
-    files = [(c.file, c.sha256, c.size) for c in record.companions] + [(record.file, record.sha256, record.size)]
     with tempfile.TemporaryDirectory(prefix=".download-", dir=folder) as tmp:
         ref = store.get_files(ready[0].model_id)
-        store.download(ref, [name for name, _, _ in files], tmp)
-        for name, sha256, size in files:
+        store.download(ref, [name for name, _, _ in record.parts], tmp)
+        for name, sha256, size in record.parts:
             got = sha256_file(Path(tmp) / name, progress=True)
             if (got.sha256, got.size) != (sha256, size):
                 raise CheckpointIntegrityError(
                     f"{record.role} weights' {name} downloaded from LoggedModel {ref.model_id} has sha256 "
                     f"{got.sha256[:12]} ({got.size} bytes), expected {sha256[:12]} ({size} bytes); the stored copy is damaged"
                 )
-        for name, _, _ in files:  # the companions first: the file's rename is the commit point
+        for name, _, _ in record.parts:  # the companions first: the file's rename is the commit point
             os.replace(Path(tmp) / name, folder / name)
     _mark_verified(target, record)
     return target
